@@ -1,0 +1,196 @@
+/**
+ * The `KEY=value` files of the original recipe (`cluster.env`, `sidecar.env`). They were sourced by bash as root; here
+ * they are parsed, never executed. Supported: blank lines, `#` comments, an optional `export `, unquoted values,
+ * single quotes (literal), double quotes (with the backslash escapes bash honours inside them), backslash escapes
+ * outside quotes, adjacent quoted parts (`'it'\''s'`), and CRLF line ends. Anything that would make bash run or
+ * expand something (`$`, backticks, `;`, `|`, `&`, redirections, unquoted spaces) is an error with file:line.
+ */
+
+export interface EnvEntry {
+  readonly key: string;
+  readonly value: string;
+  /** 1-based line on which the assignment starts. */
+  readonly line: number;
+}
+
+export interface EnvFileProblem {
+  readonly line: number;
+  readonly message: string;
+}
+
+export class EnvFileError extends Error {
+  readonly file: string;
+  readonly problems: readonly EnvFileProblem[];
+
+  constructor(file: string, problems: readonly EnvFileProblem[]) {
+    super(problems.map((p) => `${file}:${p.line}: ${p.message}`).join("\n"));
+    this.name = "EnvFileError";
+    this.file = file;
+    this.problems = problems;
+  }
+}
+
+const KEY_START = /[A-Za-z_]/;
+const KEY_CHAR = /[A-Za-z0-9_]/;
+const SHELL_SYNTAX = new Set([";", "|", "&", "<", ">", "(", ")"]);
+const DOUBLE_QUOTE_ESCAPABLE = new Set(["$", "`", '"', "\\"]);
+
+class LineError extends Error {}
+
+/** Parses an env file; all malformed lines are reported together in one `EnvFileError`. */
+export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry[] {
+  const text = typeof input === "string" ? input : Buffer.from(input).toString("utf8");
+  const entries: EnvEntry[] = [];
+  const problems: EnvFileProblem[] = [];
+  let pos = 0;
+  let line = 1;
+
+  const peek = (): string | undefined => text[pos];
+  const atLineEnd = (): boolean => pos >= text.length || text[pos] === "\n" || text.startsWith("\r\n", pos);
+  const skipBlanks = (): void => {
+    while (peek() === " " || peek() === "\t") pos++;
+  };
+  const skipToNextLine = (): void => {
+    while (pos < text.length && text[pos] !== "\n") pos++;
+    if (pos < text.length) {
+      pos++;
+      line++;
+    }
+  };
+  const take = (): string => {
+    const ch = text[pos++] ?? "";
+    if (ch === "\n") line++;
+    if (ch === "\0") throw new LineError("NUL byte in file");
+    return ch;
+  };
+
+  const parseValue = (): string => {
+    let value = "";
+    for (;;) {
+      if (atLineEnd()) return value;
+      const ch = peek() ?? "";
+      if (ch === " " || ch === "\t") {
+        skipBlanks();
+        if (atLineEnd()) return value;
+        if (peek() === "#") {
+          while (!atLineEnd()) pos++;
+          return value;
+        }
+        throw new LineError("unquoted whitespace in value (bash would run the rest as a command); quote the value");
+      }
+      if (ch === "'") {
+        const startLine = line;
+        pos++;
+        for (;;) {
+          if (pos >= text.length) throw new LineError(`unterminated single quote (opened on line ${startLine})`);
+          const c = take();
+          if (c === "'") break;
+          value += c;
+        }
+        continue;
+      }
+      if (ch === '"') {
+        const startLine = line;
+        pos++;
+        for (;;) {
+          if (pos >= text.length) throw new LineError(`unterminated double quote (opened on line ${startLine})`);
+          const c = take();
+          if (c === '"') break;
+          if (c === "\\") {
+            if (pos >= text.length) throw new LineError(`unterminated double quote (opened on line ${startLine})`);
+            const next = take();
+            if (next === "\n") continue; // line continuation
+            value += DOUBLE_QUOTE_ESCAPABLE.has(next) ? next : `\\${next}`;
+            continue;
+          }
+          if (c === "$" || c === "`") {
+            throw new LineError(`'${c}' inside double quotes would be expanded by bash; use single quotes for a literal value`);
+          }
+          value += c;
+        }
+        continue;
+      }
+      if (ch === "\\") {
+        pos++;
+        if (pos >= text.length) throw new LineError("backslash at end of file");
+        const next = take();
+        if (next === "\r" && peek() === "\n") {
+          take();
+          continue;
+        }
+        if (next === "\n") continue; // line continuation
+        value += next;
+        continue;
+      }
+      if (ch === "$" || ch === "`") {
+        throw new LineError(`'${ch}' would be expanded by bash; values are not expanded here, use single quotes for a literal`);
+      }
+      if (SHELL_SYNTAX.has(ch)) {
+        throw new LineError(`unquoted '${ch}' is shell syntax; quote the value`);
+      }
+      if (ch === "\r" && text[pos + 1] !== "\n") throw new LineError("stray carriage return");
+      value += take();
+    }
+  };
+
+  while (pos < text.length) {
+    const startLine = line;
+    try {
+      skipBlanks();
+      if (atLineEnd()) {
+        skipToNextLine();
+        continue;
+      }
+      if (peek() === "#") {
+        skipToNextLine();
+        continue;
+      }
+      if (text.startsWith("export", pos) && (text[pos + 6] === " " || text[pos + 6] === "\t")) {
+        pos += 6;
+        skipBlanks();
+      }
+      let key = "";
+      if (!KEY_START.test(peek() ?? "")) throw new LineError("expected KEY=value");
+      while (KEY_CHAR.test(peek() ?? "")) key += take();
+      if (peek() !== "=") {
+        throw new LineError(
+          peek() === " " || peek() === "\t" ? `no spaces allowed around '=' after ${key}` : `expected '=' after ${key}`,
+        );
+      }
+      pos++;
+      const value = parseValue();
+      entries.push({ key, value, line: startLine });
+      skipToNextLine();
+    } catch (error) {
+      if (!(error instanceof LineError)) throw error;
+      problems.push({ line: startLine, message: error.message });
+      // Resume at the line after the one where parsing stopped.
+      skipToNextLine();
+    }
+  }
+  if (problems.length > 0) throw new EnvFileError(file, problems);
+  return entries;
+}
+
+const SAFE_UNQUOTED = /^[A-Za-z0-9_@%+=:,./-]+$/;
+
+/** Quotes a value so that both bash and `parseEnvFile` read it back unchanged. */
+export function quoteEnvValue(value: string, quote: "always" | "when-needed" = "when-needed"): string {
+  if (quote === "when-needed" && SAFE_UNQUOTED.test(value)) return value;
+  return `'${value.replaceAll("'", `'\\''`)}'`;
+}
+
+export interface RenderOptions {
+  /** Comment lines written first (without the leading `# `). */
+  readonly header?: readonly string[];
+  readonly quote?: "always" | "when-needed";
+}
+
+export function renderEnvFile(entries: readonly { key: string; value: string }[], options: RenderOptions = {}): string {
+  const lines = (options.header ?? []).map((h) => (h === "" ? "#" : `# ${h}`));
+  for (const { key, value } of entries) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new Error(`invalid variable name: ${key}`);
+    lines.push(`${key}=${quoteEnvValue(value, options.quote)}`);
+  }
+  return `${lines.join("\n")}\n`;
+}

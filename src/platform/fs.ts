@@ -1,0 +1,128 @@
+import { randomBytes } from "node:crypto";
+import { constants } from "node:fs";
+import * as fsp from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+
+export interface FileOwner {
+  readonly uid: number;
+  readonly gid: number;
+}
+
+export interface WriteOptions {
+  /** File mode, e.g. 0o600 for keys and tokens, 0o644 for public files. Always set explicitly. */
+  readonly mode: number;
+  /** Owner of the new file; left as the writing process when absent. */
+  readonly owner?: FileOwner;
+}
+
+export interface FileStat {
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly size: number;
+  readonly mtimeMs: number;
+  readonly isDirectory: boolean;
+}
+
+/** The file system as a port. Every write that replaces content goes through `writeFileAtomic`. */
+export interface FileSystem {
+  readFile(path: string): Promise<Buffer>;
+  readText(path: string): Promise<string>;
+  /** Reads a file, or returns undefined when it does not exist (other errors still throw). */
+  readTextIfExists(path: string): Promise<string | undefined>;
+  /**
+   * Replaces `path` so that a reader sees either the old or the new content, never a mix or a truncated file,
+   * also after a crash: write a temporary file in the same directory, set mode and owner, fsync, rename, fsync the
+   * directory.
+   */
+  writeFileAtomic(path: string, data: string | Uint8Array, options: WriteOptions): Promise<void>;
+  exists(path: string): Promise<boolean>;
+  stat(path: string): Promise<FileStat | undefined>;
+  mkdirp(path: string, mode?: number): Promise<void>;
+  readdir(path: string): Promise<string[]>;
+  /** Removes a file; a missing file is not an error. */
+  remove(path: string): Promise<void>;
+  chown(path: string, owner: FileOwner): Promise<void>;
+  chmod(path: string, mode: number): Promise<void>;
+}
+
+function isNotFound(error: unknown): boolean {
+  return (error as NodeJS.ErrnoException | undefined)?.code === "ENOENT";
+}
+
+async function fsyncDirectory(path: string): Promise<void> {
+  const handle = await fsp.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+export async function writeFileAtomic(path: string, data: string | Uint8Array, options: WriteOptions): Promise<void> {
+  const dir = dirname(path);
+  const tmp = join(dir, `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+  // O_EXCL: never follow or reuse a file someone planted under the temporary name.
+  const handle = await fsp.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, options.mode);
+  try {
+    try {
+      await handle.writeFile(data);
+      await handle.chmod(options.mode);
+      if (options.owner !== undefined) await handle.chown(options.owner.uid, options.owner.gid);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await fsp.rename(tmp, path);
+  } catch (error) {
+    await fsp.rm(tmp, { force: true });
+    throw error;
+  }
+  await fsyncDirectory(dir);
+}
+
+export const nodeFileSystem: FileSystem = {
+  readFile: (path) => fsp.readFile(path),
+  readText: (path) => fsp.readFile(path, "utf8"),
+  async readTextIfExists(path) {
+    try {
+      return await fsp.readFile(path, "utf8");
+    } catch (error) {
+      if (isNotFound(error)) return undefined;
+      throw error;
+    }
+  },
+  writeFileAtomic,
+  async exists(path) {
+    try {
+      await fsp.lstat(path);
+      return true;
+    } catch (error) {
+      if (isNotFound(error)) return false;
+      throw error;
+    }
+  },
+  async stat(path) {
+    try {
+      const s = await fsp.stat(path);
+      return {
+        mode: s.mode & 0o7777,
+        uid: s.uid,
+        gid: s.gid,
+        size: s.size,
+        mtimeMs: s.mtimeMs,
+        isDirectory: s.isDirectory(),
+      };
+    } catch (error) {
+      if (isNotFound(error)) return undefined;
+      throw error;
+    }
+  },
+  async mkdirp(path, mode) {
+    await fsp.mkdir(path, { recursive: true, ...(mode === undefined ? {} : { mode }) });
+  },
+  readdir: (path) => fsp.readdir(path),
+  remove: (path) => fsp.rm(path, { force: true }),
+  chown: (path, owner) => fsp.chown(path, owner.uid, owner.gid),
+  chmod: (path, mode) => fsp.chmod(path, mode),
+};
