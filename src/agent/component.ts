@@ -1,0 +1,57 @@
+/**
+ * The agent is a list of components started in order and stopped in reverse: certificates → interception → Envoy
+ * (→ discovery checks). Each later issue adds one component; the frame (`agent.ts`) owns signals, sd_notify, the
+ * health/metrics endpoint and the order.
+ */
+import type { ConfigValues } from "../config/registry.js";
+import type { LoadedConfig } from "../config/load.js";
+import type { Clock } from "../platform/clock.js";
+import type { FileSystem } from "../platform/fs.js";
+import type { Logger } from "../platform/logger.js";
+import type { ProcessRunner } from "../platform/process.js";
+import type { MetricsRegistry } from "./metrics.js";
+
+export interface ComponentStatus {
+  /** Whether this component is currently doing its job; /healthz/ready is 200 only when all are. */
+  readonly ready: boolean;
+  /** A few words for systemd's one-line STATUS= (e.g. "cert spiffe://… valid until 2026-11-28T02:00Z"). */
+  readonly summary: string;
+}
+
+/** Events components raise for each other (e.g. new certificates make the Envoy supervisor hot-restart). */
+export interface AgentEvents {
+  emit(event: "certificates-changed"): void;
+  on(event: "certificates-changed", listener: () => void): () => void;
+  /** A component's status changed: the frame re-sends STATUS= and re-evaluates readiness. */
+  emit(event: "status-changed"): void;
+  on(event: "status-changed", listener: () => void): () => void;
+}
+
+export interface AgentDeps {
+  readonly config: ConfigValues;
+  readonly loaded: LoadedConfig;
+  readonly fs: FileSystem;
+  readonly runner: ProcessRunner;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly metrics: MetricsRegistry;
+  readonly events: AgentEvents;
+  readonly env: NodeJS.ProcessEnv;
+}
+
+export interface AgentComponent {
+  readonly name: string;
+  /**
+   * Brings the component to its working state and resolves once it is there (certificates valid, rules applied,
+   * Envoy ready). Long-running work (renewal loop, supervision) keeps running after `start` resolves, under
+   * `signal`. Throwing aborts the agent's start; the frame then stops the components already started.
+   */
+  start(signal: AbortSignal): Promise<void>;
+  /** Undoes `start`, awaiting any background work. Called on every stop path, in reverse order. Never throws. */
+  stop(): Promise<void>;
+  /** SIGHUP with a re-read, valid configuration. Optional: components without it keep running as they are. */
+  reload?(config: ConfigValues): Promise<void>;
+  status(): ComponentStatus;
+}
+
+export type ComponentFactory = (deps: AgentDeps) => AgentComponent | undefined;
