@@ -7,6 +7,7 @@ export default defineConfig({
       {
         test: {
           name: "integration",
+          globalSetup: ["test/global-setup.ts"],
           include: ["test/integration/**/*.test.ts"],
           testTimeout: 120_000,
           hookTimeout: 120_000,
@@ -16,6 +17,7 @@ export default defineConfig({
       {
         test: {
           name: "e2e",
+          globalSetup: ["test/global-setup.ts"],
           include: ["test/e2e/**/*.test.ts"],
           testTimeout: 600_000,
           hookTimeout: 600_000,
