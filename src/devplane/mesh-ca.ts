@@ -16,7 +16,10 @@ import * as x509 from "@peculiar/x509";
 import type { KeyObject } from "node:crypto";
 import { createPrivateKey, createPublicKey, randomBytes, webcrypto } from "node:crypto";
 
-x509.cryptoProvider.set(webcrypto as unknown as Crypto);
+type CryptoKey = webcrypto.CryptoKey;
+type CryptoKeyPair = webcrypto.CryptoKeyPair;
+
+x509.cryptoProvider.set(webcrypto);
 
 export type KeyAlgorithm = "ec-p256" | "rsa-2048";
 
@@ -81,8 +84,8 @@ export interface CreateMeshCaOptions {
   readonly now?: () => number;
 }
 
-const EC: EcKeyGenParams & EcKeyImportParams = { name: "ECDSA", namedCurve: "P-256" };
-const RSA: RsaHashedKeyGenParams & RsaHashedImportParams = {
+const EC: webcrypto.EcKeyGenParams & webcrypto.EcKeyImportParams = { name: "ECDSA", namedCurve: "P-256" };
+const RSA: webcrypto.RsaHashedKeyGenParams & webcrypto.RsaHashedImportParams = {
   name: "RSASSA-PKCS1-v1_5",
   hash: "SHA-256",
   modulusLength: 2048,
@@ -93,12 +96,12 @@ function algorithmFor(keyAlgorithm: KeyAlgorithm): typeof EC | typeof RSA {
   return keyAlgorithm === "ec-p256" ? EC : RSA;
 }
 
-function signingAlgorithm(keyAlgorithm: KeyAlgorithm): Algorithm | EcdsaParams {
+function signingAlgorithm(keyAlgorithm: KeyAlgorithm): webcrypto.Algorithm | webcrypto.EcdsaParams {
   return keyAlgorithm === "ec-p256" ? { name: "ECDSA", hash: "SHA-256" } : { name: "RSASSA-PKCS1-v1_5" };
 }
 
 async function generateKeyPair(keyAlgorithm: KeyAlgorithm): Promise<CryptoKeyPair> {
-  return (await webcrypto.subtle.generateKey(algorithmFor(keyAlgorithm), true, ["sign", "verify"])) as CryptoKeyPair;
+  return await webcrypto.subtle.generateKey(algorithmFor(keyAlgorithm), true, ["sign", "verify"]);
 }
 
 async function privateKeyPem(key: CryptoKey): Promise<string> {
