@@ -13,7 +13,7 @@ export default tseslint.config(
     rules: {
       "@typescript-eslint/no-floating-promises": "error",
       "@typescript-eslint/restrict-template-expressions": ["error", { allowNumber: true, allowBoolean: true }],
-      "no-console": ["error", { allow: [] }],
+      "no-console": "error",
       "no-restricted-imports": [
         "error",
         {

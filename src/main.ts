@@ -4,6 +4,7 @@
  */
 import yargs from "yargs";
 import type { CommandModule } from "yargs";
+import { agentCommand } from "./cli/agent.js";
 import { configCommand } from "./cli/config.js";
 import type { CommandContext, CommandRuntime } from "./cli/context.js";
 import { systemClock } from "./platform/clock.js";
@@ -24,7 +25,7 @@ export const EXIT_USAGE = 2;
 type CommandFactory = (runtime: () => CommandRuntime) => CommandModule<object, any>;
 
 /** Every implemented command; a command appears in --help only once it works. */
-const COMMANDS: readonly CommandFactory[] = [configCommand];
+const COMMANDS: readonly CommandFactory[] = [agentCommand, configCommand];
 
 function exitCodeFor(error: unknown): number {
   if (error instanceof AgentError) return error.kind === "failure" ? EXIT_FAILURE : EXIT_USAGE;
@@ -67,7 +68,7 @@ export async function main(argv: readonly string[], context: CommandContext): Pr
       describe: "log verbosity (default: ISTIO_VM_LOG_LEVEL, else info)",
     })
     .middleware((args) => {
-      const logLevel = args["log-level"] as LogLevel | undefined;
+      const logLevel = args["log-level"];
       const journal = stderrIsJournal(context.env);
       runtime = {
         ...context,

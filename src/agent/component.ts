@@ -20,11 +20,18 @@ export interface ComponentStatus {
 
 /** Events components raise for each other (e.g. new certificates make the Envoy supervisor hot-restart). */
 export interface AgentEvents {
-  emit(event: "certificates-changed"): void;
-  on(event: "certificates-changed", listener: () => void): () => void;
-  /** A component's status changed: the frame re-sends STATUS= and re-evaluates readiness. */
-  emit(event: "status-changed"): void;
-  on(event: "status-changed", listener: () => void): () => void;
+  /**
+   * `certificates-changed`: a new key and chain are on disk (the Envoy supervisor hot-restarts).
+   * `status-changed`: a component's status changed (the frame re-sends STATUS= and re-evaluates readiness).
+   */
+  emit(event: "certificates-changed" | "status-changed"): void;
+  on(event: "certificates-changed" | "status-changed", listener: () => void): () => void;
+  /**
+   * A component cannot go on (e.g. Envoy keeps crashing past its restart budget): the frame stops every component
+   * in reverse order and exits non-zero, so systemd's Restart= policy takes over.
+   */
+  emit(event: "fatal", error: Error): void;
+  on(event: "fatal", listener: (error: Error) => void): () => void;
 }
 
 export interface AgentDeps {

@@ -51,12 +51,14 @@ export function configReport(loaded: LoadedConfig, onlyChanged: boolean): Config
 }
 
 function renderText(report: ConfigReport): string {
-  const files = report.files
-    .map((f) => `${f.role.padEnd(12)} ${f.path}${f.present ? "" : "  (not found)"}`)
-    .join("\n");
+  const files = report.files.map((f) => `${f.role.padEnd(12)} ${f.path}${f.present ? "" : "  (not found)"}`).join("\n");
   const table = renderTable(
     ["NAME", "VALUE", "SOURCE"],
-    report.variables.map((v) => [v.name, v.value === "" ? '""' : v.value, v.via === undefined ? v.source : `${v.source} (as ${v.via})`]),
+    report.variables.map((v) => [
+      v.name,
+      v.value === "" ? '""' : v.value,
+      v.via === undefined ? v.source : `${v.source} (as ${v.via})`,
+    ]),
   );
   let text = `${files}\n\n${table}`;
   const list = (title: string, items: ConfigReport["problems"]): string =>

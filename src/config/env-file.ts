@@ -104,7 +104,9 @@ export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry
             continue;
           }
           if (c === "$" || c === "`") {
-            throw new LineError(`'${c}' inside double quotes would be expanded by bash; use single quotes for a literal value`);
+            throw new LineError(
+              `'${c}' inside double quotes would be expanded by bash; use single quotes for a literal value`,
+            );
           }
           value += c;
         }
@@ -123,7 +125,9 @@ export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry
         continue;
       }
       if (ch === "$" || ch === "`") {
-        throw new LineError(`'${ch}' would be expanded by bash; values are not expanded here, use single quotes for a literal`);
+        throw new LineError(
+          `'${ch}' would be expanded by bash; values are not expanded here, use single quotes for a literal`,
+        );
       }
       if (SHELL_SYNTAX.has(ch)) {
         throw new LineError(`unquoted '${ch}' is shell syntax; quote the value`);

@@ -60,7 +60,7 @@ export function describeSource(source: ValueSource): string {
 }
 
 function spec(name: VariableName): VariableSpec<unknown> {
-  return VARIABLES[name] as VariableSpec<unknown>;
+  return VARIABLES[name];
 }
 
 function editDistance(a: string, b: string): number {
@@ -188,7 +188,8 @@ export async function loadConfig(options: LoadOptions): Promise<LoadedConfig> {
     } else if (alias !== undefined && aliasValue !== undefined && aliasValue.raw !== "") {
       result = { name, raw: aliasValue.raw, source: aliasValue.source, via: alias };
     } else {
-      const fallback = typeof s.default === "string" ? s.default : s.default((n) => (isVariableName(n) ? resolve(n).raw : ""));
+      const fallback =
+        typeof s.default === "string" ? s.default : s.default((n) => (isVariableName(n) ? resolve(n).raw : ""));
       const relocated = s.relocatable === true && root !== "" ? join(root, fallback) : fallback;
       result = { name, raw: relocated, source: { kind: "default" } };
     }

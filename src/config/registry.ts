@@ -343,6 +343,20 @@ export const VARIABLES = {
     group: "interception",
     home: "sidecar.env",
   }),
+  ENVOY_GID: v({
+    type: t.idList,
+    default: "",
+    description: "gids excluded from capture; empty: ENVOY_USER's primary group (with ENVOY_UID set: the same numbers)",
+    group: "interception",
+    home: "sidecar.env",
+  }),
+  FORCE_IPTABLES_BINARY: v({
+    type: t.oneOf(["auto", "legacy", "nft"] as const),
+    default: "auto",
+    description: "iptables back end: auto (legacy if it already holds rules, else nft), legacy or nft",
+    group: "interception",
+    home: "sidecar.env",
+  }),
   ISTIO_CUSTOM_IP_TABLES: v({
     type: t.boolean,
     default: "false",
@@ -369,7 +383,8 @@ export const VARIABLES = {
   ENVOY_BINARY: v({
     type: t.absolutePath,
     default: "/usr/local/bin/envoy",
-    description: "Envoy executable the agent runs (not shipped: Istio's istio-proxy deb and Envoy's packages put it here)",
+    description:
+      "Envoy executable the agent runs (not shipped: Istio's istio-proxy deb and Envoy's packages put it here)",
     group: "envoy",
     home: "sidecar.env",
   }),

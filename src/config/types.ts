@@ -269,7 +269,10 @@ export const dnsName: ValueType<string> = {
   label: "DNS name",
   parse(raw) {
     const v = raw.trim();
-    if (v.length > 253 || !/^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$/.test(v)) {
+    if (
+      v.length > 253 ||
+      !/^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$/.test(v)
+    ) {
       throw new ValueError(`'${raw}' is not a DNS name`);
     }
     return v;

@@ -38,7 +38,12 @@ function renderValue(value: string | number | boolean): string {
   return /^[^\s"=]+$/.test(text) ? text : JSON.stringify(text);
 }
 
-export function formatLine(level: LogLevel, component: string | undefined, message: string, fields?: LogFields): string {
+export function formatLine(
+  level: LogLevel,
+  component: string | undefined,
+  message: string,
+  fields?: LogFields,
+): string {
   const parts = [message];
   if (component !== undefined) parts.push(`component=${component}`);
   for (const [key, value] of Object.entries(fields ?? {})) {

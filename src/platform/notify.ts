@@ -30,7 +30,7 @@ export function watchdogUsecFrom(env: NodeJS.ProcessEnv, pid: number): number | 
 
 interface DgramWrap {
   init(self: object): void;
-  sendTo(buf: Buffer, offset: number, length: number, path: string, cb?: (error?: Error) => void): void;
+  sendTo(buf: Buffer, offset: number, length: number, path: string, cb?: (error?: Error | null) => void): void;
   close(): void;
 }
 interface UnixSocketAddon {

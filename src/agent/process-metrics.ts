@@ -1,0 +1,14 @@
+import type { MetricsRegistry } from "./metrics.js";
+
+/** The standard process_* metrics Prometheus clients export, so dashboards built for them work unchanged. */
+export function registerProcessMetrics(metrics: MetricsRegistry, startedAtMs: number): void {
+  metrics.gaugeFn("process_resident_memory_bytes", "Resident memory size in bytes.", () => process.memoryUsage.rss());
+  metrics.gaugeFn("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds.", () =>
+    Math.floor(startedAtMs / 1000),
+  );
+  metrics.gaugeFn("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", () => {
+    const usage = process.cpuUsage();
+    return (usage.user + usage.system) / 1e6;
+  });
+  metrics.gaugeFn("nodejs_heap_used_bytes", "V8 heap in use, in bytes.", () => process.memoryUsage().heapUsed);
+}
