@@ -1,0 +1,291 @@
+/**
+ * Applies a plan to the kernel through the ProcessRunner port: per family, one `iptables-save` to see what is there
+ * and at most one `iptables-restore --noflush -w` for the nat table, whatever the number of ports. The restore
+ * deletes our old jumps, flushes (re)declared chains of ours and adds the new rules in one transaction, so:
+ * - a failing restore changes nothing (both back ends commit a table atomically);
+ * - applying twice gives the same `iptables-save` (and the second apply is a no-op: the kernel already matches);
+ * - chains and rules that are not ours are never touched; built-in chains are never flushed.
+ * Back end: `FORCE_IPTABLES_BINARY`, else legacy when iptables-legacy already holds rules (like istio-iptables), else
+ * nft, else plain `iptables-restore`.
+ */
+import { AgentError } from "../platform/errors.js";
+import type { Logger } from "../platform/logger.js";
+import type { ProcessRunner } from "../platform/process.js";
+import type { Family, InterceptionPlan, OurChain, TablePlan } from "./planner.js";
+import { FAMILIES, ruleLine } from "./planner.js";
+import type { OurState } from "./show.js";
+import { diffWithPlan, natTable, ourState, stateIsEmpty } from "./show.js";
+
+export type Backend = "legacy" | "nft" | "default";
+export type BackendChoice = "auto" | "legacy" | "nft";
+
+export interface IptablesDeps {
+  readonly runner: ProcessRunner;
+  readonly choice: BackendChoice;
+  readonly logger?: Logger;
+  /** Per command; iptables-restore has been seen to hang (istio#29249). Default 30 s. */
+  readonly timeoutMs?: number;
+}
+
+export function toolName(family: Family, backend: Backend, kind: "save" | "restore"): string {
+  const base = family === 4 ? "iptables" : "ip6tables";
+  return backend === "default" ? `${base}-${kind}` : `${base}-${backend}-${kind}`;
+}
+
+export function familyName(family: Family): string {
+  return family === 4 ? "IPv4" : "IPv6";
+}
+
+const DEFAULT_TIMEOUT_MS = 30_000;
+
+type SaveResult = { readonly ok: true; readonly text: string } | { readonly ok: false; readonly reason: string };
+
+/** Runs `*-save`; a missing tool or a kernel without that family is a reason, not an exception. */
+export async function runSave(deps: IptablesDeps, family: Family, backend: Backend): Promise<SaveResult> {
+  const tool = toolName(family, backend, "save");
+  try {
+    const result = await deps.runner.run(tool, [], { timeoutMs: deps.timeoutMs ?? DEFAULT_TIMEOUT_MS });
+    if (result.timedOut) return { ok: false, reason: `${tool} timed out` };
+    if (result.code !== 0)
+      return { ok: false, reason: `${tool} failed: ${result.stderr.trim() || `exit ${result.code}`}` };
+    return { ok: true, text: result.stdout };
+  } catch (error) {
+    if (error instanceof AgentError && error.code === "COMMAND_NOT_FOUND")
+      return { ok: false, reason: `${tool} is not installed` };
+    throw error;
+  }
+}
+
+function holdsRules(saveText: string): boolean {
+  return saveText.split("\n").some((l) => l.startsWith("-A "));
+}
+
+export interface Detected {
+  readonly backend: Backend;
+  /** The chosen back end's `iptables-save`. */
+  readonly saved: SaveResult;
+  /** Saves of the other back ends read along the way (auto mode), for residue checks. */
+  readonly others: ReadonlyMap<Backend, SaveResult>;
+}
+
+export async function detectBackend(deps: IptablesDeps, family: Family): Promise<Detected> {
+  if (deps.choice !== "auto") {
+    return { backend: deps.choice, saved: await runSave(deps, family, deps.choice), others: new Map() };
+  }
+  const legacy = await runSave(deps, family, "legacy");
+  if (legacy.ok && holdsRules(legacy.text)) return { backend: "legacy", saved: legacy, others: new Map() };
+  const nft = await runSave(deps, family, "nft");
+  if (nft.ok) return { backend: "nft", saved: nft, others: new Map([["legacy", legacy]]) };
+  if (legacy.ok) return { backend: "legacy", saved: legacy, others: new Map() };
+  return { backend: "default", saved: await runSave(deps, family, "default"), others: new Map() };
+}
+
+/**
+ * The restore input that turns `state` into `plan` (undefined plan: remove everything of ours). Our jumps in built-in
+ * chains are deleted by their exact saved text (a changed rule makes the restore fail rather than delete the wrong
+ * one); every chain of ours is declared, which creates or flushes it; chains no longer planned are then deleted
+ * unless someone else's chain jumps to them (those stay, empty). The built-in chains are never flushed.
+ */
+export function restoreText(plan: TablePlan | undefined, state: OurState): string {
+  const planned = new Set<OurChain>(plan?.chains ?? []);
+  const stale = state.chains.filter((c) => !planned.has(c));
+  const lines = [
+    "*nat",
+    ...state.jumps.map((j) => `-D ${j.chain} ${j.spec}`),
+    ...[...planned, ...stale].map((c) => `:${c} - [0:0]`),
+    ...stale.filter((c) => !state.referencedByOthers.has(c)).map((c) => `-X ${c}`),
+    ...(plan?.rules ?? []).map(ruleLine),
+    "COMMIT",
+    "",
+  ];
+  return lines.join("\n");
+}
+
+async function runRestore(deps: IptablesDeps, family: Family, backend: Backend, input: string): Promise<void> {
+  const tool = toolName(family, backend, "restore");
+  const result = await deps.runner.run(tool, ["--noflush", "-w"], {
+    input,
+    timeoutMs: deps.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+  });
+  if (result.code === 0 && !result.timedOut) return;
+  const detail = result.timedOut ? "timed out" : result.stderr.trim() || `exit ${result.code}`;
+  throw new AgentError({
+    code: "IPTABLES_RESTORE_FAILED",
+    subject: tool,
+    message: `${tool} --noflush rejected the ${familyName(family)} rules (nothing was changed): ${detail}`,
+    hint: "run `istio-vm iptables apply --dry-run` to see the input; `istio-vm iptables show` shows what is in the kernel",
+  });
+}
+
+function savedOrThrow(family: Family, backend: Backend, saved: SaveResult): string {
+  if (saved.ok) return saved.text;
+  throw new AgentError({
+    code: "IPTABLES_SAVE_FAILED",
+    subject: toolName(family, backend, "save"),
+    message: `cannot read the ${familyName(family)} rules: ${saved.reason}`,
+    hint: "istio-vm needs root (or CAP_NET_ADMIN) and the iptables package",
+  });
+}
+
+export interface FamilyApplyResult {
+  readonly family: Family;
+  readonly backend: Backend;
+  /** applied: rules written; unchanged: the kernel already matched; removed: the plan is empty and ours were removed. */
+  readonly action: "applied" | "unchanged" | "removed" | "nothing";
+  readonly rules: number;
+  /** The restore input that was (or, with dryRun, would be) run. */
+  readonly restore?: string;
+  /** Other back ends that held chains of ours (left by an earlier run), cleaned. */
+  readonly residueCleaned: readonly Backend[];
+}
+
+export interface ApplyOptions {
+  readonly dryRun?: boolean;
+  /** Restore even when the kernel already matches the plan. */
+  readonly force?: boolean;
+}
+
+async function applyFamily(
+  deps: IptablesDeps,
+  plan: TablePlan | undefined,
+  family: Family,
+  options: ApplyOptions,
+): Promise<FamilyApplyResult> {
+  const detected = await detectBackend(deps, family);
+  const { backend } = detected;
+  const rules = plan?.rules.length ?? 0;
+  if (plan === undefined && !detected.saved.ok) {
+    // Nothing to capture and nothing readable (no ip6tables, or no IPv6 in the kernel): nothing of ours can be there.
+    return { family, backend, action: "nothing", rules, residueCleaned: [] };
+  }
+  const state = ourState(natTable(savedOrThrow(family, backend, detected.saved)));
+  const residueCleaned: Backend[] = [];
+  if (deps.choice === "auto") {
+    for (const other of (["legacy", "nft"] as const).filter((b) => b !== backend)) {
+      const saved = detected.others.get(other) ?? (await runSave(deps, family, other));
+      const residue = saved.ok ? ourState(natTable(saved.text)) : undefined;
+      if (residue === undefined || stateIsEmpty(residue)) continue;
+      if (options.dryRun !== true) await runRestore(deps, family, other, restoreText(undefined, residue));
+      deps.logger?.warn("removed interception rules left in the other iptables back end", { family, backend: other });
+      residueCleaned.push(other);
+    }
+  }
+  const empty = stateIsEmpty(state);
+  if (plan === undefined && empty) return { family, backend, action: "nothing", rules, residueCleaned };
+  if (options.force !== true && diffWithPlan(plan, state).matches) {
+    return { family, backend, action: "unchanged", rules, residueCleaned };
+  }
+  const restore = restoreText(plan, state);
+  if (options.dryRun !== true) await runRestore(deps, family, backend, restore);
+  return { family, backend, action: plan === undefined ? "removed" : "applied", rules, restore, residueCleaned };
+}
+
+/** Brings every family's nat rules of ours to the plan. Throws on the first failing family. */
+export async function applyInterception(
+  deps: IptablesDeps,
+  plan: InterceptionPlan,
+  options: ApplyOptions = {},
+): Promise<FamilyApplyResult[]> {
+  const results: FamilyApplyResult[] = [];
+  for (const family of FAMILIES) {
+    const table = plan.families.find((f) => f.family === family)?.tables[0];
+    results.push(await applyFamily(deps, table, family, options));
+  }
+  return results;
+}
+
+export interface CleanResult {
+  readonly family: Family;
+  readonly backend: Backend;
+  readonly removedChains: readonly OurChain[];
+  readonly removedJumps: number;
+  /** Our chains someone else's chain jumps to: flushed, not deleted. */
+  readonly keptChains: readonly OurChain[];
+  readonly restore?: string;
+  /** Why this back end was not looked at (tool missing, no IPv6 in the kernel). */
+  readonly skipped?: string;
+}
+
+function backendsToClean(choice: BackendChoice): Backend[] {
+  return choice === "auto" ? ["legacy", "nft"] : [choice];
+}
+
+/**
+ * Removes our chains and the jumps to them, in every back end that has them (auto) or the forced one. Never fails
+ * because there is nothing to clean or a back end is not installed; fails only when a restore is rejected.
+ */
+export async function cleanInterception(
+  deps: IptablesDeps,
+  options: { dryRun?: boolean } = {},
+): Promise<CleanResult[]> {
+  const results: CleanResult[] = [];
+  for (const family of FAMILIES) {
+    const backends = backendsToClean(deps.choice);
+    let readable = 0;
+    for (const backend of backends) {
+      const saved = await runSave(deps, family, backend);
+      if (!saved.ok) {
+        results.push({ family, backend, removedChains: [], removedJumps: 0, keptChains: [], skipped: saved.reason });
+        continue;
+      }
+      readable++;
+      results.push(await cleanState(deps, family, backend, saved.text, options));
+    }
+    if (readable === 0 && deps.choice === "auto") {
+      // Neither iptables-legacy nor iptables-nft: an older iptables without the split names.
+      const saved = await runSave(deps, family, "default");
+      if (saved.ok) results.push(await cleanState(deps, family, "default", saved.text, options));
+    }
+  }
+  return results;
+}
+
+async function cleanState(
+  deps: IptablesDeps,
+  family: Family,
+  backend: Backend,
+  saveText: string,
+  options: { dryRun?: boolean },
+): Promise<CleanResult> {
+  const state = ourState(natTable(saveText));
+  if (stateIsEmpty(state)) return { family, backend, removedChains: [], removedJumps: 0, keptChains: [] };
+  const restore = restoreText(undefined, state);
+  if (options.dryRun !== true) await runRestore(deps, family, backend, restore);
+  const kept = state.chains.filter((c) => state.referencedByOthers.has(c));
+  return {
+    family,
+    backend,
+    removedChains: state.chains.filter((c) => !kept.includes(c)),
+    removedJumps: state.jumps.length,
+    keptChains: kept,
+    restore,
+  };
+}
+
+export interface FamilyShow {
+  readonly family: Family;
+  readonly backend: Backend;
+  readonly readable: boolean;
+  readonly reason?: string;
+  readonly state: OurState;
+}
+
+/** What the kernel holds of ours, per family, in the back end apply would use. */
+export async function readInterception(deps: IptablesDeps): Promise<FamilyShow[]> {
+  const shows: FamilyShow[] = [];
+  for (const family of FAMILIES) {
+    const detected = await detectBackend(deps, family);
+    if (!detected.saved.ok) {
+      shows.push({
+        family,
+        backend: detected.backend,
+        readable: false,
+        reason: detected.saved.reason,
+        state: ourState(undefined),
+      });
+      continue;
+    }
+    shows.push({ family, backend: detected.backend, readable: true, state: ourState(natTable(detected.saved.text)) });
+  }
+  return shows;
+}
