@@ -1,0 +1,186 @@
+/**
+ * Envoy's v3 xDS messages, loaded from the descriptor generated at build time (scripts/gen-xds-descriptor.mjs), so
+ * they work inside the esbuild bundle and the single executable where no .proto file exists. One protobufjs Root
+ * serves both the ADS client of the discovery check and the dev Pilot's ADS server; the gRPC service definition
+ * below uses its encoders directly, so `Any` payloads (Cluster, ClusterLoadAssignment) are packed and unpacked with
+ * the same types.
+ */
+import type { ServiceDefinition } from "@grpc/grpc-js";
+import protobuf from "protobufjs";
+import descriptor from "./xds-descriptor.json" with { type: "json" };
+
+export const CLUSTER_TYPE_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+export const ENDPOINT_TYPE_URL = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+export const ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+
+const root = protobuf.Root.fromJSON(descriptor.root as protobuf.INamespace);
+
+const DiscoveryRequestType = root.lookupType("envoy.service.discovery.v3.DiscoveryRequest");
+const DiscoveryResponseType = root.lookupType("envoy.service.discovery.v3.DiscoveryResponse");
+const ClusterType = root.lookupType("envoy.config.cluster.v3.Cluster");
+const ClusterLoadAssignmentType = root.lookupType("envoy.config.endpoint.v3.ClusterLoadAssignment");
+
+/** A protobuf Struct value as plain JSON (google.protobuf.Struct is encoded by protobufjs from this shape). */
+export type StructValue = string | number | boolean | null | StructValue[] | { [key: string]: StructValue };
+
+export interface XdsNode {
+  readonly id: string;
+  readonly cluster: string;
+  readonly metadata: Readonly<Record<string, StructValue>>;
+  readonly user_agent_name?: string;
+  readonly user_agent_version?: string;
+}
+
+export interface RpcStatus {
+  readonly code: number;
+  readonly message: string;
+}
+
+export interface DiscoveryRequest {
+  readonly version_info: string;
+  readonly node?: XdsNode;
+  readonly resource_names: readonly string[];
+  readonly type_url: string;
+  readonly response_nonce: string;
+  readonly error_detail?: RpcStatus;
+}
+
+export interface AnyResource {
+  readonly type_url: string;
+  readonly value: Uint8Array;
+}
+
+export interface DiscoveryResponse {
+  readonly version_info: string;
+  readonly resources: readonly AnyResource[];
+  readonly type_url: string;
+  readonly nonce: string;
+  readonly control_plane?: { readonly identifier: string };
+}
+
+/** The few Cluster fields the dev Pilot sets and the check reads; the wire form is Envoy's full message. */
+export interface ClusterResource {
+  readonly name: string;
+  readonly type?: "EDS" | "STATIC" | "STRICT_DNS" | "LOGICAL_DNS" | "ORIGINAL_DST";
+  readonly eds_cluster_config?: { readonly service_name: string; readonly eds_config: { readonly ads: object } };
+  readonly connect_timeout?: { readonly seconds: number; readonly nanos?: number };
+}
+
+export interface LbEndpointResource {
+  readonly endpoint: {
+    readonly address: { readonly socket_address: { readonly address: string; readonly port_value: number } };
+  };
+}
+
+export interface ClusterLoadAssignmentResource {
+  readonly cluster_name: string;
+  readonly endpoints: readonly { readonly lb_endpoints: readonly LbEndpointResource[] }[];
+}
+
+/** Struct (google.protobuf.Struct) from plain JSON: protobufjs' fromObject wants the fields/kind shape. */
+function toStructValue(value: StructValue): object {
+  if (value === null) return { null_value: 0 };
+  if (typeof value === "string") return { string_value: value };
+  if (typeof value === "number") return { number_value: value };
+  if (typeof value === "boolean") return { bool_value: value };
+  if (Array.isArray(value)) return { list_value: { values: value.map(toStructValue) } };
+  return { struct_value: toStruct(value) };
+}
+
+function toStruct(value: Readonly<Record<string, StructValue>>): object {
+  return { fields: Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toStructValue(v)])) };
+}
+
+function fromStructValue(value: Record<string, unknown>): StructValue {
+  if ("string_value" in value) return value["string_value"] as string;
+  if ("number_value" in value) return value["number_value"] as number;
+  if ("bool_value" in value) return value["bool_value"] as boolean;
+  if ("list_value" in value) {
+    const list = value["list_value"] as { values?: Record<string, unknown>[] };
+    return (list.values ?? []).map(fromStructValue);
+  }
+  if ("struct_value" in value) return fromStruct(value["struct_value"] as { fields?: Record<string, never> });
+  return null;
+}
+
+function fromStruct(struct: { fields?: Record<string, Record<string, unknown>> } | undefined): {
+  [key: string]: StructValue;
+} {
+  return Object.fromEntries(Object.entries(struct?.fields ?? {}).map(([k, v]) => [k, fromStructValue(v)]));
+}
+
+const CONVERT: protobuf.IConversionOptions = { longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: false };
+
+export function encodeDiscoveryRequest(request: DiscoveryRequest): Buffer {
+  const plain = {
+    ...request,
+    resource_names: [...request.resource_names],
+    ...(request.node === undefined ? {} : { node: { ...request.node, metadata: toStruct(request.node.metadata) } }),
+  };
+  return Buffer.from(DiscoveryRequestType.encode(DiscoveryRequestType.fromObject(plain)).finish());
+}
+
+export function decodeDiscoveryRequest(bytes: Buffer): DiscoveryRequest {
+  const object = DiscoveryRequestType.toObject(DiscoveryRequestType.decode(bytes), CONVERT) as Record<string, unknown>;
+  const node = object["node"] as (Omit<XdsNode, "metadata"> & { metadata?: { fields?: never } }) | null | undefined;
+  const error = object["error_detail"] as RpcStatus | null | undefined;
+  return {
+    version_info: object["version_info"] as string,
+    resource_names: object["resource_names"] as string[],
+    type_url: object["type_url"] as string,
+    response_nonce: object["response_nonce"] as string,
+    ...(node === null || node === undefined ? {} : { node: { ...node, metadata: fromStruct(node.metadata) } }),
+    ...(error === null || error === undefined ? {} : { error_detail: { code: error.code, message: error.message } }),
+  };
+}
+
+export function encodeDiscoveryResponse(response: DiscoveryResponse): Buffer {
+  return Buffer.from(DiscoveryResponseType.encode(DiscoveryResponseType.fromObject(response)).finish());
+}
+
+export function decodeDiscoveryResponse(bytes: Buffer): DiscoveryResponse {
+  const object = DiscoveryResponseType.toObject(DiscoveryResponseType.decode(bytes), CONVERT) as Record<string, unknown>;
+  const controlPlane = object["control_plane"] as { identifier: string } | null | undefined;
+  return {
+    version_info: object["version_info"] as string,
+    resources: object["resources"] as AnyResource[],
+    type_url: object["type_url"] as string,
+    nonce: object["nonce"] as string,
+    ...(controlPlane === null || controlPlane === undefined ? {} : { control_plane: controlPlane }),
+  };
+}
+
+export function packCluster(cluster: ClusterResource): AnyResource {
+  return { type_url: CLUSTER_TYPE_URL, value: ClusterType.encode(ClusterType.fromObject(cluster)).finish() };
+}
+
+export function unpackCluster(resource: AnyResource): ClusterResource {
+  return ClusterType.toObject(ClusterType.decode(resource.value), CONVERT) as ClusterResource;
+}
+
+export function packClusterLoadAssignment(assignment: ClusterLoadAssignmentResource): AnyResource {
+  return {
+    type_url: ENDPOINT_TYPE_URL,
+    value: ClusterLoadAssignmentType.encode(ClusterLoadAssignmentType.fromObject(assignment)).finish(),
+  };
+}
+
+export function unpackClusterLoadAssignment(resource: AnyResource): ClusterLoadAssignmentResource {
+  return ClusterLoadAssignmentType.toObject(
+    ClusterLoadAssignmentType.decode(resource.value),
+    CONVERT,
+  ) as ClusterLoadAssignmentResource;
+}
+
+/** The ADS service for @grpc/grpc-js (client constructor and server), with the encoders above. */
+export const ADS_SERVICE: ServiceDefinition = {
+  StreamAggregatedResources: {
+    path: ADS_METHOD,
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: (value: DiscoveryRequest) => encodeDiscoveryRequest(value),
+    requestDeserialize: (bytes: Buffer) => decodeDiscoveryRequest(bytes),
+    responseSerialize: (value: DiscoveryResponse) => encodeDiscoveryResponse(value),
+    responseDeserialize: (bytes: Buffer) => decodeDiscoveryResponse(bytes),
+  },
+};
