@@ -21,12 +21,15 @@ export interface EnvFileProblem {
 export class EnvFileError extends Error {
   readonly file: string;
   readonly problems: readonly EnvFileProblem[];
+  /** The well-formed lines, so callers can validate them too and report every problem in one pass. */
+  readonly entries: readonly EnvEntry[];
 
-  constructor(file: string, problems: readonly EnvFileProblem[]) {
+  constructor(file: string, problems: readonly EnvFileProblem[], entries: readonly EnvEntry[] = []) {
     super(problems.map((p) => `${file}:${p.line}: ${p.message}`).join("\n"));
     this.name = "EnvFileError";
     this.file = file;
     this.problems = problems;
+    this.entries = entries;
   }
 }
 
@@ -172,7 +175,7 @@ export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry
       skipToNextLine();
     }
   }
-  if (problems.length > 0) throw new EnvFileError(file, problems);
+  if (problems.length > 0) throw new EnvFileError(file, problems, entries);
   return entries;
 }
 

@@ -2,6 +2,7 @@ import { join } from "node:path";
 import type { ConfigProblem } from "../platform/errors.js";
 import { ConfigError } from "../platform/errors.js";
 import type { FileSystem } from "../platform/fs.js";
+import type { EnvEntry } from "./env-file.js";
 import { EnvFileError, parseEnvFile } from "./env-file.js";
 import type { ConfigValues, VariableName, VariableSpec } from "./registry.js";
 import { VARIABLE_NAMES, VARIABLES, isMetadataName, isVariableName } from "./registry.js";
@@ -114,21 +115,24 @@ async function readLayer(
     problems.push({ subject: role, message: `cannot read ${path}: ${(error as Error).message}` });
   }
   if (text === undefined) return { layer: { values }, file: { role, path, present: false } };
+  let entries: readonly EnvEntry[];
   try {
-    for (const entry of parseEnvFile(text, path)) {
-      if (!isVariableName(entry.key) && !isMetadataName(entry.key)) {
-        warnings.push({
-          subject: entry.key,
-          where: `${path}:${entry.line}`,
-          message: `unknown variable, ignored${suggestion(entry.key)}`,
-        });
-        continue;
-      }
-      values.set(entry.key, { raw: entry.value, source: { kind: "file", file: path, line: entry.line } });
-    }
+    entries = parseEnvFile(text, path);
   } catch (error) {
     if (!(error instanceof EnvFileError)) throw error;
     for (const p of error.problems) problems.push({ subject: role, where: `${path}:${p.line}`, message: p.message });
+    entries = error.entries;
+  }
+  for (const entry of entries) {
+    if (!isVariableName(entry.key) && !isMetadataName(entry.key)) {
+      warnings.push({
+        subject: entry.key,
+        where: `${path}:${entry.line}`,
+        message: `unknown variable, ignored${suggestion(entry.key)}`,
+      });
+      continue;
+    }
+    values.set(entry.key, { raw: entry.value, source: { kind: "file", file: path, line: entry.line } });
   }
   return { layer: { values }, file: { role, path, present: true } };
 }

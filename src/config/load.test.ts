@@ -1,0 +1,124 @@
+import { describe, expect, it } from "vitest";
+import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
+import { ConfigError } from "../platform/errors.js";
+import { agentProblems, configFilePaths, inboundExcludePorts, loadConfig, requireValid } from "./load.js";
+
+const CLUSTER = "/var/lib/istio/envoy/cluster.env";
+const SIDECAR = "/var/lib/istio/envoy/sidecar.env";
+
+describe("loadConfig", () => {
+  it("uses the defaults of the istiod profile when nothing is set", async () => {
+    const loaded = await loadConfig({ env: {}, fs: new MemoryFileSystem() });
+    expect(loaded.problems).toEqual([]);
+    expect(loaded.values.ISTIO_CONTROL_PLANE).toBe("istiod");
+    expect(loaded.values.CA_ADDR).toEqual({ host: "istiod.istio-system.svc", port: 15012 });
+    expect(loaded.values.ISTIO_SERVICE_CIDR).toEqual([]);
+    expect(loaded.variables.CA_ADDR.source).toEqual({ kind: "default" });
+  });
+
+  it("derives addresses from the legacy profile and the control-plane namespace", async () => {
+    const fs = new MemoryFileSystem({ [CLUSTER]: "ISTIO_CONTROL_PLANE=legacy\nISTIO_SYSTEM_NAMESPACE=mesh\n" });
+    const { values } = await loadConfig({ env: {}, fs });
+    expect(values.PILOT_ADDRESS).toEqual({ host: "istio-pilot.mesh", port: 8080 });
+    expect(values.DISCOVERY_ADDRESS).toEqual({ host: "istio-pilot.mesh", port: 15011 });
+    expect(values.CA_ADDR).toEqual({ host: "istio-ca", port: 8060 });
+    expect(values.ISTIOD_SAN).toBe("istio-ca");
+  });
+
+  it("precedence: environment > sidecar.env > cluster.env > default, with the source of each value", async () => {
+    const fs = new MemoryFileSystem({
+      [CLUSTER]: "ISTIO_INBOUND_PORTS=8080\nISTIO_SERVICE_CIDR=10.0.0.0/8\nTRUST_DOMAIN=a.example\n",
+      [SIDECAR]: "# per VM\nISTIO_INBOUND_PORTS=3306\nTRUST_DOMAIN=b.example\n",
+    });
+    const loaded = await loadConfig({ env: { TRUST_DOMAIN: "c.example", PATH: "/bin" }, fs });
+    expect(loaded.values.ISTIO_INBOUND_PORTS).toEqual([3306]);
+    expect(loaded.variables.ISTIO_INBOUND_PORTS.source).toEqual({ kind: "file", file: SIDECAR, line: 2 });
+    expect(loaded.values.ISTIO_SERVICE_CIDR).toEqual([{ family: 4, address: "10.0.0.0", prefix: 8 }]);
+    expect(loaded.values.TRUST_DOMAIN).toBe("c.example");
+    expect(loaded.variables.TRUST_DOMAIN.source).toEqual({ kind: "environment" });
+  });
+
+  it("reports every problem at once, with file:line", async () => {
+    const fs = new MemoryFileSystem({
+      [CLUSTER]: "ISTIO_SERVICE_CIDR=10.0.0.1/8,banana\nISTIO_CONTROL_PLANE=consul\n",
+      [SIDECAR]: "ISTIO_INBOUND_PORTS=0,65536,http\nENVOY_PORT=15001\nSTATUS_PORT=15001\nBROKEN LINE\n",
+    });
+    const loaded = await loadConfig({ env: {}, fs });
+    const text = loaded.problems.map((p) => `${p.where ?? ""} ${p.subject}: ${p.message}`);
+    expect(text).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/sidecar\.env:4 sidecar\.env: /),
+        expect.stringMatching(/cluster\.env:2 ISTIO_CONTROL_PLANE: 'consul' is not one of istiod, legacy/),
+        expect.stringMatching(
+          /cluster\.env:1 ISTIO_SERVICE_CIDR: '10\.0\.0\.1\/8' has host bits set.*'banana' is not a CIDR/,
+        ),
+        expect.stringMatching(
+          /sidecar\.env:1 ISTIO_INBOUND_PORTS: port 0 is out of range.*port 65536 is out of range.*'http' is not a port/,
+        ),
+        expect.stringMatching(/STATUS_PORT: port 15001 is also ENVOY_PORT/),
+      ]),
+    );
+    expect(() => requireValid(loaded)).toThrow(ConfigError);
+  });
+
+  it("accepts both exclude-port names of the original recipe and merges them", async () => {
+    const fs = new MemoryFileSystem({
+      [SIDECAR]: "ISTIO_INBOUND_PORTS=*\nISTIO_LOCAL_EXCLUDE_PORTS=23\nISTIO_INBOUND_EXCLUDE_PORTS=8081,23\n",
+    });
+    const { values } = await loadConfig({ env: {}, fs });
+    expect(values.ISTIO_INBOUND_PORTS).toBe("*");
+    expect(inboundExcludePorts(values)).toEqual([23, 8081]);
+  });
+
+  it("folds the ISTIO_CP_AUTH alias into CONTROL_PLANE_AUTH_POLICY and flags a conflict", async () => {
+    const alias = await loadConfig({ env: {}, fs: new MemoryFileSystem({ [CLUSTER]: "ISTIO_CP_AUTH=NONE\n" }) });
+    expect(alias.values.CONTROL_PLANE_AUTH_POLICY).toBe("NONE");
+    expect(alias.variables.CONTROL_PLANE_AUTH_POLICY.via).toBe("ISTIO_CP_AUTH");
+    const both = await loadConfig({
+      env: {},
+      fs: new MemoryFileSystem({ [CLUSTER]: "ISTIO_CP_AUTH=NONE\nCONTROL_PLANE_AUTH_POLICY=MUTUAL_TLS\n" }),
+    });
+    expect(both.problems.map((p) => p.message)).toEqual([expect.stringContaining("conflicts with ISTIO_CP_AUTH=NONE")]);
+  });
+
+  it("warns about unknown variables with a suggestion, and passes ISTIO_META_* through as metadata", async () => {
+    const fs = new MemoryFileSystem({ [SIDECAR]: "ISTIO_INBOUND_PORT=80\nISTIO_META_DNS_AUTO_ALLOCATE=true\n" });
+    const loaded = await loadConfig({ env: {}, fs });
+    expect(loaded.warnings).toEqual([
+      {
+        subject: "ISTIO_INBOUND_PORT",
+        where: `${SIDECAR}:1`,
+        message: "unknown variable, ignored; did you mean ISTIO_INBOUND_PORTS?",
+      },
+    ]);
+    expect(loaded.metadata["ISTIO_META_DNS_AUTO_ALLOCATE"]?.raw).toBe("true");
+  });
+
+  it("relocates every default path under ISTIO_VM_ROOT, but not explicit ones", async () => {
+    const root = "/tmp/vm";
+    const fs = new MemoryFileSystem({ [`${root}${SIDECAR}`]: "OUTPUT_CERTS=/srv/certs\n" });
+    const env = { ISTIO_VM_ROOT: root };
+    expect(configFilePaths(env).sidecar).toBe(`${root}${SIDECAR}`);
+    const { values } = await loadConfig({ env, fs });
+    expect(values.OUTPUT_CERTS).toBe("/srv/certs");
+    expect(values.ISTIO_PROXY_CONFIG_DIR).toBe("/tmp/vm/etc/istio/proxy");
+    expect(values.ISTIO_TOKEN_FILE).toBe("/tmp/vm/var/lib/istio/tokens/istio-token");
+    expect(values.ENVOY_BINARY).toBe("/usr/local/bin/envoy");
+  });
+
+  it("the agent additionally needs cluster.env and ISTIO_SVC_IP", async () => {
+    const loaded = await loadConfig({ env: {}, fs: new MemoryFileSystem() });
+    expect(agentProblems(loaded).map((p) => p.subject)).toEqual(["cluster.env", "ISTIO_SVC_IP"]);
+    const ok = await loadConfig({
+      env: {},
+      fs: new MemoryFileSystem({ [CLUSTER]: "", [SIDECAR]: "ISTIO_SVC_IP=10.0.0.5\n" }),
+    });
+    expect(agentProblems(ok)).toEqual([]);
+  });
+
+  it("rejects TPROXY with the reason", async () => {
+    const fs = new MemoryFileSystem({ [SIDECAR]: "ISTIO_INBOUND_INTERCEPTION_MODE=TPROXY\n" });
+    const { problems } = await loadConfig({ env: {}, fs });
+    expect(problems.map((p) => p.message)).toEqual([expect.stringContaining("needs Envoy to run as root")]);
+  });
+});
