@@ -5,8 +5,13 @@
 import yargs from "yargs";
 import type { CommandModule } from "yargs";
 import { agentCommand } from "./cli/agent.js";
+import { certsCommand } from "./cli/certs.js";
+import { clusterEnvCommand } from "./cli/cluster-env.js";
 import { configCommand } from "./cli/config.js";
+import { dnsmasqCommand } from "./cli/dnsmasq.js";
+import { deregisterCommand, registerCommand } from "./cli/register.js";
 import type { CommandContext, CommandRuntime } from "./cli/context.js";
+import { iptablesCommand } from "./cli/iptables.js";
 import { systemClock } from "./platform/clock.js";
 import { AgentError, UsageError, describeError } from "./platform/errors.js";
 import { nodeFileSystem } from "./platform/fs.js";
@@ -25,7 +30,16 @@ export const EXIT_USAGE = 2;
 type CommandFactory = (runtime: () => CommandRuntime) => CommandModule<object, any>;
 
 /** Every implemented command; a command appears in --help only once it works. */
-const COMMANDS: readonly CommandFactory[] = [agentCommand, configCommand];
+const COMMANDS: readonly CommandFactory[] = [
+  agentCommand,
+  configCommand,
+  iptablesCommand,
+  clusterEnvCommand,
+  dnsmasqCommand,
+  certsCommand,
+  registerCommand,
+  deregisterCommand,
+];
 
 function exitCodeFor(error: unknown): number {
   if (error instanceof AgentError) return error.kind === "failure" ? EXIT_FAILURE : EXIT_USAGE;
