@@ -1,0 +1,84 @@
+/**
+ * Options and output handling shared by the admin generators (cluster-env, dnsmasq, certs, register): the
+ * control-plane namespace and profile, and writing one generated file atomically or printing it.
+ */
+import type { Argv } from "yargs";
+import { AgentError } from "../platform/errors.js";
+import type { FileSystem } from "../platform/fs.js";
+import { duration, ValueError } from "../config/types.js";
+import type { KubeClient } from "../kube/client.js";
+import type { ControlPlaneProfile } from "../kube/profile.js";
+import { DEFAULT_ISTIO_NAMESPACE, PROFILES } from "../kube/profile.js";
+import type { KubeArgs } from "./kube-options.js";
+import { kubeClientFor } from "./kube-options.js";
+import type { CommandRuntime } from "./context.js";
+
+export interface ProfileArgs {
+  "istio-namespace": string;
+  profile: ControlPlaneProfile | undefined;
+}
+
+export function withProfileOptions<T>(y: Argv<T>): Argv<T & ProfileArgs> {
+  return y
+    .option("istio-namespace", {
+      type: "string",
+      default: DEFAULT_ISTIO_NAMESPACE,
+      describe: "namespace of the Istio control plane",
+      requiresArg: true,
+    })
+    .option("profile", {
+      choices: PROFILES,
+      describe: "control-plane generation; default: detected (Service istiod ⇒ istiod, istio-pilot ⇒ legacy)",
+    });
+}
+
+/** How a command gets its KubeClient; tests pass one that returns a fake. */
+export type KubeConnector = (runtime: CommandRuntime, args: Partial<KubeArgs>) => Promise<KubeClient>;
+export const connectKube: KubeConnector = kubeClientFor;
+
+export function parseDurationFlag(flag: string, raw: string): number {
+  try {
+    return duration.parse(raw);
+  } catch (error) {
+    if (!(error instanceof ValueError)) throw error;
+    throw new AgentError({ code: "USAGE", message: `--${flag}: ${error.message}`, subject: raw, kind: "usage" });
+  }
+}
+
+/**
+ * Writes a generated public file (0644) atomically to `path`, refusing a directory; "-" or no path prints it instead.
+ * Returns the path written, or undefined when printed.
+ */
+export async function emitFile(
+  runtime: CommandRuntime,
+  options: { readonly path: string | undefined; readonly content: string; readonly fs?: FileSystem },
+): Promise<string | undefined> {
+  const { path, content } = options;
+  if (path === undefined || path === "-") {
+    if (!runtime.options.json) runtime.out(content);
+    return undefined;
+  }
+  const fs = options.fs ?? runtime.fs;
+  const existing = await fs.stat(path);
+  if (existing?.isDirectory === true) {
+    throw new AgentError({
+      code: "OUTPUT_IS_DIRECTORY",
+      message: `${path} is a directory`,
+      subject: path,
+      kind: "usage",
+      hint: "give a file name, e.g. -o out/cluster.env",
+    });
+  }
+  try {
+    await fs.writeFileAtomic(path, content, { mode: 0o644 });
+  } catch (error) {
+    throw new AgentError({
+      code: "OUTPUT_WRITE_FAILED",
+      message: `cannot write ${path}: ${(error as Error).message}`,
+      subject: path,
+      hint: "check that the directory exists and is writable",
+      cause: error,
+    });
+  }
+  return path;
+}
