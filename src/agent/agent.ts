@@ -239,12 +239,15 @@ export async function runAgent(options: AgentOptions): Promise<number> {
         note = `reload rejected, running the previous configuration: ${summarizeProblems(nextProblems)}`;
         reloads.inc({ result: "rejected" });
       } else {
+        const changed = (Object.keys(next.variables) as (keyof typeof next.variables)[]).filter(
+          (name) => next.variables[name].raw !== currentLoaded.variables[name].raw,
+        );
         for (const component of started) await component.reload?.(next.values);
         config = next.values;
         currentLoaded = next;
         note = undefined;
         reloads.inc({ result: "ok" });
-        logger.info("configuration reloaded", { changed: Object.keys(currentLoaded.variables).length });
+        logger.info("configuration reloaded", { changed: changed.length === 0 ? "nothing" : changed.join(",") });
       }
     } catch (error) {
       note = `reload failed: ${describeError(error)}`;
