@@ -69,18 +69,28 @@ export function uriSans(cert: X509Certificate): string[] {
     .map((entry) => entry.slice(4));
 }
 
+/** node returns undefined (despite its types) for an empty distinguished name, as workload certificates have. */
+function dn(text: string | undefined): string {
+  return (text ?? "").replaceAll("\n", ", ");
+}
+
 function summarize(cert: X509Certificate, now: number): CertSummary {
   const notBefore = Date.parse(cert.validFrom);
   const notAfter = Date.parse(cert.validTo);
   const lifetime = Math.max(1, notAfter - notBefore);
   const identity = uriSans(cert)[0];
   return {
-    subject: cert.subject.replaceAll("\n", ", "),
+    subject: dn(cert.subject),
     ...(identity === undefined ? {} : { identity }),
     notBefore: new Date(notBefore).toISOString(),
     notAfter: new Date(notAfter).toISOString(),
     remaining: Math.min(1, Math.max(0, (notAfter - now) / lifetime)),
   };
+}
+
+/** A duration for people: whole minutes (certificate times have one-second resolution). */
+function roughly(ms: number): string {
+  return ms < 60_000 ? "under a minute" : duration.render(Math.round(ms / 60_000) * 60_000);
 }
 
 function checkValidity(cert: X509Certificate, what: string, now: number, warnings: string[]): void {
@@ -105,7 +115,7 @@ function checkValidity(cert: X509Certificate, what: string, now: number, warning
   const lifetime = notAfter - notBefore;
   if (notAfter - now < lifetime / 2) {
     warnings.push(
-      `${what} has ${duration.render(Math.floor((notAfter - now) / 1000) * 1000)} of its ${duration.render(Math.floor(lifetime / 1000) * 1000)} lifetime left (expires ${new Date(notAfter).toISOString()}): install it soon, the VM cannot renew an expired bootstrap certificate`,
+      `${what} has ${roughly(notAfter - now)} of its ${roughly(lifetime)} lifetime left (expires ${new Date(notAfter).toISOString()}): install it soon, the VM cannot renew an expired bootstrap certificate`,
     );
   }
 }
@@ -172,7 +182,7 @@ export function verifyWorkloadCerts(input: WorkloadCertInput): {
       if (!endsAtRoot && !(cert.checkIssued(root) && cert.verify(root.publicKey))) {
         throw certError(
           "CHAIN_UNTRUSTED",
-          `cert-chain.pem does not verify to root-cert.pem (last certificate issued by "${cert.issuer.replaceAll("\n", ", ")}", root is "${root.subject.replaceAll("\n", ", ")}")`,
+          `cert-chain.pem does not verify to root-cert.pem (last certificate issued by "${dn(cert.issuer)}", root is "${dn(root.subject)}")`,
           input.subject,
           "the CA's root changed after the secret was issued; wait for the CA to refresh it, or delete the secret",
         );

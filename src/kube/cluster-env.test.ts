@@ -1,0 +1,172 @@
+import { describe, expect, it } from "vitest";
+import { parseEnvFile } from "../config/env-file.js";
+import { KubeApiError } from "./client.js";
+import {
+  PROBE_SERVICE_NAME,
+  discoverServiceCidr,
+  parseValidRange,
+  planClusterEnv,
+  readMeshSettings,
+  trustDomainFromMeshConfig,
+} from "./cluster-env.js";
+import { FakeKubeClient, seedIstiodCluster, seedLegacyCluster } from "../../test/fakes/kube-client.js";
+
+describe("planClusterEnv", () => {
+  it("writes the legacy file exactly as setupMeshEx.sh did, plus the profile", async () => {
+    const text = planClusterEnv({
+      profile: "legacy",
+      serviceCidr: "10.63.240.0/20",
+      systemNamespace: "istio-system",
+      authPolicy: "MUTUAL_TLS",
+    });
+    expect(text.split("\n").slice(0, 3)).toEqual([
+      "ISTIO_SERVICE_CIDR=10.63.240.0/20",
+      "ISTIO_SYSTEM_NAMESPACE=istio-system",
+      "CONTROL_PLANE_AUTH_POLICY=MUTUAL_TLS",
+    ]);
+    await expect(text).toMatchFileSnapshot("__golden__/cluster.env.legacy");
+  });
+
+  it("writes the istiod file sorted and quoted as istioctl does, without ISTIO_INBOUND_PORTS", async () => {
+    const text = planClusterEnv({
+      profile: "istiod",
+      serviceCidr: "10.96.0.0/12,fd00:10:96::/112",
+      systemNamespace: "istio-system",
+      authPolicy: "MUTUAL_TLS",
+      workload: {
+        namespace: "shop",
+        serviceAccount: "mysql-vm",
+        trustDomain: "example.org",
+        clusterId: "east",
+        meshId: "mesh1",
+        network: "vm-net",
+        workloadName: "mysql",
+        canonicalRevision: "v1",
+      },
+    });
+    expect(text).not.toContain("ISTIO_INBOUND_PORTS");
+    const keys = text
+      .trim()
+      .split("\n")
+      .map((l) => l.split("=")[0] ?? "");
+    expect(keys).toEqual([...keys].sort());
+    expect(text).toContain("ISTIO_META_CLUSTER_ID='east'\n");
+    await expect(text).toMatchFileSnapshot("__golden__/cluster.env.istiod");
+  });
+
+  it("writes ISTIO_INBOUND_PORTS only when asked, and the result parses back to the same values", () => {
+    const text = planClusterEnv({
+      profile: "istiod",
+      serviceCidr: "*",
+      systemNamespace: "istio-system",
+      authPolicy: "NONE",
+      inboundPorts: "8080, 3306",
+      workload: {
+        namespace: "default",
+        serviceAccount: "default",
+        trustDomain: "cluster.local",
+        clusterId: "Kubernetes",
+      },
+    });
+    const values = Object.fromEntries(parseEnvFile(text, "cluster.env").map((e) => [e.key, e.value]));
+    expect(values).toMatchObject({
+      ISTIO_INBOUND_PORTS: "8080,3306",
+      ISTIO_SERVICE_CIDR: "*",
+      CONTROL_PLANE_AUTH_POLICY: "NONE",
+      ISTIO_CONTROL_PLANE: "istiod",
+      POD_NAMESPACE: "default",
+    });
+    expect(values["ISTIO_META_WORKLOAD_NAME"]).toBeUndefined();
+  });
+});
+
+describe("parseValidRange", () => {
+  it("reads the range from the API server's allocation error", () => {
+    const message =
+      'Service "x" is invalid: spec.clusterIPs: Invalid value: ["0.0.0.1"]: failed to allocate IP 0.0.0.1: the provided IP (0.0.0.1) is not in the valid range. The range of valid IPs is 10.96.0.0/12';
+    expect(parseValidRange(message).map((c) => `${c.address}/${c.prefix}`)).toEqual(["10.96.0.0/12"]);
+  });
+  it("reads IPv6 ranges and lists, and nothing from unrelated messages", () => {
+    expect(parseValidRange("The range of valid IPs is fd00:10:96::/112.")).toHaveLength(1);
+    expect(parseValidRange("The range of valid IPs is 10.0.0.0/16,10.1.0.0/16")).toHaveLength(2);
+    expect(parseValidRange("forbidden: User cannot create services")).toEqual([]);
+  });
+});
+
+describe("discoverServiceCidr", () => {
+  it("prefers the flag and validates it", async () => {
+    const client = new FakeKubeClient();
+    await expect(discoverServiceCidr(client, { flag: "10.0.0.0/16", probeNamespace: "default" })).resolves.toEqual({
+      value: "10.0.0.0/16",
+      source: "flag",
+    });
+    expect(client.requests).toEqual([]);
+    await expect(discoverServiceCidr(client, { flag: "10.0.0.1/16", probeNamespace: "default" })).rejects.toThrow(
+      /host bits/,
+    );
+  });
+
+  it("reads both families from the ServiceCIDR API", async () => {
+    const client = new FakeKubeClient();
+    await seedIstiodCluster(client.store);
+    const found = await discoverServiceCidr(client, { probeNamespace: "default" });
+    expect(found).toEqual({ value: "10.96.0.0/12,fd00:10:96::/112", source: "ServiceCIDR API" });
+    expect(client.requests).toHaveLength(1);
+  });
+
+  it("falls back to a dry-run Service that creates nothing", async () => {
+    const client = new FakeKubeClient({ serviceRanges: ["10.100.0.0/16"] });
+    await seedLegacyCluster(client.store);
+    const found = await discoverServiceCidr(client, { probeNamespace: "default" });
+    expect(found).toEqual({ value: "10.100.0.0/16", source: "API server validation message" });
+    const creates = client.requests.filter((r) => r.verb === "create");
+    expect(creates.length).toBeGreaterThan(0);
+    expect(creates.every((r) => r.dryRun)).toBe(true);
+    expect(client.store.tryGet("services", "default", PROBE_SERVICE_NAME)).toBeUndefined();
+  });
+
+  it("finds both ranges of a dual-stack cluster without the ServiceCIDR API", async () => {
+    const client = new FakeKubeClient({ serviceRanges: ["10.100.0.0/16", "fd00:1::/108"] });
+    const found = await discoverServiceCidr(client, { probeNamespace: "default" });
+    expect(found.value).toBe("10.100.0.0/16,fd00:1::/108");
+  });
+
+  it("fails naming --service-cidr when nothing answers", async () => {
+    const client = new FakeKubeClient({
+      intercept: (r) => {
+        if (r.verb === "create") {
+          throw new KubeApiError({
+            status: 403,
+            reason: "Forbidden",
+            message: "cannot create services",
+            subject: r.path,
+          });
+        }
+      },
+    });
+    const error = await discoverServiceCidr(client, { probeNamespace: "default" }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: "SERVICE_CIDR_UNKNOWN" });
+    expect((error as Error).message).toContain("cannot create services");
+    expect((error as { hint: string }).hint).toContain("--service-cidr");
+  });
+});
+
+describe("readMeshSettings", () => {
+  it("reads cluster ID, mesh ID, network and trust domain from Istio's ConfigMaps", async () => {
+    const client = new FakeKubeClient();
+    await seedIstiodCluster(client.store);
+    await expect(readMeshSettings(client, "istio-system")).resolves.toEqual({
+      clusterId: "east",
+      meshId: "mesh1",
+      network: "vm-net",
+      trustDomain: "example.org",
+    });
+  });
+  it("leaves everything unset when the ConfigMaps are missing", async () => {
+    await expect(readMeshSettings(new FakeKubeClient(), "istio-system")).resolves.toEqual({});
+  });
+  it("reads only a top-level trustDomain", () => {
+    expect(trustDomainFromMeshConfig("defaultConfig:\n  trustDomain: nested\n")).toBeUndefined();
+    expect(trustDomainFromMeshConfig('trustDomain: "td.example" # comment\n')).toBe("td.example");
+  });
+});
