@@ -77,14 +77,17 @@ export interface ClusterLoadAssignmentResource {
   readonly endpoints: readonly { readonly lb_endpoints: readonly LbEndpointResource[] }[];
 }
 
-/** Struct (google.protobuf.Struct) from plain JSON: protobufjs' fromObject wants the fields/kind shape. */
+/**
+ * Struct (google.protobuf.Struct) from plain JSON: protobufjs' fromObject wants the fields/kind shape. The well-known
+ * google.protobuf types come from protobufjs' built-in definitions, whose field names are camelCase.
+ */
 function toStructValue(value: StructValue): object {
-  if (value === null) return { null_value: 0 };
-  if (typeof value === "string") return { string_value: value };
-  if (typeof value === "number") return { number_value: value };
-  if (typeof value === "boolean") return { bool_value: value };
-  if (Array.isArray(value)) return { list_value: { values: value.map(toStructValue) } };
-  return { struct_value: toStruct(value) };
+  if (value === null) return { nullValue: 0 };
+  if (typeof value === "string") return { stringValue: value };
+  if (typeof value === "number") return { numberValue: value };
+  if (typeof value === "boolean") return { boolValue: value };
+  if (Array.isArray(value)) return { listValue: { values: value.map(toStructValue) } };
+  return { structValue: toStruct(value) };
 }
 
 function toStruct(value: Readonly<Record<string, StructValue>>): object {
@@ -92,14 +95,14 @@ function toStruct(value: Readonly<Record<string, StructValue>>): object {
 }
 
 function fromStructValue(value: Record<string, unknown>): StructValue {
-  if ("string_value" in value) return value["string_value"] as string;
-  if ("number_value" in value) return value["number_value"] as number;
-  if ("bool_value" in value) return value["bool_value"] as boolean;
-  if ("list_value" in value) {
-    const list = value["list_value"] as { values?: Record<string, unknown>[] };
+  if ("stringValue" in value) return value["stringValue"] as string;
+  if ("numberValue" in value) return value["numberValue"] as number;
+  if ("boolValue" in value) return value["boolValue"] as boolean;
+  if ("listValue" in value) {
+    const list = value["listValue"] as { values?: Record<string, unknown>[] };
     return (list.values ?? []).map(fromStructValue);
   }
-  if ("struct_value" in value) return fromStruct(value["struct_value"] as { fields?: Record<string, never> });
+  if ("structValue" in value) return fromStruct(value["structValue"] as { fields?: Record<string, never> });
   return null;
 }
 
@@ -109,7 +112,13 @@ function fromStruct(struct: { fields?: Record<string, Record<string, unknown>> }
   return Object.fromEntries(Object.entries(struct?.fields ?? {}).map(([k, v]) => [k, fromStructValue(v)]));
 }
 
-const CONVERT: protobuf.IConversionOptions = { longs: Number, enums: String, bytes: Buffer, defaults: true, oneofs: false };
+const CONVERT: protobuf.IConversionOptions = {
+  longs: Number,
+  enums: String,
+  bytes: Buffer,
+  defaults: true,
+  oneofs: false,
+};
 
 export function encodeDiscoveryRequest(request: DiscoveryRequest): Buffer {
   const plain = {
@@ -139,7 +148,10 @@ export function encodeDiscoveryResponse(response: DiscoveryResponse): Buffer {
 }
 
 export function decodeDiscoveryResponse(bytes: Buffer): DiscoveryResponse {
-  const object = DiscoveryResponseType.toObject(DiscoveryResponseType.decode(bytes), CONVERT) as Record<string, unknown>;
+  const object = DiscoveryResponseType.toObject(DiscoveryResponseType.decode(bytes), CONVERT) as Record<
+    string,
+    unknown
+  >;
   const controlPlane = object["control_plane"] as { identifier: string } | null | undefined;
   return {
     version_info: object["version_info"] as string,

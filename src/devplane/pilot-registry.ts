@@ -1,0 +1,82 @@
+/**
+ * What the dev Pilot knows about the mesh, read from the object store: Services (ports by name) and their
+ * Endpoints. Both the v1 REST registration API and the xDS server answer from this view, so they agree with each
+ * other and with the Kubernetes API of `istio-vm dev` (where `istio-vm register` writes VMs as Endpoints).
+ */
+import type { KubeObject, ObjectStore } from "./store.js";
+
+export const CLUSTER_DOMAIN = "cluster.local";
+
+export interface ServicePort {
+  readonly name: string;
+  readonly port: number;
+  readonly protocol: string;
+}
+
+export interface MeshService {
+  readonly namespace: string;
+  readonly name: string;
+  /** `<name>.<namespace>.svc.cluster.local` */
+  readonly hostname: string;
+  readonly ports: readonly ServicePort[];
+}
+
+export interface ServiceInstance {
+  readonly ip: string;
+  readonly port: number;
+}
+
+interface ServiceObject extends KubeObject {
+  readonly spec?: { readonly ports?: readonly { name?: string; port: number; protocol?: string }[] };
+}
+
+interface EndpointsObject extends KubeObject {
+  readonly subsets?: readonly {
+    readonly addresses?: readonly { readonly ip: string }[];
+    readonly ports?: readonly { readonly name?: string; readonly port: number }[];
+  }[];
+}
+
+function toService(object: ServiceObject): MeshService {
+  const namespace = object.metadata.namespace ?? "default";
+  return {
+    namespace,
+    name: object.metadata.name,
+    hostname: `${object.metadata.name}.${namespace}.svc.${CLUSTER_DOMAIN}`,
+    ports: (object.spec?.ports ?? []).map((p) => ({ name: p.name ?? "", port: p.port, protocol: p.protocol ?? "TCP" })),
+  };
+}
+
+export function listServices(store: ObjectStore): MeshService[] {
+  return store.list("services").map((o) => toService(o as ServiceObject));
+}
+
+/** The Service with this `<name>.<namespace>.svc.cluster.local` host name, if any. */
+export function findService(store: ObjectStore, hostname: string): MeshService | undefined {
+  const suffix = `.svc.${CLUSTER_DOMAIN}`;
+  const host = hostname.toLowerCase();
+  if (!host.endsWith(suffix)) return undefined;
+  const parts = host.slice(0, -suffix.length).split(".");
+  if (parts.length !== 2) return undefined;
+  const [name = "", namespace = ""] = parts;
+  const object = store.tryGet("services", namespace, name) as ServiceObject | undefined;
+  return object === undefined ? undefined : toService(object);
+}
+
+/**
+ * The endpoints of one service port: every ready address of the Endpoints object paired with the endpoint port of
+ * the same name (Kubernetes names endpoint ports after service ports; a single-port service may leave both unnamed).
+ */
+export function instancesOf(store: ObjectStore, service: MeshService, port: ServicePort): ServiceInstance[] {
+  const endpoints = store.tryGet("endpoints", service.namespace, service.name) as EndpointsObject | undefined;
+  const instances: ServiceInstance[] = [];
+  for (const subset of endpoints?.subsets ?? []) {
+    const ports = subset.ports ?? [];
+    const match =
+      ports.find((p) => (p.name ?? "") === port.name) ??
+      (ports.length === 1 && service.ports.length === 1 ? ports[0] : undefined);
+    if (match === undefined) continue;
+    for (const address of subset.addresses ?? []) instances.push({ ip: address.ip, port: match.port });
+  }
+  return instances;
+}

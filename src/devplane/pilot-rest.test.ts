@@ -1,0 +1,103 @@
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { PilotRestServer } from "./pilot-rest.js";
+import { startPilotRest } from "./pilot-rest.js";
+import { ObjectStore } from "./store.js";
+
+function seed(): ObjectStore {
+  const store = new ObjectStore();
+  store.create("services", {
+    metadata: { name: "istio-pilot", namespace: "istio-system" },
+    spec: {
+      clusterIP: "10.96.0.8",
+      ports: [
+        { name: "http-discovery", port: 8080 },
+        { name: "grpc-xds", port: 15010 },
+      ],
+    },
+  });
+  store.create("endpoints", {
+    metadata: { name: "istio-pilot", namespace: "istio-system" },
+    subsets: [
+      {
+        addresses: [{ ip: "10.1.0.8" }],
+        ports: [
+          { name: "http-discovery", port: 8080 },
+          { name: "grpc-xds", port: 15010 },
+        ],
+      },
+    ],
+  });
+  store.create("services", {
+    metadata: { name: "hello", namespace: "default" },
+    spec: { clusterIP: "10.96.1.1", ports: [{ port: 80 }] },
+  });
+  store.create("endpoints", {
+    metadata: { name: "hello", namespace: "default" },
+    subsets: [{ addresses: [{ ip: "10.1.1.1" }, { ip: "10.1.1.2" }], ports: [{ port: 8080 }] }],
+  });
+  return store;
+}
+
+describe("dev Pilot v1 REST registration API", () => {
+  let store: ObjectStore;
+  let pilot: PilotRestServer;
+  beforeEach(async () => {
+    store = seed();
+    pilot = await startPilotRest({ store });
+  });
+  afterEach(async () => {
+    await pilot.close();
+  });
+
+  it("answers a service key with an encoded | with the endpoints of that port, in the original shape", async () => {
+    const res = await fetch(`${pilot.url}/v1/registration/istio-pilot.istio-system.svc.cluster.local%7Chttp-discovery`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("content-type")).toBe("application/json");
+    const text = await res.text();
+    expect(JSON.parse(text)).toEqual({ hosts: [{ ip_address: "10.1.0.8", port: 8080 }] });
+    expect(text).toContain('\n  "hosts"');
+  });
+
+  it("keys a single unnamed port by the host name alone, using the endpoint's target port", async () => {
+    const res = await fetch(`${pilot.url}/v1/registration/hello.default.svc.cluster.local`);
+    expect(await res.json()).toEqual({
+      hosts: [
+        { ip_address: "10.1.1.1", port: 8080 },
+        { ip_address: "10.1.1.2", port: 8080 },
+      ],
+    });
+  });
+
+  it("answers an unknown service or port with no hosts", async () => {
+    for (const key of ["nope.default.svc.cluster.local%7Chttp", "istio-pilot.istio-system.svc.cluster.local%7Cother"]) {
+      const res = await fetch(`${pilot.url}/v1/registration/${key}`);
+      expect(res.status).toBe(200);
+      expect(await res.json()).toEqual({ hosts: [] });
+    }
+  });
+
+  it("lists every service port with its key", async () => {
+    const res = await fetch(`${pilot.url}/v1/registration`);
+    const body = (await res.json()) as { "service-key": string }[];
+    expect(body.map((e) => e["service-key"])).toEqual([
+      "hello.default.svc.cluster.local",
+      "istio-pilot.istio-system.svc.cluster.local|http-discovery",
+      "istio-pilot.istio-system.svc.cluster.local|grpc-xds",
+    ]);
+  });
+
+  it("follows endpoint changes (a VM registered later appears)", async () => {
+    const ep = store.get("endpoints", "default", "hello");
+    store.update("endpoints", { ...ep, subsets: [{ addresses: [{ ip: "10.2.0.9" }], ports: [{ port: 9090 }] }] });
+    const res = await fetch(`${pilot.url}/v1/registration/hello.default.svc.cluster.local`);
+    expect(await res.json()).toEqual({ hosts: [{ ip_address: "10.2.0.9", port: 9090 }] });
+  });
+
+  it("answers 503 while a registry failure is injected, and recovers", async () => {
+    pilot.setFault("registry-unavailable");
+    const res = await fetch(`${pilot.url}/v1/registration/hello.default.svc.cluster.local`);
+    expect(res.status).toBe(503);
+    pilot.setFault("none");
+    expect((await fetch(`${pilot.url}/v1/registration/hello.default.svc.cluster.local`)).status).toBe(200);
+  });
+});

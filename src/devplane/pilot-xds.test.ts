@@ -1,0 +1,156 @@
+import { beforeAll, describe, expect, it } from "vitest";
+import { AdsProbeError, probeAds } from "../xds/ads-client.js";
+import type { XdsNode } from "../xds/protos.js";
+import type { IssuedKeyPair, MeshCa } from "./mesh-ca.js";
+import { createMeshCa } from "./mesh-ca.js";
+import { loadAssignment, startPilotXds } from "./pilot-xds.js";
+import { ObjectStore } from "./store.js";
+
+const node: XdsNode = {
+  id: "sidecar~10.0.0.5~vm1.default~default.svc.cluster.local",
+  cluster: "rawvm.default",
+  metadata: { NAMESPACE: "default", SERVICE_ACCOUNT: "vm", INSTANCE_IPS: "10.0.0.5" },
+};
+
+function seed(): ObjectStore {
+  const store = new ObjectStore();
+  store.create("services", {
+    metadata: { name: "hello", namespace: "default" },
+    spec: {
+      clusterIP: "10.96.1.1",
+      ports: [
+        { name: "http", port: 80 },
+        { name: "grpc", port: 9000 },
+      ],
+    },
+  });
+  store.create("endpoints", {
+    metadata: { name: "hello", namespace: "default" },
+    subsets: [
+      {
+        addresses: [{ ip: "10.1.1.1" }],
+        ports: [
+          { name: "http", port: 8080 },
+          { name: "grpc", port: 9000 },
+        ],
+      },
+    ],
+  });
+  return store;
+}
+
+describe("dev Pilot ADS server", () => {
+  let ca: MeshCa;
+  let serving: IssuedKeyPair;
+  let client: IssuedKeyPair;
+  beforeAll(async () => {
+    ca = await createMeshCa();
+    serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
+    client = await ca.issueKeyPair({ identity: ca.spiffeId("default", "vm") });
+  });
+
+  it("answers CDS over plain gRPC with one EDS cluster per service port and records the ACK", async () => {
+    const store = seed();
+    const xds = await startPilotXds({ store });
+    try {
+      const result = await probeAds({ target: xds.address, node, timeoutMs: 5000 });
+      expect(result.clusters).toEqual([
+        "outbound|80||hello.default.svc.cluster.local",
+        "outbound|9000||hello.default.svc.cluster.local",
+      ]);
+      expect(result.versionInfo).toBe(store.resourceVersion);
+      expect(result.controlPlane).toBe("istio-vm dev pilot");
+      const ack = xds.events.find((e) => e.kind === "ack");
+      expect(ack?.nonce).toBe(result.nonce);
+      expect(xds.events.find((e) => e.kind === "request")?.nodeId).toBe(node.id);
+      expect(xds.events.find((e) => e.kind === "request")?.metadata).toEqual(node.metadata);
+    } finally {
+      await xds.close();
+    }
+  });
+
+  it("builds EDS load assignments from the endpoints, by port", () => {
+    const store = seed();
+    expect(loadAssignment(store, "outbound|80||hello.default.svc.cluster.local")).toEqual({
+      cluster_name: "outbound|80||hello.default.svc.cluster.local",
+      endpoints: [
+        { lb_endpoints: [{ endpoint: { address: { socket_address: { address: "10.1.1.1", port_value: 8080 } } } }] },
+      ],
+    });
+    expect(loadAssignment(store, "outbound|81||hello.default.svc.cluster.local").endpoints).toEqual([]);
+  });
+
+  it("serves TLS with a mesh-CA certificate for istiod.<ns>.svc and checks the client identity against the node", async () => {
+    const xds = await startPilotXds({
+      store: seed(),
+      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem, requireClientCert: true },
+    });
+    const tls = {
+      rootPem: ca.rootCertPem,
+      servername: "istiod.istio-system.svc",
+      certChainPem: client.chainPem,
+      keyPem: client.keyPem,
+    };
+    try {
+      const result = await probeAds({ target: xds.address, tls, node, timeoutMs: 5000 });
+      expect(result.clusters.length).toBe(2);
+      expect(xds.events.find((e) => e.kind === "request")?.peerIdentities).toEqual([ca.spiffeId("default", "vm")]);
+
+      const other = { ...node, metadata: { ...node.metadata, SERVICE_ACCOUNT: "someone-else" } };
+      const denied = await probeAds({ target: xds.address, tls, node: other, timeoutMs: 5000 }).catch(
+        (e: unknown) => e,
+      );
+      expect(denied).toBeInstanceOf(AdsProbeError);
+      expect((denied as AdsProbeError).message).toMatch(/PERMISSION_DENIED \(7\).*someone-else/);
+
+      const wrongName = await probeAds({
+        target: xds.address,
+        tls: { ...tls, servername: "istio-pilot" },
+        node,
+        timeoutMs: 5000,
+      }).catch((e: unknown) => e);
+      expect((wrongName as AdsProbeError).message).toMatch(/UNAVAILABLE/);
+    } finally {
+      await xds.close();
+    }
+  });
+
+  it("resets the stream when the fault is injected, which the client sees as a gRPC error", async () => {
+    const xds = await startPilotXds({ store: seed() });
+    try {
+      xds.setFault("stream-reset");
+      const error = await probeAds({ target: xds.address, node, timeoutMs: 5000 }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(AdsProbeError);
+      expect((error as AdsProbeError).message).toMatch(/RST_STREAM/);
+      expect(xds.events.some((e) => e.kind === "reset")).toBe(true);
+      xds.setFault("none");
+      expect((await probeAds({ target: xds.address, node, timeoutMs: 5000 })).clusters.length).toBe(2);
+    } finally {
+      await xds.close();
+    }
+  });
+
+  it("reports an empty CDS answer as a failure, not success", async () => {
+    const xds = await startPilotXds({ store: new ObjectStore() });
+    try {
+      await expect(probeAds({ target: xds.address, node, timeoutMs: 5000 })).rejects.toThrow(/no clusters/);
+    } finally {
+      await xds.close();
+    }
+  });
+
+  it("pushes a new CDS response to a subscribed stream when a service appears", async () => {
+    const store = seed();
+    const xds = await startPilotXds({ store });
+    try {
+      await probeAds({ target: xds.address, node, timeoutMs: 5000 });
+      const before = xds.events.filter((e) => e.kind === "response").length;
+      store.create("services", { metadata: { name: "x", namespace: "default" }, spec: { ports: [{ port: 1 }] } });
+      // The probe's stream is closed, so nothing is pushed to it; a new probe sees three clusters.
+      expect(xds.events.filter((e) => e.kind === "response").length).toBe(before);
+      expect((await probeAds({ target: xds.address, node, timeoutMs: 5000 })).clusters.length).toBe(3);
+    } finally {
+      await xds.close();
+    }
+  });
+});

@@ -1,0 +1,372 @@
+/**
+ * The dev Pilot's xDS v3 ADS server (`envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources`)
+ * for the services in the object store: CDS (one EDS cluster per service port, named as Istio names outbound
+ * clusters, `outbound|<port>||<host>`) and EDS (a ClusterLoadAssignment per cluster from the Endpoints). Plain text
+ * (istiod's 15010) or TLS with a serving certificate from the dev mesh CA (istiod's 15012, SAN
+ * `istiod.<ns>.svc`); client certificates are requested and, when `requireClientCert`, required.
+ *
+ * It speaks gRPC directly over node:http2 (length-prefixed messages, `grpc-status` trailers) rather than through
+ * @grpc/grpc-js' server, because a test double must be able to misbehave the way a real network does: the
+ * `stream-reset` fault answers the next request with an HTTP/2 RST_STREAM, which grpc-js' server cannot send.
+ *
+ * Protocol (istiod.md §6): the first request on a stream carries the Node; a request with an empty nonce subscribes;
+ * one echoing the last nonce of its type is an ACK (or a NACK when it carries error_detail) and gets no reply unless
+ * its resource names changed; a stale nonce is ignored. Subscribed streams get a new response on every store change.
+ * With a verified client certificate, the SPIFFE identity's namespace and service account must equal the node
+ * metadata NAMESPACE and SERVICE_ACCOUNT (istiod's XDS identity check), else PERMISSION_DENIED.
+ */
+import { randomBytes } from "node:crypto";
+import { constants as h2, createSecureServer, createServer } from "node:http2";
+import type { Http2SecureServer, Http2Server, IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
+import type { AddressInfo } from "node:net";
+import type { TLSSocket } from "node:tls";
+import type {
+  AnyResource,
+  ClusterLoadAssignmentResource,
+  DiscoveryRequest,
+  DiscoveryResponse,
+  XdsNode,
+} from "../xds/protos.js";
+import {
+  ADS_METHOD,
+  CLUSTER_TYPE_URL,
+  ENDPOINT_TYPE_URL,
+  decodeDiscoveryRequest,
+  encodeDiscoveryResponse,
+  packCluster,
+  packClusterLoadAssignment,
+} from "../xds/protos.js";
+import type { ObjectStore } from "./store.js";
+import { findService, instancesOf, listServices } from "./pilot-registry.js";
+
+/** gRPC status codes used here (google.rpc.Code). */
+const GRPC = { OK: 0, INVALID_ARGUMENT: 3, PERMISSION_DENIED: 7, UNIMPLEMENTED: 12, INTERNAL: 13 } as const;
+
+export type PilotXdsFault = "none" | "stream-reset";
+
+export function outboundClusterName(port: number, hostname: string): string {
+  return `outbound|${port}||${hostname}`;
+}
+
+function parseOutboundClusterName(name: string): { port: number; hostname: string } | undefined {
+  const m = /^outbound\|(\d+)\|[^|]*\|(.+)$/.exec(name);
+  if (m === null) return undefined;
+  return { port: Number(m[1]), hostname: m[2] ?? "" };
+}
+
+export function clusterResources(store: ObjectStore): AnyResource[] {
+  return listServices(store).flatMap((service) =>
+    service.ports.map((port) => {
+      const name = outboundClusterName(port.port, service.hostname);
+      return packCluster({
+        name,
+        type: "EDS",
+        eds_cluster_config: { service_name: name, eds_config: { ads: {} } },
+        connect_timeout: { seconds: 10 },
+      });
+    }),
+  );
+}
+
+export function loadAssignment(store: ObjectStore, clusterName: string): ClusterLoadAssignmentResource {
+  const parsed = parseOutboundClusterName(clusterName);
+  const service = parsed === undefined ? undefined : findService(store, parsed.hostname);
+  const port = service?.ports.find((p) => p.port === parsed?.port);
+  const instances = service === undefined || port === undefined ? [] : instancesOf(store, service, port);
+  return {
+    cluster_name: clusterName,
+    endpoints:
+      instances.length === 0
+        ? []
+        : [
+            {
+              lb_endpoints: instances.map((i) => ({
+                endpoint: { address: { socket_address: { address: i.ip, port_value: i.port } } },
+              })),
+            },
+          ],
+  };
+}
+
+export function endpointResources(store: ObjectStore, names: readonly string[]): AnyResource[] {
+  const wanted =
+    names.length > 0
+      ? names
+      : listServices(store).flatMap((s) => s.ports.map((p) => outboundClusterName(p.port, s.hostname)));
+  return wanted.map((name) => packClusterLoadAssignment(loadAssignment(store, name)));
+}
+
+/** What a stream did, for tests and the dev plane's log. */
+export interface XdsEvent {
+  readonly stream: number;
+  readonly kind: "request" | "ack" | "nack" | "response" | "reset" | "denied" | "closed";
+  readonly typeUrl?: string;
+  readonly nodeId?: string;
+  readonly nonce?: string;
+  readonly resources?: number;
+  readonly metadata?: XdsNode["metadata"];
+  /** URI SANs of the verified client certificate. */
+  readonly peerIdentities?: readonly string[];
+  readonly detail?: string;
+}
+
+export interface PilotXdsServer {
+  readonly host: string;
+  readonly port: number;
+  /** `host:port` for a gRPC target. */
+  readonly address: string;
+  readonly tls: boolean;
+  readonly events: readonly XdsEvent[];
+  setFault(fault: PilotXdsFault): void;
+  close(): Promise<void>;
+}
+
+export interface StartPilotXdsOptions {
+  readonly store: ObjectStore;
+  readonly host?: string;
+  readonly port?: number;
+  /** Serve TLS with this certificate (chain) and key; plain text without. */
+  readonly tls?: {
+    readonly certPem: string;
+    readonly keyPem: string;
+    /** Roots that client certificates must chain to (the mesh root). */
+    readonly caPem: string;
+    /** Refuse clients without a certificate (istiod accepts a bearer token instead; the dev plane has none). */
+    readonly requireClientCert?: boolean;
+  };
+}
+
+/** gRPC's percent-encoding of grpc-message: only '%' and bytes outside printable ASCII (grpc-js decodes with decodeURI). */
+function grpcMessage(text: string): string {
+  return [...Buffer.from(text, "utf8")]
+    .map((b) =>
+      b >= 0x20 && b <= 0x7e && b !== 0x25
+        ? String.fromCharCode(b)
+        : `%${b.toString(16).toUpperCase().padStart(2, "0")}`,
+    )
+    .join("");
+}
+
+function frame(message: Buffer): Buffer {
+  const out = Buffer.alloc(5 + message.length);
+  out.writeUInt8(0, 0);
+  out.writeUInt32BE(message.length, 1);
+  message.copy(out, 5);
+  return out;
+}
+
+function spiffeIdentities(stream: ServerHttp2Stream): string[] {
+  const socket = stream.session?.socket as TLSSocket | undefined;
+  if (socket === undefined || typeof socket.getPeerCertificate !== "function" || !socket.authorized) return [];
+  const cert = socket.getPeerCertificate();
+  return (cert.subjectaltname ?? "")
+    .split(", ")
+    .filter((n) => n.startsWith("URI:"))
+    .map((n) => n.slice(4));
+}
+
+interface Subscription {
+  nonce: string;
+  names: readonly string[];
+}
+
+export async function startPilotXds(options: StartPilotXdsOptions): Promise<PilotXdsServer> {
+  const { store } = options;
+  let fault: PilotXdsFault = "none";
+  const events: XdsEvent[] = [];
+  const active = new Set<() => void>();
+  let streamIds = 0;
+
+  const handleAds = (stream: ServerHttp2Stream): void => {
+    const id = ++streamIds;
+    const peerIdentities = spiffeIdentities(stream);
+    const subscriptions = new Map<string, Subscription>();
+    let node: XdsNode | undefined;
+    let finished = false;
+    stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+    let status: { code: number; message: string } = { code: GRPC.OK, message: "" };
+    stream.on("wantTrailers", () => {
+      stream.sendTrailers({ "grpc-status": String(status.code), "grpc-message": grpcMessage(status.message) });
+    });
+    const finish = (code: number, message: string): void => {
+      if (finished) return;
+      finished = true;
+      status = { code, message };
+      stream.end();
+    };
+    const send = (typeUrl: string, names: readonly string[]): void => {
+      if (finished || stream.destroyed) return;
+      const resources =
+        typeUrl === CLUSTER_TYPE_URL
+          ? clusterResources(store)
+          : typeUrl === ENDPOINT_TYPE_URL
+            ? endpointResources(store, names)
+            : [];
+      const nonce = randomBytes(8).toString("hex");
+      const response: DiscoveryResponse = {
+        version_info: store.resourceVersion,
+        resources,
+        type_url: typeUrl,
+        nonce,
+        control_plane: { identifier: "istio-vm dev pilot" },
+      };
+      subscriptions.set(typeUrl, { nonce, names });
+      stream.write(frame(encodeDiscoveryResponse(response)));
+      events.push({ stream: id, kind: "response", typeUrl, nonce, resources: resources.length });
+    };
+    const onRequest = (request: DiscoveryRequest): void => {
+      if (fault === "stream-reset") {
+        events.push({ stream: id, kind: "reset", typeUrl: request.type_url, detail: "fault injected" });
+        finished = true;
+        stream.close(h2.NGHTTP2_INTERNAL_ERROR);
+        return;
+      }
+      if (node === undefined) {
+        if (request.node === undefined || request.node.id === "") {
+          finish(GRPC.INVALID_ARGUMENT, "the first DiscoveryRequest on a stream must carry node.id");
+          return;
+        }
+        node = request.node;
+        if (peerIdentities.length > 0) {
+          const ns = JSON.stringify(node.metadata["NAMESPACE"] ?? "").replaceAll('"', "");
+          const sa = JSON.stringify(node.metadata["SERVICE_ACCOUNT"] ?? "").replaceAll('"', "");
+          const allowed = peerIdentities.some((uri) => uri.endsWith(`/ns/${ns}/sa/${sa}`));
+          if (!allowed) {
+            const detail = `authenticated identity ${peerIdentities.join(",")} does not match node metadata NAMESPACE=${ns} SERVICE_ACCOUNT=${sa}`;
+            events.push({ stream: id, kind: "denied", nodeId: node.id, detail, peerIdentities });
+            finish(GRPC.PERMISSION_DENIED, detail);
+            return;
+          }
+        }
+      }
+      const current = subscriptions.get(request.type_url);
+      const common = {
+        stream: id,
+        typeUrl: request.type_url,
+        nodeId: node.id,
+        metadata: node.metadata,
+        peerIdentities,
+      };
+      if (request.response_nonce === "") {
+        events.push({ ...common, kind: "request" });
+        send(request.type_url, request.resource_names);
+        return;
+      }
+      if (current === undefined || request.response_nonce !== current.nonce) return; // stale: a newer response is on its way
+      if (request.error_detail !== undefined) {
+        events.push({ ...common, kind: "nack", nonce: request.response_nonce, detail: request.error_detail.message });
+        return;
+      }
+      events.push({ ...common, kind: "ack", nonce: request.response_nonce });
+      const sameNames =
+        request.resource_names.length === current.names.length &&
+        request.resource_names.every((n, i) => n === current.names[i]);
+      if (!sameNames) send(request.type_url, request.resource_names);
+    };
+
+    let pending = Buffer.alloc(0);
+    stream.on("data", (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      while (!finished && pending.length >= 5) {
+        const length = pending.readUInt32BE(1);
+        if (pending.length < 5 + length) break;
+        if (pending.readUInt8(0) !== 0) {
+          finish(GRPC.UNIMPLEMENTED, "compressed messages are not supported");
+          return;
+        }
+        const message = pending.subarray(5, 5 + length);
+        pending = pending.subarray(5 + length);
+        let request: DiscoveryRequest;
+        try {
+          request = decodeDiscoveryRequest(message);
+        } catch (error) {
+          finish(GRPC.INTERNAL, `cannot decode DiscoveryRequest: ${(error as Error).message}`);
+          return;
+        }
+        onRequest(request);
+      }
+    });
+    const push = (): void => {
+      for (const [typeUrl, sub] of subscriptions) send(typeUrl, sub.names);
+    };
+    active.add(push);
+    stream.on("end", () => {
+      finish(GRPC.OK, "");
+    });
+    stream.on("close", () => {
+      active.delete(push);
+      events.push({ stream: id, kind: "closed" });
+    });
+    stream.on("error", () => undefined);
+  };
+
+  const onStream = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void => {
+    const contentType = headers["content-type"] ?? "";
+    if (headers[":method"] !== "POST" || !contentType.startsWith("application/grpc")) {
+      stream.respond({ ":status": 415, "content-type": "text/plain" }, { endStream: false });
+      stream.end("gRPC only\n");
+      return;
+    }
+    if (headers[":path"] !== ADS_METHOD) {
+      stream.respond(
+        {
+          ":status": 200,
+          "content-type": "application/grpc",
+          "grpc-status": String(GRPC.UNIMPLEMENTED),
+          "grpc-message": grpcMessage(`the dev Pilot serves only ${ADS_METHOD}`),
+        },
+        { endStream: true },
+      );
+      return;
+    }
+    handleAds(stream);
+  };
+
+  const server: Http2Server | Http2SecureServer =
+    options.tls === undefined
+      ? createServer()
+      : createSecureServer({
+          cert: options.tls.certPem,
+          key: options.tls.keyPem,
+          ca: options.tls.caPem,
+          requestCert: true,
+          rejectUnauthorized: options.tls.requireClientCert ?? false,
+          ALPNProtocols: ["h2"],
+        });
+  server.on("stream", onStream);
+  const sessions = new Set<import("node:http2").ServerHttp2Session>();
+  server.on("session", (session) => {
+    sessions.add(session);
+    session.on("close", () => sessions.delete(session));
+    session.on("error", () => undefined);
+  });
+  const unwatch = store.watch((event) => {
+    if (event.resource === "services" || event.resource === "endpoints") for (const push of active) push();
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port ?? 0, options.host ?? "127.0.0.1", () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const info = server.address() as AddressInfo;
+  return {
+    host: info.address,
+    port: info.port,
+    address: info.address.includes(":") ? `[${info.address}]:${info.port}` : `${info.address}:${info.port}`,
+    tls: options.tls !== undefined,
+    events,
+    setFault: (f) => {
+      fault = f;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        unwatch();
+        for (const session of sessions) session.destroy();
+        server.close(() => {
+          resolve();
+        });
+      }),
+  };
+}

@@ -1,0 +1,169 @@
+/**
+ * A one-shot ADS probe, the istiod discovery check: open `StreamAggregatedResources` (TLS with the mesh root and,
+ * when present, the workload certificate; or plain text), send a CDS DiscoveryRequest with this VM's node, wait for
+ * the response, ACK it (same type, the received version and nonce), half-close and wait for the server to finish
+ * the stream. Everything runs under one deadline. Failures carry the gRPC status.
+ */
+import * as grpc from "@grpc/grpc-js";
+import type { DiscoveryRequest, DiscoveryResponse, XdsNode } from "./protos.js";
+import {
+  ADS_METHOD,
+  CLUSTER_TYPE_URL,
+  decodeDiscoveryResponse,
+  encodeDiscoveryRequest,
+  unpackCluster,
+} from "./protos.js";
+
+export interface AdsProbeTls {
+  readonly rootPem: string;
+  /** The name the server certificate must carry (ISTIOD_SAN); also sent as SNI and :authority. */
+  readonly servername: string;
+  readonly certChainPem?: string;
+  readonly keyPem?: string;
+}
+
+export interface AdsProbeOptions {
+  /** `host:port` */
+  readonly target: string;
+  /** TLS settings; plain text (istiod 15010) without. */
+  readonly tls?: AdsProbeTls;
+  /** Service-account token, sent as `authorization: Bearer`, for when there is no client certificate yet. */
+  readonly token?: string;
+  /** `clusterid` request metadata (multi-cluster istiod). */
+  readonly clusterId?: string;
+  readonly node: XdsNode;
+  readonly timeoutMs: number;
+  readonly signal?: AbortSignal;
+}
+
+export interface AdsProbeResult {
+  readonly clusters: readonly string[];
+  readonly versionInfo: string;
+  readonly nonce: string;
+  readonly controlPlane?: string;
+}
+
+const STATUS_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
+  Object.entries(grpc.status)
+    .filter(([, v]) => typeof v === "number")
+    .map(([k, v]) => [v as number, k]),
+);
+
+export function grpcStatusName(code: number): string {
+  return STATUS_NAMES[code] ?? `CODE_${code}`;
+}
+
+/** A probe that did not get its clusters: the gRPC status, or an empty CDS answer (`code` undefined). */
+export class AdsProbeError extends Error {
+  readonly grpcCode: number | undefined;
+  readonly details: string;
+  constructor(grpcCode: number | undefined, details: string) {
+    super(grpcCode === undefined ? details : `gRPC status ${grpcStatusName(grpcCode)} (${grpcCode}): ${details}`);
+    this.name = "AdsProbeError";
+    this.grpcCode = grpcCode;
+    this.details = details;
+  }
+}
+
+export function probeAds(options: AdsProbeOptions): Promise<AdsProbeResult> {
+  const tls = options.tls;
+  const credentials =
+    tls === undefined
+      ? grpc.credentials.createInsecure()
+      : grpc.credentials.createSsl(
+          Buffer.from(tls.rootPem),
+          tls.keyPem === undefined ? null : Buffer.from(tls.keyPem),
+          tls.certChainPem === undefined ? null : Buffer.from(tls.certChainPem),
+        );
+  const client = new grpc.Client(options.target, credentials, {
+    ...(tls === undefined
+      ? {}
+      : { "grpc.ssl_target_name_override": tls.servername, "grpc.default_authority": tls.servername }),
+    "grpc.enable_retries": 0,
+    "grpc.max_receive_message_length": 64 * 1024 * 1024,
+  });
+  const metadata = new grpc.Metadata();
+  if (options.token !== undefined) metadata.set("authorization", `Bearer ${options.token}`);
+  if (options.clusterId !== undefined && options.clusterId !== "") metadata.set("clusterid", options.clusterId);
+
+  return new Promise<AdsProbeResult>((resolve, reject) => {
+    const call = client.makeBidiStreamRequest<DiscoveryRequest, DiscoveryResponse>(
+      ADS_METHOD,
+      encodeDiscoveryRequest,
+      decodeDiscoveryResponse,
+      metadata,
+      { deadline: Date.now() + options.timeoutMs },
+    );
+    let result: AdsProbeResult | undefined;
+    let settled = false;
+    const settle = (error: Error | undefined): void => {
+      if (settled) return;
+      settled = true;
+      options.signal?.removeEventListener("abort", onAbort);
+      call.cancel();
+      client.close();
+      if (error !== undefined) reject(error);
+      else if (result !== undefined) resolve(result);
+    };
+    const onAbort = (): void => {
+      settle(new AdsProbeError(grpc.status.CANCELLED, "the check was cancelled"));
+    };
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    if (options.signal?.aborted === true) {
+      onAbort();
+      return;
+    }
+    call.on("data", (response: DiscoveryResponse) => {
+      if (result !== undefined || response.type_url !== CLUSTER_TYPE_URL) return;
+      const clusters = response.resources
+        .filter((r) => r.type_url === CLUSTER_TYPE_URL)
+        .map((r) => unpackCluster(r).name);
+      const ack: DiscoveryRequest = {
+        version_info: response.version_info,
+        node: options.node,
+        resource_names: [],
+        type_url: CLUSTER_TYPE_URL,
+        response_nonce: response.nonce,
+      };
+      if (clusters.length === 0) {
+        settle(
+          new AdsProbeError(
+            undefined,
+            `the control plane answered CDS with no clusters (version ${response.version_info || "empty"})`,
+          ),
+        );
+        return;
+      }
+      result = {
+        clusters,
+        versionInfo: response.version_info,
+        nonce: response.nonce,
+        ...(response.control_plane === undefined ? {} : { controlPlane: response.control_plane.identifier }),
+      };
+      // ACK, then half-close: a well-behaved server ends the stream with OK, which settles the probe.
+      call.write(ack, () => {
+        call.end();
+      });
+    });
+    call.on("status", (status: grpc.StatusObject) => {
+      if (result !== undefined && (status.code === grpc.status.OK || status.code === grpc.status.CANCELLED)) {
+        settle(undefined);
+      } else if (result !== undefined && status.code === grpc.status.DEADLINE_EXCEEDED) {
+        // The clusters arrived and were ACKed; only the graceful close did not finish in time.
+        settle(undefined);
+      } else {
+        settle(new AdsProbeError(status.code, status.details || "stream closed before a CDS response"));
+      }
+    });
+    call.on("error", () => {
+      // Reported through "status" with the gRPC code.
+    });
+    call.write({
+      version_info: "",
+      node: options.node,
+      resource_names: [],
+      type_url: CLUSTER_TYPE_URL,
+      response_nonce: "",
+    });
+  });
+}
