@@ -1,0 +1,232 @@
+/**
+ * The mesh CA behind one interface, with two implementations:
+ *
+ * - `legacy`: `istio.v1.auth.IstioCAService/HandleCSR` (Istio 0.2–0.8) on istio-ca:8060, TLS, client-authenticated by
+ *   the current certificate and key (mTLS); the only credential that CA accepts on-prem.
+ * - `istiod`: `istio.v1.auth.IstioCertificateService/CreateCertificate` (Istio 1.x) on istiod:15012, TLS verified
+ *   against root-cert.pem; the first certificate is requested with the service-account token
+ *   (`authorization: Bearer`), later ones over mTLS with the current certificate. Metadata `clusterid` names the cluster.
+ *
+ * Every call dials anew (so the certificate just written is the one presented next time), has a deadline, can be
+ * cancelled with an AbortSignal, and fails with a `CaCallError` whose `reason` is a short metric label.
+ */
+import * as grpc from "@grpc/grpc-js";
+import { isIP } from "node:net";
+import type { HostPort } from "../config/types.js";
+import {
+  ISTIOD_CREATE_CERTIFICATE_PATH,
+  LEGACY_HANDLE_CSR_PATH,
+  decodeCsrResponse,
+  decodeIstioCertificateResponse,
+  encodeCsrRequest,
+  encodeIstioCertificateRequest,
+} from "./ca-messages.js";
+import { splitPemCertificates } from "./verify.js";
+
+export type CaProtocol = "legacy" | "istiod";
+
+export type CaFailureReason =
+  "unavailable" | "deadline" | "unauthenticated" | "denied" | "invalid-response" | "cancelled" | "error";
+
+export class CaCallError extends Error {
+  readonly reason: CaFailureReason;
+  constructor(reason: CaFailureReason, message: string) {
+    super(message);
+    this.name = "CaCallError";
+    this.reason = reason;
+  }
+}
+
+/** How the call authenticates: the current pair (mTLS), or a Kubernetes service-account token (istiod only). */
+export type CaCredential =
+  | { readonly kind: "mtls"; readonly keyPem: string; readonly chainPem: string }
+  | { readonly kind: "token"; readonly token: string };
+
+export interface CaSignRequest {
+  readonly csrPem: string;
+  /** Requested lifetime; the CA may cap it. */
+  readonly ttlMs: number;
+  readonly credential: CaCredential;
+  readonly signal?: AbortSignal;
+}
+
+export interface CaClient {
+  readonly protocol: CaProtocol;
+  /** host:port, for messages. */
+  readonly address: string;
+  /** Sends the CSR; resolves with the PEM certificates of the answer, leaf first. */
+  sign(request: CaSignRequest): Promise<string[]>;
+}
+
+export interface CaClientOptions {
+  readonly address: HostPort;
+  /** TLS server name the CA's certificate must carry (see `caServerName`). */
+  readonly serverName: string;
+  /** Trust anchors for the CA's serving certificate (root-cert.pem). */
+  readonly rootPem: string;
+  /** Deadline of one call. */
+  readonly timeoutMs: number;
+  /** istiod: ISTIO_META_CLUSTER_ID, sent as `clusterid` metadata. */
+  readonly clusterId?: string;
+}
+
+/**
+ * The TLS server name to verify: an ISTIOD_SAN set by the admin always wins; otherwise the dial host, as both
+ * original clients did, unless the address is an IP (certificates name services, not IPs), then ISTIOD_SAN's default.
+ */
+export function caServerName(address: HostPort, san: { readonly value: string; readonly explicit: boolean }): string {
+  if (san.explicit || isIP(address.host) !== 0) return san.value;
+  return address.host;
+}
+
+function renderAddress(address: HostPort): string {
+  return address.host.includes(":") ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
+}
+
+const REASONS: Partial<Record<grpc.status, CaFailureReason>> = {
+  [grpc.status.UNAVAILABLE]: "unavailable",
+  [grpc.status.DEADLINE_EXCEEDED]: "deadline",
+  [grpc.status.UNAUTHENTICATED]: "unauthenticated",
+  [grpc.status.PERMISSION_DENIED]: "denied",
+  [grpc.status.CANCELLED]: "cancelled",
+};
+
+function callError(error: grpc.ServiceError, address: string): CaCallError {
+  let reason = REASONS[error.code] ?? "error";
+  // grpc-js reports an answer our decoder rejects as INTERNAL "Response message parsing error".
+  if (error.code === grpc.status.INTERNAL && /parsing error/i.test(error.details)) reason = "invalid-response";
+  const name = grpc.status[error.code] as string | undefined;
+  return new CaCallError(reason, `CA ${address}: ${name ?? String(error.code)}: ${error.details || "no details"}`);
+}
+
+interface UnaryCall<Req, Res> {
+  readonly path: string;
+  readonly request: Req;
+  readonly serialize: (value: Req) => Buffer;
+  readonly deserialize: (data: Buffer) => Res;
+  readonly credential: CaCredential;
+  readonly metadata: grpc.Metadata;
+  readonly signal: AbortSignal | undefined;
+}
+
+function unary<Req, Res>(options: CaClientOptions, call: UnaryCall<Req, Res>): Promise<Res> {
+  const address = renderAddress(options.address);
+  const root = Buffer.from(options.rootPem);
+  const credentials =
+    call.credential.kind === "mtls"
+      ? grpc.credentials.createSsl(root, Buffer.from(call.credential.keyPem), Buffer.from(call.credential.chainPem))
+      : grpc.credentials.createSsl(root);
+  const client = new grpc.Client(address, credentials, {
+    "grpc.ssl_target_name_override": options.serverName,
+    "grpc.default_authority": options.serverName,
+    // One call per channel: no reconnect loop in the background after the call ends.
+    "grpc.enable_retries": 0,
+  });
+  return new Promise<Res>((resolve, reject) => {
+    if (call.signal?.aborted === true) {
+      client.close();
+      reject(new CaCallError("cancelled", `CA ${address}: call cancelled`));
+      return;
+    }
+    const pending = client.makeUnaryRequest(
+      call.path,
+      call.serialize,
+      call.deserialize,
+      call.request,
+      call.metadata,
+      { deadline: Date.now() + options.timeoutMs },
+      (error, response) => {
+        call.signal?.removeEventListener("abort", onAbort);
+        client.close();
+        if (error !== null) reject(callError(error, address));
+        else if (response === undefined) reject(new CaCallError("invalid-response", `CA ${address}: empty answer`));
+        else resolve(response);
+      },
+    );
+    const onAbort = (): void => {
+      pending.cancel();
+    };
+    call.signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+function certificatesOf(text: string, address: string): string[] {
+  const certs = splitPemCertificates(text);
+  if (certs.length === 0)
+    throw new CaCallError("invalid-response", `CA ${address}: the answer holds no PEM certificate`);
+  return certs;
+}
+
+export function createLegacyCaClient(options: CaClientOptions): CaClient {
+  const address = renderAddress(options.address);
+  return {
+    protocol: "legacy",
+    address,
+    async sign(request) {
+      if (request.credential.kind !== "mtls") {
+        throw new CaCallError(
+          "unauthenticated",
+          `CA ${address}: the legacy Istio CA authenticates VMs only by their current certificate`,
+        );
+      }
+      const response = await unary(options, {
+        path: LEGACY_HANDLE_CSR_PATH,
+        request: {
+          csrPem: request.csrPem,
+          nodeAgentCredential: request.credential.chainPem,
+          credentialType: "onprem",
+          // 0 asks for the CA's default lifetime.
+          requestedTtlMinutes: request.ttlMs <= 0 ? 0 : Math.max(1, Math.ceil(request.ttlMs / 60_000)),
+        },
+        serialize: encodeCsrRequest,
+        deserialize: decodeCsrResponse,
+        credential: request.credential,
+        metadata: new grpc.Metadata(),
+        signal: request.signal,
+      });
+      if (!response.isApproved) {
+        const status = response.status;
+        const detail = status === undefined ? "" : `: ${grpc.status[status.code] ?? status.code} ${status.message}`;
+        throw new CaCallError("denied", `CA ${address}: request not approved${detail}`);
+      }
+      // 0.2–0.7: field 3 is the leaf followed by the chain; 0.8: field 3 the leaf, field 4 the chain.
+      const text =
+        response.certChain === "" ? response.signedCert : `${response.signedCert.trimEnd()}\n${response.certChain}`;
+      return certificatesOf(text, address);
+    },
+  };
+}
+
+export function createIstiodCaClient(options: CaClientOptions): CaClient {
+  const address = renderAddress(options.address);
+  return {
+    protocol: "istiod",
+    address,
+    async sign(request) {
+      const metadata = new grpc.Metadata();
+      if (options.clusterId !== undefined && options.clusterId !== "") metadata.set("clusterid", options.clusterId);
+      if (request.credential.kind === "token") metadata.set("authorization", `Bearer ${request.credential.token}`);
+      const response = await unary(options, {
+        path: ISTIOD_CREATE_CERTIFICATE_PATH,
+        request: { csr: request.csrPem, validityDurationSeconds: Math.round(request.ttlMs / 1000) },
+        serialize: encodeIstioCertificateRequest,
+        deserialize: decodeIstioCertificateResponse,
+        credential: request.credential,
+        metadata,
+        signal: request.signal,
+      });
+      // istiod answers leaf, intermediates, root; its own agent rejects fewer than two elements.
+      if (response.certChain.length < 2) {
+        throw new CaCallError(
+          "invalid-response",
+          `CA ${address}: the answer has ${response.certChain.length} certificate(s), expected the leaf and the root`,
+        );
+      }
+      return response.certChain.flatMap((element) => certificatesOf(element, address));
+    },
+  };
+}
+
+export function createCaClient(protocol: CaProtocol, options: CaClientOptions): CaClient {
+  return protocol === "legacy" ? createLegacyCaClient(options) : createIstiodCaClient(options);
+}

@@ -1,0 +1,244 @@
+/**
+ * The certificate loop, one component of `istio-vm agent`: on start it makes sure a valid pair is in OUTPUT_CERTS
+ * (fetching one when it is missing, expired or due), then renews it on schedule for as long as the agent runs.
+ *
+ * Failures are retried with capped exponential backoff and never given up. While the current certificate is still
+ * valid the agent stays ready; once it has expired, the token path (istiod) re-bootstraps it; without one the loop
+ * stays up in a degraded state whose status names the command that re-provisions the VM, and keeps re-reading the
+ * store, so a pair installed by the admin is picked up without a restart.
+ */
+import type { AgentComponent, AgentEvents, ComponentStatus } from "../agent/component.js";
+import type { Counter, MetricsRegistry } from "../agent/metrics.js";
+import type { Clock } from "../platform/clock.js";
+import { describeError } from "../platform/errors.js";
+import type { Logger } from "../platform/logger.js";
+import type { CurrentPair, RenewContext } from "./renew.js";
+import { RenewError, inspectCurrent, renewOnce } from "./renew.js";
+import type { BackoffPolicy, Random, RenewalPolicy } from "./schedule.js";
+import { backoffDelay, delayUntil, nextRenewalAt } from "./schedule.js";
+import type { CertificateInfo } from "./verify.js";
+import { describeLeaf } from "./verify.js";
+
+export interface CertificateLoopOptions {
+  /** Builds the renewal context when the loop starts (owner lookup and the like may need I/O). */
+  readonly context: () => Promise<RenewContext>;
+  readonly renewal: RenewalPolicy;
+  readonly backoff: BackoffPolicy;
+  readonly random: Random;
+  readonly logger: Logger;
+  readonly metrics: MetricsRegistry;
+  readonly events: Pick<AgentEvents, "emit">;
+  /** What to tell the admin when the VM can no longer renew on its own. */
+  readonly reprovisionHint: string;
+}
+
+type LoopState =
+  | { readonly kind: "starting" }
+  | { readonly kind: "valid"; readonly renewAt: number }
+  | { readonly kind: "retrying"; readonly reason: string; readonly retryAt: number }
+  | { readonly kind: "degraded"; readonly message: string; readonly retryAt: number };
+
+function shortTime(ms: number): string {
+  return `${new Date(ms).toISOString().slice(0, 16)}Z`;
+}
+
+function shortDuration(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  return `${Math.round(s / 3600)}h`;
+}
+
+export class CertificateLoop implements AgentComponent {
+  readonly name = "certificates";
+  readonly #options: CertificateLoopOptions;
+  readonly #renewals: Counter;
+  readonly #failures: Counter;
+  #state: LoopState = { kind: "starting" };
+  /** The leaf on disk as last seen (also when invalid), for the expiry metric and the status line. */
+  #info: CertificateInfo | undefined;
+  #valid = false;
+  #identity = "";
+  #now: () => number = Date.now;
+  #abort: AbortController | undefined;
+  #running: Promise<void> | undefined;
+
+  constructor(options: CertificateLoopOptions) {
+    this.#options = options;
+    this.#renewals = options.metrics.counter(
+      "istio_vm_cert_renewals_total",
+      "Workload certificates obtained from the CA",
+    );
+    this.#failures = options.metrics.counter(
+      "istio_vm_cert_renewal_failures_total",
+      "Failed certificate renewals, by reason (unavailable, deadline, denied, unauthenticated, chain, identity, …)",
+    );
+    options.metrics.gaugeFn(
+      "istio_vm_cert_expiry_seconds",
+      "Seconds until the workload certificate expires (negative once expired; NaN when there is none)",
+      () => (this.#info === undefined ? Number.NaN : Math.round((this.#info.notAfter.getTime() - this.#now()) / 1000)),
+    );
+  }
+
+  async start(signal: AbortSignal): Promise<void> {
+    const context = await this.#options.context();
+    this.#identity = context.identity;
+    this.#now = () => context.clock.now();
+    const abort = new AbortController();
+    this.#abort = abort;
+    const onAbort = (): void => {
+      abort.abort(signal.reason);
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+
+    let settle: { resolve: () => void; reject: (error: unknown) => void } | undefined;
+    const ready = new Promise<void>((resolve, reject) => {
+      settle = { resolve, reject };
+    });
+    this.#running = this.#run(context, abort.signal, () => settle?.resolve()).then(
+      () => settle?.reject(abort.signal.reason ?? new Error("certificate loop stopped before a valid certificate")),
+      (error: unknown) => {
+        settle?.reject(error);
+      },
+    );
+    await ready;
+  }
+
+  async stop(): Promise<void> {
+    this.#abort?.abort(new Error("agent stopping"));
+    try {
+      await this.#running;
+    } catch {
+      // stop never throws; the loop already logged its last error.
+    }
+  }
+
+  status(): ComponentStatus {
+    const state = this.#state;
+    const cert = this.#info === undefined ? "" : ` expires ${shortTime(this.#info.notAfter.getTime())}`;
+    switch (state.kind) {
+      case "starting":
+        return { ready: false, summary: `fetching certificate for ${this.#identity}` };
+      case "valid":
+        return { ready: true, summary: `cert ${this.#identity}${cert}` };
+      case "retrying":
+        return {
+          ready: this.#valid,
+          summary: `cert ${this.#identity}${cert}; renewal failing (${state.reason}), retry in ${shortDuration(state.retryAt - this.#now())}`,
+        };
+      case "degraded":
+        return { ready: false, summary: `DEGRADED: ${state.message}` };
+    }
+  }
+
+  #setState(state: LoopState): void {
+    this.#state = state;
+    this.#options.events.emit("status-changed");
+  }
+
+  #observe(current: CurrentPair): void {
+    this.#valid = current.state === "valid";
+    if (current.state === "valid") this.#info = current.info;
+    else if (current.state === "invalid") this.#info = describeLeaf(current.pair.chainPem);
+    else this.#info = undefined;
+  }
+
+  #degradedMessage(context: RenewContext, current: CurrentPair | undefined, error: RenewError): string {
+    const what =
+      current === undefined
+        ? "certificate store unreadable"
+        : current.state === "missing"
+          ? "no certificate"
+          : this.#info !== undefined && this.#info.notAfter.getTime() <= this.#now()
+            ? `certificate expired at ${shortTime(this.#info.notAfter.getTime())}`
+            : "certificate unusable";
+    const tokenHint =
+      context.protocol === "istiod" ? `, or put a new service-account token in ${context.tokenFile}` : "";
+    return `${what}, renewal failing (${error.reason}); re-provision: ${this.#options.reprovisionHint}${tokenHint}`;
+  }
+
+  async #run(context: RenewContext, signal: AbortSignal, onValid: () => void): Promise<void> {
+    const clock = context.clock;
+    const logger = this.#options.logger;
+    let failures = 0;
+    let scheduled: { serial: string; at: number } | undefined;
+    const stopped = (): boolean => signal.aborted;
+    while (!stopped()) {
+      let current: CurrentPair | undefined;
+      try {
+        current = await inspectCurrent(context);
+        this.#observe(current);
+        if (current.state === "valid") {
+          if (scheduled?.serial !== current.info.serialNumber) {
+            const at = nextRenewalAt(
+              { notBefore: current.info.notBefore.getTime(), notAfter: current.info.notAfter.getTime() },
+              this.#options.renewal,
+              this.#options.random,
+            );
+            scheduled = { serial: current.info.serialNumber, at };
+          }
+          if (failures === 0 && clock.now() < scheduled.at) {
+            this.#setState({ kind: "valid", renewAt: scheduled.at });
+            onValid();
+            logger.info("certificate valid", {
+              identity: this.#identity,
+              notAfter: current.info.notAfter.toISOString(),
+              renewAt: new Date(scheduled.at).toISOString(),
+            });
+            if (!(await this.#sleep(clock, delayUntil(scheduled.at, clock.now()), signal))) break;
+            continue;
+          }
+        } else if (failures === 0) {
+          logger.warn("no usable certificate, requesting one", {
+            identity: this.#identity,
+            problem: current.state === "missing" ? current.problem : current.problem.message,
+          });
+        }
+
+        const result = await renewOnce(context, signal);
+        failures = 0;
+        this.#renewals.inc();
+        this.#info = result.info;
+        this.#valid = true;
+        logger.info("certificate renewed", {
+          identity: this.#identity,
+          serial: result.info.serialNumber,
+          notAfter: result.info.notAfter.toISOString(),
+          via: result.credential === "mtls" ? "mTLS" : "token",
+        });
+        this.#options.events.emit("certificates-changed");
+      } catch (caught) {
+        if (stopped()) break;
+        // Anything unexpected (a file-system error, a bug) is one more failed attempt: the loop never ends by itself.
+        const error = caught instanceof RenewError ? caught : new RenewError("error", describeError(caught), caught);
+        failures++;
+        this.#failures.inc({ reason: error.reason });
+        const delay = backoffDelay(failures, this.#options.backoff, this.#options.random);
+        const retryAt = clock.now() + delay;
+        const fields = { reason: error.reason, error: error.message, attempt: failures, retryIn: shortDuration(delay) };
+        if (current?.state === "valid" && current.info.notAfter.getTime() > clock.now()) {
+          logger.warn("certificate renewal failed; the current certificate stays in place", fields);
+          this.#setState({ kind: "retrying", reason: error.reason, retryAt });
+          // A valid pair is in place: the agent can start while renewal retries in the background.
+          onValid();
+        } else {
+          const message = this.#degradedMessage(context, current, error);
+          logger.error(`certificate renewal failed: ${message}`, fields);
+          this.#setState({ kind: "degraded", message, retryAt });
+        }
+        if (!(await this.#sleep(clock, delay, signal))) break;
+      }
+    }
+  }
+
+  /** Sleeps on the context's clock; false when the loop was stopped meanwhile. */
+  async #sleep(clock: Clock, ms: number, signal: AbortSignal): Promise<boolean> {
+    try {
+      await clock.sleep(ms, signal);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}

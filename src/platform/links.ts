@@ -1,0 +1,104 @@
+/**
+ * Symbolic links and whole-directory writes: what the certificate store needs to replace a key and its certificate
+ * as one unit (see src/certs/store.ts). Every operation is crash-safe: a reader sees the old state or the new one.
+ */
+import { randomBytes } from "node:crypto";
+import { constants } from "node:fs";
+import * as fsp from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import type { FileOwner } from "./fs.js";
+
+export interface DirectoryFile {
+  readonly name: string;
+  readonly data: string | Uint8Array;
+  readonly mode: number;
+}
+
+export interface LinkFileSystem {
+  /** Points `path` at `target` atomically: a new link under a temporary name, renamed over whatever `path` was. */
+  replaceSymlink(path: string, target: string, owner?: FileOwner): Promise<void>;
+  /** The target of a symbolic link, or undefined when `path` is missing or not a link. */
+  readSymlink(path: string): Promise<string | undefined>;
+  /**
+   * Creates directory `dir` holding `files`: written and fsynced under a temporary name beside it, then renamed into
+   * place, so `dir` never exists half-written. `dir` must not exist yet.
+   */
+  writeDirectoryAtomic(
+    dir: string,
+    files: readonly DirectoryFile[],
+    options: { readonly mode: number; readonly owner?: FileOwner },
+  ): Promise<void>;
+  /** Removes a file or a directory tree; missing is not an error. */
+  removeTree(path: string): Promise<void>;
+}
+
+function isNotFound(error: unknown): boolean {
+  return (error as NodeJS.ErrnoException | undefined)?.code === "ENOENT";
+}
+
+async function fsyncDirectory(path: string): Promise<void> {
+  const handle = await fsp.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function temporaryName(path: string): string {
+  return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+}
+
+export const nodeLinkFileSystem: LinkFileSystem = {
+  async replaceSymlink(path, target, owner) {
+    const tmp = temporaryName(path);
+    await fsp.symlink(target, tmp);
+    try {
+      if (owner !== undefined) await fsp.lchown(tmp, owner.uid, owner.gid);
+      await fsp.rename(tmp, path);
+    } catch (error) {
+      await fsp.rm(tmp, { force: true });
+      throw error;
+    }
+    await fsyncDirectory(dirname(path));
+  },
+  async readSymlink(path) {
+    try {
+      return await fsp.readlink(path);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (isNotFound(error) || code === "EINVAL") return undefined;
+      throw error;
+    }
+  },
+  async writeDirectoryAtomic(dir, files, options) {
+    const tmp = temporaryName(dir);
+    await fsp.mkdir(tmp, { mode: options.mode });
+    try {
+      await fsp.chmod(tmp, options.mode);
+      if (options.owner !== undefined) await fsp.chown(tmp, options.owner.uid, options.owner.gid);
+      for (const file of files) {
+        const handle = await fsp.open(
+          join(tmp, file.name),
+          constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
+          file.mode,
+        );
+        try {
+          await handle.writeFile(file.data);
+          await handle.chmod(file.mode);
+          if (options.owner !== undefined) await handle.chown(options.owner.uid, options.owner.gid);
+          await handle.sync();
+        } finally {
+          await handle.close();
+        }
+      }
+      await fsyncDirectory(tmp);
+      await fsp.rename(tmp, dir);
+    } catch (error) {
+      await fsp.rm(tmp, { recursive: true, force: true });
+      throw error;
+    }
+    await fsyncDirectory(dirname(dir));
+  },
+  removeTree: (path) => fsp.rm(path, { recursive: true, force: true }),
+};
