@@ -26,7 +26,7 @@ export default tseslint.config(
     },
   },
   {
-    files: ["src/platform/**", "src/main.ts", "test/**", "scripts/**", "src/devplane/**"],
+    files: ["src/platform/**", "src/main.ts", "test/**", "scripts/**", "bench/**", "src/devplane/**"],
     rules: { "no-restricted-imports": "off", "no-console": "off" },
   },
   {

@@ -17,17 +17,17 @@ spawnSync(process.execPath, ["scripts/build.mjs"], { stdio: "inherit" });
 const rows = [];
 let failed = false;
 for (const file of files) {
-  const out = join(".cache/bench", file.replace(/\.ts$/, ".cjs"));
+  const out = join(".cache/bench", file.replace(/\.ts$/, ".mjs"));
   await build({
     entryPoints: [join("bench", file)],
     outfile: out,
     bundle: true,
     platform: "node",
     target: "node20",
-    format: "cjs",
+    format: "esm",
+    // npm packages stay imports, resolved from node_modules (native addons included).
+    packages: "external",
     logLevel: "warning",
-    banner: { js: "const __import_meta_url = require('node:url').pathToFileURL(__filename).href;" },
-    define: { "import.meta.url": "__import_meta_url" },
   });
   process.stderr.write(`\n== ${file}\n`);
   const result = spawnSync(process.execPath, [out], { stdio: ["ignore", "pipe", "inherit"], encoding: "utf8" });
