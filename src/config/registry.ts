@@ -460,6 +460,13 @@ export const VARIABLES = {
     group: "agent",
     home: "sidecar.env",
   }),
+  ISTIO_DNS_PROBE_NAME: v({
+    type: t.dnsName,
+    default: "kubernetes.default.svc.cluster.local",
+    description: "a *.svc.cluster.local name the DNS check resolves to prove cluster names reach kube-dns",
+    group: "agent",
+    home: "sidecar.env",
+  }),
 
   // ── paths on the VM (relocated under ISTIO_VM_ROOT when they come from the default) ─────────
   ISTIO_VM_ROOT: v({
