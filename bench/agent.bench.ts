@@ -10,6 +10,8 @@ import { join } from "node:path";
 import { NotifySocket } from "../test/support/notify-socket.js";
 import { freePort } from "../test/support/net.js";
 
+/** The frame alone: this runs in the machine's own network namespace, where capture must never be applied. */
+const FRAME_ONLY = "ISTIO_AGENT_COMPONENTS=\n";
 const RUNS = 15;
 const BUNDLE = join(process.cwd(), "dist/istio-vm.cjs");
 const SEA = join(process.cwd(), "dist/sea/istio-vm");
@@ -48,7 +50,10 @@ function vmRoot(port: number): string {
   const root = mkdtempSync(join(tmpdir(), "istio-vm-bench-"));
   mkdirSync(join(root, "var/lib/istio/envoy"), { recursive: true });
   writeFileSync(join(root, "var/lib/istio/envoy/cluster.env"), "ISTIO_SERVICE_CIDR=10.96.0.0/12\n");
-  writeFileSync(join(root, "var/lib/istio/envoy/sidecar.env"), `ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${port}\n`);
+  writeFileSync(
+    join(root, "var/lib/istio/envoy/sidecar.env"),
+    `ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${port}\n${FRAME_ONLY}`,
+  );
   return root;
 }
 

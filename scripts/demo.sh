@@ -39,6 +39,8 @@ cat > "$ROOT/var/lib/istio/envoy/sidecar.env" <<ENV
 ISTIO_SVC_IP=10.128.0.13
 ISTIO_INBOUND_PORTS=3306
 STATUS_PORT=$PORT
+# this demo runs in your machine's own network namespace: no traffic capture, and only the agent's frame for now
+ISTIO_AGENT_COMPONENTS=
 ENV
 say "\$ istio-vm config --changed"
 "${CLI[@]}" config --changed | sed 's/^/   /'

@@ -1,7 +1,17 @@
 /**
  * The agent's components in start order; stop order is the reverse. Start order is the contract of DESIGN.md:
  * configuration → certificates valid → interception applied → Envoy started and ready → READY=1.
+ * ISTIO_AGENT_COMPONENTS selects a subset (interception is also left out with ISTIO_CUSTOM_IP_TABLES=true).
  */
+import { interceptionComponent } from "../intercept/component.js";
 import type { ComponentFactory } from "./component.js";
 
-export const AGENT_COMPONENTS: readonly ComponentFactory[] = [];
+type ComponentName = "certificates" | "interception" | "envoy" | "discovery";
+
+const ORDERED: readonly [ComponentName, ComponentFactory][] = [["interception", interceptionComponent]];
+
+export const AGENT_COMPONENTS: readonly ComponentFactory[] = ORDERED.map(
+  ([name, factory]): ComponentFactory =>
+    (deps) =>
+      deps.config.ISTIO_AGENT_COMPONENTS.includes(name) ? factory(deps) : undefined,
+);

@@ -439,6 +439,15 @@ export const VARIABLES = {
     group: "agent",
     home: "sidecar.env",
   }),
+  ISTIO_AGENT_COMPONENTS: v({
+    type: t.subsetOf(["certificates", "interception", "envoy", "discovery"] as const),
+    default: "certificates,interception,envoy,discovery",
+    description:
+      "what the agent runs, in this order: certificates, interception, envoy, discovery (e.g. only certificates " +
+      "on a host whose proxy is managed elsewhere)",
+    group: "agent",
+    home: "sidecar.env",
+  }),
   ISTIO_VM_LOG_LEVEL: v({
     type: t.logLevel,
     default: "info",

@@ -319,4 +319,20 @@ export const idList: ValueType<number[]> = {
   render: (v) => v.join(","),
 };
 
+/** A comma list drawn from a fixed set; order and duplicates do not matter. */
+export function subsetOf<const T extends string>(values: readonly T[]): ValueType<T[]> {
+  return {
+    label: `comma-separated subset of ${values.join(", ")}`,
+    parse: (raw) => {
+      const chosen = parseItems(raw, (item) => {
+        const match = values.find((v) => v === item.toLowerCase());
+        if (match === undefined) throw new ValueError(`'${item}' is not one of ${values.join(", ")}`);
+        return match;
+      });
+      return values.filter((v) => chosen.includes(v));
+    },
+    render: (v) => v.join(","),
+  };
+}
+
 export const logLevel = oneOf(["error", "warn", "info", "debug"] as const);

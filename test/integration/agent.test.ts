@@ -15,6 +15,12 @@ interface Running {
   exit: Promise<number | null>;
 }
 
+/**
+ * The agent's frame alone: these runs happen in the machine's own network namespace, where capture must never be
+ * applied; the components are tested in their own suites (interception inside namespaces the tests create).
+ */
+const FRAME_ONLY = "ISTIO_AGENT_COMPONENTS=\n";
+
 const cleanups: (() => void)[] = [];
 afterEach(() => {
   for (const cleanup of cleanups.splice(0).reverse()) cleanup();
@@ -59,7 +65,7 @@ function startAgent(root: string, extraEnv: NodeJS.ProcessEnv = {}): Running {
 describe("istio-vm agent (the built CLI, a real notify socket)", () => {
   it("READY, STATUS, WATCHDOG, health, RELOADING on SIGHUP, STOPPING on SIGTERM, exit 0", async () => {
     const port = await freePort();
-    const root = vmRoot(`ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${port}\n`);
+    const root = vmRoot(`ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${port}\n${FRAME_ONLY}`);
     const agent = startAgent(root, { WATCHDOG_USEC: "200000" });
 
     const ready = await agent.notify.waitFor("READY", "1");
@@ -99,7 +105,7 @@ describe("istio-vm agent (the built CLI, a real notify socket)", () => {
     const { createServer } = await import("node:net");
     const holder = createServer().listen(port, "127.0.0.1");
     cleanups.push(() => holder.close());
-    const root = vmRoot(`ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${port}\n`);
+    const root = vmRoot(`ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${port}\n${FRAME_ONLY}`);
     const agent = startAgent(root);
     expect(await agent.exit).toBe(1);
     expect(agent.stderr()).toContain("cannot serve the status endpoint");
