@@ -65,8 +65,8 @@ function uriSans(cert: X509Certificate): string[] {
 function describe(cert: X509Certificate): CertificateInfo {
   return {
     uris: uriSans(cert),
-    subject: cert.subject.replaceAll("\n", ", "),
-    issuer: cert.issuer.replaceAll("\n", ", "),
+    subject: (cert.subject as string | undefined)?.replaceAll("\n", ", ") ?? "",
+    issuer: (cert.issuer as string | undefined)?.replaceAll("\n", ", ") ?? "",
     serialNumber: cert.serialNumber,
     notBefore: new Date(cert.validFrom),
     notAfter: new Date(cert.validTo),

@@ -32,6 +32,7 @@ import type {
   IstioCertificateResponse,
 } from "../certs/ca-messages.js";
 import { parseCsr } from "../certs/csr.js";
+import { WireWriter, getString, readFields } from "../certs/protobuf-wire.js";
 import { parseSpiffeUri } from "../certs/identity.js";
 import type { Logger } from "../platform/logger.js";
 import { silentLogger } from "../platform/logger.js";
@@ -91,6 +92,10 @@ export interface DevCaServerOptions {
   /** Listen address (default 127.0.0.1) and port (default 0: any free port). */
   readonly host?: string;
   readonly port?: number;
+  /** More addresses to listen on (e.g. every host of `istio-vm dev --listen`); same port when `port` is fixed. */
+  readonly extraHosts?: readonly string[];
+  /** The fault in force from the start (`ISTIO_VM_DEV_CA_FAULT` for `istio-vm dev`). */
+  readonly fault?: CaFault;
   /** DNS names of the serving certificate (the TLS server names clients verify). */
   readonly serverNames?: readonly string[];
   readonly defaultTtlMs?: number;
@@ -103,6 +108,8 @@ export interface DevCaServerOptions {
 export interface DevCaServer {
   readonly host: string;
   readonly port: number;
+  /** Every address listened on, `host:port`. */
+  readonly addresses: readonly string[];
   /** The fault applied to the next calls; undefined: answer normally. */
   fault: CaFault | undefined;
   /** Every call, in order (for tests and `istio-vm dev` logs). */
@@ -125,6 +132,9 @@ export const DEFAULT_CA_SERVER_NAMES: readonly string[] = [
 
 const HOUR = 3_600_000;
 
+/** Not an Istio method: the dev CA's fault-injection switch for tests that run `istio-vm dev` as a subprocess. */
+export const DEV_CA_SET_FAULT_PATH = "/istio_vm.dev.DevCaAdmin/SetFault";
+
 /** A certificate provider that never changes: what grpc-js needs to request (but not require) client certificates. */
 class StaticCertificates {
   readonly #certificate: Buffer;
@@ -136,13 +146,18 @@ class StaticCertificates {
     this.#ca = Buffer.from(ca);
   }
   addCaCertificateListener(listener: grpc.experimental.CaCertificateUpdateListener): void {
-    listener({ caCertificate: this.#ca });
+    // Asynchronously: grpc-js registers its watcher only after this call returns.
+    queueMicrotask(() => {
+      listener({ caCertificate: this.#ca });
+    });
   }
   removeCaCertificateListener(): void {
     // static: nothing to stop
   }
   addIdentityCertificateListener(listener: grpc.experimental.IdentityCertificateUpdateListener): void {
-    listener({ certificate: this.#certificate, privateKey: this.#privateKey });
+    queueMicrotask(() => {
+      listener({ certificate: this.#certificate, privateKey: this.#privateKey });
+    });
   }
   removeIdentityCertificateListener(): void {
     // static: nothing to stop
@@ -210,7 +225,8 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
   const server: DevCaServer & { fault: CaFault | undefined } = {
     host,
     port: 0,
-    fault: undefined,
+    addresses: [],
+    fault: options.fault,
     calls,
     rootCertPem: mesh.rootCertPem,
     close: () =>
@@ -403,18 +419,85 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
     },
   };
 
+  /** The admin method for tests driving a dev CA in another process; loopback callers only. */
+  const setFault = (call: grpc.ServerUnaryCall<string, object>, callback: grpc.sendUnaryData<object>): void => {
+    const peer = call.getPeer();
+    if (!/^(127\.|\[::1\]|::1|\[::ffff:127\.)/.test(peer)) {
+      callback({ code: grpc.status.PERMISSION_DENIED, details: "fault injection is allowed from loopback only" });
+      return;
+    }
+    try {
+      server.fault = parseCaFault(call.request);
+      logger.info("dev CA fault set", { fault: call.request });
+      callback(null, {});
+    } catch (error) {
+      callback({ code: grpc.status.INVALID_ARGUMENT, details: (error as Error).message });
+    }
+  };
+  const adminDefinition: grpc.ServiceDefinition = {
+    SetFault: {
+      path: DEV_CA_SET_FAULT_PATH,
+      requestStream: false,
+      responseStream: false,
+      requestDeserialize: (data: Buffer) => getString(readFields(data), 1),
+      requestSerialize: () => Buffer.alloc(0),
+      responseSerialize: () => Buffer.alloc(0),
+      responseDeserialize: () => ({}),
+    },
+  };
+
   const grpcServer = new grpc.Server();
   grpcServer.addService(definition, { HandleCSR: legacy as grpc.UntypedHandleCall });
   grpcServer.addService(istiodDefinition, { CreateCertificate: istiod as grpc.UntypedHandleCall });
   const credentials = grpc.experimental.createCertificateProviderServerCredentials(provider, provider, false);
-  const bindHost = host.includes(":") ? `[${host}]` : host;
-  const port = await new Promise<number>((resolve, reject) => {
-    grpcServer.bindAsync(`${bindHost}:${options.port ?? 0}`, credentials, (error, bound) => {
-      if (error !== null) reject(error);
-      else resolve(bound);
+  grpcServer.addService(adminDefinition, { SetFault: setFault as grpc.UntypedHandleCall });
+  const bind = (address: string): Promise<number> =>
+    new Promise<number>((resolve, reject) => {
+      grpcServer.bindAsync(address, credentials, (error, bound) => {
+        if (error !== null) reject(error);
+        else resolve(bound);
+      });
     });
-  });
-  (server as { port: number }).port = port;
-  logger.info("dev CA listening", { address: `${bindHost}:${port}`, protocols: "HandleCSR, CreateCertificate" });
+  const bracket = (h: string): string => (h.includes(":") ? `[${h}]` : h);
+  const port = await bind(`${bracket(host)}:${options.port ?? 0}`);
+  const addresses = [`${bracket(host)}:${port}`];
+  for (const extra of options.extraHosts ?? []) {
+    const extraPort = await bind(`${bracket(extra)}:${options.port ?? 0}`);
+    addresses.push(`${bracket(extra)}:${extraPort}`);
+  }
+  Object.assign(server, { port, addresses });
+  logger.info("dev CA listening", { addresses: addresses.join(","), protocols: "HandleCSR, CreateCertificate" });
   return server;
+}
+
+/** Client of the dev CA's admin method: sets (or clears, with "none") the fault of a dev CA in another process. */
+export async function setRemoteCaFault(options: {
+  readonly address: string;
+  readonly rootCertPem: string;
+  readonly serverName?: string;
+  readonly fault: string;
+}): Promise<void> {
+  const serverName = options.serverName ?? "istio-ca";
+  const client = new grpc.Client(options.address, grpc.credentials.createSsl(Buffer.from(options.rootCertPem)), {
+    "grpc.ssl_target_name_override": serverName,
+    "grpc.default_authority": serverName,
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      client.makeUnaryRequest(
+        DEV_CA_SET_FAULT_PATH,
+        (fault: string) => new WireWriter().bytes(1, fault).finish(),
+        () => ({}),
+        options.fault,
+        new grpc.Metadata(),
+        { deadline: Date.now() + 5000 },
+        (error) => {
+          if (error === null) resolve();
+          else reject(new Error(`dev CA ${options.address}: ${error.details}`));
+        },
+      );
+    });
+  } finally {
+    client.close();
+  }
 }
