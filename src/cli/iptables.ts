@@ -216,7 +216,9 @@ function subcommands(runtime: () => CommandRuntime): CommandModule<object, Iptab
               ? undefined
               : diffWithPlan(plan.families.find((f) => f.family === show.family)?.tables[0], show.state),
         }));
-        const matches = plan !== undefined && families.every((f) => f.diff?.matches ?? !f.show.readable);
+        // An unreadable family (no ip6tables, no IPv6 in the kernel) is fine only if the plan captures nothing there.
+        const planned = (family: number): number => plan?.families.find((p) => p.family === family)?.tables.length ?? 0;
+        const matches = plan !== undefined && families.every((f) => f.diff?.matches ?? planned(f.show.family) === 0);
         if (rt.options.json) {
           rt.out(
             renderJson({

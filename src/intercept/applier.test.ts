@@ -120,6 +120,23 @@ describe("clean", () => {
     expect(results.filter((r) => r.skipped !== undefined).map((r) => r.family)).toEqual([6, 6]);
   });
 
+  test("unreadable because of missing privileges is an error, never 'nothing to clean'", async () => {
+    const runner = new RecordingIptablesRunner();
+    runner.saveFailures.set("iptables-legacy-save", "Failed to list table names: Permission denied");
+    runner.saveFailures.set("iptables-nft-save", "Could not fetch rule set generation id: Permission denied");
+    await expect(cleanInterception({ runner, choice: "auto" })).rejects.toMatchObject({
+      code: "IPTABLES_PERMISSION_DENIED",
+    });
+    await expect(applyInterception({ runner, choice: "auto" }, PLAN)).rejects.toMatchObject({
+      code: "IPTABLES_PERMISSION_DENIED",
+    });
+    // With CAP_NET_ADMIN only, legacy is refused but nft works: use nft.
+    runner.saves.set("iptables-nft-save", natDump());
+    runner.saveFailures.delete("iptables-nft-save");
+    const [v4] = await applyInterception({ runner, choice: "auto" }, PLAN);
+    expect(v4).toMatchObject({ backend: "nft", action: "applied" });
+  });
+
   test("removes our chains and jumps only; a foreign chain that jumps to ours keeps it (flushed)", async () => {
     const foreign = [
       ":DOCKER - [0:0]",

@@ -38,22 +38,44 @@ export function familyName(family: Family): string {
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 
-type SaveResult = { readonly ok: true; readonly text: string } | { readonly ok: false; readonly reason: string };
+const PERMISSION_DENIED = /permission denied|must be root|operation not permitted/i;
 
-/** Runs `*-save`; a missing tool or a kernel without that family is a reason, not an exception. */
+type SaveResult =
+  | { readonly ok: true; readonly text: string }
+  | { readonly ok: false; readonly reason: string; readonly denied: boolean };
+
+/**
+ * Runs `*-save`; a missing tool, a kernel without that family or a refusal is a result, not an exception. (A
+ * non-root process with CAP_NET_ADMIN can use nft but cannot read /proc/net/ip_tables_names, so legacy is refused.)
+ */
 export async function runSave(deps: IptablesDeps, family: Family, backend: Backend): Promise<SaveResult> {
   const tool = toolName(family, backend, "save");
+  let result;
   try {
-    const result = await deps.runner.run(tool, [], { timeoutMs: deps.timeoutMs ?? DEFAULT_TIMEOUT_MS });
-    if (result.timedOut) return { ok: false, reason: `${tool} timed out` };
-    if (result.code !== 0)
-      return { ok: false, reason: `${tool} failed: ${result.stderr.trim() || `exit ${result.code}`}` };
-    return { ok: true, text: result.stdout };
+    result = await deps.runner.run(tool, [], { timeoutMs: deps.timeoutMs ?? DEFAULT_TIMEOUT_MS });
   } catch (error) {
-    if (error instanceof AgentError && error.code === "COMMAND_NOT_FOUND")
-      return { ok: false, reason: `${tool} is not installed` };
+    if (error instanceof AgentError && error.code === "COMMAND_NOT_FOUND") {
+      return { ok: false, reason: `${tool} is not installed`, denied: false };
+    }
     throw error;
   }
+  if (result.timedOut) return { ok: false, reason: `${tool} timed out`, denied: false };
+  if (result.code !== 0) {
+    const detail = result.stderr.trim() || `exit ${result.code}`;
+    return { ok: false, reason: `${tool} failed: ${detail}`, denied: PERMISSION_DENIED.test(detail) };
+  }
+  return { ok: true, text: result.stdout };
+}
+
+/** Never report "nothing there" because nothing could be read. */
+function deniedError(family: Family, backend: Backend, saved: SaveResult): AgentError | undefined {
+  if (saved.ok || !saved.denied) return undefined;
+  return new AgentError({
+    code: "IPTABLES_PERMISSION_DENIED",
+    subject: toolName(family, backend, "save"),
+    message: `cannot read the ${familyName(family)} rules: ${saved.reason}`,
+    hint: "run as root (sudo istio-vm iptables …), or with CAP_NET_ADMIN and CAP_NET_RAW (nft back end)",
+  });
 }
 
 function holdsRules(saveText: string): boolean {
@@ -70,12 +92,17 @@ export interface Detected {
 
 export async function detectBackend(deps: IptablesDeps, family: Family): Promise<Detected> {
   if (deps.choice !== "auto") {
-    return { backend: deps.choice, saved: await runSave(deps, family, deps.choice), others: new Map() };
+    const saved = await runSave(deps, family, deps.choice);
+    const denied = deniedError(family, deps.choice, saved);
+    if (denied !== undefined) throw denied;
+    return { backend: deps.choice, saved, others: new Map() };
   }
   const legacy = await runSave(deps, family, "legacy");
   if (legacy.ok && holdsRules(legacy.text)) return { backend: "legacy", saved: legacy, others: new Map() };
   const nft = await runSave(deps, family, "nft");
   if (nft.ok) return { backend: "nft", saved: nft, others: new Map([["legacy", legacy]]) };
+  const denied = deniedError(family, "nft", nft) ?? deniedError(family, "legacy", legacy);
+  if (denied !== undefined) throw denied;
   if (legacy.ok) return { backend: "legacy", saved: legacy, others: new Map() };
   return { backend: "default", saved: await runSave(deps, family, "default"), others: new Map() };
 }
@@ -230,6 +257,20 @@ export async function cleanInterception(
       }
       readable++;
       results.push(await cleanState(deps, family, backend, saved.text, options));
+    }
+    if (readable === 0) {
+      const denied = results
+        .filter((r) => r.family === family)
+        .map((r) => (r.skipped !== undefined && PERMISSION_DENIED.test(r.skipped) ? r : undefined))
+        .find((r) => r !== undefined);
+      if (denied !== undefined) {
+        throw new AgentError({
+          code: "IPTABLES_PERMISSION_DENIED",
+          subject: toolName(family, denied.backend, "save"),
+          message: `cannot read the ${familyName(family)} rules: ${denied.skipped ?? ""}`,
+          hint: "run as root (the unit's ExecStopPost uses the + prefix for this)",
+        });
+      }
     }
     if (readable === 0 && deps.choice === "auto") {
       // Neither iptables-legacy nor iptables-nft: an older iptables without the split names.

@@ -16,6 +16,8 @@ export class RecordingIptablesRunner implements ProcessRunner {
   readonly calls: RecordedCall[] = [];
   /** Output of each `*-save` tool; a tool without an entry is not installed. */
   readonly saves = new Map<string, string>();
+  /** Stderr of `*-save` tools that exit 1 (e.g. "Permission denied (you must be root)"). */
+  readonly saveFailures = new Map<string, string>();
   /** Exit code and stderr of each `*-restore` tool (default: success). */
   readonly restoreFailures = new Map<string, string>();
 
@@ -24,6 +26,10 @@ export class RecordingIptablesRunner implements ProcessRunner {
     this.calls.push({ command, args, input });
     const ok = (stdout: string): RunResult => ({ code: 0, signal: null, stdout, stderr: "", timedOut: false });
     if (command.endsWith("-save")) {
+      const failure = this.saveFailures.get(command);
+      if (failure !== undefined) {
+        return Promise.resolve({ code: 1, signal: null, stdout: "", stderr: failure, timedOut: false });
+      }
       const text = this.saves.get(command);
       if (text === undefined) {
         return Promise.reject(new AgentError({ code: "COMMAND_NOT_FOUND", message: `cannot run ${command}` }));

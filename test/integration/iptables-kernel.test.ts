@@ -310,6 +310,24 @@ describe.skipIf(missing !== undefined)("back-end detection and IPv6", () => {
     await vm.must("iptables-legacy", ["-t", "nat", "-F", "POSTROUTING"]);
   });
 
+  test("as the proxy user with only CAP_NET_ADMIN and CAP_NET_RAW (how the agent runs): nft; without them: an error", async () => {
+    if (world === undefined) throw new Error("no namespaces");
+    const { vm, peer } = world;
+    const caps = ["--inh-caps=+net_admin,+net_raw", "--ambient-caps=+net_admin,+net_raw"];
+    const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+    const auto = environment("nft", { FORCE_IPTABLES_BINARY: "auto" });
+    const applied = await vm.cli(["iptables", "apply"], auto, [...asNobody, ...caps]);
+    expect(applied.stdout).toContain("IPv4 (iptables-nft-restore): 16 rules applied");
+    expect(await connect(peer, VM, 8080)).toBe(`vm 15006 ${VM}:8080`);
+    const refused = await vm.cli(["iptables", "clean"], {}, asNobody);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/cannot read the IPv4 rules: .*Permission denied/);
+    expect(refused.stderr).toContain("hint: run as root");
+    expect(await vm.natSave("nft")).toContain("ISTIO_INBOUND");
+    expect((await vm.cli(["iptables", "clean"], {}, [...asNobody, ...caps])).code).toBe(0);
+    expect(await vm.natSave("nft")).not.toContain("ISTIO");
+  });
+
   test("ENABLE_INBOUND_IPV6 captures IPv6 inbound; the IPv6 filter table (INPUT) is never touched", async () => {
     if (world === undefined) throw new Error("no namespaces");
     const { vm, peer } = world;

@@ -66,9 +66,12 @@ export class Namespace {
       .join("\n");
   }
 
-  /** The built CLI, run inside the namespace with exactly this environment (plus PATH). */
-  cli(args: readonly string[], env: Record<string, string>): Promise<RunResult> {
-    return nodeProcessRunner.run("ip", ["netns", "exec", this.name, process.execPath, CLI, ...args], {
+  /**
+   * The built CLI, run inside the namespace with exactly this environment (plus PATH), optionally under a wrapper
+   * such as `setpriv --reuid=…` (to run it as another user, with or without capabilities).
+   */
+  cli(args: readonly string[], env: Record<string, string>, wrapper: readonly string[] = []): Promise<RunResult> {
+    return nodeProcessRunner.run("ip", ["netns", "exec", this.name, ...wrapper, process.execPath, CLI, ...args], {
       env: { PATH: process.env["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin", ...env },
       timeoutMs: 60_000,
     });
