@@ -8,6 +8,7 @@ import { agentCommand } from "./cli/agent.js";
 import { certsCommand } from "./cli/certs.js";
 import { clusterEnvCommand } from "./cli/cluster-env.js";
 import { configCommand } from "./cli/config.js";
+import { devCommand } from "./cli/dev.js";
 import { dnsmasqCommand } from "./cli/dnsmasq.js";
 import { deregisterCommand, registerCommand } from "./cli/register.js";
 import type { CommandContext, CommandRuntime } from "./cli/context.js";
@@ -39,6 +40,7 @@ const COMMANDS: readonly CommandFactory[] = [
   certsCommand,
   registerCommand,
   deregisterCommand,
+  devCommand,
 ];
 
 function exitCodeFor(error: unknown): number {

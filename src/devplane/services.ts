@@ -1,0 +1,7 @@
+/**
+ * The dev services `istio-vm dev` starts next to its Kubernetes API (kube-dns, the Istio CA, Pilot, ...). To attach a
+ * server, implement `DevService` (see the contract at the top of dev-plane.ts) and add it here: one import, one entry.
+ */
+import type { DevService } from "./dev-plane.js";
+
+export const DEV_SERVICES: readonly DevService[] = [];
