@@ -179,7 +179,9 @@ export function certsCommand(
         lines.push(`token for ${namespace}/${serviceAccount} expires ${bundle.token.expiresAt}`);
       rt.out(`${lines.join("\n")}\n`);
       rt.err(
-        "Please install them on the VM in /etc/certs; the directory and files must be owned by the 'istio-proxy' user.\n",
+        detected.profile === "legacy"
+          ? "Please install them on the VM in /etc/certs; the directory and files must be owned by the 'istio-proxy' user.\n"
+          : "Install root-cert.pem in /etc/certs and istio-token as /var/lib/istio/tokens/istio-token (ISTIO_TOKEN_FILE), owned by 'istio-proxy', the token 0600 (istio-vm install does both).\n",
       );
     },
   };

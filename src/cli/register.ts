@@ -2,6 +2,7 @@ import type { CommandModule } from "yargs";
 import { AgentError } from "../platform/errors.js";
 import type { DeregisterReport, ObjectAction, RegisterReport } from "../kube/register.js";
 import { deregister, parseKeyValues, parsePortSpecs, register, validateTarget } from "../kube/register.js";
+import { renderYaml } from "../kube/kubeconfig-yaml.js";
 import { detectProfile } from "../kube/profile.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
 import { connectKube, withProfileOptions } from "./admin-options.js";
@@ -28,48 +29,8 @@ interface DeregisterArgs extends KubeArgs, ProfileArgs {
   "workload-entry": boolean;
 }
 
-const YAML_PLAIN = /^[A-Za-z_/][A-Za-z0-9_./-]*$/;
-const YAML_RESERVED = new Set(["true", "false", "null", "yes", "no", "on", "off", "y", "n", "~"]);
-
-function yamlScalar(value: unknown): string {
-  if (typeof value === "number" || typeof value === "boolean") return String(value);
-  if (value === null || value === undefined) return "null";
-  const text = typeof value === "string" ? value : JSON.stringify(value);
-  return YAML_PLAIN.test(text) && !YAML_RESERVED.has(text.toLowerCase()) ? text : JSON.stringify(text);
-}
-
-/** Block-style YAML for the plain JSON objects the API takes (maps, lists, scalars); keys quoted when needed. */
-export function renderYaml(value: unknown, indent = 0): string {
-  const pad = " ".repeat(indent);
-  if (Array.isArray(value)) {
-    const items: unknown[] = value;
-    if (items.length === 0) return `${pad}[]\n`;
-    return items
-      .map((item) => {
-        const body = renderYaml(item, indent + 2);
-        return typeof item === "object" && item !== null && !Array.isArray(item) && Object.keys(item).length > 0
-          ? `${pad}- ${body.slice(indent + 2)}`
-          : `${pad}- ${body.trimStart()}`;
-      })
-      .join("");
-  }
-  if (typeof value === "object" && value !== null) {
-    const entries: [string, unknown][] = Object.entries(value as Record<string, unknown>);
-    if (entries.length === 0) return `${pad}{}\n`;
-    return entries
-      .map(([k, v]) => {
-        const key = yamlScalar(k);
-        if (typeof v === "object" && v !== null && (Array.isArray(v) ? v.length > 0 : Object.keys(v).length > 0)) {
-          return `${pad}${key}:\n${renderYaml(v, Array.isArray(v) ? indent : indent + 2)}`;
-        }
-        return `${pad}${key}: ${renderYaml(v, 0).trim()}\n`;
-      })
-      .join("");
-  }
-  return `${pad}${yamlScalar(value)}\n`;
-}
-
-function renderDryRun(actions: readonly ObjectAction[]): string {
+/** The objects a dry run would write, as YAML documents kubectl can read. */
+export function renderDryRun(actions: readonly ObjectAction[]): string {
   const docs = actions
     .filter((a) => a.object !== undefined || a.action === "delete")
     .map((a) =>

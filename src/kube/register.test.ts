@@ -144,6 +144,22 @@ describe("register", () => {
     expect(log.some((l) => l.startsWith("Warning: existing service default/mysqldb does not list"))).toBe(true);
   });
 
+  it("takes the port names of an existing Service, so the Endpoints match its ports", async () => {
+    const client = new FakeKubeClient();
+    client.store.create("services", {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { name: "mysqldb", namespace: "default", annotations: { [SERVICE_ACCOUNT_ANNOTATION]: "default" } },
+      spec: { ports: [{ name: "tcp-db", port: 3306, targetPort: 3306 }] },
+    });
+    const log: string[] = [];
+    await register(client, input(), options(log));
+    expect(endpoints(client).subsets?.[0]?.ports).toEqual([{ name: "tcp-db", port: 3306, protocol: "TCP" }]);
+    expect(log).toContain("Using the service's name 'tcp-db' for port 3306 (instead of 'mysql')");
+    await register(client, input({ ip: "10.0.0.9", ports: [{ name: "http", port: 8080 }] }), options(log));
+    expect(log.some((l) => l.includes("does not expose port 8080"))).toBe(true);
+  });
+
   it("re-reads and retries when another writer changes the Endpoints in between", async () => {
     const client = new FakeKubeClient({
       intercept: (r) => {

@@ -275,7 +275,7 @@ export function planAddAddress(current: EndpointsObject, ip: string, ports: read
   } else {
     const subset: EndpointSubset = {
       addresses: [{ ip }],
-      ports: ports.map((p) => ({ name: p.name, port: p.port, protocol: "TCP" })),
+      ports: ports.map((p) => ({ ...(p.name === "" ? {} : { name: p.name }), port: p.port, protocol: "TCP" })),
     };
     subsets.push(subset);
     changed = true;
@@ -470,11 +470,44 @@ async function updateEndpoints(
   throw conflictError(`endpoints ${target.namespace}/${target.name}`, maxAttempts, lastError);
 }
 
+interface ServicePort {
+  readonly name?: string;
+  readonly port?: number;
+  readonly targetPort?: number | string;
+}
+
+/**
+ * Endpoints ports are matched to Service ports by name, so against an existing Service the requested ports take the
+ * names the Service gives them (by target port, else port). Ports the Service does not expose are kept, with a
+ * warning: traffic cannot reach them through this Service.
+ */
+export function alignPortNames(
+  ports: readonly PortSpec[],
+  service: ServiceObject,
+): { ports: PortSpec[]; messages: string[] } {
+  const servicePorts = (service.spec?.["ports"] ?? []) as readonly ServicePort[];
+  const messages: string[] = [];
+  const aligned = ports.map((p) => {
+    const match = servicePorts.find((sp) => (typeof sp.targetPort === "number" ? sp.targetPort : sp.port) === p.port);
+    if (match === undefined) {
+      messages.push(
+        `Warning: service ${service.metadata.name} does not expose port ${p.port}; it is registered but unreachable through the service`,
+      );
+      return p;
+    }
+    const name = match.name ?? "";
+    if (name !== p.name)
+      messages.push(`Using the service's name '${name}' for port ${p.port} (instead of '${p.name}')`);
+    return { name, port: p.port };
+  });
+  return { ports: aligned, messages };
+}
+
 async function ensureService(
   client: KubeClient,
   input: RegistrationInput,
   options: ExecuteOptions,
-): Promise<ObjectAction> {
+): Promise<{ action: ObjectAction; ports: readonly PortSpec[] }> {
   const paths = apiPaths(input.namespace, input.service);
   let existing: ServiceObject | undefined;
   try {
@@ -500,16 +533,25 @@ async function ensureService(
         `Warning: existing service ${input.namespace}/${input.service} has a selector; Kubernetes manages its Endpoints and may remove the VM's address`,
       );
     }
-    return { action: "unchanged", kind: "Service", name: input.service, namespace: input.namespace };
+    const aligned = alignPortNames(input.ports, existing);
+    for (const message of aligned.messages) options.log(message);
+    return {
+      action: { action: "unchanged", kind: "Service", name: input.service, namespace: input.namespace },
+      ports: aligned.ports,
+    };
   }
   const service = planService(input);
   try {
     await client.create(paths.services, service, { dryRun: options.dryRun });
   } catch (error) {
     if (!isAlreadyExists(error)) throw error;
-    return { action: "unchanged", kind: "Service", name: input.service, namespace: input.namespace };
+    // Created concurrently by another registration: take its port names.
+    return ensureService(client, input, options);
   }
-  return { action: "create", kind: "Service", name: input.service, namespace: input.namespace, object: service };
+  return {
+    action: { action: "create", kind: "Service", name: input.service, namespace: input.namespace, object: service },
+    ports: input.ports,
+  };
 }
 
 async function ensureWorkloadEntry(
@@ -585,13 +627,15 @@ export async function register(
   options.log(
     `${Object.keys(input.labels).length} labels ([${quoteList(input.labels)}]) and ${Object.keys(annotations).length} annotations ([${quoteList(annotations)}])`,
   );
-  const actions: ObjectAction[] = [await ensureService(client, input, options)];
+  const service = await ensureService(client, input, options);
+  const actions: ObjectAction[] = [service.action];
+  const ports = service.ports;
   let duplicatesRemoved = 0;
   const result = await updateEndpoints(
     client,
     { namespace: input.namespace, name: input.service, initial: () => planEmptyEndpoints(input) },
     (current) => {
-      const plan = planAddAddress(current, input.ip, input.ports);
+      const plan = planAddAddress(current, input.ip, ports);
       for (const message of plan.messages) options.log(message);
       duplicatesRemoved = plan.duplicatesRemoved;
       return plan;
@@ -605,7 +649,7 @@ export async function register(
       ? `Service ${input.service} already has ${input.ip}, ${count} endpoints`
       : `${options.dryRun ? "Would update" : "Successfully updated"} ${input.service}, now with ${count} endpoints`,
   );
-  if (input.workloadEntry) actions.push(await ensureWorkloadEntry(client, input, options));
+  if (input.workloadEntry) actions.push(await ensureWorkloadEntry(client, { ...input, ports }, options));
   return {
     service: input.service,
     namespace: input.namespace,
