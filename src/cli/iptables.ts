@@ -247,7 +247,7 @@ function subcommands(runtime: () => CommandRuntime): CommandModule<object, Iptab
 
 export function iptablesCommand(runtime: () => CommandRuntime): CommandModule<object, IptablesArgs> {
   return {
-    command: "iptables <command>",
+    command: "iptables",
     describe: "Plan, apply, remove and show the traffic capture rules (replaces istio-iptables.sh)",
     builder: (y) => {
       let parser = y as unknown as Argv<IptablesArgs>;
