@@ -6,6 +6,7 @@ import yargs from "yargs";
 import type { CommandModule } from "yargs";
 import { agentCommand } from "./cli/agent.js";
 import { certsCommand } from "./cli/certs.js";
+import { checkCommand } from "./cli/check.js";
 import { clusterEnvCommand } from "./cli/cluster-env.js";
 import { configCommand } from "./cli/config.js";
 import { devCommand } from "./cli/dev.js";
@@ -41,6 +42,7 @@ const COMMANDS: readonly CommandFactory[] = [
   registerCommand,
   deregisterCommand,
   devCommand,
+  checkCommand,
 ];
 
 function exitCodeFor(error: unknown): number {

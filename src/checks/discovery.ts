@@ -1,0 +1,241 @@
+/**
+ * The discovery check: can this VM get its configuration from Pilot?
+ *
+ * - legacy: Pilot's v1 REST registration API, `GET /v1/registration/istio-pilot.<ns>.svc.cluster.local|http-discovery`
+ *   (the `|` sent as %7C) on PILOT_ADDRESS, which must answer 200 with a non-empty `hosts` list: the request the
+ *   original recipe told people to `curl`.
+ * - istiod: an ADS stream to DISCOVERY_ADDRESS (TLS with root-cert.pem, server name ISTIOD_SAN, the workload
+ *   certificate as client certificate when present; plain text when CONTROL_PLANE_AUTH_POLICY=NONE) with this VM's
+ *   node id and metadata, a CDS request answered with ≥ 1 cluster, then the ACK (istiod.md §6).
+ *
+ * Failures carry the HTTP or gRPC status, the address the host name resolved to, and a hint.
+ */
+import { controlPlaneUsesTls } from "../config/load.js";
+import { HttpError } from "../platform/http.js";
+import { AdsProbeError, grpcStatusName, probeAds } from "../xds/ads-client.js";
+import type { AdsProbeOptions, AdsProbeResult } from "../xds/ads-client.js";
+import { probeNode } from "../xds/node.js";
+import type { Check, CheckDeps, CheckResult } from "./check.js";
+import { certPaths, fail, pass, splitHostPort } from "./check.js";
+
+export const DISCOVERY_CHECK = "discovery";
+
+/** The ADS probe as a port, so the agent component's tests can run it against the dev Pilot or a failing one. */
+export type AdsProber = (options: AdsProbeOptions) => Promise<AdsProbeResult>;
+
+export function registrationKey(namespace: string): string {
+  return `istio-pilot.${namespace}.svc.cluster.local|http-discovery`;
+}
+
+async function resolvedNote(deps: CheckDeps, host: string): Promise<string> {
+  const outcome = await deps.dns.lookupSystem(host, deps.timeoutMs);
+  return outcome.ok ? `${host} → ${outcome.addresses.join(",")}` : `${host} does not resolve (${outcome.code})`;
+}
+
+function connectHint(code: string, what: string, host: string, resolved: string): string {
+  if (code === "ENOTFOUND" || code === "EAI_AGAIN") {
+    return `${host} does not resolve: see the dns check (the address=/${host.split(".")[0] ?? host}/ line of kubedns, dnsmasq, resolv.conf)`;
+  }
+  if (code === "ECONNREFUSED") {
+    return `nothing listens for ${what} (${resolved}): check the address for ${host} in kubedns against the load balancer (\`istio-vm dnsmasq\` regenerates it) and the port`;
+  }
+  return `no answer from ${what} (${resolved}, ${code}): a wrong address in kubedns, a firewall, or a load balancer without healthy backends`;
+}
+
+async function legacyCheck(deps: CheckDeps, signal: AbortSignal): Promise<CheckResult> {
+  const { host, text } = splitHostPort(deps.values.PILOT_ADDRESS);
+  const key = registrationKey(deps.values.ISTIO_SYSTEM_NAMESPACE);
+  const url = `http://${text}/v1/registration/${encodeURIComponent(key)}`;
+  const resolved = await resolvedNote(deps, host);
+  const details = [`GET ${url}`, resolved];
+  let response;
+  try {
+    response = await deps.http.request({ url, timeoutMs: deps.timeoutMs, signal });
+  } catch (error) {
+    const code = error instanceof HttpError ? error.code : "ERROR";
+    return fail(
+      DISCOVERY_CHECK,
+      `Pilot at ${text} unreachable (${code})`,
+      connectHint(code, `Pilot at ${text}`, host, resolved),
+      [...details, (error as Error).message],
+      { url, code },
+    );
+  }
+  details.push(`HTTP ${response.status}`);
+  const body = response.body.toString("utf8");
+  if (response.status === 503) {
+    return fail(
+      DISCOVERY_CHECK,
+      `Pilot answered HTTP 503 (service registry unavailable)`,
+      `Pilot cannot read its service registry (the Kubernetes API): \`kubectl -n ${deps.values.ISTIO_SYSTEM_NAMESPACE} logs deploy/istio-pilot\`; Envoy keeps serving its cached configuration meanwhile`,
+      [...details, body.trim()].filter((l) => l !== ""),
+      { url, status: 503 },
+    );
+  }
+  if (response.status !== 200) {
+    return fail(
+      DISCOVERY_CHECK,
+      `Pilot answered HTTP ${response.status}`,
+      `${text} is not Pilot's v1 REST port, or this Pilot has no v1 API (Istio ≥ 1.0 removed it: use ISTIO_CONTROL_PLANE=istiod)`,
+      [...details, body.trim().slice(0, 200)].filter((l) => l !== ""),
+      { url, status: response.status },
+    );
+  }
+  let hosts: { ip_address?: string; port?: number }[];
+  try {
+    const parsed = JSON.parse(body) as { hosts?: unknown };
+    if (!Array.isArray(parsed.hosts)) throw new Error("no hosts list");
+    hosts = parsed.hosts as { ip_address?: string; port?: number }[];
+  } catch (error) {
+    return fail(
+      DISCOVERY_CHECK,
+      `Pilot's answer is not a registration ({"hosts": […]})`,
+      `${text} answers HTTP 200 but not Pilot's JSON (${(error as Error).message}): is PILOT_ADDRESS Pilot's port 8080?`,
+      details,
+      { url, status: 200 },
+    );
+  }
+  const list = hosts.map((h) => `${h.ip_address ?? "?"}:${h.port ?? "?"}`);
+  if (hosts.length === 0) {
+    return fail(
+      DISCOVERY_CHECK,
+      `Pilot knows no endpoints for ${key}`,
+      `Pilot answered with an empty hosts list: check \`kubectl -n ${deps.values.ISTIO_SYSTEM_NAMESPACE} get endpoints istio-pilot\` (is the pod ready, is the port named http-discovery?)`,
+      details,
+      { url, status: 200, hosts: [] },
+    );
+  }
+  return pass(
+    DISCOVERY_CHECK,
+    `pilot ok (${hosts.length} host${hosts.length === 1 ? "" : "s"} for ${key})`,
+    [...details, `hosts ${list.join(", ")}`],
+    { url, status: 200, hosts },
+  );
+}
+
+function adsHint(error: AdsProbeError, deps: CheckDeps, target: string, resolved: string, tls: boolean): string {
+  const v = deps.values;
+  const d = error.details;
+  if (error.grpcCode === undefined) {
+    return `the control plane at ${target} has no clusters for this VM: check \`istioctl proxy-status\` and istiod's logs for node ${v.POD_NAMESPACE}`;
+  }
+  switch (grpcStatusName(error.grpcCode)) {
+    case "PERMISSION_DENIED":
+      return `istiod refused the stream: the workload certificate's identity must match POD_NAMESPACE=${v.POD_NAMESPACE} and SERVICE_ACCOUNT=${v.SERVICE_ACCOUNT} (see the certificate check)`;
+    case "UNAUTHENTICATED":
+      return `istiod did not accept this VM's credentials: a valid cert-chain.pem/key.pem in ${v.OUTPUT_CERTS}, or a fresh token at ${v.ISTIO_TOKEN_FILE}`;
+    case "DEADLINE_EXCEEDED":
+      return `no CDS answer within ${deps.timeoutMs} ms from ${target} (${resolved}): a wrong address in kubedns, a firewall, or an overloaded istiod`;
+    case "INTERNAL":
+    case "CANCELLED":
+      if (/RST_STREAM|reset/i.test(d)) {
+        return `the ADS stream was reset (by istiod or a load balancer/gateway in between): check istiod's logs and the east-west gateway; a proxy that does not speak HTTP/2 end to end also does this`;
+      }
+      return `istiod failed the stream: check istiod's logs`;
+    case "UNAVAILABLE":
+      if (/name resolution|ENOTFOUND|resolve/i.test(d)) {
+        return `${target} does not resolve: see the dns check`;
+      }
+      if (/certificate|altname|Hostname|self.signed|verify|SSL|TLS|handshake/i.test(d)) {
+        return tls
+          ? `TLS to ${target} failed: the server certificate must chain to ${certPaths(v).root} and carry ${v.ISTIOD_SAN} (ISTIOD_SAN); see the ca check`
+          : `the server at ${target} expects TLS: set CONTROL_PLANE_AUTH_POLICY=MUTUAL_TLS or use the plain-text port 15010`;
+      }
+      if (/RST_STREAM|reset|GOAWAY/i.test(d)) {
+        return `the connection to ${target} was reset: check istiod's logs and the east-west gateway`;
+      }
+      if (/ECONNREFUSED|refused/i.test(d)) return connectHint("ECONNREFUSED", `istiod at ${target}`, target, resolved);
+      return connectHint("UNAVAILABLE", `istiod at ${target}`, target, resolved);
+    default:
+      return `the ADS stream failed: check istiod's logs`;
+  }
+}
+
+async function istiodCheck(deps: CheckDeps, signal: AbortSignal, prober: AdsProber): Promise<CheckResult> {
+  const v = deps.values;
+  const { host, text } = splitHostPort(v.DISCOVERY_ADDRESS);
+  const tls = controlPlaneUsesTls(v);
+  const paths = certPaths(v);
+  const resolved = await resolvedNote(deps, host);
+  const details = [
+    `ADS ${tls ? "TLS" : "plain text"} to ${text}${tls ? ` (server name ${v.ISTIOD_SAN})` : ""}`,
+    resolved,
+  ];
+  let rootPem: string | undefined;
+  let certChainPem: string | undefined;
+  let keyPem: string | undefined;
+  if (tls) {
+    rootPem = await deps.fs.readTextIfExists(paths.root);
+    if (rootPem === undefined) {
+      return fail(
+        DISCOVERY_CHECK,
+        `${paths.root} is missing`,
+        `install the mesh root certificate (\`istio-vm certs\` then \`istio-vm install\`)`,
+        details,
+      );
+    }
+    certChainPem = await deps.fs.readTextIfExists(paths.chain);
+    keyPem = await deps.fs.readTextIfExists(paths.key);
+    details.push(
+      certChainPem !== undefined && keyPem !== undefined
+        ? `client certificate ${paths.chain}`
+        : "no client certificate",
+    );
+  }
+  const token = certChainPem === undefined ? await deps.fs.readTextIfExists(v.ISTIO_TOKEN_FILE) : undefined;
+  const node = probeNode(v, deps.hostname, deps.metadata, deps.version);
+  details.push(`node ${node.id}`);
+  try {
+    const result = await prober({
+      target: text,
+      ...(tls && rootPem !== undefined
+        ? {
+            tls: {
+              rootPem,
+              servername: v.ISTIOD_SAN,
+              ...(certChainPem !== undefined && keyPem !== undefined ? { certChainPem, keyPem } : {}),
+            },
+          }
+        : {}),
+      ...(token === undefined ? {} : { token: token.trim() }),
+      clusterId: v.ISTIO_META_CLUSTER_ID,
+      node,
+      timeoutMs: deps.timeoutMs,
+      signal,
+    });
+    const shown = result.clusters.slice(0, 5).join(", ") + (result.clusters.length > 5 ? ", …" : "");
+    return pass(
+      DISCOVERY_CHECK,
+      `pilot ok (${result.clusters.length} cluster${result.clusters.length === 1 ? "" : "s"}, ACKed version ${result.versionInfo || "(empty)"})`,
+      [
+        ...details,
+        `clusters ${shown}`,
+        ...(result.controlPlane === undefined ? [] : [`control plane ${result.controlPlane}`]),
+      ],
+      { target: text, clusters: result.clusters, version: result.versionInfo, nonce: result.nonce },
+    );
+  } catch (error) {
+    if (!(error instanceof AdsProbeError)) throw error;
+    const status = error.grpcCode === undefined ? "no clusters" : `gRPC ${grpcStatusName(error.grpcCode)}`;
+    return fail(
+      DISCOVERY_CHECK,
+      `ADS to ${text} failed: ${status}`,
+      adsHint(error, deps, text, resolved, tls),
+      [...details, error.message],
+      {
+        target: text,
+        grpcCode: error.grpcCode ?? null,
+        grpcStatus: error.grpcCode === undefined ? null : grpcStatusName(error.grpcCode),
+      },
+    );
+  }
+}
+
+export function discoveryCheck(deps: CheckDeps, prober: AdsProber = probeAds): Check {
+  return {
+    name: DISCOVERY_CHECK,
+    description: "Pilot answers: legacy v1 /v1/registration with hosts, or istiod ADS with ≥ 1 cluster (ACKed)",
+    run: (signal) =>
+      deps.values.ISTIO_CONTROL_PLANE === "legacy" ? legacyCheck(deps, signal) : istiodCheck(deps, signal, prober),
+  };
+}

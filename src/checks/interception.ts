@@ -1,0 +1,73 @@
+/**
+ * The interception check: the kernel holds exactly istio-vm's planned nat rules (chains, jumps and rules, in order)
+ * for every family the plan covers, in the back end `apply` would use. Planning and reading are the interception
+ * module's own (`src/intercept/`), so `check` agrees with `istio-vm iptables show`.
+ */
+import { familyName, readInterception } from "../intercept/applier.js";
+import { planInterception } from "../intercept/planner.js";
+import { interceptionSettings } from "../intercept/settings.js";
+import { diffWithPlan } from "../intercept/show.js";
+import type { Check, CheckDeps } from "./check.js";
+import { fail, pass } from "./check.js";
+
+export const INTERCEPTION_CHECK = "interception";
+
+export function interceptionCheck(deps: CheckDeps): Check {
+  return {
+    name: INTERCEPTION_CHECK,
+    description: "istio-vm's iptables chains are present and equal to the plan (`istio-vm iptables show`)",
+    async run() {
+      const plan = planInterception(await interceptionSettings(deps.values, deps.fs));
+      const shows = await readInterception({
+        runner: deps.runner,
+        choice: deps.values.FORCE_IPTABLES_BINARY,
+        logger: deps.logger.child("iptables"),
+        timeoutMs: Math.max(deps.timeoutMs, 5000),
+      });
+      const details: string[] = [];
+      const problems: string[] = [];
+      let unreadable: string | undefined;
+      let ruleCount = 0;
+      for (const show of shows) {
+        const planned = plan.families.find((f) => f.family === show.family)?.tables[0];
+        const name = familyName(show.family);
+        if (!show.readable) {
+          // A family the plan does not use may be unreadable (no ip6tables) without consequence.
+          if (planned !== undefined) {
+            unreadable = show.reason ?? "unknown reason";
+            problems.push(`${name}: cannot read rules (${unreadable})`);
+          } else details.push(`${name}: not read (${show.reason ?? "unknown"}), nothing planned`);
+          continue;
+        }
+        const diff = diffWithPlan(planned, show.state);
+        ruleCount += planned?.rules.length ?? 0;
+        if (diff.matches) {
+          details.push(
+            `${name} (${show.backend}): ${planned === undefined ? "nothing planned, none present" : `${planned.rules.length} rules as planned`}`,
+          );
+          continue;
+        }
+        const parts = [
+          diff.missing.length > 0 ? `${diff.missing.length} missing` : "",
+          diff.unexpected.length > 0 ? `${diff.unexpected.length} unexpected` : "",
+          diff.outOfOrder.length > 0 ? `order differs in ${diff.outOfOrder.join(", ")}` : "",
+        ].filter((p) => p !== "");
+        problems.push(`${name}: ${parts.join(", ")}`);
+        details.push(...diff.missing.slice(0, 5).map((l) => `${name} missing: ${l}`));
+        details.push(...diff.unexpected.slice(0, 5).map((l) => `${name} unexpected: ${l}`));
+      }
+      if (problems.length === 0) {
+        return pass(
+          INTERCEPTION_CHECK,
+          ruleCount === 0 ? "nothing to capture, no rules present" : `rules as planned (${ruleCount})`,
+          details,
+        );
+      }
+      const hint =
+        unreadable !== undefined
+          ? "reading iptables needs CAP_NET_ADMIN: run `sudo istio-vm check`"
+          : "the rules differ from the plan: is the agent running (`systemctl status istio-vm-agent`)? `istio-vm iptables show` lists the differences, `sudo istio-vm iptables apply` restores them";
+      return fail(INTERCEPTION_CHECK, problems.join("; "), hint, [...problems, ...details]);
+    },
+  };
+}
