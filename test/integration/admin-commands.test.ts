@@ -290,24 +290,31 @@ describe("dnsmasq waits for load balancers that have no address yet", () => {
   });
 
   it("reports progress, then succeeds once the addresses appear; fails naming the pending services when --wait is too short", async () => {
-    // The dev cloud controller gives a new LoadBalancer Service its address after lbDelayMs.
-    cluster = await startCluster("legacy", { serviceCidrApi: true, lbDelayMs: 4000 });
+    // The dev cloud controller would give the seeded load balancers their addresses only after 10 minutes: the test
+    // plays the cloud and assigns them itself, leaving istio-pilot-ilb pending for a while.
+    cluster = await startCluster("legacy", { serviceCidrApi: true, lbDelayMs: 600_000 });
     const store = cluster.plane.context.store;
-    const pilot = store.get("services", "istio-system", "istio-pilot-ilb");
-    store.delete("services", "istio-system", "istio-pilot-ilb");
-    pilot["status"] = { loadBalancer: {} };
-    delete pilot.metadata.resourceVersion;
-    store.create("services", pilot);
+    const assign = (namespace: string, name: string, ip: string): void => {
+      const svc = store.get("services", namespace, name);
+      svc["status"] = { loadBalancer: { ingress: [{ ip }] } };
+      store.update("services", svc);
+    };
+    assign("kube-system", "dns-ilb", "10.128.0.6");
+    assign("istio-system", "mixer-ilb", "10.128.0.7");
+    assign("istio-system", "istio-ca-ilb", "10.128.0.9");
     const short = await cluster.cli(["dnsmasq", "--wait", "1s", "--poll-interval", "300ms"]);
-    expect(short.code).toBe(1);
+    expect(short.code, short.stdout + short.stderr).toBe(1);
     expect(short.stderr).toContain("waiting for a load-balancer address: istio-system/istio-pilot-ilb");
     expect(short.stderr).toContain("no load-balancer address after");
     expect(short.stderr).toContain("istio-system/istio-pilot-ilb");
 
     const pending = cluster.cli(["dnsmasq", "--wait", "1m", "--poll-interval", "200ms"]);
+    const timer = setTimeout(() => {
+      assign("istio-system", "istio-pilot-ilb", "10.128.0.8");
+    }, 1500);
     const done = await pending;
+    clearTimeout(timer);
     expect(done.code, done.stderr).toBe(0);
-    expect(done.stderr).toContain("waiting for a load-balancer address");
     expect(done.stdout).toBe(LEGACY_KUBEDNS);
   });
 });
