@@ -395,6 +395,13 @@ export const VARIABLES = {
     group: "envoy",
     home: "sidecar.env",
   }),
+  ENVOY_STATS_PORT: v({
+    type: t.integer(0, 65535),
+    default: "15090",
+    description: "Envoy's Prometheus listener (/stats/prometheus on all addresses, as Istio's 15090); 0: none",
+    group: "envoy",
+    home: "sidecar.env",
+  }),
   ENVOY_DRAIN_DURATION: v({
     type: t.duration,
     default: "5s",

@@ -1,0 +1,136 @@
+import { describe, expect, it } from "vitest";
+import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
+import { checkAgainstProto } from "../../test/support/envoy-proto.js";
+import { loadConfig } from "../config/load.js";
+import type { BootstrapInput } from "./bootstrap.js";
+import { discoverySan, renderBootstrap, serializeBootstrap, serviceNode } from "./bootstrap.js";
+
+const SIDECAR = "/var/lib/istio/envoy/sidecar.env";
+const CLUSTER = "/var/lib/istio/envoy/cluster.env";
+
+async function input(cluster: string, sidecar: string, env: NodeJS.ProcessEnv = {}): Promise<BootstrapInput> {
+  const loaded = await loadConfig({ env, fs: new MemoryFileSystem({ [CLUSTER]: cluster, [SIDECAR]: sidecar }) });
+  expect(loaded.problems).toEqual([]);
+  return {
+    config: loaded.values,
+    extraMetadata: Object.fromEntries(Object.entries(loaded.metadata).map(([k, v]) => [k, v.raw])),
+    hostname: "demo-vm-1.example.internal",
+  };
+}
+
+const ISTIOD_CLUSTER =
+  "ISTIO_CONTROL_PLANE=istiod\nISTIO_META_CLUSTER_ID=Kubernetes\nISTIO_META_MESH_ID=mesh1\n" +
+  'ISTIO_META_NETWORK=vm-network\nISTIO_META_WORKLOAD_NAME=vm-app\nISTIO_METAJSON_LABELS=\'{"app":"vm-app","version":"v1"}\'\n' +
+  "POD_NAMESPACE=vm-ns\nSERVICE_ACCOUNT=vm-sa\nISTIO_META_ISTIO_VERSION=1.24.2\nISTIO_META_AUTO_REGISTER_GROUP=vm-app\n";
+const LEGACY_CLUSTER = "ISTIO_CONTROL_PLANE=legacy\nISTIO_SYSTEM_NAMESPACE=istio-system\n";
+const VM = "ISTIO_SVC_IP=10.150.0.5\n";
+
+const PROFILES = {
+  "istiod-mtls": () => input(ISTIOD_CLUSTER, VM),
+  "istiod-plain": () => input(ISTIOD_CLUSTER + "CONTROL_PLANE_AUTH_POLICY=NONE\n", `${VM}ENVOY_STATS_PORT=0\n`),
+  "legacy-mtls": () => input(LEGACY_CLUSTER, `${VM}POD_NAME=demo-vm-1\n`),
+  "legacy-plain": () => input(`${LEGACY_CLUSTER}CONTROL_PLANE_AUTH_POLICY=NONE\n`, VM),
+};
+
+describe("renderBootstrap", () => {
+  for (const [name, make] of Object.entries(PROFILES)) {
+    it(`${name}: matches its golden file`, async () => {
+      await expect(serializeBootstrap(renderBootstrap(await make()))).toMatchFileSnapshot(
+        `__golden__/bootstrap-${name}.json`,
+      );
+    });
+
+    it(`${name}: every field exists in Envoy's Bootstrap proto with the right type, typed configs included`, async () => {
+      const bootstrap = renderBootstrap(await make());
+      const check = checkAgainstProto(bootstrap);
+      expect(check.errors).toEqual([]);
+      expect(check.verify).toBeNull();
+      expect(check.typesSeen).toContain("envoy.extensions.upstreams.http.v3.HttpProtocolOptions");
+      if (name.endsWith("mtls")) {
+        expect(check.typesSeen).toContain("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext");
+      }
+    });
+  }
+
+  it("the validator rejects what real Envoy would reject: unknown fields, wrong types, bad enums, typos in @type", () => {
+    const bad = {
+      node: { id: "x", clusterr: "typo" },
+      admin: { address: { socket_address: { address: "127.0.0.1", port_value: "15000" } } },
+      static_resources: {
+        clusters: [
+          {
+            name: "c",
+            connect_timeout: 1,
+            lb_policy: "ROUND_ROBINN",
+            transport_socket: {
+              name: "tls",
+              typed_config: {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                common_tls_context: { validation_context: { trusted_ca: { filenam: "/x" } } },
+              },
+            },
+            typed_extension_protocol_options: {
+              x: { "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.NoSuchThing" },
+            },
+          },
+        ],
+      },
+      dynamic_resources: { lds_config: { ads: {}, path: "/x" } },
+    };
+    const errors = checkAgainstProto(bad).errors.join("\n");
+    expect(errors).toContain("node.clusterr: no field 'clusterr'");
+    expect(errors).toContain("port_value: expected a uint32");
+    expect(errors).toContain("connect_timeout: expected a Duration");
+    expect(errors).toContain('lb_policy: "ROUND_ROBINN" is not one of LbPolicy');
+    expect(errors).toContain("trusted_ca.filenam: no field 'filenam'");
+    expect(errors).toContain("NoSuchThing is not a message type");
+    expect(errors).toMatch(/lds_config\.path.*(both set|deprecated)/);
+  });
+
+  it("node id and service node follow sidecar~<ip>~<name>.<ns>~<ns>.svc.cluster.local, the short host name for an empty POD_NAME", async () => {
+    const i = await input(ISTIOD_CLUSTER, VM);
+    expect(serviceNode(i)).toBe("sidecar~10.150.0.5~demo-vm-1.vm-ns~vm-ns.svc.cluster.local");
+    expect(renderBootstrap(i)["node"]).toMatchObject({
+      id: "sidecar~10.150.0.5~demo-vm-1.vm-ns~vm-ns.svc.cluster.local",
+      cluster: "rawvm.vm-ns",
+      metadata: {
+        NAMESPACE: "vm-ns",
+        SERVICE_ACCOUNT: "vm-sa",
+        INSTANCE_IPS: "10.150.0.5",
+        ISTIO_VERSION: "1.24.2",
+        CLUSTER_ID: "Kubernetes",
+        MESH_ID: "mesh1",
+        NETWORK: "vm-network",
+        WORKLOAD_NAME: "vm-app",
+        AUTO_REGISTER_GROUP: "vm-app",
+        LABELS: { app: "vm-app", version: "v1" },
+      },
+    });
+  });
+
+  it("passes every other ISTIO_META_* / ISTIO_METAJSON_* through, prefix removed, JSON parsed", async () => {
+    const i = await input(ISTIOD_CLUSTER, VM, { ISTIO_META_OWNER: "team-a", ISTIO_METAJSON_EXTRA: '{"k":[1,2]}' });
+    const metadata = (renderBootstrap(i)["node"] as { metadata: Record<string, unknown> }).metadata;
+    expect(metadata["OWNER"]).toBe("team-a");
+    expect(metadata["EXTRA"]).toEqual({ k: [1, 2] });
+  });
+
+  it("legacy Pilot's SAN is the pilot service account in the namespace named by the discovery host", async () => {
+    const legacy = await input(LEGACY_CLUSTER, VM, { DISCOVERY_ADDRESS: "istio-pilot.mesh-ctl:15011" });
+    expect(discoverySan(legacy.config)).toEqual({
+      type: "URI",
+      value: "spiffe://cluster.local/ns/mesh-ctl/sa/istio-pilot-service-account",
+    });
+    const noDot = await input(LEGACY_CLUSTER, VM, { DISCOVERY_ADDRESS: "istio-pilot:15011", POD_NAMESPACE: "apps" });
+    expect(discoverySan(noDot.config).value).toBe("spiffe://cluster.local/ns/apps/sa/istio-pilot-service-account");
+    const ip = await input(LEGACY_CLUSTER, VM, { DISCOVERY_ADDRESS: "10.0.0.9:15011" });
+    expect(discoverySan(ip.config).value).toBe("spiffe://cluster.local/ns/istio-system/sa/istio-pilot-service-account");
+  });
+
+  it("dials an IP discovery address as a STATIC cluster and a name as STRICT_DNS", async () => {
+    const byIp = renderBootstrap(await input(ISTIOD_CLUSTER, VM, { DISCOVERY_ADDRESS: "192.0.2.10:15012" }));
+    const clusters = (byIp["static_resources"] as { clusters: { name: string; type: string }[] }).clusters;
+    expect(clusters.find((c) => c.name === "xds-grpc")?.type).toBe("STATIC");
+    expect(checkAgainstProto(byIp).errors).toEqual([]);
+  });
+});

@@ -1,0 +1,302 @@
+/**
+ * The Envoy v3 bootstrap the agent writes as `envoy-rev<N>.json` (pure: configuration in, JSON value out).
+ *
+ * What is in it, and why:
+ * - `node`: the id Pilot/istiod expect from a VM (`sidecar~<ip>~<name>.<ns>~<ns>.svc.cluster.local`, four parts or
+ *   Pilot answers 404), `cluster` = ISTIO_SERVICE, and the metadata current Istio's agent sends (istiod.md §6).
+ * - `admin` on 127.0.0.1 only: /ready, /drain_listeners and /quitquitquit are how the agent drives Envoy, and nothing
+ *   off the machine may reach them.
+ * - one static cluster `xds-grpc` to DISCOVERY_ADDRESS, HTTP/2 (gRPC), mTLS from the workload files in OUTPUT_CERTS
+ *   with the control plane's SAN checked (or plain text under CONTROL_PLANE_AUTH_POLICY=NONE); everything else
+ *   (listeners, clusters, routes, endpoints) comes over ADS, so the bootstrap depends only on configuration and
+ *   certificates, never on Pilot's data.
+ * - optionally Istio's Prometheus listener (ENVOY_STATS_PORT, 15090) that serves the admin's /stats/prometheus.
+ *
+ * Certificate files are referenced by path, not inlined: Envoy reads them when the epoch starts, and a renewal makes
+ * the supervisor start a new epoch (hot restart), as pilot-agent did.
+ */
+import { isIP } from "node:net";
+import { join } from "node:path";
+import type { ConfigValues } from "../config/registry.js";
+import type { StructValue } from "../xds/protos.js";
+
+/** The JSON value of a bootstrap: plain data, so it can be hashed, diffed, written and validated. */
+export type BootstrapJson = { readonly [key: string]: BootstrapValue };
+type BootstrapValue = string | number | boolean | null | readonly BootstrapValue[] | BootstrapJson;
+
+export const XDS_CLUSTER = "xds-grpc";
+export const PROMETHEUS_CLUSTER = "prometheus_stats";
+export const CERT_FILES = { chain: "cert-chain.pem", key: "key.pem", root: "root-cert.pem" } as const;
+
+/** The parts of the configuration the bootstrap depends on. */
+export type BootstrapConfig = Pick<
+  ConfigValues,
+  | "ISTIO_CONTROL_PLANE"
+  | "ISTIO_SYSTEM_NAMESPACE"
+  | "DISCOVERY_ADDRESS"
+  | "CONTROL_PLANE_AUTH_POLICY"
+  | "ISTIOD_SAN"
+  | "TRUST_DOMAIN"
+  | "ISTIO_SVC_IP"
+  | "POD_NAME"
+  | "POD_NAMESPACE"
+  | "SERVICE_ACCOUNT"
+  | "ISTIO_SERVICE"
+  | "ISTIO_META_CLUSTER_ID"
+  | "ISTIO_META_MESH_ID"
+  | "ISTIO_META_NETWORK"
+  | "ISTIO_META_WORKLOAD_NAME"
+  | "ISTIO_META_AUTO_REGISTER_GROUP"
+  | "ISTIO_METAJSON_LABELS"
+  | "ISTIO_INBOUND_INTERCEPTION_MODE"
+  | "ENVOY_ADMIN_PORT"
+  | "ENVOY_STATS_PORT"
+  | "OUTPUT_CERTS"
+>;
+
+export interface BootstrapInput {
+  readonly config: BootstrapConfig;
+  /**
+   * `ISTIO_META_*` / `ISTIO_METAJSON_*` variables outside the registry (LoadedConfig.metadata), by variable name:
+   * they pass through as node metadata with the prefix removed (JSON ones parsed), e.g. ISTIO_META_ISTIO_VERSION.
+   */
+  readonly extraMetadata: Readonly<Record<string, string>>;
+  /** The machine's host name: its first label stands in for an empty POD_NAME. */
+  readonly hostname: string;
+}
+
+/**
+ * The SAN Envoy requires of the discovery server's certificate. istiod: ISTIOD_SAN (a DNS name). Legacy Pilot:
+ * `spiffe://<trust domain>/ns/<ns>/sa/istio-pilot-service-account`, where `<ns>` is the second label of the
+ * discovery host, or POD_NAMESPACE when the host has no dot (pilot-agent 0.8); for an IP address, whose labels say
+ * nothing, the control plane's namespace.
+ */
+export function discoverySan(config: BootstrapConfig): { readonly type: "DNS" | "URI"; readonly value: string } {
+  if (config.ISTIO_CONTROL_PLANE === "istiod") return { type: "DNS", value: config.ISTIOD_SAN };
+  const host = config.DISCOVERY_ADDRESS.host;
+  const labels = host.split(".");
+  const ns = isIP(host) !== 0 ? config.ISTIO_SYSTEM_NAMESPACE : (labels[1] ?? config.POD_NAMESPACE);
+  return { type: "URI", value: `spiffe://${config.TRUST_DOMAIN}/ns/${ns}/sa/istio-pilot-service-account` };
+}
+
+function parseJsonMetadata(raw: string): StructValue | undefined {
+  try {
+    return JSON.parse(raw) as StructValue;
+  } catch {
+    // `istio-vm config` reports invalid JSON metadata as a configuration problem; the bootstrap leaves it out.
+    return undefined;
+  }
+}
+
+/** Node metadata as current Istio's agent sends it (istiod.md §6); legacy 0.8 added `istio: sidecar`. */
+export function nodeMetadata(input: BootstrapInput): Record<string, StructValue> {
+  const { config } = input;
+  const metadata: Record<string, StructValue> = {};
+  for (const name of Object.keys(input.extraMetadata).sort()) {
+    const raw = input.extraMetadata[name] ?? "";
+    if (name.startsWith("ISTIO_METAJSON_")) {
+      const value = parseJsonMetadata(raw);
+      if (value !== undefined) metadata[name.slice("ISTIO_METAJSON_".length)] = value;
+    } else if (name.startsWith("ISTIO_META_") && raw !== "") {
+      metadata[name.slice("ISTIO_META_".length)] = raw;
+    }
+  }
+  const set = (key: string, value: string): void => {
+    if (value !== "") metadata[key] = value;
+  };
+  set("NAME", nodeName(input));
+  set("NAMESPACE", config.POD_NAMESPACE);
+  set("SERVICE_ACCOUNT", config.SERVICE_ACCOUNT);
+  set("INSTANCE_IPS", config.ISTIO_SVC_IP);
+  set("INTERCEPTION_MODE", config.ISTIO_INBOUND_INTERCEPTION_MODE);
+  set("CLUSTER_ID", config.ISTIO_META_CLUSTER_ID);
+  set("MESH_ID", config.ISTIO_META_MESH_ID);
+  set("NETWORK", config.ISTIO_META_NETWORK);
+  set("WORKLOAD_NAME", config.ISTIO_META_WORKLOAD_NAME);
+  set("AUTO_REGISTER_GROUP", config.ISTIO_META_AUTO_REGISTER_GROUP);
+  if (config.ENVOY_STATS_PORT !== 0) set("ENVOY_PROMETHEUS_PORT", String(config.ENVOY_STATS_PORT));
+  if (Object.keys(config.ISTIO_METAJSON_LABELS).length > 0) {
+    metadata["LABELS"] = config.ISTIO_METAJSON_LABELS as { [key: string]: StructValue };
+  }
+  if (config.ISTIO_CONTROL_PLANE === "legacy") metadata["istio"] = "sidecar";
+  return metadata;
+}
+
+function nodeName(input: BootstrapInput): string {
+  return input.config.POD_NAME === "" ? (input.hostname.split(".")[0] ?? input.hostname) : input.config.POD_NAME;
+}
+
+/** `--service-node`: the node id, also in the bootstrap (Envoy takes the command line's when both are set). */
+export function serviceNode(input: BootstrapInput): string {
+  const { ISTIO_SVC_IP: ip, POD_NAMESPACE: ns } = input.config;
+  return `sidecar~${ip}~${nodeName(input)}.${ns}~${ns}.svc.cluster.local`;
+}
+
+function socketAddress(address: string, port: number): BootstrapJson {
+  return { socket_address: { address, port_value: port } };
+}
+
+function tlsTransportSocket(config: BootstrapConfig): BootstrapJson {
+  const san = discoverySan(config);
+  return {
+    name: "envoy.transport_sockets.tls",
+    typed_config: {
+      "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+      // istiod behind an east-west gateway is routed by SNI; legacy Pilot's certificate names a SPIFFE URI, no host.
+      ...(san.type === "DNS" ? { sni: san.value } : {}),
+      common_tls_context: {
+        alpn_protocols: ["h2"],
+        tls_certificates: [
+          {
+            certificate_chain: { filename: join(config.OUTPUT_CERTS, CERT_FILES.chain) },
+            private_key: { filename: join(config.OUTPUT_CERTS, CERT_FILES.key) },
+          },
+        ],
+        validation_context: {
+          trusted_ca: { filename: join(config.OUTPUT_CERTS, CERT_FILES.root) },
+          match_typed_subject_alt_names: [{ san_type: san.type, matcher: { exact: san.value } }],
+        },
+      },
+    },
+  };
+}
+
+/** Limits far above what one control-plane connection needs: Envoy's defaults (1024) would only ever hurt. */
+const GENEROUS_LIMITS = { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 };
+
+function xdsCluster(config: BootstrapConfig): BootstrapJson {
+  const { host, port } = config.DISCOVERY_ADDRESS;
+  const literal = isIP(host) !== 0;
+  return {
+    name: XDS_CLUSTER,
+    type: literal ? "STATIC" : "STRICT_DNS",
+    ...(literal ? {} : { respect_dns_ttl: true, dns_lookup_family: "V4_PREFERRED" }),
+    connect_timeout: "1s",
+    lb_policy: "ROUND_ROBIN",
+    load_assignment: {
+      cluster_name: XDS_CLUSTER,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress(host, port) } }] }],
+    },
+    circuit_breakers: {
+      thresholds: [
+        { priority: "DEFAULT", ...GENEROUS_LIMITS },
+        { priority: "HIGH", ...GENEROUS_LIMITS },
+      ],
+    },
+    // A load balancer or NAT between the VM and the control plane drops idle connections silently; keepalives
+    // notice it (TCP) and keep the ADS stream's HTTP/2 connection alive (PING every 30 s, dead after 10 s silence).
+    upstream_connection_options: {
+      tcp_keepalive: { keepalive_time: 300, keepalive_interval: 30, keepalive_probes: 3 },
+    },
+    typed_extension_protocol_options: {
+      "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        explicit_http_config: {
+          http2_protocol_options: { connection_keepalive: { interval: "30s", timeout: "10s" } },
+        },
+      },
+    },
+    ...(config.CONTROL_PLANE_AUTH_POLICY === "MUTUAL_TLS" ? { transport_socket: tlsTransportSocket(config) } : {}),
+  };
+}
+
+function prometheusCluster(config: BootstrapConfig): BootstrapJson {
+  return {
+    name: PROMETHEUS_CLUSTER,
+    type: "STATIC",
+    connect_timeout: "0.250s",
+    lb_policy: "ROUND_ROBIN",
+    load_assignment: {
+      cluster_name: PROMETHEUS_CLUSTER,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress("127.0.0.1", config.ENVOY_ADMIN_PORT) } }] }],
+    },
+  };
+}
+
+/** Istio's 15090 listener: GET /stats/prometheus only, forwarded to the admin (which itself stays on loopback). */
+function prometheusListener(config: BootstrapConfig): BootstrapJson {
+  return {
+    name: "prometheus",
+    address: socketAddress("0.0.0.0", config.ENVOY_STATS_PORT),
+    filter_chains: [
+      {
+        filters: [
+          {
+            name: "envoy.filters.network.http_connection_manager",
+            typed_config: {
+              "@type":
+                "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+              stat_prefix: "stats",
+              codec_type: "AUTO",
+              route_config: {
+                virtual_hosts: [
+                  {
+                    name: "backend",
+                    domains: ["*"],
+                    routes: [
+                      {
+                        match: { prefix: "/stats/prometheus" },
+                        route: { cluster: PROMETHEUS_CLUSTER },
+                      },
+                    ],
+                  },
+                ],
+              },
+              http_filters: [
+                {
+                  name: "envoy.filters.http.router",
+                  typed_config: { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                },
+              ],
+            },
+          },
+        ],
+      },
+    ],
+  };
+}
+
+export function renderBootstrap(input: BootstrapInput): BootstrapJson {
+  const { config } = input;
+  const stats = config.ENVOY_STATS_PORT !== 0;
+  const ads = { ads: {}, resource_api_version: "V3" };
+  return {
+    node: {
+      id: serviceNode(input),
+      cluster: config.ISTIO_SERVICE,
+      metadata: nodeMetadata(input) as BootstrapJson,
+    },
+    admin: { address: socketAddress("127.0.0.1", config.ENVOY_ADMIN_PORT) },
+    dynamic_resources: {
+      lds_config: ads,
+      cds_config: ads,
+      ads_config: {
+        api_type: "GRPC",
+        transport_api_version: "V3",
+        set_node_on_first_message_only: true,
+        grpc_services: [{ envoy_grpc: { cluster_name: XDS_CLUSTER } }],
+      },
+    },
+    static_resources: {
+      clusters: [xdsCluster(config), ...(stats ? [prometheusCluster(config)] : [])],
+      listeners: stats ? [prometheusListener(config)] : [],
+    },
+    layered_runtime: {
+      layers: [
+        // Envoy warns without a downstream connection limit; Istio sets this one, the largest int32.
+        { name: "global config", static_layer: { "overload.global_downstream_max_connections": 2147483647 } },
+        { name: "admin", admin_layer: {} },
+      ],
+    },
+  };
+}
+
+/** The file a bootstrap is written to: one per epoch, as the original (`/etc/istio/proxy/envoy-rev<N>.json`). */
+export function bootstrapPath(dir: string, epoch: number): string {
+  return join(dir, `envoy-rev${epoch}.json`);
+}
+
+/** The text written to disk: stable key order (as rendered) and a trailing newline. */
+export function serializeBootstrap(bootstrap: BootstrapJson): string {
+  return `${JSON.stringify(bootstrap, null, 2)}\n`;
+}
