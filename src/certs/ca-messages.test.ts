@@ -1,0 +1,124 @@
+/**
+ * The hand-written codec checked against protobufjs with the field numbers of the reference, so a wrong number or
+ * wire type here cannot be hidden by encoding and decoding with the same mistake.
+ */
+import protobuf from "protobufjs";
+import { describe, expect, it } from "vitest";
+import {
+  decodeCsrRequest,
+  decodeCsrResponse,
+  decodeIstioCertificateRequest,
+  decodeIstioCertificateResponse,
+  encodeCsrRequest,
+  encodeCsrResponse,
+  encodeIstioCertificateRequest,
+  encodeIstioCertificateResponse,
+} from "./ca-messages.js";
+import { WireError, readFields } from "./protobuf-wire.js";
+
+const root = protobuf.Root.fromJSON({
+  nested: {
+    istio: {
+      nested: {
+        CsrRequest: {
+          fields: {
+            csr_pem: { type: "bytes", id: 1 },
+            node_agent_credential: { type: "bytes", id: 2 },
+            credential_type: { type: "string", id: 3 },
+            requested_ttl_minutes: { type: "int32", id: 4 },
+          },
+        },
+        Status: { fields: { code: { type: "int32", id: 1 }, message: { type: "string", id: 2 } } },
+        CsrResponse: {
+          fields: {
+            is_approved: { type: "bool", id: 1 },
+            status: { type: "Status", id: 2 },
+            signed_cert: { type: "bytes", id: 3 },
+            cert_chain: { type: "bytes", id: 4 },
+          },
+        },
+        IstioCertificateRequest: {
+          fields: { csr: { type: "string", id: 1 }, validity_duration: { type: "int64", id: 3 } },
+        },
+        IstioCertificateResponse: { fields: { cert_chain: { rule: "repeated", type: "string", id: 1 } } },
+      },
+    },
+  },
+});
+const type = (name: string): protobuf.Type => root.lookupType(`istio.${name}`);
+
+describe("legacy IstioCAService messages", () => {
+  it("CsrRequest: csr_pem=1, node_agent_credential=2, credential_type=3, requested_ttl_minutes=4", () => {
+    const bytes = encodeCsrRequest({
+      csrPem: "CSR",
+      nodeAgentCredential: "CHAIN",
+      credentialType: "onprem",
+      requestedTtlMinutes: 1440,
+    });
+    const decoded = type("CsrRequest").toObject(type("CsrRequest").decode(bytes), { bytes: String, longs: Number });
+    expect(decoded).toEqual({
+      csr_pem: Buffer.from("CSR").toString("base64"),
+      node_agent_credential: Buffer.from("CHAIN").toString("base64"),
+      credential_type: "onprem",
+      requested_ttl_minutes: 1440,
+    });
+    expect(decodeCsrRequest(bytes)).toEqual({
+      csrPem: "CSR",
+      nodeAgentCredential: "CHAIN",
+      credentialType: "onprem",
+      requestedTtlMinutes: 1440,
+    });
+  });
+
+  it("CsrResponse: reads 0.8 (signed_cert=3, cert_chain=4) and status=2 written by protobufjs", () => {
+    const message = type("CsrResponse").fromObject({
+      is_approved: false,
+      status: { code: 7, message: "request is not authorized" },
+      signed_cert: Buffer.from("LEAF"),
+      cert_chain: Buffer.from("ROOT"),
+    });
+    const decoded = decodeCsrResponse(type("CsrResponse").encode(message).finish());
+    expect(decoded).toEqual({
+      isApproved: false,
+      status: { code: 7, message: "request is not authorized" },
+      signedCert: "LEAF",
+      certChain: "ROOT",
+    });
+    const ours = type("CsrResponse").decode(encodeCsrResponse({ isApproved: true, signedCert: "L", certChain: "C" }));
+    expect(type("CsrResponse").toObject(ours, { bytes: String })).toEqual({
+      is_approved: true,
+      signed_cert: Buffer.from("L").toString("base64"),
+      cert_chain: Buffer.from("C").toString("base64"),
+    });
+  });
+});
+
+describe("istiod IstioCertificateService messages", () => {
+  it("IstioCertificateRequest: csr=1, validity_duration=3 (int64 seconds)", () => {
+    const bytes = encodeIstioCertificateRequest({ csr: "CSR", validityDurationSeconds: 86_400 });
+    expect(
+      type("IstioCertificateRequest").toObject(type("IstioCertificateRequest").decode(bytes), { longs: Number }),
+    ).toEqual({
+      csr: "CSR",
+      validity_duration: 86_400,
+    });
+    expect(decodeIstioCertificateRequest(bytes)).toEqual({ csr: "CSR", validityDurationSeconds: 86_400 });
+  });
+
+  it("IstioCertificateResponse: cert_chain=1 repeated, order kept", () => {
+    const message = type("IstioCertificateResponse").fromObject({ cert_chain: ["LEAF", "INTERMEDIATE", "ROOT"] });
+    const bytes = type("IstioCertificateResponse").encode(message).finish();
+    expect(decodeIstioCertificateResponse(bytes).certChain).toEqual(["LEAF", "INTERMEDIATE", "ROOT"]);
+    expect(encodeIstioCertificateResponse({ certChain: ["LEAF", "INTERMEDIATE", "ROOT"] })).toEqual(Buffer.from(bytes));
+  });
+
+  it("skips unknown fields (e.g. the hidden metadata Struct, field 4) and rejects truncated input", () => {
+    const withExtra = Buffer.concat([
+      encodeIstioCertificateRequest({ csr: "X", validityDurationSeconds: 5 }),
+      Buffer.from([0x22, 0x02, 0x0a, 0x00]),
+    ]);
+    expect(decodeIstioCertificateRequest(withExtra)).toEqual({ csr: "X", validityDurationSeconds: 5 });
+    expect(() => readFields(Buffer.from([0x0a, 0xff, 0x01]))).toThrow(WireError);
+    expect(() => decodeCsrResponse(Buffer.from([0x1a]))).toThrow(WireError);
+  });
+});

@@ -1,0 +1,316 @@
+/**
+ * The certificate loop on a fake clock against the dev CA over real TLS: the schedule, every fault (old pair stays,
+ * loop keeps running), a CA outage longer than the renewal window, expiry with and without the token path, and the
+ * loop's log lines scanned for key material and tokens.
+ */
+import { X509Certificate } from "node:crypto";
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { FakeClock } from "../../test/fakes/fake-clock.js";
+import type { CertFixture } from "../../test/support/cert-fixture.js";
+import { createCertFixture } from "../../test/support/cert-fixture.js";
+import type { AgentEvents } from "../agent/component.js";
+import { MetricsRegistry } from "../agent/metrics.js";
+import type { CaFaultKind } from "../devplane/ca-server.js";
+import { CA_FAULT_KINDS } from "../devplane/ca-server.js";
+import type { LogFields, Logger } from "../platform/logger.js";
+import type { CaProtocol } from "./ca-client.js";
+import { CertificateLoop } from "./loop.js";
+import type { BackoffPolicy } from "./schedule.js";
+import { maxBackoffStep, nextRenewalAt } from "./schedule.js";
+
+const BACKOFF: BackoffPolicy = { initialMs: 1000, maxMs: 8000, jitter: 0.2 };
+const PEM = /-----BEGIN [A-Z ]+-----/;
+const JWT = /eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\./;
+
+/** A logger that keeps every line as given, before the redaction the real logger applies. */
+class RawLogger implements Logger {
+  readonly lines: string[];
+  constructor(lines: string[] = []) {
+    this.lines = lines;
+  }
+  #record(level: string, message: string, fields?: LogFields): void {
+    this.lines.push(`${level} ${message} ${JSON.stringify(fields ?? {})}`);
+  }
+  error(m: string, f?: LogFields): void {
+    this.#record("error", m, f);
+  }
+  warn(m: string, f?: LogFields): void {
+    this.#record("warn", m, f);
+  }
+  info(m: string, f?: LogFields): void {
+    this.#record("info", m, f);
+  }
+  debug(m: string, f?: LogFields): void {
+    this.#record("debug", m, f);
+  }
+  child(): Logger {
+    return this;
+  }
+}
+
+/** Seeded PRNG (mulberry32): jitter is exercised, runs are reproducible. */
+function seeded(seed: number): () => number {
+  let a = seed;
+  return () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface Harness {
+  fixture: CertFixture;
+  clock: FakeClock;
+  loop: CertificateLoop;
+  metrics: MetricsRegistry;
+  logger: RawLogger;
+  /** Fake times at which certificates-changed was emitted. */
+  changes: number[];
+  controller: AbortController;
+}
+
+let harness: Harness | undefined;
+afterEach(async () => {
+  if (harness !== undefined) {
+    harness.controller.abort();
+    await harness.loop.stop();
+    await harness.fixture.close();
+  }
+  harness = undefined;
+});
+
+async function setUp(options: {
+  protocol: CaProtocol;
+  lifetimeMs: number;
+  token?: boolean;
+  timeoutMs?: number;
+  install?: boolean;
+}): Promise<Harness> {
+  // Whole seconds: X.509 validity has one-second resolution.
+  const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
+  const fixture = await createCertFixture({
+    protocol: options.protocol,
+    clock,
+    ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+  });
+  if (options.install !== false) {
+    await fixture.installPair({
+      notBefore: new Date(clock.now() - 60_000),
+      notAfter: new Date(clock.now() - 60_000 + options.lifetimeMs),
+    });
+  }
+  if (options.token === true) await fixture.writeToken();
+  const metrics = new MetricsRegistry();
+  const logger = new RawLogger();
+  const changes: number[] = [];
+  const events = {
+    emit(event: string) {
+      if (event === "certificates-changed") changes.push(clock.now());
+    },
+    on: () => () => undefined,
+  } as unknown as AgentEvents;
+  const loop = new CertificateLoop({
+    context: () => Promise.resolve(fixture.context),
+    renewal: { graceRatio: 0.5, graceJitter: 0 },
+    backoff: BACKOFF,
+    random: seeded(42),
+    logger,
+    metrics,
+    events,
+    reprovisionHint:
+      "on the admin host run `istio-vm certs vm-sa vmns --all`, copy the files to this VM and run `istio-vm install`",
+  });
+  harness = { fixture, clock, loop, metrics, logger, changes, controller: new AbortController() };
+  return harness;
+}
+
+async function chainOnDisk(h: Harness): Promise<string> {
+  return await readFile(join(h.fixture.dir, "cert-chain.pem"), "utf8");
+}
+
+function metric(h: Harness, name: string): string[] {
+  return h.metrics
+    .render()
+    .split("\n")
+    .filter((line) => line.startsWith(name));
+}
+
+function assertNoSecrets(h: Harness): void {
+  const text = [...h.logger.lines, h.loop.status().summary].join("\n");
+  expect(text).not.toMatch(PEM);
+  expect(text).not.toMatch(JWT);
+}
+
+describe("renewal schedule (fake clock)", () => {
+  it("sleeps until NotBefore + ½ lifetime, renews then, and schedules the next renewal from the new certificate", async () => {
+    const h = await setUp({ protocol: "legacy", lifetimeMs: 180_000 });
+    const start = h.clock.now();
+    await h.loop.start(h.controller.signal);
+    expect(h.loop.status()).toMatchObject({ ready: true });
+    expect(h.loop.status().summary).toContain(h.fixture.identity);
+    // NotBefore = start − 60 s, lifetime 180 s → renew at start + 30 s.
+    expect(await h.clock.nextTimer()).toBe(start + 30_000);
+    expect(Number(metric(h, "istio_vm_cert_expiry_seconds")[0]?.split(" ")[1])).toBe(120);
+    const before = await chainOnDisk(h);
+
+    h.clock.advanceTo(start + 30_000);
+    const next = await h.clock.nextTimer();
+    expect(h.changes).toEqual([start + 30_000]);
+    const after = await chainOnDisk(h);
+    expect(after).not.toBe(before);
+    const cert = new X509Certificate(after);
+    const expected = nextRenewalAt(
+      { notBefore: new Date(cert.validFrom).getTime(), notAfter: new Date(cert.validTo).getTime() },
+      { graceRatio: 0.5, graceJitter: 0 },
+      () => 0.5,
+    );
+    expect(next).toBe(expected);
+    expect(metric(h, "istio_vm_cert_renewals_total")).toEqual(["istio_vm_cert_renewals_total 1"]);
+    assertNoSecrets(h);
+  });
+
+  it("renews at once on start when the installed certificate is already due", async () => {
+    const h = await setUp({ protocol: "istiod", lifetimeMs: 80_000 });
+    // NotBefore = now − 60 s, lifetime 80 s: the renewal time (now − 20 s) has passed.
+    await h.loop.start(h.controller.signal);
+    expect(h.changes).toHaveLength(1);
+    expect(h.loop.status().ready).toBe(true);
+  });
+
+  it("fetches the first certificate with the token when none is installed (istiod)", async () => {
+    const h = await setUp({ protocol: "istiod", lifetimeMs: 0, install: false, token: true });
+    await h.loop.start(h.controller.signal);
+    expect(h.changes).toHaveLength(1);
+    expect(h.fixture.server.calls.at(-1)?.authenticatedBy).toBe("token");
+    assertNoSecrets(h);
+  });
+});
+
+describe.each(["legacy", "istiod"] as const)(
+  "faults (%s): the old pair stays and the loop keeps running",
+  (protocol) => {
+    it.each(CA_FAULT_KINDS)("%s", async (kind: CaFaultKind) => {
+      const h = await setUp({ protocol, lifetimeMs: 600_000, timeoutMs: 500 });
+      await h.loop.start(h.controller.signal);
+      const before = await chainOnDisk(h);
+      h.fixture.server.fault = kind === "delay" ? { kind, delayMs: 2000 } : { kind };
+      // Renewal due (start + 240 s), then two retries under the fault.
+      for (let i = 0; i < 3; i++) await h.clock.runToNextTimer();
+      await h.clock.nextTimer();
+      expect(await chainOnDisk(h)).toBe(before);
+      expect(h.changes).toEqual([]);
+      expect(h.loop.status().ready).toBe(true);
+      expect(h.loop.status().summary).toMatch(/renewal failing/);
+      const reasons: Record<CaFaultKind, string> = {
+        deny: "denied",
+        delay: "deadline",
+        unavailable: "unavailable",
+        garbage: "invalid-response",
+        "wrong-identity": "identity",
+        expired: "expired",
+        "foreign-chain": "chain",
+      };
+      expect(metric(h, "istio_vm_cert_renewal_failures_total")).toEqual([
+        `istio_vm_cert_renewal_failures_total{reason="${reasons[kind]}"} 3`,
+      ]);
+      h.fixture.server.fault = undefined;
+      await h.clock.runToNextTimer();
+      await h.clock.nextTimer();
+      expect(h.changes).toHaveLength(1);
+      expect(await chainOnDisk(h)).not.toBe(before);
+      expect(h.loop.status().summary).not.toMatch(/failing/);
+      assertNoSecrets(h);
+    });
+  },
+);
+
+describe("CA outage longer than the renewal window", () => {
+  it("legacy: retries through the window with capped backoff and renews within one backoff step of recovery", async () => {
+    // Lifetime 600 s: renewal due at +240 s; the outage lasts from +0 to +500 s (past the renewal time by 260 s).
+    const h = await setUp({ protocol: "legacy", lifetimeMs: 600_000 });
+    const start = h.clock.now();
+    await h.loop.start(h.controller.signal);
+    h.fixture.server.fault = { kind: "unavailable" };
+    let attempts = 0;
+    while (h.clock.now() < start + 500_000) {
+      await h.clock.runToNextTimer();
+      attempts++;
+    }
+    expect(attempts).toBeGreaterThan(30);
+    h.fixture.server.fault = undefined;
+    const recoveredAt = h.clock.now();
+    while (h.changes.length === 0) await h.clock.runToNextTimer();
+    expect((h.changes[0] ?? Infinity) - recoveredAt).toBeLessThanOrEqual(maxBackoffStep(BACKOFF));
+    expect(h.loop.status()).toMatchObject({ ready: true });
+    assertNoSecrets(h);
+  });
+
+  it("istiod: the certificate expires during the outage; after recovery the token re-bootstraps it within one step", async () => {
+    const h = await setUp({ protocol: "istiod", lifetimeMs: 300_000, token: true });
+    const start = h.clock.now();
+    await h.loop.start(h.controller.signal);
+    h.fixture.server.fault = { kind: "unavailable" };
+    while (h.clock.now() < start + 400_000) await h.clock.runToNextTimer();
+    // Expired at start + 240 s: degraded, not ready, and the status says how to get out of it.
+    expect(h.loop.status().ready).toBe(false);
+    expect(h.loop.status().summary).toMatch(
+      /^DEGRADED: certificate expired at .*istio-vm certs vm-sa vmns --all.*istio-vm install.*new service-account token/,
+    );
+    expect(Number(metric(h, "istio_vm_cert_expiry_seconds")[0]?.split(" ")[1])).toBeLessThan(0);
+    h.fixture.server.fault = undefined;
+    const recoveredAt = h.clock.now();
+    while (h.changes.length === 0) await h.clock.runToNextTimer();
+    expect((h.changes[0] ?? Infinity) - recoveredAt).toBeLessThanOrEqual(maxBackoffStep(BACKOFF));
+    expect(h.fixture.server.calls.at(-1)).toMatchObject({ authenticatedBy: "token", outcome: "issued" });
+    expect(h.loop.status().ready).toBe(true);
+    assertNoSecrets(h);
+  });
+
+  it("legacy: once expired, stays degraded naming the re-provision command, and picks up a re-installed pair", async () => {
+    // Renewal due at +60 s, expiry at +180 s.
+    const h = await setUp({ protocol: "legacy", lifetimeMs: 240_000 });
+    const start = h.clock.now();
+    await h.loop.start(h.controller.signal);
+    expect(h.changes).toEqual([]);
+    h.fixture.server.fault = { kind: "unavailable" };
+    while (h.clock.now() < start + 250_000) await h.clock.runToNextTimer();
+    h.fixture.server.fault = undefined;
+    // The CA is back, but an expired certificate cannot authenticate to it.
+    for (let i = 0; i < 3; i++) await h.clock.runToNextTimer();
+    const status = h.loop.status();
+    expect(status.ready).toBe(false);
+    expect(status.summary).toContain("istio-vm certs vm-sa vmns --all");
+    expect(status.summary).toContain("istio-vm install");
+    expect(h.changes).toEqual([]);
+    // The admin re-provisions: `istio-vm install` writes a fresh pair as plain files.
+    const fresh = await h.fixture.mesh.issueKeyPair({ identity: h.fixture.identity, ttlMs: 3600_000 });
+    await writeFile(join(h.fixture.dir, "key.pem"), fresh.keyPem, { mode: 0o600 });
+    await writeFile(join(h.fixture.dir, "cert-chain.pem"), fresh.chainPem);
+    await h.clock.runToNextTimer();
+    await h.clock.nextTimer();
+    expect(h.loop.status().ready).toBe(true);
+    assertNoSecrets(h);
+  });
+});
+
+describe("start and stop", () => {
+  it("start waits, degraded, while no certificate can be had; stop ends it", async () => {
+    const h = await setUp({ protocol: "istiod", lifetimeMs: 0, install: false });
+    let started = false;
+    const starting = h.loop.start(h.controller.signal).then(
+      () => (started = true),
+      () => undefined,
+    );
+    await h.clock.runToNextTimer();
+    await h.clock.nextTimer();
+    expect(started).toBe(false);
+    expect(h.loop.status().summary).toMatch(/^DEGRADED: no certificate.*istio-vm certs/);
+    await h.loop.stop();
+    await starting;
+    expect(started).toBe(false);
+    expect(h.clock.pending).toBe(0);
+  });
+});

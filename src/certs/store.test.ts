@@ -1,0 +1,114 @@
+import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import type { MeshCa } from "../devplane/mesh-ca.js";
+import { createMeshCa } from "../devplane/mesh-ca.js";
+import { nodeFileSystem } from "../platform/fs.js";
+import { nodeLinkFileSystem } from "../platform/links.js";
+import type { ProcessRunner } from "../platform/process.js";
+import { CertStore, resolveCertOwner } from "./store.js";
+import { CertificateRejected } from "./verify.js";
+
+const ID = "spiffe://cluster.local/ns/vmns/sa/vm-sa";
+let mesh: MeshCa;
+let dir: string;
+
+beforeAll(async () => {
+  mesh = await createMeshCa();
+});
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), "istio-vm-store-"));
+  await writeFile(join(dir, "root-cert.pem"), mesh.rootCertPem);
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function store(): CertStore {
+  return new CertStore({ dir, fs: nodeFileSystem, links: nodeLinkFileSystem });
+}
+const check = (): { expectedIdentity: string; now: number } => ({ expectedIdentity: ID, now: Date.now() });
+
+describe("CertStore", () => {
+  it("migrates the plain files of `istio-vm install` and swaps in a new pair through `live`", async () => {
+    const installed = await mesh.issueKeyPair({ identity: ID });
+    await writeFile(join(dir, "key.pem"), installed.keyPem, { mode: 0o600 });
+    await writeFile(join(dir, "cert-chain.pem"), installed.chainPem);
+    expect(await store().read()).toEqual({ keyPem: installed.keyPem, chainPem: installed.chainPem });
+
+    const next = await mesh.issueKeyPair({ identity: ID });
+    await store().accept({ keyPem: next.keyPem, chainPem: next.chainPem }, check());
+    expect(await readlink(join(dir, "key.pem"))).toBe("live/key.pem");
+    expect(await readlink(join(dir, "cert-chain.pem"))).toBe("live/cert-chain.pem");
+    expect(await readFile(join(dir, "key.pem"), "utf8")).toBe(next.keyPem);
+    expect(await readFile(join(dir, "cert-chain.pem"), "utf8")).toBe(next.chainPem);
+    expect(await readFile(join(dir, "root-cert.pem"), "utf8")).toBe(mesh.rootCertPem);
+    const live = await readlink(join(dir, "live"));
+    expect((await stat(join(dir, live, "key.pem"))).mode & 0o777).toBe(0o600);
+    expect((await stat(join(dir, live, "cert-chain.pem"))).mode & 0o777).toBe(0o644);
+    // The installed pair is kept as the previous one (a reader that resolved `live` just before can finish).
+    expect(await readdir(join(dir, "pairs"))).toHaveLength(2);
+  });
+
+  it("keeps only the current and previous pair directories", async () => {
+    for (let i = 0; i < 4; i++) {
+      const pair = await mesh.issueKeyPair({ identity: ID });
+      await store().accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
+    }
+    expect(await readdir(join(dir, "pairs"))).toHaveLength(2);
+  });
+
+  it("refuses a pair that fails verification and leaves the old pair untouched", async () => {
+    const good = await mesh.issueKeyPair({ identity: ID });
+    await store().accept({ keyPem: good.keyPem, chainPem: good.chainPem }, check());
+    const wrong = await mesh.issueKeyPair({ identity: `${ID}-other` });
+    await expect(store().accept({ keyPem: wrong.keyPem, chainPem: wrong.chainPem }, check())).rejects.toBeInstanceOf(
+      CertificateRejected,
+    );
+    const mismatched = await mesh.issueKeyPair({ identity: ID });
+    await expect(store().accept({ keyPem: good.keyPem, chainPem: mismatched.chainPem }, check())).rejects.toMatchObject(
+      {
+        reason: "key-mismatch",
+      },
+    );
+    expect(await store().read()).toEqual({ keyPem: good.keyPem, chainPem: good.chainPem });
+  });
+
+  it("removes temporaries left by a writer that died, but not those of a live one", async () => {
+    const pair = await mesh.issueKeyPair({ identity: ID });
+    await mkdir(join(dir, "pairs"), { recursive: true });
+    await mkdir(join(dir, "pairs", ".abc.tmp-999999999-0a0b"));
+    await symlink("pairs/x", join(dir, ".live.tmp-999999999-ffff"));
+    await mkdir(join(dir, "pairs", `.def.tmp-${process.pid}-0c0d`));
+    await store().accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
+    await expect(lstat(join(dir, ".live.tmp-999999999-ffff"))).rejects.toThrow(/ENOENT/);
+    expect(await readdir(join(dir, "pairs"))).toContain(`.def.tmp-${process.pid}-0c0d`);
+    expect(await readdir(join(dir, "pairs"))).not.toContain(".abc.tmp-999999999-0a0b");
+  });
+
+  it("reads nothing when only half a pair is there", async () => {
+    const pair = await mesh.issueKeyPair({ identity: ID });
+    await writeFile(join(dir, "cert-chain.pem"), pair.chainPem);
+    expect(await store().read()).toBeUndefined();
+  });
+
+  it("fails clearly without root-cert.pem", async () => {
+    await rm(join(dir, "root-cert.pem"));
+    const pair = await mesh.issueKeyPair({ identity: ID });
+    await expect(store().accept(pair, check())).rejects.toThrow(/root-cert.pem is missing/);
+  });
+});
+
+describe("resolveCertOwner", () => {
+  const runner = (stdout: string, code = 0): ProcessRunner => ({
+    run: () => Promise.resolve({ code, signal: null, stdout, stderr: "", timedOut: false }),
+  });
+
+  it("looks up ENVOY_USER when root, and does nothing otherwise", async () => {
+    const line = "istio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n";
+    expect(await resolveCertOwner("istio-proxy", { runner: runner(line), uid: 0 })).toEqual({ uid: 998, gid: 997 });
+    expect(await resolveCertOwner("istio-proxy", { runner: runner(line), uid: 1000 })).toBeUndefined();
+    expect(await resolveCertOwner("nobody-here", { runner: runner("", 2), uid: 0 })).toBeUndefined();
+  });
+});
