@@ -1,0 +1,78 @@
+/**
+ * Runs `istio-vm dev` (the built CLI) as a child process for tests: waits for its `--json` ready line, and stops it
+ * with a signal. Tests call `stop()` in afterAll/afterEach, so the process never outlives a failed test.
+ */
+import { spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { CLI } from "../support/cli.js";
+
+export interface DevReady {
+  readonly ready: true;
+  readonly profile: string;
+  readonly kubeApi: readonly string[];
+  readonly kubeconfig: string | null;
+  readonly serviceCidr: string;
+  readonly services: readonly { name: string; addresses: readonly { name: string; address: string }[] }[];
+  readonly pid: number;
+}
+
+export interface DevProcess {
+  readonly ready: DevReady;
+  readonly child: ChildProcess;
+  stderr(): string;
+  /** Sends the signal (if still running) and resolves with the exit code and signal. */
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export async function startDev(args: readonly string[], timeoutMs = 60_000): Promise<DevProcess> {
+  const child = spawn(process.execPath, [CLI, "dev", "--port", "0", "--json", ...args], {
+    env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: process.env["HOME"] ?? "/tmp" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.on("exit", (code, signal) => {
+      resolve({ code, signal });
+    });
+  });
+  const stop = async (
+    signal: NodeJS.Signals = "SIGTERM",
+  ): Promise<{ code: number | null; signal: NodeJS.Signals | null }> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+    try {
+      return await exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  try {
+    const ready = await new Promise<DevReady>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new Error(`istio-vm dev was not ready within ${timeoutMs} ms; stderr:\n${stderr}`));
+      }, timeoutMs);
+      child.stdout.on("data", (d: Buffer) => {
+        stdout += d.toString();
+        const line = stdout.split("\n").find((l) => l.startsWith("{"));
+        if (line !== undefined && stdout.includes("\n")) {
+          clearTimeout(timer);
+          try {
+            resolve(JSON.parse(line) as DevReady);
+          } catch (error) {
+            reject(error);
+          }
+        }
+      });
+      void exited.then(({ code }) => {
+        clearTimeout(timer);
+        reject(new Error(`istio-vm dev exited with ${String(code)} before it was ready; stderr:\n${stderr}`));
+      });
+    });
+    return { ready, child, stderr: () => stderr, stop };
+  } catch (error) {
+    await stop("SIGKILL");
+    throw error;
+  }
+}
