@@ -5,6 +5,7 @@
 import yargs from "yargs";
 import type { CommandModule } from "yargs";
 import { agentCommand } from "./cli/agent.js";
+import { bundleCommand } from "./cli/bundle.js";
 import { certsCommand } from "./cli/certs.js";
 import { checkCommand } from "./cli/check.js";
 import { clusterEnvCommand } from "./cli/cluster-env.js";
@@ -43,6 +44,7 @@ const COMMANDS: readonly CommandFactory[] = [
   deregisterCommand,
   devCommand,
   checkCommand,
+  bundleCommand,
 ];
 
 function exitCodeFor(error: unknown): number {
