@@ -61,7 +61,7 @@ export async function startDev(args: readonly string[], timeoutMs = 60_000): Pro
           try {
             resolve(JSON.parse(line) as DevReady);
           } catch (error) {
-            reject(error);
+            reject(error instanceof Error ? error : new Error(String(error)));
           }
         }
       });
