@@ -254,6 +254,7 @@ describe("CA outage longer than the renewal window", () => {
     await h.loop.start(h.controller.signal);
     h.fixture.server.fault = { kind: "unavailable" };
     while (h.clock.now() < start + 400_000) await h.clock.runToNextTimer();
+    await h.clock.nextTimer();
     // Expired at start + 240 s: degraded, not ready, and the status says how to get out of it.
     expect(h.loop.status().ready).toBe(false);
     expect(h.loop.status().summary).toMatch(
@@ -280,6 +281,7 @@ describe("CA outage longer than the renewal window", () => {
     h.fixture.server.fault = undefined;
     // The CA is back, but an expired certificate cannot authenticate to it.
     for (let i = 0; i < 3; i++) await h.clock.runToNextTimer();
+    await h.clock.nextTimer();
     const status = h.loop.status();
     expect(status.ready).toBe(false);
     expect(status.summary).toContain("istio-vm certs vm-sa vmns --all");
@@ -292,7 +294,25 @@ describe("CA outage longer than the renewal window", () => {
     await h.clock.runToNextTimer();
     await h.clock.nextTimer();
     expect(h.loop.status().ready).toBe(true);
+    // Envoy must be told: the pair changed on disk.
+    expect(h.changes).toHaveLength(1);
     assertNoSecrets(h);
+  });
+});
+
+describe("reload", () => {
+  it("wakes the loop to pick up a pair written by `istio-vm certs renew`, raising certificates-changed", async () => {
+    const h = await setUp({ protocol: "istiod", lifetimeMs: 3600_000 });
+    await h.loop.start(h.controller.signal);
+    const renewAt = await h.clock.nextTimer();
+    const fresh = await h.fixture.mesh.issueKeyPair({ identity: h.fixture.identity, ttlMs: 7200_000 });
+    await h.fixture.context.store.accept(fresh, { expectedIdentity: h.fixture.identity, now: h.clock.now() });
+    await h.loop.reload();
+    // The loop re-reads the store at once (no time passes) and sleeps until the new pair's renewal time.
+    let next = await h.clock.nextTimer();
+    while (next === renewAt) next = await h.clock.nextTimer();
+    expect(h.changes).toEqual([h.clock.now()]);
+    expect(next).toBeGreaterThan(renewAt);
   });
 });
 

@@ -62,6 +62,10 @@ export class CertificateLoop implements AgentComponent {
   #now: () => number = Date.now;
   #abort: AbortController | undefined;
   #running: Promise<void> | undefined;
+  /** Serial of the pair last seen or written, to notice a pair replaced behind the loop's back. */
+  #knownSerial: string | undefined;
+  /** Aborted by `reload()` to end the current sleep early. */
+  #wake = new AbortController();
 
   constructor(options: CertificateLoopOptions) {
     this.#options = options;
@@ -112,6 +116,15 @@ export class CertificateLoop implements AgentComponent {
     } catch {
       // stop never throws; the loop already logged its last error.
     }
+  }
+
+  /**
+   * SIGHUP: look at the store again now (e.g. after `istio-vm certs renew` or a re-install wrote a new pair), instead
+   * of at the next scheduled renewal; a pair changed on disk raises certificates-changed.
+   */
+  reload(): Promise<void> {
+    this.#wake.abort();
+    return Promise.resolve();
   }
 
   status(): ComponentStatus {
@@ -170,6 +183,16 @@ export class CertificateLoop implements AgentComponent {
         current = await inspectCurrent(context);
         this.#observe(current);
         if (current.state === "valid") {
+          const serial = current.info.serialNumber;
+          if (this.#knownSerial !== undefined && this.#knownSerial !== serial) {
+            logger.info("certificate replaced on disk", { identity: this.#identity, serial });
+            this.#options.events.emit("certificates-changed");
+            // A new valid pair ends a failure streak: renew it on its own schedule.
+            failures = 0;
+          }
+          this.#knownSerial = serial;
+        }
+        if (current.state === "valid") {
           if (scheduled?.serial !== current.info.serialNumber) {
             const at = nextRenewalAt(
               { notBefore: current.info.notBefore.getTime(), notAfter: current.info.notAfter.getTime() },
@@ -198,6 +221,7 @@ export class CertificateLoop implements AgentComponent {
 
         const result = await renewOnce(context, signal);
         failures = 0;
+        this.#knownSerial = result.info.serialNumber;
         this.#renewals.inc();
         this.#info = result.info;
         this.#valid = true;
@@ -232,13 +256,14 @@ export class CertificateLoop implements AgentComponent {
     }
   }
 
-  /** Sleeps on the context's clock; false when the loop was stopped meanwhile. */
+  /** Sleeps on the context's clock until `ms` passed or `reload()` woke it; false when the loop was stopped. */
   async #sleep(clock: Clock, ms: number, signal: AbortSignal): Promise<boolean> {
+    if (this.#wake.signal.aborted) this.#wake = new AbortController();
     try {
-      await clock.sleep(ms, signal);
-      return true;
+      await clock.sleep(ms, AbortSignal.any([signal, this.#wake.signal]));
     } catch {
-      return false;
+      // woken or stopped
     }
+    return !signal.aborted;
   }
 }
