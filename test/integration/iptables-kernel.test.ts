@@ -113,7 +113,7 @@ describe.skipIf(missing !== undefined).each(["nft", "legacy"] as const)("iptable
   test("show --json says the kernel matches the plan; a tampered rule makes it exit 1", async () => {
     const { vm } = w();
     const shown = await vm.cli(["iptables", "show", "--json"], env);
-    expect(shown.code).toBe(0);
+    expect(shown).toMatchObject({ code: 0, stderr: "" });
     const report = JSON.parse(shown.stdout) as { matches: boolean; families: { family: number; rules: string[] }[] };
     expect(report.matches).toBe(true);
     expect(report.families.find((f) => f.family === 4)?.rules).toContain(
@@ -136,7 +136,7 @@ describe.skipIf(missing !== undefined).each(["nft", "legacy"] as const)("iptable
     expect(tampered.stdout).toContain("missing     -A ISTIO_INBOUND -p tcp -m tcp --dport 8080 -j ISTIO_IN_REDIRECT");
     // apply repairs it.
     expect((await vm.cli(["iptables", "apply"], env)).stdout).toContain("16 rules applied");
-    expect((await vm.cli(["iptables", "show"], env)).code).toBe(0);
+    expect(await vm.cli(["iptables", "show"], env)).toMatchObject({ code: 0, stderr: "" });
   });
 
   test("applying twice gives the same iptables-save, with or without --force", async () => {
