@@ -4,7 +4,6 @@
  */
 import { join } from "node:path";
 import type { Argv, CommandModule } from "yargs";
-import type { ControlPlaneProfile } from "../kube/profile.js";
 import { AgentError } from "../platform/errors.js";
 import type { BundleInfo, DebInfo } from "../provision/bundle.js";
 import { parseSettingFlags, planBundle, readDebInfo, renderBundle, sha256 } from "../provision/bundle.js";
@@ -190,7 +189,7 @@ export async function buildBundle(
     const client = await connect(rt, args);
     sources = await sourcesFromCluster(client, {
       istioNamespace: args["istio-namespace"],
-      ...(args.profile === undefined ? {} : { profile: args.profile as ControlPlaneProfile }),
+      ...(args.profile === undefined ? {} : { profile: args.profile }),
       serviceAccount: args["service-account"],
       ...(args["service-cidr"] === undefined ? {} : { serviceCidr: args["service-cidr"] }),
       authPolicy: args["auth-policy"],

@@ -1,10 +1,10 @@
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { describe, expect, it } from "vitest";
 import { AgentError, ConfigError } from "../platform/errors.js";
+import { nodeProcessRunner } from "../platform/process.js";
 import type { BundleInput } from "./bundle.js";
 import { planBundle, readBundle, renderBundle, settingsProblems } from "./bundle.js";
 import { readTar, writeTar } from "./tar.js";
@@ -62,17 +62,22 @@ describe("bundle archive", () => {
     expect(modes["root-cert.pem"]).toBe(0o644);
   });
 
-  it("is a real tar that GNU tar lists and sha256sum -c accepts", () => {
+  it("is a real tar that GNU tar lists and sha256sum -c accepts", async () => {
+    const run = async (cmd: string, args: string[], cwd?: string): Promise<string> => {
+      const result = await nodeProcessRunner.run(cmd, args, cwd === undefined ? {} : { cwd });
+      expect(result.code, result.stderr).toBe(0);
+      return result.stdout;
+    };
     const dir = mkdtempSync(join(tmpdir(), "bundle-test-"));
     try {
       const file = join(dir, "b.tgz");
       writeFileSync(file, archive());
-      const listing = execFileSync("tar", ["-tvzf", file], { encoding: "utf8" });
+      const listing = await run("tar", ["-tvzf", file]);
       expect(listing).toMatch(/^-rw------- root\/root .* key\.pem$/m);
-      execFileSync("tar", ["-xzf", file, "-C", dir]);
+      await run("tar", ["-xzf", file, "-C", dir]);
       expect(readFileSync(join(dir, "cluster.env"), "utf8")).toBe(input.clusterEnv);
       expect(statSync(join(dir, "key.pem")).mode & 0o777).toBe(0o600);
-      const check = execFileSync("sha256sum", ["-c", "SHA256SUMS"], { cwd: dir, encoding: "utf8" });
+      const check = await run("sha256sum", ["-c", "SHA256SUMS"], dir);
       expect(check).toContain("key.pem: OK");
       expect(check).toContain("istio-vm-agent_1.2.3_amd64.deb: OK");
     } finally {
@@ -82,7 +87,7 @@ describe("bundle archive", () => {
 
   it("names a tampered member", () => {
     const bad = tamper(archive(), "cluster.env", "10.96.0.0/12", "10.96.0.0/13");
-    expect(() => readBundle(bad, "b.tgz")).toThrowError(
+    expect(() => readBundle(bad, "b.tgz")).toThrow(
       expect.objectContaining({ code: "BUNDLE_TAMPERED", subject: "cluster.env" }) as Error,
     );
   });
@@ -93,12 +98,12 @@ describe("bundle archive", () => {
       mtimeMs: 0,
       gzip: false,
     });
-    expect(() => readBundle(added, "b")).toThrowError(/evil\.sh is not listed/);
+    expect(() => readBundle(added, "b")).toThrow(/evil\.sh is not listed/);
     const removed = renderBundle(
       members.filter((m) => m.name !== "key.pem"),
       { mtimeMs: 0, gzip: true },
     );
-    expect(() => readBundle(removed, "b")).toThrowError(/key\.pem is listed in SHA256SUMS but missing/);
+    expect(() => readBundle(removed, "b")).toThrow(/key\.pem is listed in SHA256SUMS but missing/);
   });
 
   it("refuses unsafe tar content: path traversal, links, corrupt headers", () => {
@@ -109,18 +114,18 @@ describe("bundle archive", () => {
     let sum = 0;
     for (let i = 0; i < 512; i++) sum += traversal[i] ?? 0;
     traversal.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
-    expect(() => readTar(traversal, "t")).toThrowError(/unsafe member name/);
+    expect(() => readTar(traversal, "t")).toThrow(/unsafe member name/);
     const corrupt = writeTar([{ name: "ok", data: Buffer.from("x"), mode: 0o644 }], { mtimeMs: 0, gzip: false });
     corrupt[0] = 0x50;
-    expect(() => readTar(corrupt, "t")).toThrowError(/checksum mismatch/);
+    expect(() => readTar(corrupt, "t")).toThrow(/checksum mismatch/);
     const link = writeTar([{ name: "ok", data: Buffer.from(""), mode: 0o644 }], { mtimeMs: 0, gzip: false });
     link[156] = 0x32;
     link.fill(0x20, 148, 156);
     sum = 0;
     for (let i = 0; i < 512; i++) sum += link[i] ?? 0;
     link.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
-    expect(() => readTar(link, "t")).toThrowError(/not a regular file/);
-    expect(() => readTar(Buffer.from([0x1f, 0x8b, 1, 2, 3]), "t")).toThrowError(AgentError);
+    expect(() => readTar(link, "t")).toThrow(/not a regular file/);
+    expect(() => readTar(Buffer.from([0x1f, 0x8b, 1, 2, 3]), "t")).toThrow(AgentError);
   });
 
   it("validates settings with the registry, all problems at once", () => {
@@ -132,16 +137,16 @@ describe("bundle archive", () => {
       { key: "ISTIO_META_FOO", value: "bar" },
     ]);
     expect(problems.map((p) => p.subject)).toEqual(["ISTIO_SVC_IP", "ISTIO_INBOUND_PORTS", "NO_SUCH_THING"]);
-    expect(() => planBundle({ ...input, settings: [{ key: "ISTIO_SVC_IP", value: "x" }] })).toThrowError(ConfigError);
+    expect(() => planBundle({ ...input, settings: [{ key: "ISTIO_SVC_IP", value: "x" }] })).toThrow(ConfigError);
   });
 
   it("needs the credentials of its profile", () => {
-    expect(() => planBundle({ ...input, credentials: [{ name: "root-cert.pem", content: "R" }] })).toThrowError(
+    expect(() => planBundle({ ...input, credentials: [{ name: "root-cert.pem", content: "R" }] })).toThrow(
       /legacy bundle needs cert-chain\.pem, key\.pem/,
     );
     expect(() =>
       planBundle({ ...input, profile: "istiod", credentials: [{ name: "root-cert.pem", content: "R" }] }),
-    ).toThrowError(/istiod bundle needs istio-token/);
+    ).toThrow(/istiod bundle needs istio-token/);
     const istiod = planBundle({
       ...input,
       profile: "istiod",

@@ -274,8 +274,9 @@ export function readBundle(archive: Uint8Array, subject: string): VerifiedBundle
       "make the bundle with the same istio-vm version that installs it",
     );
   }
-  if (info.profile !== "istiod" && info.profile !== "legacy")
+  if (!(["istiod", "legacy"] as readonly string[]).includes(info.profile)) {
     throw bundleError(subject, "unknown profile in bundle.json");
+  }
   for (const m of info.members) {
     const member = byName.get(m.name);
     if (member === undefined) throw tampered(subject, m.name, `is described in ${INFO_NAME} but missing`);
