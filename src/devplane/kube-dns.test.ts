@@ -82,7 +82,7 @@ describe("dev kube-dns", () => {
   it("says NXDOMAIN, with the zone's SOA, for a name that is not a service", async () => {
     await expect(resolver.resolve4("nope.default.svc.cluster.local")).rejects.toMatchObject({ code: "ENOTFOUND" });
     const reply = await tcpQuery(server, "nope.default.svc.cluster.local", "A");
-    expect(reply.rcode).toBe("NXDOMAIN");
+    expect((reply.flags ?? 0) & 0xf).toBe(3); // NXDOMAIN
     expect(reply.flag_aa).toBe(true);
     expect(reply.authorities?.[0]?.type).toBe("SOA");
     expect(reply.authorities?.[0]?.name).toBe("cluster.local");
@@ -98,14 +98,14 @@ describe("dev kube-dns", () => {
   it("answers over TCP with two-byte length framing, keeping the query id", async () => {
     const reply = await tcpQuery(server, "istio-pilot.istio-system.svc.cluster.local", "A");
     expect(reply.id).toBe(4242);
-    expect(reply.rcode).toBe("NOERROR");
+    expect((reply.flags ?? 0) & 0xf).toBe(0); // NOERROR
     expect(reply.answers?.map((a) => (a.type === "A" ? a.data : a.type))).toEqual(["10.96.0.8"]);
   });
 
   it("refuses names outside the cluster zone and gives NODATA for a service without that family", async () => {
     await expect(resolver.resolve4("example.com")).rejects.toMatchObject({ code: "EREFUSED" });
     const reply = await tcpQuery(server, "db.default.svc.cluster.local", "AAAA");
-    expect(reply.rcode).toBe("NOERROR");
+    expect((reply.flags ?? 0) & 0xf).toBe(0); // NOERROR
     expect(reply.answers).toEqual([]);
     expect(reply.authorities?.[0]?.type).toBe("SOA");
   });

@@ -260,3 +260,32 @@ export async function startKubeDns(options: StartKubeDnsOptions): Promise<KubeDn
     };
   }
 }
+
+/**
+ * kube-dns as a dev service of `istio-vm dev`, on every listen host (port name `kube-dns`; e.g.
+ * `--service-port kube-dns=53` inside a network namespace). Point dnsmasq's `server=/svc.cluster.local/` at it.
+ */
+export function kubeDnsDevService(): import("./dev-plane.js").DevService {
+  return {
+    name: "kube-dns",
+    async start(ctx) {
+      const servers: KubeDnsServer[] = [];
+      try {
+        for (const host of ctx.listenHosts) {
+          const port = ctx.ports.get("kube-dns");
+          servers.push(await startKubeDns({ store: ctx.store, host, ...(port === undefined ? {} : { port }) }));
+        }
+      } catch (error) {
+        await Promise.all(servers.map((s) => s.close()));
+        throw error;
+      }
+      return {
+        name: "kube-dns",
+        addresses: servers.map((s) => ({ name: "dns (udp+tcp)", address: s.address })),
+        close: async () => {
+          await Promise.all(servers.map((s) => s.close()));
+        },
+      };
+    },
+  };
+}

@@ -70,11 +70,18 @@ export interface PilotRestServer {
 
 export interface StartPilotRestOptions {
   readonly store: ObjectStore;
+  /**
+   * Enables the dev plane's fault switch, `POST /istio-vm-dev/fault` with a body of fault names (comma-separated;
+   * `none` clears): tests that run `istio-vm dev` as a subprocess flip faults without a restart. Receives the names
+   * that are not this server's own (e.g. `stream-reset` for the ADS server).
+   */
+  readonly onFaultSwitch?: (names: readonly string[]) => string | undefined;
   readonly host?: string;
   readonly port?: number;
 }
 
 const REGISTRATION = "/v1/registration";
+export const FAULT_PATH = "/istio-vm-dev/fault";
 
 export async function startPilotRest(options: StartPilotRestOptions): Promise<PilotRestServer> {
   let fault: PilotRestFault = "none";
@@ -97,6 +104,26 @@ export async function startPilotRest(options: StartPilotRestOptions): Promise<Pi
       return;
     }
     requests.push(path);
+    if (path === FAULT_PATH && req.method === "POST" && options.onFaultSwitch !== undefined) {
+      const onFaultSwitch = options.onFaultSwitch;
+      let body = "";
+      req.on("data", (c: Buffer) => (body += c.toString("utf8")));
+      req.on("end", () => {
+        const names = body
+          .split(",")
+          .map((n) => n.trim())
+          .filter((n) => n !== "");
+        const own = names.includes("registry-unavailable") ? "registry-unavailable" : "none";
+        const problem = onFaultSwitch(names.filter((n) => n !== "registry-unavailable"));
+        if (problem !== undefined) {
+          send(400, `${problem}\n`);
+          return;
+        }
+        fault = own;
+        send(200, `faults: ${names.join(",") || "none"}\n`);
+      });
+      return;
+    }
     if (req.method !== "GET") {
       res.setHeader("allow", "GET");
       send(405, "method not allowed\n");

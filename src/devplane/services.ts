@@ -3,5 +3,7 @@
  * server, implement `DevService` (see the contract at the top of dev-plane.ts) and add it here: one import, one entry.
  */
 import type { DevService } from "./dev-plane.js";
+import { kubeDnsDevService } from "./kube-dns.js";
+import { pilotDevService } from "./pilot-service.js";
 
-export const DEV_SERVICES: readonly DevService[] = [];
+export const DEV_SERVICES: readonly DevService[] = [kubeDnsDevService(), pilotDevService()];

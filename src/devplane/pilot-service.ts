@@ -1,0 +1,147 @@
+/**
+ * Pilot as a dev service of `istio-vm dev`: the v1 REST registration API (port name `pilot-http`, legacy 8080), the
+ * ADS server in plain text (`pilot-grpc`, 15010) and over TLS (`pilot-grpc-tls`, istiod 15012 / legacy 15011) with a
+ * serving certificate from the dev mesh CA for Pilot's and istiod's names. Like a running Pilot pod, it publishes its
+ * own Endpoints (`istio-pilot` or `istiod` in istio-system), so the registration check of the original recipe
+ * (`/v1/registration/istio-pilot.istio-system.svc.cluster.local|http-discovery`) finds hosts.
+ *
+ * Faults: `ISTIO_VM_DEV_PILOT_FAULT=registry-unavailable,stream-reset` at start, or later
+ * `POST http://<pilot-http>/istio-vm-dev/fault` with the names (`none` clears). `registry-unavailable`: the REST API
+ * answers 503; `stream-reset`: the ADS servers reset every stream at its next request.
+ */
+import { isIP } from "node:net";
+import type { DevPlaneContext, DevService } from "./dev-plane.js";
+import type { PilotRestServer } from "./pilot-rest.js";
+import { startPilotRest } from "./pilot-rest.js";
+import type { PilotXdsServer } from "./pilot-xds.js";
+import { startPilotXds } from "./pilot-xds.js";
+import type { KubeObject } from "./store.js";
+
+export const PILOT_FAULTS = ["registry-unavailable", "stream-reset"] as const;
+const ISTIO_NAMESPACE = "istio-system";
+
+export function pilotServerNames(namespace: string): string[] {
+  return [
+    "istiod",
+    `istiod.${namespace}`,
+    `istiod.${namespace}.svc`,
+    `istiod.${namespace}.svc.cluster.local`,
+    "istio-pilot",
+    `istio-pilot.${namespace}`,
+    `istio-pilot.${namespace}.svc`,
+    `istio-pilot.${namespace}.svc.cluster.local`,
+    "localhost",
+  ];
+}
+
+function publishEndpoints(
+  ctx: DevPlaneContext,
+  ip: string,
+  ports: { rest: number; grpc: number; grpcTls: number },
+): void {
+  const name = ctx.profile === "legacy" ? "istio-pilot" : "istiod";
+  const endpointPorts =
+    ctx.profile === "legacy"
+      ? [
+          { name: "http-discovery", port: ports.rest },
+          { name: "grpc-xds", port: ports.grpc },
+          { name: "https-xds", port: ports.grpcTls },
+        ]
+      : [
+          { name: "grpc-xds", port: ports.grpc },
+          { name: "https-dns", port: ports.grpcTls },
+        ];
+  const object: KubeObject = {
+    apiVersion: "v1",
+    kind: "Endpoints",
+    metadata: { name, namespace: ISTIO_NAMESPACE, labels: { app: name } },
+    subsets: [{ addresses: [{ ip }], ports: endpointPorts }],
+  };
+  const current = ctx.store.tryGet("endpoints", ISTIO_NAMESPACE, name);
+  if (current === undefined) ctx.store.create("endpoints", object);
+  else ctx.store.update("endpoints", { ...object, metadata: { ...current.metadata, ...object.metadata } });
+}
+
+export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = {}): DevService {
+  return {
+    name: "pilot",
+    async start(ctx) {
+      const initial = ((options.env ?? process.env)["ISTIO_VM_DEV_PILOT_FAULT"] ?? "")
+        .split(",")
+        .map((s) => s.trim())
+        .filter((s) => s !== "" && s !== "none");
+      for (const f of initial) {
+        if (!(PILOT_FAULTS as readonly string[]).includes(f)) {
+          throw new Error(`ISTIO_VM_DEV_PILOT_FAULT: unknown fault '${f}' (known: ${PILOT_FAULTS.join(", ")}, none)`);
+        }
+      }
+      const serving = await ctx.meshCa.issueKeyPair({
+        dnsNames: pilotServerNames(ISTIO_NAMESPACE),
+        ipAddresses: ctx.listenHosts.filter((h) => isIP(h) !== 0 && h !== "0.0.0.0" && h !== "::"),
+        subject: { commonName: "istio-vm dev pilot" },
+      });
+      const rest: PilotRestServer[] = [];
+      const xds: PilotXdsServer[] = [];
+      const closeAll = async (): Promise<void> => {
+        await Promise.all([...rest, ...xds].map((s) => s.close()));
+      };
+      const setXdsFault = (names: readonly string[]): string | undefined => {
+        const unknown = names.filter((n) => n !== "none" && !(PILOT_FAULTS as readonly string[]).includes(n));
+        if (unknown.length > 0) return `unknown fault ${unknown.join(", ")} (known: ${PILOT_FAULTS.join(", ")}, none)`;
+        for (const s of xds) s.setFault(names.includes("stream-reset") ? "stream-reset" : "none");
+        return undefined;
+      };
+      try {
+        for (const host of ctx.listenHosts) {
+          const restPort = ctx.ports.get("pilot-http");
+          const grpcPort = ctx.ports.get("pilot-grpc");
+          const tlsPort = ctx.ports.get("pilot-grpc-tls");
+          rest.push(
+            await startPilotRest({
+              store: ctx.store,
+              host,
+              ...(restPort === undefined ? {} : { port: restPort }),
+              onFaultSwitch: setXdsFault,
+            }),
+          );
+          xds.push(
+            await startPilotXds({ store: ctx.store, host, ...(grpcPort === undefined ? {} : { port: grpcPort }) }),
+          );
+          xds.push(
+            await startPilotXds({
+              store: ctx.store,
+              host,
+              ...(tlsPort === undefined ? {} : { port: tlsPort }),
+              tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ctx.meshCa.rootCertPem },
+            }),
+          );
+        }
+      } catch (error) {
+        await closeAll();
+        throw error;
+      }
+      for (const s of rest) s.setFault(initial.includes("registry-unavailable") ? "registry-unavailable" : "none");
+      setXdsFault(initial);
+      const first = ctx.listenHosts.find((h) => h !== "0.0.0.0" && h !== "::") ?? "127.0.0.1";
+      const index = ctx.listenHosts.indexOf(first);
+      const r = rest[Math.max(0, index)];
+      const plain = xds[Math.max(0, index) * 2];
+      const secure = xds[Math.max(0, index) * 2 + 1];
+      if (r !== undefined && plain !== undefined && secure !== undefined) {
+        publishEndpoints(ctx, first === "0.0.0.0" ? "127.0.0.1" : first, {
+          rest: r.port,
+          grpc: plain.port,
+          grpcTls: secure.port,
+        });
+      }
+      return {
+        name: "pilot",
+        addresses: [
+          ...rest.map((s) => ({ name: "http (v1 REST /v1/registration)", address: s.url })),
+          ...xds.map((s) => ({ name: s.tls ? "grpc+tls (xDS ADS)" : "grpc (xDS ADS)", address: s.address })),
+        ],
+        close: closeAll,
+      };
+    },
+  };
+}
