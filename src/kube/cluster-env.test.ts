@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { parseEnvFile } from "../config/env-file.js";
+import { loadConfig } from "../config/load.js";
 import { KubeApiError } from "./client.js";
 import {
   PROBE_SERVICE_NAME,
@@ -10,6 +11,7 @@ import {
   trustDomainFromMeshConfig,
 } from "./cluster-env.js";
 import { FakeKubeClient, seedIstiodCluster, seedLegacyCluster } from "../../test/fakes/kube-client.js";
+import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 
 describe("planClusterEnv", () => {
   it("writes the legacy file exactly as setupMeshEx.sh did, plus the profile", async () => {
@@ -168,5 +170,40 @@ describe("readMeshSettings", () => {
   it("reads only a top-level trustDomain", () => {
     expect(trustDomainFromMeshConfig("defaultConfig:\n  trustDomain: nested\n")).toBeUndefined();
     expect(trustDomainFromMeshConfig('trustDomain: "td.example" # comment\n')).toBe("td.example");
+  });
+});
+
+describe("the agent reads what cluster-env writes", () => {
+  it.each(["legacy", "istiod"] as const)("%s: loads without problems or unknown variables", async (profile) => {
+    const text = planClusterEnv({
+      profile,
+      serviceCidr: "10.96.0.0/12,fd00:10:96::/112",
+      systemNamespace: "istio-system",
+      authPolicy: "MUTUAL_TLS",
+      inboundPorts: "3306",
+      workload: {
+        namespace: "shop",
+        serviceAccount: "mysql-vm",
+        trustDomain: "example.org",
+        clusterId: "east",
+        meshId: "mesh1",
+        network: "vm-net",
+        workloadName: "mysql",
+      },
+    });
+    const fs = new MemoryFileSystem({ "/etc/cluster.env": text });
+    const loaded = await loadConfig({
+      env: { ISTIO_CLUSTER_CONFIG: "/etc/cluster.env", ISTIO_SIDECAR_CONFIG: "/etc/sidecar.env" },
+      fs,
+    });
+    expect(loaded.problems).toEqual([]);
+    expect(loaded.warnings).toEqual([]);
+    expect(loaded.values.ISTIO_CONTROL_PLANE).toBe(profile);
+    expect(loaded.values.ISTIO_SERVICE_CIDR).toHaveLength(2);
+    if (profile === "istiod") {
+      expect(loaded.values.SERVICE_ACCOUNT).toBe("mysql-vm");
+      expect(loaded.values.POD_NAMESPACE).toBe("shop");
+      expect(loaded.values.TRUST_DOMAIN).toBe("example.org");
+    }
   });
 });
