@@ -113,6 +113,7 @@ describe("legacy profile against the original's golden outputs", () => {
   test("golden.defaults: nothing set captures nothing (no chains at all)", async () => {
     const p = await legacy({});
     expect(p.families.every((f) => f.tables.length === 0)).toBe(true);
+    expect(p.warnings).toEqual(["ISTIO_INBOUND_PORTS and ISTIO_SERVICE_CIDR are empty: nothing is captured"]);
   });
 
   test("root is not excluded; the looked-up proxy uid and its primary gid are", async () => {

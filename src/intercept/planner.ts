@@ -331,6 +331,9 @@ function planWarnings(settings: InterceptionSettings, families: readonly FamilyP
       );
     }
   }
+  if (families.every((f) => f.tables.length === 0)) {
+    warnings.push("ISTIO_INBOUND_PORTS and ISTIO_SERVICE_CIDR are empty: nothing is captured");
+  }
   if (settings.serviceCidrs === "*" && !settings.ipv6) {
     warnings.push("ISTIO_SERVICE_CIDR=* captures IPv4 only; set ENABLE_INBOUND_IPV6=true to capture IPv6 too");
   }
