@@ -363,8 +363,8 @@ export class EnvoySupervisor {
   }
 
   async #onExit(record: Epoch, exit: ChildExit): Promise<void> {
-    this.#epochs.delete(record.epoch);
     await this.#o.fs.remove(record.path).catch(() => undefined);
+    this.#epochs.delete(record.epoch);
     const newest = this.#newest();
     const clean = exit.code === 0;
     const retiredParent = newest !== undefined && newest.epoch > record.epoch;
