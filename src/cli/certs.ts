@@ -14,6 +14,8 @@ import type { ControlPlaneProfile } from "../kube/profile.js";
 import { detectProfile } from "../kube/profile.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
 import { connectKube, parseDurationFlag, withProfileOptions } from "./admin-options.js";
+import { certsRenewCommand } from "./certs-renew.js";
+import { certsStatusCommand } from "./certs-status.js";
 import type { CommandRuntime } from "./context.js";
 import type { KubeArgs } from "./kube-options.js";
 import { KUBE_OPTIONS_EPILOGUE, withKubeOptions } from "./kube-options.js";
@@ -23,7 +25,7 @@ import { renderJson } from "./render.js";
 type SubcommandFactory = (runtime: () => CommandRuntime) => CommandModule<object, any>;
 
 /** `certs` subcommands (VM side: status, renew). Add a factory here; nothing else needs to change. */
-export const CERTS_SUBCOMMANDS: readonly SubcommandFactory[] = [];
+export const CERTS_SUBCOMMANDS: readonly SubcommandFactory[] = [certsStatusCommand, certsRenewCommand];
 
 interface CertsArgs extends KubeArgs, ProfileArgs {
   sa: string | undefined;
