@@ -35,6 +35,7 @@ import {
   openApiV3Index,
   servedResources,
 } from "./kube-resources.js";
+import { PROTOBUF_CONTENT_TYPE, ProtobufError, decodeKubernetesProtobuf } from "./kube-protobuf.js";
 import type { ServiceAccountTokens } from "./sa-tokens.js";
 import { API_SERVER_AUDIENCE, DEFAULT_TOKEN_AUDIENCE } from "./sa-tokens.js";
 import type { KubeObject, StoreEvent } from "./store.js";
@@ -253,6 +254,9 @@ interface ServiceSpec {
   externalTrafficPolicy?: string;
   [key: string]: unknown;
 }
+
+/** kube-apiserver refuses to delete these (the namespace lifecycle admission plugin). */
+const PROTECTED_NAMESPACES = new Set(["default", "kube-system", "kube-public"]);
 
 const NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
@@ -650,6 +654,17 @@ export class KubeApi {
       throw new ApiStatusError(405, "MethodNotAllowed", "deletecollection is not supported by the dev API server");
     const current = this.store.tryGet(target.def.name, target.namespace, target.name);
     if (current === undefined) throw notFound(target.def, target.name);
+    if (target.def.name === "namespaces" && PROTECTED_NAMESPACES.has(target.name)) {
+      throw new ApiStatusError(
+        403,
+        "Forbidden",
+        `namespaces "${target.name}" is forbidden: this namespace may not be deleted`,
+        {
+          name: target.name,
+          kind: "namespaces",
+        },
+      );
+    }
     if (options.dryRun === true) return this.#present(target.def, current);
     if (target.def.name === "namespaces") {
       // Namespace deletion removes everything in it (kube-apiserver's namespace controller, without the wait).
@@ -880,7 +895,7 @@ function send(res: ServerResponse, code: number, body: unknown): void {
   res.end(text);
 }
 
-function readBody(req: IncomingMessage, limit = 3 * 1024 * 1024): Promise<string> {
+function readBody(req: IncomingMessage, limit = 3 * 1024 * 1024): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -894,13 +909,14 @@ function readBody(req: IncomingMessage, limit = 3 * 1024 * 1024): Promise<string
       chunks.push(chunk);
     });
     req.on("end", () => {
-      resolve(Buffer.concat(chunks).toString("utf8"));
+      resolve(Buffer.concat(chunks));
     });
     req.on("error", reject);
   });
 }
 
-function parseJson(text: string): unknown {
+function parseJson(body: Buffer): unknown {
+  const text = body.toString("utf8");
   if (text.trim() === "") return undefined;
   try {
     return JSON.parse(text) as unknown;
@@ -943,15 +959,42 @@ export function resolveTarget(api: KubeApi, pathname: string): Target | undefine
   return { def, namespace: def.namespaced ? namespace : undefined, name, subresource };
 }
 
-/** This server reads JSON only (no protobuf, no CBOR): other bodies get 415, as kube-apiserver does for unknown types. */
-function checkJsonBody(req: IncomingMessage): void {
-  const type = (req.headers["content-type"] ?? "application/json").split(";")[0]?.trim() ?? "";
-  if (type === "application/json" || type === "") return;
+function bodyType(req: IncomingMessage): string {
+  return (req.headers["content-type"] ?? "application/json").split(";")[0]?.trim() ?? "";
+}
+
+/**
+ * Request bodies: JSON, and protobuf for the built-in kinds kubectl's typed commands send. Anything else gets 415,
+ * as kube-apiserver answers media types it does not know.
+ */
+function checkBodyType(req: IncomingMessage, patch: boolean): void {
+  const type = bodyType(req);
+  const accepted = patch
+    ? ["application/merge-patch+json", "application/strategic-merge-patch+json"]
+    : ["application/json", PROTOBUF_CONTENT_TYPE, ""];
+  if (accepted.includes(type)) return;
   throw new ApiStatusError(
     415,
     "UnsupportedMediaType",
-    `the body of the request was in an unknown format - accepted media types include: application/json (the istio-vm dev API server does not speak ${type}; \`kubectl create -f FILE\` sends JSON)`,
+    `the body of the request was in an unknown format - accepted media types include: ${accepted.filter((t) => t !== "").join(", ")}`,
   );
+}
+
+async function readObject(req: IncomingMessage): Promise<unknown> {
+  const body = await readBody(req);
+  if (bodyType(req) !== PROTOBUF_CONTENT_TYPE) return parseJson(body);
+  try {
+    return decodeKubernetesProtobuf(body);
+  } catch (error) {
+    if (error instanceof ProtobufError) {
+      throw new ApiStatusError(
+        415,
+        "UnsupportedMediaType",
+        `${error.message} (the istio-vm dev API server decodes protobuf only for the kinds it serves)`,
+      );
+    }
+    throw error;
+  }
 }
 
 function wantsTable(req: IncomingMessage): boolean {
@@ -1074,7 +1117,7 @@ export async function startKubeApiServer(options: KubeApiServerOptions): Promise
         ...(target.name === undefined || method === "POST" ? {} : { name: target.name }),
       });
     }
-    if (method === "POST" || method === "PUT") checkJsonBody(req);
+    if (method === "POST" || method === "PUT" || method === "PATCH") checkBodyType(req, method === "PATCH");
     const dryRun = url.searchParams.getAll("dryRun").includes("All");
     if (!dryRun && url.searchParams.has("dryRun")) {
       throw badRequest(`Invalid dry run value: ${url.searchParams.get("dryRun") ?? ""} (only "All" is supported)`);
@@ -1105,22 +1148,13 @@ export async function startKubeApiServer(options: KubeApiServerOptions): Promise
         startWatch(target, url, res);
         return 200;
       case "create": {
-        const created = api.create(target, parseJson(await readBody(req)), { dryRun });
+        const created = api.create(target, await readObject(req), { dryRun });
         return reply(res, 201, created);
       }
       case "update":
-        return reply(res, 200, api.update(target, parseJson(await readBody(req)), { dryRun }));
-      case "patch": {
-        const type = req.headers["content-type"] ?? "";
-        if (!/merge-patch\+json|strategic-merge-patch\+json/.test(type)) {
-          throw new ApiStatusError(
-            415,
-            "UnsupportedMediaType",
-            `the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json`,
-          );
-        }
+        return reply(res, 200, api.update(target, await readObject(req), { dryRun }));
+      case "patch":
         return reply(res, 200, api.patch(target, parseJson(await readBody(req)), { dryRun }));
-      }
       case "delete": {
         const deleted = api.delete(target, { dryRun });
         return reply(res, 200, {

@@ -164,6 +164,51 @@ describe.skipIf(missing !== undefined)("istio-vm dev --profile legacy with kubec
     }
   });
 
+  it("understands the protobuf bodies of kubectl's typed create commands (secret, service, serviceaccount, token)", async () => {
+    expect(
+      (await kubectl(kc, ["create", "secret", "generic", "proto-secret", "--from-literal=user=vm"])).stdout,
+    ).toContain("created");
+    const secret = JSON.parse((await kubectl(kc, ["get", "secret", "proto-secret", "-o", "json"])).stdout) as {
+      type: string;
+      data: Record<string, string>;
+    };
+    expect(secret).toMatchObject({ type: "Opaque", data: { user: Buffer.from("vm").toString("base64") } });
+
+    expect((await kubectl(kc, ["create", "service", "nodeport", "proto-svc", "--tcp=80:8080"])).stdout).toContain(
+      "created",
+    );
+    const svc = JSON.parse((await kubectl(kc, ["get", "svc", "proto-svc", "-o", "json"])).stdout) as {
+      spec: {
+        type: string;
+        selector: Record<string, string>;
+        ports: { port: number; targetPort: number; nodePort: number }[];
+      };
+    };
+    expect(svc.spec.type).toBe("NodePort");
+    expect(svc.spec.selector).toEqual({ app: "proto-svc" });
+    expect(svc.spec.ports[0]).toMatchObject({ port: 80, targetPort: 8080 });
+    expect(svc.spec.ports[0]?.nodePort).toBeGreaterThanOrEqual(30000);
+
+    expect((await kubectl(kc, ["create", "serviceaccount", "vm", "-n", "default"])).stdout).toContain("created");
+    const token = await kubectl(kc, ["create", "token", "vm", "--audience", "istio-ca", "--duration", "20m"]);
+    expect(token.code).toBe(0);
+    const claims = JSON.parse(Buffer.from(token.stdout.trim().split(".")[1] ?? "", "base64url").toString()) as {
+      aud: string[];
+      sub: string;
+      exp: number;
+      iat: number;
+    };
+    expect(claims).toMatchObject({ aud: ["istio-ca"], sub: "system:serviceaccount:default:vm" });
+    expect(claims.exp - claims.iat).toBe(1200);
+    for (const [kind, name] of [
+      ["secret", "proto-secret"],
+      ["svc", "proto-svc"],
+      ["sa", "vm"],
+    ]) {
+      expect((await kubectl(kc, ["delete", kind ?? "", name ?? ""])).stdout).toContain("deleted");
+    }
+  });
+
   it("refuses writes for the read-only viewer context with kube-apiserver's 403 message", async () => {
     const read = await kubectl(kc, ["--context", "istio-vm-dev-viewer", "get", "svc", "-n", "istio-system"]);
     expect(read.code).toBe(0);
