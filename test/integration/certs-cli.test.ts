@@ -81,8 +81,9 @@ describe("istio-vm certs status / renew", () => {
 
     const second = await runCli(["certs", "renew", "--json"], { env });
     expect(second.code).toBe(0);
-    expect(JSON.parse(second.stdout)).toMatchObject({ authenticatedBy: "certificate" });
-    expect(JSON.parse(second.stdout).serialNumber).not.toBe(report.certificate.serialNumber);
+    const renewed = JSON.parse(second.stdout) as { authenticatedBy: string; serialNumber: string };
+    expect(renewed.authenticatedBy).toBe("certificate");
+    expect(renewed.serialNumber).not.toBe(report.certificate.serialNumber);
 
     for (const output of [missing, noToken, first, status, text, second]) {
       expect(output.stdout + output.stderr).not.toMatch(PEM);
