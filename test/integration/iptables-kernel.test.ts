@@ -2,9 +2,11 @@
  * Interception in the real kernel, inside network namespaces this test creates ("vm" and "peer", joined by a veth
  * pair with 10.250.7.0/30; the peer also owns 10.251.7.2, reached through it). Never in the machine's namespace.
  */
+import type { ChildProcessWithoutNullStreams } from "node:child_process";
 import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
-import { build } from "esbuild";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { loadConfig, requireValid } from "../../src/config/load.js";
 import { applyInterception } from "../../src/intercept/applier.js";
@@ -12,6 +14,7 @@ import type { InterceptionPlan } from "../../src/intercept/planner.js";
 import { planInterception } from "../../src/intercept/planner.js";
 import { interceptionSettings } from "../../src/intercept/settings.js";
 import { nodeFileSystem } from "../../src/platform/fs.js";
+import { CLI } from "../support/cli.js";
 import { requirements } from "../support/requirements.js";
 import type { Listener } from "./iptables-netns.js";
 import { Namespace, connect, link, listen } from "./iptables-netns.js";
@@ -226,51 +229,81 @@ describe.skipIf(missing !== undefined).each(["nft", "legacy"] as const)("iptable
   });
 });
 
-describe.skipIf(missing !== undefined)("the unit's stop path after kill -9", () => {
+describe.skipIf(missing !== undefined)("`istio-vm agent` (interception only) and the unit's stop paths", () => {
   let world: World | undefined;
-  const holder = fileURLToPath(new URL("../../.cache/test/interception-holder.mjs", import.meta.url));
+  let root = "";
 
   beforeAll(async () => {
     world = await makeWorld();
-    await build({
-      entryPoints: [fileURLToPath(new URL("../fixtures/interception-holder.ts", import.meta.url))],
-      outfile: holder,
-      bundle: true,
-      platform: "node",
-      target: "node20",
-      format: "esm",
-      logLevel: "warning",
-    });
+    // The agent needs a cluster.env; ISTIO_VM_ROOT relocates it and /etc/passwd.
+    root = await mkdtemp(join(tmpdir(), "iptv-agent-"));
+    await mkdir(join(root, "var/lib/istio/envoy"), { recursive: true });
+    await mkdir(join(root, "etc"), { recursive: true });
+    await writeFile(join(root, "var/lib/istio/envoy/cluster.env"), "ISTIO_SERVICE_CIDR=10.251.7.0/24\n");
+    await writeFile(join(root, "var/lib/istio/envoy/sidecar.env"), `ISTIO_INBOUND_PORTS=8080\nISTIO_SVC_IP=${VM}\n`);
+    await writeFile(join(root, "etc/passwd"), "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
   });
   afterAll(async () => {
     await destroyWorld(world);
+    if (root !== "") await rm(root, { recursive: true, force: true });
   });
 
-  test("a killed agent leaves its rules; `istio-vm iptables clean` then leaves none", async () => {
-    if (world === undefined) throw new Error("no namespaces");
-    const { vm, peer } = world;
-    const env = environment("nft");
-    const child = spawn("ip", ["netns", "exec", vm.name, process.execPath, holder], {
-      env: { PATH: process.env["PATH"] ?? "/usr/sbin:/usr/bin", ...env },
+  /** Starts the built agent inside the vm namespace and resolves once it logged "agent ready". */
+  async function startAgent(vm: Namespace): Promise<ChildProcessWithoutNullStreams> {
+    const child = spawn("ip", ["netns", "exec", vm.name, process.execPath, CLI, "agent"], {
+      env: {
+        PATH: process.env["PATH"] ?? "/usr/sbin:/usr/bin",
+        ISTIO_VM_ROOT: root,
+        ENVOY_USER: "nobody",
+        ISTIO_AGENT_COMPONENTS: "interception",
+      },
     });
     await new Promise<void>((resolve, reject) => {
-      let stderr = "";
-      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-      child.stdout.on("data", (d: Buffer) => {
-        if (d.toString().includes("applied")) resolve();
-      });
+      let output = "";
+      const seen = (d: Buffer): void => {
+        output += d.toString();
+        if (output.includes("agent ready")) resolve();
+      };
+      child.stdout.on("data", seen);
+      child.stderr.on("data", seen);
       child.on("exit", (code) => {
-        reject(new Error(`holder exited (${code}): ${stderr}`));
+        reject(new Error(`agent exited (${code}): ${output}`));
       });
     });
+    return child;
+  }
+
+  async function exitOf(child: ChildProcessWithoutNullStreams, signal: NodeJS.Signals): Promise<number | null> {
+    const exited = new Promise<number | null>((resolve) =>
+      child.on("exit", (code) => {
+        resolve(code);
+      }),
+    );
+    child.kill(signal);
+    return exited;
+  }
+
+  test("the agent captures once ready and removes every rule on SIGTERM", async () => {
+    if (world === undefined) throw new Error("no namespaces");
+    const { vm, peer } = world;
+    const agent = await startAgent(vm);
     expect(await connect(peer, VM, 8080)).toBe(`vm 15006 ${VM}:8080`);
-    const exited = new Promise((resolve) => child.on("exit", resolve));
-    child.kill("SIGKILL");
-    await exited;
+    expect(await connect(vm, SERVICE, 80)).toBe(`vm 15001 ${SERVICE}:80`);
+    expect(await exitOf(agent, "SIGTERM")).toBe(0);
+    expect(await vm.natSave("nft")).not.toContain("ISTIO");
+    expect(await connect(peer, VM, 8080)).toBe(`vm 8080 ${VM}:8080`);
+    expect(await connect(vm, SERVICE, 80)).toBe(`peer 80 ${SERVICE}:80`);
+  });
+
+  test("kill -9 leaves the rules capturing; `istio-vm iptables clean` (ExecStopPost) then leaves none", async () => {
+    if (world === undefined) throw new Error("no namespaces");
+    const { vm, peer } = world;
+    const agent = await startAgent(vm);
+    expect(await exitOf(agent, "SIGKILL")).toBe(null);
     // SIGKILL skipped the component's stop: the rules are still there, and still capturing.
     expect(await vm.natSave("nft")).toContain("ISTIO_INBOUND");
     expect(await connect(peer, VM, 8080)).toBe(`vm 15006 ${VM}:8080`);
-    // ExecStopPost=+/usr/bin/istio-vm iptables clean (no configuration needed).
+    // ExecStopPost=+/usr/bin/istio-vm iptables clean: no configuration needed.
     const cleaned = await vm.cli(["iptables", "clean"], {});
     expect(cleaned.code).toBe(0);
     for (const family of [4, 6] as const) {
