@@ -9,6 +9,7 @@
  * Pure part: `answerQuery(store, query)` (packet in, packet out). Thin part: `startKubeDns` binds the sockets.
  */
 import { createSocket } from "node:dgram";
+import { networkInterfaces } from "node:os";
 import type { Socket as UdpSocket } from "node:dgram";
 import { isIP, createServer } from "node:net";
 import type { Server as TcpServer, Socket } from "node:net";
@@ -262,6 +263,20 @@ export async function startKubeDns(options: StartKubeDnsOptions): Promise<KubeDn
 }
 
 /**
+ * A wildcard listen address as the machine's own addresses: a UDP server bound to 0.0.0.0 answers from the
+ * interface's primary address, not the one the query was sent to, and resolvers (dnsmasq among them) drop such
+ * answers. Binding each address, as dnsmasq's --bind-interfaces does, keeps source and destination equal.
+ */
+function concreteAddresses(host: string): string[] {
+  if (host !== "0.0.0.0" && host !== "::") return [host];
+  const family = host === "0.0.0.0" ? "IPv4" : "IPv6";
+  return Object.values(networkInterfaces())
+    .flatMap((list) => list ?? [])
+    .filter((i) => i.family === family && !(family === "IPv6" && i.address.startsWith("fe80:")))
+    .map((i) => i.address);
+}
+
+/**
  * kube-dns as a dev service of `istio-vm dev`, on every listen host (port name `kube-dns`; e.g.
  * `--service-port kube-dns=53` inside a network namespace). Point dnsmasq's `server=/svc.cluster.local/` at it.
  */
@@ -271,9 +286,12 @@ export function kubeDnsDevService(): import("./dev-plane.js").DevService {
     async start(ctx) {
       const servers: KubeDnsServer[] = [];
       try {
-        for (const host of ctx.listenHosts) {
-          const port = ctx.ports.get("kube-dns");
-          servers.push(await startKubeDns({ store: ctx.store, host, ...(port === undefined ? {} : { port }) }));
+        let port = ctx.ports.get("kube-dns");
+        for (const host of ctx.listenHosts.flatMap(concreteAddresses)) {
+          const server = await startKubeDns({ store: ctx.store, host, ...(port === undefined ? {} : { port }) });
+          // Every address answers on the same port, so one server= line fits whichever address a resolver uses.
+          port ??= server.port;
+          servers.push(server);
         }
       } catch (error) {
         await Promise.all(servers.map((s) => s.close()));
