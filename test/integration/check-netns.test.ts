@@ -137,6 +137,7 @@ describe.skipIf(missing !== undefined)(
         ],
         { stdio: ["ignore", "ignore", "pipe"] },
       );
+      if (!waitUntilAnswering) return;
       // Ready when it answers.
       for (let i = 0; i < 50; i++) {
         const r = await runIn(VM_NS, "host", ["-W", "1", "-t", "A", "istio-pilot", "127.0.0.1"]);
