@@ -12,6 +12,7 @@ import { clusterEnvCommand } from "./cli/cluster-env.js";
 import { configCommand } from "./cli/config.js";
 import { devCommand } from "./cli/dev.js";
 import { dnsmasqCommand } from "./cli/dnsmasq.js";
+import { envoyCommandModule } from "./cli/envoy.js";
 import { deregisterCommand, registerCommand } from "./cli/register.js";
 import type { CommandContext, CommandRuntime } from "./cli/context.js";
 import { iptablesCommand } from "./cli/iptables.js";
@@ -37,6 +38,7 @@ const COMMANDS: readonly CommandFactory[] = [
   agentCommand,
   configCommand,
   iptablesCommand,
+  envoyCommandModule,
   clusterEnvCommand,
   dnsmasqCommand,
   certsCommand,

@@ -1,0 +1,44 @@
+/** `istio-vm envoy bootstrap` as the built CLI: what an operator sees, and the --json bootstrap Envoy would accept. */
+import { describe, expect, it } from "vitest";
+import { runCli } from "../support/cli.js";
+import { checkAgainstProto } from "../support/envoy-proto.js";
+
+const ENV = { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ISTIO_VM_ROOT: "/nonexistent-vm-root" };
+
+describe("istio-vm envoy bootstrap", () => {
+  it("--json prints the bootstrap alone, valid against Envoy's Bootstrap proto", async () => {
+    const r = await runCli(["envoy", "bootstrap", "--json"], {
+      env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3", POD_NAME: "web-1", ISTIO_META_OWNER: "team-a" },
+    });
+    expect(r.code).toBe(0);
+    const bootstrap = JSON.parse(r.stdout) as { node: { id: string; metadata: Record<string, string> } };
+    expect(bootstrap.node.id).toBe("sidecar~10.1.2.3~web-1.default~default.svc.cluster.local");
+    expect(bootstrap.node.metadata["OWNER"]).toBe("team-a");
+    expect(checkAgainstProto(bootstrap).errors).toEqual([]);
+  });
+
+  it("prints the file and the Envoy command line of the epoch asked for", async () => {
+    const r = await runCli(["envoy", "bootstrap", "--epoch", "3"], { env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3" } });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("/nonexistent-vm-root/etc/istio/proxy/envoy-rev3.json (mode 0600, owner istio-proxy)");
+    expect(r.stdout).toMatch(/^# {3}\/usr\/local\/bin\/envoy -c \S+envoy-rev3\.json --restart-epoch 3 /m);
+    expect(r.stdout).toContain("server DNS SAN istiod.istio-system.svc");
+  });
+
+  it("plain text under CONTROL_PLANE_AUTH_POLICY=NONE: no TLS in the bootstrap", async () => {
+    const r = await runCli(["envoy", "bootstrap", "--json"], {
+      env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3", CONTROL_PLANE_AUTH_POLICY: "NONE" },
+    });
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain("transport_socket");
+    expect(r.stdout).toContain('"port_value": 15010');
+  });
+
+  it("exits 2 without ISTIO_SVC_IP and for a bad --epoch", async () => {
+    const noIp = await runCli(["envoy", "bootstrap"], { env: ENV });
+    expect(noIp.code).toBe(2);
+    expect(noIp.stderr).toContain("ISTIO_SVC_IP");
+    const bad = await runCli(["envoy", "bootstrap", "--epoch", "-1"], { env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3" } });
+    expect(bad.code).toBe(2);
+  });
+});
