@@ -3,7 +3,7 @@ import { describe, expect, test } from "vitest";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { loadConfig, requireValid } from "../config/load.js";
 import type { InterceptionPlan, Rule } from "./planner.js";
-import { planInterception, renderPlan, ruleLine } from "./planner.js";
+import { canonicalCidr, planInterception, renderPlan, ruleLine } from "./planner.js";
 import { interceptionSettings } from "./settings.js";
 
 const PASSWD = "root:x:0:0:root:/root:/bin/bash\nistio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n";
@@ -199,6 +199,21 @@ describe("istiod profile", () => {
       "-A ISTIO_INBOUND -p tcp -m tcp --dport 22 -j RETURN",
     ]);
     expect(p.warnings.join("\n")).toMatch(/SSH is never captured/);
+  });
+});
+
+describe("canonical addresses (as iptables-save prints them, glibc inet_ntop)", () => {
+  test.each([
+    ["FD00:0:0:0:0:0:0:0", 64, "fd00::/64"],
+    ["2001:DB8:0:0:1::", 80, "2001:db8:0:0:1::/80"],
+    ["2001:db8:0:0:1:0:0:1", 128, "2001:db8::1:0:0:1/128"],
+    ["::ffff:10.0.0.0", 104, "::ffff:10.0.0.0/104"],
+    ["::ffff:a00:0", 104, "::ffff:10.0.0.0/104"],
+    ["::1.2.3.4", 128, "::1.2.3.4/128"],
+    ["::1", 128, "::1/128"],
+    ["::", 0, "::/0"],
+  ])("%s/%d → %s", (address, prefix, expected) => {
+    expect(canonicalCidr({ family: 6, address, prefix })).toBe(expected);
   });
 });
 

@@ -154,6 +154,12 @@ function ipv6Canonical(address: string): string {
     i = j;
   }
   const hex = groups.map((g) => g.toString(16));
+  // Like glibc's inet_ntop (so like iptables-save): an IPv4-compatible or -mapped address ends in dotted IPv4.
+  if (bestStart === 0 && (bestLength === 6 || (bestLength === 5 && groups[5] === 0xffff))) {
+    const [hi = 0, lo = 0] = groups.slice(6);
+    const v4 = [hi >> 8, hi & 0xff, lo >> 8, lo & 0xff].join(".");
+    return bestLength === 6 ? `::${v4}` : `::ffff:${v4}`;
+  }
   if (bestStart < 0) return hex.join(":");
   return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
 }

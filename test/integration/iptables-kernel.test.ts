@@ -361,6 +361,21 @@ describe.skipIf(missing !== undefined)("back-end detection and IPv6", () => {
     expect(await vm.natSave("nft")).not.toContain("ISTIO");
   });
 
+  test("CIDRs written in any form are planned exactly as iptables-save prints them (show matches)", async () => {
+    if (world === undefined) throw new Error("no namespaces");
+    const { vm } = world;
+    const env = environment("nft", {
+      ISTIO_SERVICE_CIDR: "10.96.0.0/12,0.0.0.0/0,FD00:0:0:0:0:0:0:0/64,2001:DB8:0:0:1::/80,::ffff:10.0.0.0/104",
+      ISTIO_SERVICE_EXCLUDE_CIDR: "10.96.0.10,fd00::a",
+    });
+    expect((await vm.cli(["iptables", "apply"], env)).code).toBe(0);
+    const shown = await vm.cli(["iptables", "show"], env);
+    expect(shown).toMatchObject({ code: 0 });
+    expect(shown.stdout).toContain("-A ISTIO_OUTPUT -d 2001:db8:0:0:1::/80 -j ISTIO_REDIRECT");
+    expect(shown.stdout).toContain("-A ISTIO_OUTPUT -d fd00::a/128 -j RETURN");
+    expect((await vm.cli(["iptables", "clean"], {})).code).toBe(0);
+  });
+
   test("ENABLE_INBOUND_IPV6 captures IPv6 inbound; the IPv6 filter table (INPUT) is never touched", async () => {
     if (world === undefined) throw new Error("no namespaces");
     const { vm, peer } = world;
