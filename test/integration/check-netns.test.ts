@@ -135,7 +135,7 @@ describe.skipIf(missing !== undefined)(
           `--conf-dir=${dnsmasqDir}`,
           "--log-facility=-",
         ],
-        { stdio: ["ignore", "ignore", "pipe"] },
+        { stdio: "ignore" },
       );
       if (!waitUntilAnswering) return;
       // Ready when it answers.
