@@ -15,6 +15,7 @@ import { dnsmasqCommand } from "./cli/dnsmasq.js";
 import { envoyCommandModule } from "./cli/envoy.js";
 import { deregisterCommand, registerCommand } from "./cli/register.js";
 import type { CommandContext, CommandRuntime } from "./cli/context.js";
+import { installCommand } from "./cli/install.js";
 import { iptablesCommand } from "./cli/iptables.js";
 import { systemClock } from "./platform/clock.js";
 import { AgentError, UsageError, describeError } from "./platform/errors.js";
@@ -47,6 +48,7 @@ const COMMANDS: readonly CommandFactory[] = [
   devCommand,
   checkCommand,
   bundleCommand,
+  installCommand,
 ];
 
 function exitCodeFor(error: unknown): number {

@@ -19,8 +19,8 @@ import { renderJson, renderTable } from "./render.js";
 
 export interface BundleArgs extends KubeArgs, ProfileArgs {
   from: string | undefined;
-  deb: string | undefined;
-  "no-deb": boolean;
+  /** false with --no-deb (yargs' negation of --deb). */
+  deb: string | false | undefined;
   "service-account": string;
   "service-cidr": string | undefined;
   "auth-policy": "MUTUAL_TLS" | "NONE";
@@ -48,13 +48,9 @@ export function withBundleOptions<T>(y: Argv<T>): Argv<T & BundleArgs> {
     })
     .option("deb", {
       type: "string",
-      describe: "the istio-vm-agent .deb to include (default: dist/istio-vm-agent_<version>_amd64.deb)",
-      requiresArg: true,
-    })
-    .option("no-deb", {
-      type: "boolean",
-      default: false,
-      describe: "leave the .deb out (VMs that already have the package, or cloud-init with --deb-url)",
+      describe:
+        "the istio-vm-agent .deb to include (default: dist/istio-vm-agent_<version>_amd64.deb); --no-deb leaves it " +
+        "out (VMs that already have the package)",
     })
     .option("service-account", {
       alias: "s",
@@ -141,12 +137,10 @@ export function settingsFromArgs(args: Pick<BundleArgs, "svc-ip" | "inbound-port
 
 async function loadDeb(
   rt: CommandRuntime,
-  args: Pick<BundleArgs, "deb" | "no-deb">,
+  args: Pick<BundleArgs, "deb">,
 ): Promise<{ info: DebInfo; data: Uint8Array } | undefined> {
-  if (args["no-deb"]) {
-    if (args.deb !== undefined) throw new AgentError({ code: "USAGE", message: "--deb and --no-deb", kind: "usage" });
-    return undefined;
-  }
+  if (args.deb === false) return undefined;
+  if (args.deb === "") throw new AgentError({ code: "USAGE", message: "--deb needs a path", kind: "usage" });
   const path = args.deb ?? defaultDebPath();
   const stat = await rt.fs.stat(path);
   if (stat === undefined || stat.isDirectory) {
