@@ -70,7 +70,10 @@ function spawnTracked(command: string, args: readonly string[], env?: NodeJS.Pro
 function exited(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) resolve();
-    else child.once("exit", () => resolve());
+    else
+      child.once("exit", () => {
+        resolve();
+      });
   });
 }
 
@@ -81,7 +84,9 @@ function waitForLine(child: ChildProcess, pattern: RegExp): Promise<void> {
       buffer += chunk.toString();
       if (pattern.test(buffer)) resolve();
     });
-    child.once("exit", (code) => reject(new Error(`writer exited (${String(code)}) before ${String(pattern)}`)));
+    child.once("exit", (code) => {
+      reject(new Error(`writer exited (${String(code)}) before ${String(pattern)}`));
+    });
   });
 }
 
