@@ -147,7 +147,7 @@ describe("golden files", () => {
       ISTIO_INBOUND_PORTS: "8080,9090",
       ISTIO_SERVICE_CIDR: "10.96.0.0/12,172.20.0.0/16",
       ISTIO_SERVICE_EXCLUDE_CIDR: "10.96.0.10/32",
-      ISTIO_EXCLUDE_INTERFACES: "docker0",
+      ISTIO_EXCLUDE_INTERFACES: "docker0,veth+",
     },
     "istiod-ipv6": {
       ENVOY_UID: "1337",

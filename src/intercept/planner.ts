@@ -98,9 +98,10 @@ export function settingsFromConfig(values: ConfigValues, proxy: ProxyIds): Inter
   };
 }
 
-const INTERFACE_NAME = /^[A-Za-z0-9_.:@-]{1,15}$/;
+/** Interface names as the kernel allows them (at most 15 characters, no spaces or slashes); `veth+` is a prefix. */
+const INTERFACE_NAME = /^(?=.{1,15}$)[A-Za-z0-9_.:@-]+\+?$/;
 
-/** Interface names as the kernel allows them (at most 15 characters, no spaces or slashes). */
+/** The comma list of ISTIO_EXCLUDE_INTERFACES, trimmed and without duplicates. */
 export function parseInterfaceList(raw: string): string[] {
   return [
     ...new Set(

@@ -69,7 +69,7 @@ export async function interceptionSettings(values: ConfigValues, fs: FileSystem)
     throw new ConfigError(
       bad.map((name) => ({
         subject: "ISTIO_EXCLUDE_INTERFACES",
-        message: `'${name}' is not an interface name (at most 15 letters, digits, '_', '.', '-', ':' or '@')`,
+        message: `'${name}' is not an interface name (at most 15 letters, digits, '_', '.', '-', ':' or '@'; a final '+' matches a prefix)`,
       })),
     );
   }
