@@ -145,7 +145,8 @@ describe("waiting for pending load balancers", () => {
     });
     expect(resolved.addresses.pilot).toBe(LEGACY_ADDRESSES.pilot);
     expect(progress).toHaveLength(3);
-    expect(progress[0]).toContain("istio-system/istio-pilot-ilb");
+    expect(progress[0]).toBe("waiting for a load-balancer address: istio-system/istio-pilot-ilb (0s of 2m)");
+    expect(progress[1]).toContain("(5s of 2m)");
     // Only the pending Service is read again.
     const pilotReads = client.requests.filter((r) => r.path.endsWith("/istio-pilot-ilb")).length;
     expect(pilotReads).toBe(4);

@@ -234,7 +234,7 @@ export async function resolveLoadBalancers(
       });
     }
     options.progress?.(
-      `waiting for a load-balancer address: ${names} (${duration.render(Math.floor(waited / 1000) * 1000) || "0s"} of ${duration.render(options.waitMs)})`,
+      `waiting for a load-balancer address: ${names} (${waited < 1000 ? "0s" : duration.render(Math.floor(waited / 1000) * 1000)} of ${duration.render(options.waitMs)})`,
     );
     await options.clock.sleep(Math.min(options.intervalMs, Math.max(0, options.waitMs - waited)), options.signal);
     pending = still.map((s) => s.target);
