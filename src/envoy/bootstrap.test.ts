@@ -36,7 +36,7 @@ describe("renderBootstrap", () => {
   for (const [name, make] of Object.entries(PROFILES)) {
     it(`${name}: matches its golden file`, async () => {
       await expect(serializeBootstrap(renderBootstrap(await make()))).toMatchFileSnapshot(
-        `__golden__/bootstrap-${name}.json`,
+        `__golden__/bootstrap-${name}.json.golden`,
       );
     });
 
