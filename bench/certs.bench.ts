@@ -1,0 +1,136 @@
+/**
+ * Issue 4's numbers: wall and CPU time of one certificate renewal (new key + CSR + CA call over TLS + verification +
+ * atomic pair replacement in the store) for EC P-256 and RSA-2048 keys, against the dev CA (both protocols), with the
+ * phases measured separately. The dev CA runs in this process, so the CPU time includes the CA's signing (one ECDSA
+ * signature with the dev root) and both ends of the TLS handshake; the note says so.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createCaClient } from "../src/certs/ca-client.js";
+import type { CaProtocol } from "../src/certs/ca-client.js";
+import { createCsr } from "../src/certs/csr.js";
+import type { WorkloadKeyType } from "../src/certs/keys.js";
+import { generateWorkloadKey } from "../src/certs/keys.js";
+import type { RenewContext } from "../src/certs/renew.js";
+import { renewOnce } from "../src/certs/renew.js";
+import { CertStore } from "../src/certs/store.js";
+import { chainWithoutRoots } from "../src/certs/verify.js";
+import { startDevCaServer } from "../src/devplane/ca-server.js";
+import { createMeshCa } from "../src/devplane/mesh-ca.js";
+import { systemClock } from "../src/platform/clock.js";
+import { nodeFileSystem } from "../src/platform/fs.js";
+import { nodeLinkFileSystem } from "../src/platform/links.js";
+
+function row(table: string, name: string, value: string, note?: string): void {
+  process.stdout.write(`${JSON.stringify({ table, case: name, value, ...(note === undefined ? {} : { note }) })}\n`);
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)] ?? NaN;
+}
+
+const ms = (n: number): string => `${n.toFixed(1)} ms`;
+
+async function main(): Promise<void> {
+  const mesh = await createMeshCa();
+  const server = await startDevCaServer({ mesh });
+  const identity = mesh.spiffeId("bench", "vm");
+  const dir = mkdtempSync(join(tmpdir(), "istio-vm-bench-certs-"));
+  try {
+    writeFileSync(join(dir, "root-cert.pem"), mesh.rootCertPem);
+    const installed = await mesh.issueKeyPair({ identity });
+    writeFileSync(join(dir, "key.pem"), installed.keyPem, { mode: 0o600 });
+    writeFileSync(join(dir, "cert-chain.pem"), installed.chainPem);
+    const store = new CertStore({ dir, fs: nodeFileSystem, links: nodeLinkFileSystem });
+
+    for (const protocol of ["istiod", "legacy"] as CaProtocol[]) {
+      const connect = (rootPem: string) =>
+        createCaClient(protocol, {
+          address: { host: "127.0.0.1", port: server.port },
+          serverName: protocol === "legacy" ? "istio-ca" : "istiod.istio-system.svc",
+          rootPem,
+          timeoutMs: 10_000,
+          clusterId: "Kubernetes",
+        });
+      for (const type of ["EC", "RSA"] as WorkloadKeyType[]) {
+        const runs = type === "EC" ? 40 : 15;
+        const context: RenewContext = {
+          store,
+          protocol,
+          connect,
+          clock: systemClock,
+          fs: nodeFileSystem,
+          identity,
+          keySpec: { type },
+          ttlMs: 24 * 3600_000,
+          tokenFile: join(dir, "no-token"),
+        };
+        await renewOnce(context); // warm-up: JIT, first TLS session
+        const walls: number[] = [];
+        const cpu0 = process.cpuUsage();
+        for (let i = 0; i < runs; i++) {
+          const t0 = performance.now();
+          await renewOnce(context);
+          walls.push(performance.now() - t0);
+        }
+        const cpu = process.cpuUsage(cpu0);
+        const label = `${protocol} ${type === "EC" ? "EC P-256" : "RSA-2048"}`;
+        row(
+          "certs",
+          `one renewal, wall (${label})`,
+          ms(median(walls)),
+          `median of ${runs}; keygen + CSR + TLS call + verify + write`,
+        );
+        row(
+          "certs",
+          `one renewal, CPU (${label})`,
+          ms((cpu.user + cpu.system) / 1000 / runs),
+          "user+system per renewal; includes the in-process dev CA's signing and both TLS ends",
+        );
+
+        if (protocol !== "istiod") continue;
+        // The phases, for the istiod protocol (the legacy call differs only in its messages).
+        const phases = { keygen: [] as number[], csr: [] as number[], call: [] as number[], store: [] as number[] };
+        for (let i = 0; i < runs; i++) {
+          const current = await store.read();
+          if (current === undefined) throw new Error("no pair");
+          let t = performance.now();
+          const key = await generateWorkloadKey({ type });
+          phases.keygen.push(performance.now() - t);
+          t = performance.now();
+          const csrPem = await createCsr(key, identity);
+          phases.csr.push(performance.now() - t);
+          t = performance.now();
+          const certs = await connect(mesh.rootCertPem).sign({
+            csrPem,
+            ttlMs: 24 * 3600_000,
+            credential: { kind: "mtls", ...current },
+          });
+          phases.call.push(performance.now() - t);
+          t = performance.now();
+          await store.accept(
+            { keyPem: key.pem, chainPem: chainWithoutRoots(certs, mesh.rootCertPem) },
+            { expectedIdentity: identity, now: Date.now() },
+          );
+          phases.store.push(performance.now() - t);
+        }
+        row(
+          "certs",
+          `phases (${type === "EC" ? "EC" : "RSA"}): keygen / CSR / CA call / verify+write`,
+          `${ms(median(phases.keygen))} / ${ms(median(phases.csr))} / ${ms(median(phases.call))} / ${ms(median(phases.store))}`,
+          "medians; the CA call includes a new TLS connection (mTLS) and the CA's signing; write = 6 fsyncs",
+        );
+      }
+    }
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`${String(error)}\n`);
+  process.exit(1);
+});
