@@ -46,14 +46,16 @@ export interface TlsProber {
   probe(request: TlsProbeRequest): Promise<TlsProbeResult>;
 }
 
-function identity(cert: PeerCertificate | undefined): PeerIdentity | undefined {
-  if (cert === undefined || Object.keys(cert).length === 0) return undefined;
-  const subject = Object.entries(cert.subject)
-    .map(([k, v]) => `${k}=${String(v)}`)
-    .join(", ");
-  const issuer = Object.entries(cert.issuer)
-    .map(([k, v]) => `${k}=${String(v)}`)
-    .join(", ");
+/** `cert` may be null or `{}` after a failed handshake, whatever the declared type says. */
+function identity(cert: PeerCertificate | null | undefined): PeerIdentity | undefined {
+  if (cert === undefined || cert === null || Object.keys(cert).length === 0) return undefined;
+  // Istio's leaves have an empty subject: node then leaves `subject` undefined despite its type.
+  const name = (n: object | undefined): string =>
+    Object.entries(n ?? {})
+      .map(([k, v]) => `${k}=${String(v)}`)
+      .join(", ");
+  const subject = name(cert.subject);
+  const issuer = name(cert.issuer);
   const altNames = (cert.subjectaltname ?? "").split(", ").filter((s) => s !== "");
   return { subject, issuer, altNames, validTo: cert.valid_to };
 }

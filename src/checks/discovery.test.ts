@@ -1,0 +1,216 @@
+import { createServer } from "node:net";
+import type { AddressInfo } from "node:net";
+import { beforeAll, describe, expect, it } from "vitest";
+import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
+import { loadConfig } from "../config/load.js";
+import type { IssuedKeyPair, MeshCa } from "../devplane/mesh-ca.js";
+import { createMeshCa } from "../devplane/mesh-ca.js";
+import { startPilotRest } from "../devplane/pilot-rest.js";
+import { startPilotXds } from "../devplane/pilot-xds.js";
+import { ObjectStore } from "../devplane/store.js";
+import { systemClock } from "../platform/clock.js";
+import { nodeDnsClient } from "../platform/dns.js";
+import { nodeHttpClient } from "../platform/http.js";
+import { createLogger } from "../platform/logger.js";
+import { nodeProcessRunner } from "../platform/process.js";
+import { nodeTlsProber } from "../platform/tls.js";
+import { caCheck } from "./ca.js";
+import type { CheckDeps } from "./check.js";
+import { discoveryCheck } from "./discovery.js";
+
+const signal = new AbortController().signal;
+
+function pilotStore(): ObjectStore {
+  const store = new ObjectStore();
+  store.create("services", {
+    metadata: { name: "istio-pilot", namespace: "istio-system" },
+    spec: { ports: [{ name: "http-discovery", port: 8080 }] },
+  });
+  store.create("endpoints", {
+    metadata: { name: "istio-pilot", namespace: "istio-system" },
+    subsets: [{ addresses: [{ ip: "10.1.0.8" }], ports: [{ name: "http-discovery", port: 8080 }] }],
+  });
+  return store;
+}
+
+async function deps(env: Record<string, string>, files: Record<string, string> = {}): Promise<CheckDeps> {
+  const fs = new MemoryFileSystem(files);
+  const loaded = await loadConfig({ env: { ISTIO_VM_ROOT: "/vm", ISTIO_SVC_IP: "10.0.0.5", ...env }, fs });
+  expect(loaded.problems).toEqual([]);
+  return {
+    values: loaded.values,
+    metadata: { ISTIO_META_AUTO_REGISTER_GROUP: "vms", ISTIO_META_EXTRA: "x" },
+    fs,
+    runner: nodeProcessRunner,
+    clock: systemClock,
+    logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
+    dns: nodeDnsClient,
+    http: nodeHttpClient,
+    tls: nodeTlsProber,
+    hostname: "vm1.example.com",
+    version: "0.1.0",
+    timeoutMs: 3000,
+  };
+}
+
+/** A port nothing listens on (bound, then closed). */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) =>
+    server.close(() => {
+      resolve();
+    }),
+  );
+  return port;
+}
+
+describe("legacy discovery check (Pilot v1 REST)", () => {
+  it("passes with hosts, fails with the HTTP status and a hint on 503 and on no hosts", async () => {
+    const store = pilotStore();
+    const pilot = await startPilotRest({ store });
+    try {
+      const d = await deps({ ISTIO_CONTROL_PLANE: "legacy", PILOT_ADDRESS: `127.0.0.1:${pilot.port}` });
+      const ok = await discoveryCheck(d).run(signal);
+      expect(ok.status).toBe("pass");
+      expect(ok.summary).toBe("pilot ok (1 host for istio-pilot.istio-system.svc.cluster.local|http-discovery)");
+      // The | travels encoded; Pilot decodes it.
+      expect(ok.details[0]).toBe(
+        `GET http://127.0.0.1:${pilot.port}/v1/registration/istio-pilot.istio-system.svc.cluster.local%7Chttp-discovery`,
+      );
+      expect(pilot.requests).toContain("/v1/registration/istio-pilot.istio-system.svc.cluster.local|http-discovery");
+
+      pilot.setFault("registry-unavailable");
+      const unavailable = await discoveryCheck(d).run(signal);
+      expect(unavailable.status).toBe("fail");
+      expect(unavailable.summary).toBe("Pilot answered HTTP 503 (service registry unavailable)");
+      expect(unavailable.hint).toMatch(/kubectl -n istio-system logs deploy\/istio-pilot/);
+      pilot.setFault("none");
+
+      store.delete("endpoints", "istio-system", "istio-pilot");
+      const empty = await discoveryCheck(d).run(signal);
+      expect(empty.summary).toBe(
+        "Pilot knows no endpoints for istio-pilot.istio-system.svc.cluster.local|http-discovery",
+      );
+      expect(empty.hint).toMatch(/get endpoints istio-pilot/);
+    } finally {
+      await pilot.close();
+    }
+  });
+
+  it("names the connection error and points at kubedns when nothing listens", async () => {
+    const d = await deps({ ISTIO_CONTROL_PLANE: "legacy", PILOT_ADDRESS: `127.0.0.1:${await closedPort()}` });
+    const result = await discoveryCheck(d).run(signal);
+    expect(result.summary).toMatch(/^Pilot at 127\.0\.0\.1:\d+ unreachable \(ECONNREFUSED\)$/);
+    expect(result.hint).toMatch(/nothing listens .* check the address for 127\.0\.0\.1 in kubedns/);
+  });
+});
+
+describe("istiod discovery check (ADS)", () => {
+  let ca: MeshCa;
+  let serving: IssuedKeyPair;
+  let workload: IssuedKeyPair;
+  beforeAll(async () => {
+    ca = await createMeshCa();
+    serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
+    workload = await ca.issueKeyPair({ identity: ca.spiffeId("default", "default") });
+  });
+
+  it("sends this VM's node (never AUTO_REGISTER_GROUP) over mTLS, gets clusters and ACKs them", async () => {
+    const xds = await startPilotXds({
+      store: pilotStore(),
+      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem, requireClientCert: true },
+    });
+    try {
+      const d = await deps(
+        { DISCOVERY_ADDRESS: xds.address, ISTIOD_SAN: "istiod.istio-system.svc" },
+        {
+          "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
+          "/vm/etc/certs/cert-chain.pem": workload.chainPem,
+          "/vm/etc/certs/key.pem": workload.keyPem,
+        },
+      );
+      const result = await discoveryCheck(d).run(signal);
+      expect(result.status, result.hint).toBe("pass");
+      expect(result.summary).toMatch(/^pilot ok \(1 cluster, ACKed version \d+\)$/);
+      const request = xds.events.find((e) => e.kind === "request");
+      expect(request?.nodeId).toBe("sidecar~10.0.0.5~vm1.default~default.svc.cluster.local");
+      expect(request?.metadata).toMatchObject({ NAMESPACE: "default", SERVICE_ACCOUNT: "default", EXTRA: "x" });
+      expect(request?.metadata).not.toHaveProperty("AUTO_REGISTER_GROUP");
+      expect(xds.events.some((e) => e.kind === "ack")).toBe(true);
+    } finally {
+      await xds.close();
+    }
+  });
+
+  it("reports PERMISSION_DENIED with the identity hint, and a reset stream with the reset hint", async () => {
+    const xds = await startPilotXds({
+      store: pilotStore(),
+      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem },
+    });
+    try {
+      const files = {
+        "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
+        "/vm/etc/certs/cert-chain.pem": workload.chainPem,
+        "/vm/etc/certs/key.pem": workload.keyPem,
+      };
+      const wrongSa = await deps({ DISCOVERY_ADDRESS: xds.address, SERVICE_ACCOUNT: "other" }, files);
+      const denied = await discoveryCheck(wrongSa).run(signal);
+      expect(denied.summary).toBe(`ADS to ${xds.address} failed: gRPC PERMISSION_DENIED`);
+      expect(denied.hint).toMatch(/SERVICE_ACCOUNT=other/);
+
+      xds.setFault("stream-reset");
+      const d = await deps({ DISCOVERY_ADDRESS: xds.address }, files);
+      const reset = await discoveryCheck(d).run(signal);
+      expect(reset.summary).toBe(`ADS to ${xds.address} failed: gRPC INTERNAL`);
+      expect(reset.hint).toMatch(/^the ADS stream was reset/);
+    } finally {
+      await xds.close();
+    }
+  });
+
+  it("speaks plain text when CONTROL_PLANE_AUTH_POLICY=NONE", async () => {
+    const xds = await startPilotXds({ store: pilotStore() });
+    try {
+      const d = await deps({ CONTROL_PLANE_AUTH_POLICY: "NONE", DISCOVERY_ADDRESS: xds.address });
+      const result = await discoveryCheck(d).run(signal);
+      expect(result.status).toBe("pass");
+      expect(result.details[0]).toBe(`ADS plain text to ${xds.address}`);
+    } finally {
+      await xds.close();
+    }
+  });
+});
+
+describe("CA check", () => {
+  it("passes for the right name and root; names the presented identity otherwise; spots a foreign root", async () => {
+    const ca = await createMeshCa();
+    const other = await createMeshCa();
+    const serving = await ca.issueKeyPair({ dnsNames: ["istio-ca"] });
+    const xds = await startPilotXds({
+      store: pilotStore(),
+      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem },
+    });
+    try {
+      const env = { ISTIO_CONTROL_PLANE: "legacy", CA_ADDR: xds.address };
+      const good = await caCheck(await deps(env, { "/vm/etc/certs/root-cert.pem": ca.rootCertPem })).run(signal);
+      expect(good.status, good.hint).toBe("pass");
+      expect(good.summary).toMatch(/is istio-ca, chain ok$/);
+
+      const wrongName = await caCheck(
+        await deps(
+          { ...env, ISTIOD_SAN: "istiod.istio-system.svc" },
+          { "/vm/etc/certs/root-cert.pem": ca.rootCertPem },
+        ),
+      ).run(signal);
+      expect(wrongName.summary).toBe(`the server at ${xds.address} presents DNS:istio-ca, not istiod.istio-system.svc`);
+
+      const foreign = await caCheck(await deps(env, { "/vm/etc/certs/root-cert.pem": other.rootCertPem })).run(signal);
+      expect(foreign.summary).toBe("the CA's certificate does not chain to /vm/etc/certs/root-cert.pem");
+      expect(foreign.hint).toMatch(/not this mesh's root/);
+    } finally {
+      await xds.close();
+    }
+  });
+});
