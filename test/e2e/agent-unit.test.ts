@@ -21,7 +21,17 @@ const CLUSTER_ENV = [
   "ISTIO_SERVICE_CIDR=10.96.0.0/12",
   "",
 ].join("\n");
-const SIDECAR_ENV = ["ISTIO_SVC_IP=10.0.0.5", "ISTIO_INBOUND_PORTS=8080", ""].join("\n");
+/**
+ * No Envoy in the image (none can be installed here), so the agent runs without its Envoy component; the
+ * interception component runs for real, as istio-proxy with the unit's two capabilities, inside the container's
+ * own network namespace.
+ */
+const SIDECAR_ENV = [
+  "ISTIO_SVC_IP=10.0.0.5",
+  "ISTIO_INBOUND_PORTS=8080",
+  "ISTIO_AGENT_COMPONENTS=interception",
+  "",
+].join("\n");
 
 /**
  * Every path on the machine, minus what the system itself changes while a package comes and goes (dpkg's database
@@ -189,6 +199,10 @@ describe.skipIf(missing !== undefined)("istio-vm-agent.service on a booted Debia
       expect(procStatus).toMatch(/^CapEff:\s+0000000000003000$/m);
       expect(procStatus).toMatch(/^CapBnd:\s+0000000000003000$/m);
       expect(procStatus).toMatch(/^NoNewPrivs:\s+1$/m);
+
+      // The agent (not root) applied the capture of inbound port 8080.
+      const nat = await m.check(["iptables-save", "-t", "nat"]);
+      expect(nat).toMatch(/--dport 8080 /);
     });
 
     it("reloads on systemctl reload: RELOADING…READY, same process, the agent logs it", async () => {
@@ -224,6 +238,9 @@ describe.skipIf(missing !== undefined)("istio-vm-agent.service on a booted Debia
           'e=$(readlink $p/exe 2>/dev/null) && [ "$e" = /usr/bin/istio-vm ] && echo $p; done; true',
       ]);
       expect(leftovers).toBe("");
+      // Stopped means no capture: nothing of the agent's is left in the nat table.
+      const nat = await m.check(["iptables-save", "-t", "nat"]);
+      expect(nat).not.toMatch(/--dport 8080 /);
       const journal = await m.journal(UNIT);
       expect(journal).toContain("agent stopped");
     });
