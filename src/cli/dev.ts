@@ -98,13 +98,20 @@ function parseServicePorts(values: readonly string[]): Map<string, number> {
 }
 
 function renderStart(plane: DevPlane, args: DevArgs, kubeconfigPath: string | undefined): string {
+  const rows: [string, string][] = [
+    ...plane.kubeApi.urls.map((url): [string, string] => ["kubernetes API", url]),
+    ...plane.services.flatMap((s) => s.addresses.map((a): [string, string] => [`${s.name}: ${a.name}`, a.address])),
+    [
+      "service CIDR",
+      `${plane.context.serviceCidrs.map((c) => c.text).join(",")}${args["servicecidr-api"] ? "" : " (no ServiceCIDR API)"}`,
+    ],
+    ["load balancers", `from ${args["lb-ip"]}, assigned after ${args["lb-delay"]}`],
+  ];
+  const width = Math.max(...rows.map(([name]) => name.length));
   const lines = [
     `istio-vm dev: local test double of a Kubernetes cluster with Istio (profile ${args.profile}), real wire protocols`,
     "",
-    ...plane.kubeApi.urls.map((url) => `  kubernetes API   ${url}`),
-    ...plane.services.flatMap((s) => s.addresses.map((a) => `  ${`${s.name} ${a.name}`.padEnd(16)} ${a.address}`)),
-    `  service CIDR     ${plane.context.serviceCidrs.map((c) => c.text).join(",")}${args["servicecidr-api"] ? "" : " (ServiceCIDR API off)"}`,
-    `  load balancers   from ${args["lb-ip"]}, assigned after ${args["lb-delay"]}`,
+    ...rows.map(([name, value]) => `  ${name.padEnd(width)}  ${value}`),
     "",
   ];
   if (kubeconfigPath === undefined) {

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../support/cli.js";
 import { requirements } from "../support/requirements.js";
 import type { DevProcess } from "./dev-process.js";
-import { startDev } from "./dev-process.js";
+import { startDev, startDevText } from "./dev-process.js";
 
 const run = promisify(execFile);
 const missing = requirements({ tools: ["kubectl", "openssl"] });
@@ -293,6 +293,19 @@ describe.skipIf(missing !== undefined)("istio-vm dev lifecycle and usage", () =>
     const dev = await startDev(["--profile", "none"]);
     expect(dev.ready.kubeconfig).toBeNull();
     expect(await dev.stop("SIGINT")).toEqual({ code: 0, signal: null });
+  });
+
+  it("tells a person what it serves and how to use it", async () => {
+    const kc = join(dir, "human.kubeconfig");
+    const dev = await startDevText(["--profile", "istiod", "--write-kubeconfig", kc]);
+    try {
+      expect(dev.stdout).toContain("local test double of a Kubernetes cluster with Istio (profile istiod)");
+      expect(dev.stdout).toMatch(/kubernetes API\s+https:\/\/127\.0\.0\.1:\d+/);
+      expect(dev.stdout).toContain(`export KUBECONFIG=${kc}`);
+      expect(dev.stdout).toContain("kubectl get svc -A");
+    } finally {
+      expect(await dev.stop("SIGTERM")).toEqual({ code: 0, signal: null });
+    }
   });
 
   it("rejects bad flags with exit 2 and a clear message", async () => {

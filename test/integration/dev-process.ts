@@ -24,8 +24,24 @@ export interface DevProcess {
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-export async function startDev(args: readonly string[], timeoutMs = 60_000): Promise<DevProcess> {
-  const child = spawn(process.execPath, [CLI, "dev", "--port", "0", "--json", ...args], {
+export interface DevTextProcess {
+  readonly stdout: string;
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Starts `istio-vm dev` without --json and resolves with what it printed for people once it serves. */
+export async function startDevText(args: readonly string[], timeoutMs = 60_000): Promise<DevTextProcess> {
+  const dev = await startDev(args, timeoutMs, { json: false });
+  return { stdout: dev.text(), stop: (signal) => dev.stop(signal) };
+}
+
+export async function startDev(
+  args: readonly string[],
+  timeoutMs = 60_000,
+  options: { readonly json?: boolean } = {},
+): Promise<DevProcess & { text(): string }> {
+  const json = options.json ?? true;
+  const child = spawn(process.execPath, [CLI, "dev", "--port", "0", ...(json ? ["--json"] : []), ...args], {
     env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: process.env["HOME"] ?? "/tmp" },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -55,6 +71,21 @@ export async function startDev(args: readonly string[], timeoutMs = 60_000): Pro
       }, timeoutMs);
       child.stdout.on("data", (d: Buffer) => {
         stdout += d.toString();
+        if (!json) {
+          if (stdout.includes("Stop with Ctrl-C")) {
+            clearTimeout(timer);
+            resolve({
+              ready: true,
+              profile: "",
+              kubeApi: [],
+              kubeconfig: null,
+              serviceCidr: "",
+              services: [],
+              pid: child.pid ?? 0,
+            });
+          }
+          return;
+        }
         const line = stdout.split("\n").find((l) => l.startsWith("{"));
         if (line !== undefined && stdout.includes("\n")) {
           clearTimeout(timer);
@@ -70,7 +101,7 @@ export async function startDev(args: readonly string[], timeoutMs = 60_000): Pro
         reject(new Error(`istio-vm dev exited with ${String(code)} before it was ready; stderr:\n${stderr}`));
       });
     });
-    return { ready, child, stderr: () => stderr, stop };
+    return { ready, child, stderr: () => stderr, text: () => stdout, stop };
   } catch (error) {
     await stop("SIGKILL");
     throw error;
