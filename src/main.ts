@@ -17,6 +17,7 @@ import { deregisterCommand, registerCommand } from "./cli/register.js";
 import type { CommandContext, CommandRuntime } from "./cli/context.js";
 import { installCommand } from "./cli/install.js";
 import { iptablesCommand } from "./cli/iptables.js";
+import { setupCommand } from "./cli/setup.js";
 import { systemClock } from "./platform/clock.js";
 import { AgentError, UsageError, describeError } from "./platform/errors.js";
 import { nodeFileSystem } from "./platform/fs.js";
@@ -49,6 +50,7 @@ const COMMANDS: readonly CommandFactory[] = [
   checkCommand,
   bundleCommand,
   installCommand,
+  setupCommand,
 ];
 
 function exitCodeFor(error: unknown): number {

@@ -1,0 +1,72 @@
+/**
+ * `setup --cloud-init`: user-data for VMs that install the bundle at first boot (fleets that outgrow SSH, instance
+ * templates, autoscaling groups). cloud-init writes the bundle (base64, 0600, root) with `write_files` and runs the
+ * same bootstrap as `setup` with `runcmd`: the bundle's .deb (checked against SHA256SUMS) when istio-vm is missing,
+ * then `istio-vm install`, then the bundle is deleted. When the bundle has no ISTIO_SVC_IP, each VM takes the source
+ * address of its default route (`ip -4 route get`, no packet is sent).
+ *
+ * Every string in the YAML is a JSON string, which is a valid YAML double-quoted scalar.
+ */
+
+export const BUNDLE_PATH = "/var/lib/istio-vm-setup/bundle.tgz";
+/** User-data size limits of common providers (bytes). */
+export const USER_DATA_LIMITS: readonly { readonly provider: string; readonly bytes: number }[] = [
+  { provider: "AWS EC2", bytes: 16 * 1024 },
+  { provider: "Azure", bytes: 64 * 1024 },
+  { provider: "Google Compute Engine", bytes: 256 * 1024 },
+];
+
+export interface CloudInitInput {
+  readonly bundle: Uint8Array;
+  readonly debMember: string | undefined;
+  readonly bundleHasSvcIp: boolean;
+  readonly comment: readonly string[];
+}
+
+export function firstBootScript(input: Pick<CloudInitInput, "debMember" | "bundleHasSvcIp">): string {
+  const dir = BUNDLE_PATH.slice(0, BUNDLE_PATH.lastIndexOf("/"));
+  const bootstrap =
+    input.debMember === undefined
+      ? [
+          "if ! command -v istio-vm >/dev/null 2>&1; then",
+          "  echo 'istio-vm setup: istio-vm is not installed and the bundle has no .deb' >&2; exit 3",
+          "fi",
+        ]
+      : [
+          "if ! command -v istio-vm >/dev/null 2>&1; then",
+          `  tar -xzf bundle.tgz SHA256SUMS '${input.debMember}'`,
+          `  grep '  ${input.debMember}$' SHA256SUMS | sha256sum -c --quiet -`,
+          `  DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold '${input.debMember}'`,
+          `  rm -f SHA256SUMS '${input.debMember}'`,
+          "fi",
+        ];
+  const svcIp = input.bundleHasSvcIp
+    ? ""
+    : " --set \"ISTIO_SVC_IP=$(ip -4 route get 192.0.2.1 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p')\"";
+  return ["set -eu", `cd ${dir}`, ...bootstrap, `istio-vm install bundle.tgz${svcIp}`, "rm -f bundle.tgz", ""].join(
+    "\n",
+  );
+}
+
+export function renderCloudInit(input: CloudInitInput): string {
+  const q = (s: string): string => JSON.stringify(s);
+  const base64 = Buffer.from(input.bundle).toString("base64");
+  return [
+    "#cloud-config",
+    ...input.comment.map((c) => `# ${c}`),
+    "write_files:",
+    `  - path: ${q(BUNDLE_PATH)}`,
+    `    owner: ${q("root:root")}`,
+    `    permissions: ${q("0600")}`,
+    `    encoding: ${q("b64")}`,
+    `    content: ${q(base64)}`,
+    "runcmd:",
+    `  - [${q("sh")}, ${q("-c")}, ${q(firstBootScript(input))}]`,
+    "",
+  ].join("\n");
+}
+
+/** Providers whose user-data limit the document exceeds. */
+export function exceededLimits(bytes: number): string[] {
+  return USER_DATA_LIMITS.filter((l) => bytes > l.bytes).map((l) => `${l.provider} (${l.bytes / 1024} KiB)`);
+}
