@@ -443,20 +443,14 @@ export class EnvoySupervisor {
       try {
         await this.#o.http.request({ url: `${admin}/drain_listeners?graceful`, method: "POST", timeoutMs: 2000 });
         this.#log.info("draining Envoy's listeners", { seconds: this.#config.ENVOY_DRAIN_DURATION / 1000 });
-        await Promise.race([
-          this.#o.clock.sleep(this.#config.ENVOY_DRAIN_DURATION),
-          Promise.all(all.map((e) => e.child.exited)),
-        ]);
+        await this.#exitedWithin(all, this.#config.ENVOY_DRAIN_DURATION);
       } catch (error) {
         this.#log.warn("could not drain Envoy, stopping it now", { error: describeError(error) });
       }
     }
     for (const e of all) e.child.signal("SIGTERM");
     const timeout = this.#o.killTimeoutMs ?? 5000;
-    const exitedInTime = await Promise.race([
-      Promise.all(all.map((e) => e.child.exited)).then(() => true),
-      this.#o.clock.sleep(timeout).then(() => false),
-    ]);
+    const exitedInTime = await this.#exitedWithin(all, timeout);
     if (!exitedInTime) {
       for (const e of all) {
         if (e.child.signal("SIGKILL")) {
@@ -468,6 +462,22 @@ export class EnvoySupervisor {
     for (const e of all) {
       this.#epochs.delete(e.epoch);
       await this.#o.fs.remove(e.path).catch(() => undefined);
+    }
+  }
+
+  /** True when every epoch exited within `ms`; the timer is cancelled either way (it must not hold the agent). */
+  async #exitedWithin(epochs: readonly Epoch[], ms: number): Promise<boolean> {
+    const cancel = new AbortController();
+    try {
+      return await Promise.race([
+        Promise.all(epochs.map((e) => e.child.exited)).then(() => true),
+        this.#o.clock.sleep(ms, cancel.signal).then(
+          () => false,
+          () => false,
+        ),
+      ]);
+    } finally {
+      cancel.abort();
     }
   }
 
