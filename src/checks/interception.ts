@@ -4,6 +4,7 @@
  * module's own (`src/intercept/`), so `check` agrees with `istio-vm iptables show`.
  */
 import { familyName, readInterception } from "../intercept/applier.js";
+import { AgentError } from "../platform/errors.js";
 import { planInterception } from "../intercept/planner.js";
 import { interceptionSettings } from "../intercept/settings.js";
 import { diffWithPlan } from "../intercept/show.js";
@@ -18,12 +19,24 @@ export function interceptionCheck(deps: CheckDeps): Check {
     description: "istio-vm's iptables chains are present and equal to the plan (`istio-vm iptables show`)",
     async run() {
       const plan = planInterception(await interceptionSettings(deps.values, deps.fs));
-      const shows = await readInterception({
-        runner: deps.runner,
-        choice: deps.values.FORCE_IPTABLES_BINARY,
-        logger: deps.logger.child("iptables"),
-        timeoutMs: Math.max(deps.timeoutMs, 5000),
-      });
+      let shows: Awaited<ReturnType<typeof readInterception>>;
+      try {
+        shows = await readInterception({
+          runner: deps.runner,
+          choice: deps.values.FORCE_IPTABLES_BINARY,
+          logger: deps.logger.child("iptables"),
+          timeoutMs: Math.max(deps.timeoutMs, 5000),
+        });
+      } catch (error) {
+        if (!(error instanceof AgentError)) throw error;
+        return fail(
+          INTERCEPTION_CHECK,
+          error.message,
+          error.code === "IPTABLES_PERMISSION_DENIED"
+            ? "reading iptables needs CAP_NET_ADMIN: run `sudo istio-vm check`"
+            : (error.hint ?? "`istio-vm iptables show` reads the same rules and says more"),
+        );
+      }
       const details: string[] = [];
       const problems: string[] = [];
       let unreadable: string | undefined;
