@@ -1195,6 +1195,8 @@ export async function startKubeApiServer(options: KubeApiServerOptions): Promise
         `${JSON.stringify({ type: event.type, object: { ...event.object, apiVersion: apiVersionOf(target.def), kind: target.def.kind } })}\n`,
       );
     });
+    // Headers go out only now, after the subscription: a client that has them will see every later change.
+    res.flushHeaders();
     const timeoutSeconds = Number(url.searchParams.get("timeoutSeconds") ?? "1800");
     const timer = setTimeout(() => res.end(), Math.min(Math.max(timeoutSeconds, 1), 3600) * 1000);
     watches.add(res);

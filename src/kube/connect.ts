@@ -181,6 +181,12 @@ export async function createKubeClient(options: CreateKubeClientOptions): Promis
       { server: cluster.server },
     );
   }
+  if (cluster.proxyUrl !== undefined) {
+    options.logger?.warn(
+      `cluster "${context.clusterName}" sets proxy-url ${cluster.proxyUrl}, which istio-vm does not support: connecting to the server directly`,
+      { server: cluster.server },
+    );
+  }
   const credentials = await credentialsFor(context, options, caPem);
   options.logger?.debug("kubernetes API", {
     server: cluster.server,

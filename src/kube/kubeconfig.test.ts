@@ -186,6 +186,25 @@ contexts:
     );
   });
 
+  it("resolves an exec command with a slash against the kubeconfig's directory, and leaves bare names to PATH", async () => {
+    const path = write(
+      "exec/config",
+      `current-context: c
+clusters: [{name: k, cluster: {server: "https://k"}}]
+contexts: [{name: c, context: {cluster: k, user: u}}, {name: d, context: {cluster: k, user: v}}]
+users:
+- {name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: ./bin/login}}}
+- {name: v, user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: aws, args: [eks, get-token]}}}
+`,
+    );
+    const config = await loadKubeconfig({ kubeconfig: path, env: {}, fs: nodeFileSystem });
+    expect(resolveContext(config).user.exec?.command).toBe(join(dir, "exec", "bin", "login"));
+    expect(resolveContext(config, { context: "d" }).user.exec).toMatchObject({
+      command: "aws",
+      args: ["eks", "get-token"],
+    });
+  });
+
   it("reads an exec plugin section", () => {
     const parsed = parseKubeconfig(GKE, "/home/me/.kube/config");
     expect(parsed.users[0]?.[1].exec).toMatchObject({

@@ -3,6 +3,7 @@
  * and the errors an operator must be able to act on.
  */
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { request } from "node:https";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -404,5 +405,51 @@ describe("API semantics the admin commands rely on", () => {
     });
     expect(updated["status"]).toEqual(gw["status"]);
     expect(updated.metadata.labels).toEqual({ changed: "yes" });
+  });
+
+  it("streams watch events (what kubectl get -w uses) filtered by name", async () => {
+    const url = new URL(
+      "/api/v1/namespaces/default/configmaps?watch=true&fieldSelector=metadata.name%3Dwatched",
+      server,
+    );
+    const events: { type: string; object: KubeObject }[] = [];
+    let subscribed: () => void = () => undefined;
+    const watching = new Promise<void>((resolve) => (subscribed = resolve));
+    const done = new Promise<void>((resolve, reject) => {
+      const req = request(
+        url,
+        { ca: caPem, cert: plane.credentials.adminCertPem, key: plane.credentials.adminKeyPem },
+        (res) => {
+          subscribed();
+          let buffer = "";
+          res.on("data", (chunk: Buffer) => {
+            buffer += chunk.toString();
+            const lines = buffer.split("\n");
+            buffer = lines.pop() ?? "";
+            for (const line of lines) events.push(JSON.parse(line) as { type: string; object: KubeObject });
+            if (events.length >= 2) {
+              req.destroy();
+              resolve();
+            }
+          });
+          res.on("error", reject);
+        },
+      );
+      req.on("error", (error) => {
+        if (events.length < 2) reject(error);
+      });
+      req.end();
+    });
+    const kube = await client(kubeconfig("admin-watch", { token: plane.credentials.tokenUserToken }));
+    // The server sends the response headers only after it has subscribed to changes.
+    await watching;
+    await kube.create("/api/v1/namespaces/default/configmaps", { metadata: { name: "ignored" } });
+    await kube.create("/api/v1/namespaces/default/configmaps", { metadata: { name: "watched" }, data: { a: "1" } });
+    await kube.delete("/api/v1/namespaces/default/configmaps/watched");
+    await done;
+    expect(events.map((e) => [e.type, e.object.kind, e.object.metadata.name])).toEqual([
+      ["ADDED", "ConfigMap", "watched"],
+      ["DELETED", "ConfigMap", "watched"],
+    ]);
   });
 });
