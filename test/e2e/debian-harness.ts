@@ -195,7 +195,7 @@ export async function bootDebian(options: BootOptions): Promise<DebianMachine> {
       // SIGRTMIN+4 asks systemd for a clean poweroff; nspawn exits when init does.
       if (leader !== undefined) {
         try {
-          process.kill(leader, "SIGRTMIN+4" as NodeJS.Signals);
+          process.kill(leader, "SIGRTMIN+4");
         } catch {
           // Already gone.
         }
@@ -237,7 +237,11 @@ export async function bootDebian(options: BootOptions): Promise<DebianMachine> {
     );
     closeSync(out);
     const child = nspawn;
-    exited = new Promise((resolve) => child.once("exit", () => resolve()));
+    exited = new Promise((resolve) =>
+      child.once("exit", () => {
+        resolve();
+      }),
+    );
     child.once("error", () => undefined);
 
     const deadline = Date.now() + (options.bootTimeoutMs ?? 120_000);

@@ -133,7 +133,11 @@ describe.skipIf(missing !== undefined)("the Debian package", () => {
     });
     let stderr = "";
     child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const exit = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    const exit = new Promise<number | null>((resolve) =>
+      child.on("exit", (code) => {
+        resolve(code);
+      }),
+    );
     try {
       const ready = await Promise.race([
         notify.waitFor("READY", "1"),
