@@ -7,8 +7,8 @@ import { AgentError } from "../platform/errors.js";
 import type { FileSystem } from "../platform/fs.js";
 import { duration, ValueError } from "../config/types.js";
 import type { KubeClient } from "../kube/client.js";
-import type { ControlPlaneProfile } from "../kube/profile.js";
-import { DEFAULT_ISTIO_NAMESPACE, PROFILES } from "../kube/profile.js";
+import type { ControlPlaneProfile, DetectedProfile } from "../kube/profile.js";
+import { DEFAULT_ISTIO_NAMESPACE, PROFILES, detectProfile, detectRevision } from "../kube/profile.js";
 import type { KubeArgs } from "./kube-options.js";
 import { kubeClientFor } from "./kube-options.js";
 import type { CommandRuntime } from "./context.js";
@@ -16,6 +16,7 @@ import type { CommandRuntime } from "./context.js";
 export interface ProfileArgs {
   "istio-namespace": string;
   profile: ControlPlaneProfile | undefined;
+  revision: string | undefined;
 }
 
 export function withProfileOptions<T>(y: Argv<T>): Argv<T & ProfileArgs> {
@@ -29,7 +30,34 @@ export function withProfileOptions<T>(y: Argv<T>): Argv<T & ProfileArgs> {
     .option("profile", {
       choices: PROFILES,
       describe: "control-plane generation; default: detected (Service istiod ⇒ istiod, istio-pilot ⇒ legacy)",
+    })
+    .option("revision", {
+      type: "string",
+      describe: "istiod revision (istioctl install --revision REV): use Service istiod-<REV>",
+      requiresArg: true,
     });
+}
+
+/** The profile from --revision (Service istiod-<rev> must exist), --profile, or detection. */
+export async function profileFor(client: KubeClient, args: ProfileArgs): Promise<DetectedProfile> {
+  if (args.revision !== undefined) {
+    if (args.profile === "legacy") {
+      throw new AgentError({
+        code: "USAGE",
+        message: "--revision applies to istiod; the legacy control plane has no revisions",
+        kind: "usage",
+      });
+    }
+    if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(args.revision)) {
+      throw new AgentError({
+        code: "USAGE",
+        message: `--revision: '${args.revision}' is not a revision name`,
+        kind: "usage",
+      });
+    }
+    return detectRevision(client, args["istio-namespace"], args.revision);
+  }
+  return detectProfile(client, args["istio-namespace"], args.profile);
 }
 
 /** How a command gets its KubeClient; tests pass one that returns a fake. */

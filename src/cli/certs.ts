@@ -11,9 +11,8 @@ import { dnsLabel, dnsName, ValueError } from "../config/types.js";
 import type { BootstrapBundle } from "../kube/bootstrap-certs.js";
 import { fetchIstiodBootstrap, fetchLegacyCerts, writeBundle } from "../kube/bootstrap-certs.js";
 import type { ControlPlaneProfile } from "../kube/profile.js";
-import { detectProfile } from "../kube/profile.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
-import { connectKube, parseDurationFlag, withProfileOptions } from "./admin-options.js";
+import { connectKube, profileFor, parseDurationFlag, withProfileOptions } from "./admin-options.js";
 import { certsRenewCommand } from "./certs-renew.js";
 import { certsStatusCommand } from "./certs-status.js";
 import type { CommandRuntime } from "./context.js";
@@ -124,7 +123,7 @@ export function certsCommand(
       const serviceAccount = validName("service account", args.sa ?? "default", dnsName);
       const namespace = validName("namespace", args.ns ?? client.namespace, dnsLabel);
       const trustDomain = validName("--trust-domain", args["trust-domain"], dnsName);
-      const detected = await detectProfile(client, args["istio-namespace"], args.profile);
+      const detected = await profileFor(client, args);
       const now = rt.clock.now();
       let bundle: BootstrapBundle;
       if (detected.profile === "legacy") {

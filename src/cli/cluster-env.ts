@@ -4,9 +4,8 @@ import { dnsLabel, dnsName, portsOrAll, ValueError } from "../config/types.js";
 import type { ServiceCidr } from "../kube/cluster-env.js";
 import { clusterEnvEntries, discoverServiceCidr, planClusterEnv, readMeshSettings } from "../kube/cluster-env.js";
 import type { ControlPlaneProfile } from "../kube/profile.js";
-import { detectProfile } from "../kube/profile.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
-import { connectKube, emitFile, withProfileOptions } from "./admin-options.js";
+import { connectKube, profileFor, emitFile, withProfileOptions } from "./admin-options.js";
 import type { CommandRuntime } from "./context.js";
 import type { KubeArgs } from "./kube-options.js";
 import { KUBE_OPTIONS_EPILOGUE, withKubeOptions } from "./kube-options.js";
@@ -140,7 +139,7 @@ export function clusterEnvCommand(
       checked("service-account", args["service-account"], (raw) => dnsName.parse(raw));
       const client = await connect(rt, args);
       const istioNamespace = args["istio-namespace"];
-      const detected = await detectProfile(client, istioNamespace, args.profile);
+      const detected = await profileFor(client, args);
       const serviceCidr = await discoverServiceCidr(client, {
         ...(args["service-cidr"] === undefined ? {} : { flag: args["service-cidr"] }),
         probeNamespace: client.namespace,
@@ -173,6 +172,7 @@ export function clusterEnvCommand(
         authPolicy: args["auth-policy"],
         ...(args["inbound-ports"] === undefined ? {} : { inboundPorts: args["inbound-ports"] }),
         ...(workload === undefined ? {} : { workload }),
+        istiodService: detected.istiodService,
       };
       const content = planClusterEnv(input);
       const written = await emitFile(rt, { path: args.output, content });

@@ -2,9 +2,8 @@ import type { CommandModule } from "yargs";
 import type { LbAddresses, LbRole } from "../kube/kubedns.js";
 import { DEFAULT_LB_OPTIONS, kubednsTargets, planKubedns, resolveLoadBalancers } from "../kube/kubedns.js";
 import type { ControlPlaneProfile } from "../kube/profile.js";
-import { detectProfile } from "../kube/profile.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
-import { connectKube, emitFile, parseDurationFlag, withProfileOptions } from "./admin-options.js";
+import { connectKube, profileFor, emitFile, parseDurationFlag, withProfileOptions } from "./admin-options.js";
 import type { CommandRuntime } from "./context.js";
 import type { KubeArgs } from "./kube-options.js";
 import { KUBE_OPTIONS_EPILOGUE, withKubeOptions } from "./kube-options.js";
@@ -98,7 +97,7 @@ export function dnsmasqCommand(
       const intervalMs = Math.max(100, parseDurationFlag("poll-interval", args["poll-interval"]));
       const client = await connect(rt, args);
       const istioNamespace = args["istio-namespace"];
-      const detected = await detectProfile(client, istioNamespace, args.profile);
+      const detected = await profileFor(client, args);
       const targets = kubednsTargets(detected.profile, {
         istioNamespace,
         dnsNamespace: args["dns-namespace"],
@@ -117,7 +116,7 @@ export function dnsmasqCommand(
       for (const missing of resolved.absent) {
         rt.err(`note: no Service ${missing}; the VM resolves cluster names some other way (no server= line)\n`);
       }
-      const content = planKubedns(detected.profile, resolved.addresses, istioNamespace);
+      const content = planKubedns(detected.profile, resolved.addresses, istioNamespace, detected.istiodService);
       const written = await emitFile(rt, { path: args.output, content });
       if (rt.options.json) {
         const report: DnsmasqReport = {

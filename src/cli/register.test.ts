@@ -108,6 +108,23 @@ describe("generated files", () => {
     ).rejects.toMatchObject({ code: "OUTPUT_IS_DIRECTORY" });
   });
 
+  it("cluster-env --revision uses istiod-<rev> and fails clearly when it does not exist", async () => {
+    const client = new FakeKubeClient();
+    await seedIstiodCluster(client.store);
+    client.store.create("services", {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { name: "istiod-canary", namespace: "istio-system" },
+    });
+    const { out } = await run(clusterEnvCommand as Factory, ["cluster-env", "--revision", "canary"], client);
+    expect(out).toContain("ISTIOD_SAN='istiod-canary.istio-system.svc'\n");
+    await expect(
+      run(clusterEnvCommand as Factory, ["cluster-env", "--revision", "stable"], client),
+    ).rejects.toMatchObject({
+      code: "REVISION_NOT_FOUND",
+    });
+  });
+
   it("dnsmasq prints the file on standard output without -o", async () => {
     const client = new FakeKubeClient();
     await seedIstiodCluster(client.store);

@@ -3,9 +3,8 @@ import { AgentError } from "../platform/errors.js";
 import type { DeregisterReport, ObjectAction, RegisterReport } from "../kube/register.js";
 import { deregister, parseKeyValues, parsePortSpecs, register, validateTarget } from "../kube/register.js";
 import { renderYaml } from "../kube/kubeconfig-yaml.js";
-import { detectProfile } from "../kube/profile.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
-import { connectKube, withProfileOptions } from "./admin-options.js";
+import { connectKube, profileFor, withProfileOptions } from "./admin-options.js";
 import type { CommandRuntime } from "./context.js";
 import type { KubeArgs } from "./kube-options.js";
 import { KUBE_OPTIONS_EPILOGUE, withKubeOptions } from "./kube-options.js";
@@ -54,7 +53,7 @@ function summary(actions: readonly ObjectAction[]): string {
 }
 
 async function requireIstiod(client: Awaited<ReturnType<KubeConnector>>, args: ProfileArgs): Promise<void> {
-  const detected = await detectProfile(client, args["istio-namespace"], args.profile);
+  const detected = await profileFor(client, args);
   if (detected.profile !== "istiod") {
     throw new AgentError({
       code: "WORKLOAD_ENTRY_NEEDS_ISTIOD",

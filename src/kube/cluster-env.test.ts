@@ -82,6 +82,44 @@ describe("planClusterEnv", () => {
   });
 });
 
+describe("revisioned istiod", () => {
+  it("writes the addresses and TLS name of istiod-<rev>, which the agent's defaults do not know", () => {
+    const text = planClusterEnv({
+      profile: "istiod",
+      serviceCidr: "10.96.0.0/12",
+      systemNamespace: "istio-system",
+      authPolicy: "NONE",
+      istiodService: "istiod-1-22",
+      workload: {
+        namespace: "default",
+        serviceAccount: "default",
+        trustDomain: "cluster.local",
+        clusterId: "Kubernetes",
+      },
+    });
+    expect(text).toContain("CA_ADDR='istiod-1-22.istio-system.svc:15012'\n");
+    expect(text).toContain("PILOT_ADDRESS='istiod-1-22.istio-system.svc:15012'\n");
+    expect(text).toContain("DISCOVERY_ADDRESS='istiod-1-22.istio-system.svc:15010'\n");
+    expect(text).toContain("ISTIOD_SAN='istiod-1-22.istio-system.svc'\n");
+  });
+  it("writes none of them for plain istiod", () => {
+    const text = planClusterEnv({
+      profile: "istiod",
+      serviceCidr: "10.96.0.0/12",
+      systemNamespace: "istio-system",
+      authPolicy: "MUTUAL_TLS",
+      istiodService: "istiod",
+      workload: {
+        namespace: "default",
+        serviceAccount: "default",
+        trustDomain: "cluster.local",
+        clusterId: "Kubernetes",
+      },
+    });
+    expect(text).not.toMatch(/CA_ADDR|PILOT_ADDRESS|DISCOVERY_ADDRESS|ISTIOD_SAN/);
+  });
+});
+
 describe("parseValidRange", () => {
   it("reads the range from the API server's allocation error", () => {
     const message =
@@ -181,6 +219,7 @@ describe("the agent reads what cluster-env writes", () => {
       systemNamespace: "istio-system",
       authPolicy: "MUTUAL_TLS",
       inboundPorts: "3306",
+      istiodService: "istiod-1-22",
       workload: {
         namespace: "shop",
         serviceAccount: "mysql-vm",
@@ -204,6 +243,7 @@ describe("the agent reads what cluster-env writes", () => {
       expect(loaded.values.SERVICE_ACCOUNT).toBe("mysql-vm");
       expect(loaded.values.POD_NAMESPACE).toBe("shop");
       expect(loaded.values.TRUST_DOMAIN).toBe("example.org");
+      expect(loaded.values.ISTIOD_SAN).toBe("istiod-1-22.istio-system.svc");
     }
   });
 });

@@ -233,6 +233,11 @@ export interface ClusterEnvInput {
   readonly inboundPorts?: string;
   /** Required for the istiod profile. */
   readonly workload?: IstiodWorkload;
+  /**
+   * istiod's Service when it is not `istiod` (a revisioned install, `istiod-<rev>`): the agent's default addresses
+   * and TLS name then have to be written out, as istioctl writes CA_ADDR.
+   */
+  readonly istiodService?: string;
 }
 
 export interface EnvEntry {
@@ -260,6 +265,16 @@ export function clusterEnvEntries(input: ClusterEnvInput): EnvEntry[] {
     { key: "TRUST_DOMAIN", value: w.trustDomain },
     { key: "ISTIO_META_CLUSTER_ID", value: w.clusterId },
   );
+  const istiod = input.istiodService;
+  if (istiod !== undefined && istiod !== "istiod") {
+    const host = `${istiod}.${input.systemNamespace}.svc`;
+    entries.push(
+      { key: "CA_ADDR", value: `${host}:15012` },
+      { key: "PILOT_ADDRESS", value: `${host}:15012` },
+      { key: "DISCOVERY_ADDRESS", value: `${host}:${input.authPolicy === "NONE" ? 15010 : 15012}` },
+      { key: "ISTIOD_SAN", value: host },
+    );
+  }
   if (w.meshId !== undefined) entries.push({ key: "ISTIO_META_MESH_ID", value: w.meshId });
   if (w.network !== undefined) entries.push({ key: "ISTIO_META_NETWORK", value: w.network });
   if (w.workloadName !== undefined) {

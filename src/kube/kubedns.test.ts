@@ -111,6 +111,12 @@ describe("kubedns, istiod profile", () => {
     ).rejects.toMatchObject({ code: "LB_ADDRESS_INVALID" });
   });
 
+  it("names a revisioned istiod as istiod-<rev>", () => {
+    expect(planKubedns("istiod", { istiod: "192.0.2.10" }, "istio-system", "istiod-canary")).toBe(
+      "address=/istiod-canary/192.0.2.10\naddress=/istiod-canary.istio-system/192.0.2.10\naddress=/istiod-canary.istio-system.svc/192.0.2.10\n",
+    );
+  });
+
   it("refuses a load balancer that has only a host name", async () => {
     const client = new FakeKubeClient();
     await seedIstiodCluster(client.store);

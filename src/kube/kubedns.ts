@@ -75,10 +75,15 @@ function requireAddress(addresses: LbAddresses, role: LbRole): string {
 
 /**
  * Legacy: exactly the 0.2.12–0.7.1 file (legacy-mesh-expansion.md §1.1). istiod: `istiod`, `istiod.<ns>` and
- * `istiod.<ns>.svc` (the discovery address and TLS name the agent dials) → the gateway, and kube-dns when its load
- * balancer exists.
+ * `istiod.<ns>.svc` (the discovery address and TLS name the agent dials; `istiod-<rev>` for a revisioned install) →
+ * the gateway, and kube-dns when its load balancer exists.
  */
-export function planKubedns(profile: ControlPlaneProfile, addresses: LbAddresses, istioNamespace: string): string {
+export function planKubedns(
+  profile: ControlPlaneProfile,
+  addresses: LbAddresses,
+  istioNamespace: string,
+  istiodService = "istiod",
+): string {
   const lines: string[] = [];
   const dns = addresses.dns;
   if (dns !== undefined) lines.push(`server=/svc.cluster.local/${requireAddress(addresses, "dns")}`);
@@ -95,7 +100,11 @@ export function planKubedns(profile: ControlPlaneProfile, addresses: LbAddresses
     }
   } else {
     const ip = requireAddress(addresses, "istiod");
-    for (const name of ["istiod", `istiod.${istioNamespace}`, `istiod.${istioNamespace}.svc`]) {
+    for (const name of [
+      istiodService,
+      `${istiodService}.${istioNamespace}`,
+      `${istiodService}.${istioNamespace}.svc`,
+    ]) {
       lines.push(`address=/${name}/${ip}`);
     }
   }

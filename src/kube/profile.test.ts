@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { detectProfile } from "./profile.js";
+import { detectProfile, detectRevision, istiodServiceName } from "./profile.js";
 import { FakeKubeClient, lbService } from "../../test/fakes/kube-client.js";
 
 function clientWith(...services: string[]): FakeKubeClient {
@@ -13,6 +13,7 @@ describe("detectProfile", () => {
     await expect(detectProfile(clientWith("istiod"), "istio-system")).resolves.toEqual({
       profile: "istiod",
       evidence: "service istio-system/istiod",
+      istiodService: "istiod",
     });
   });
   it("detects legacy from Service istio-pilot", async () => {
@@ -34,5 +35,24 @@ describe("detectProfile", () => {
     const client = clientWith();
     await expect(detectProfile(client, "istio-system", "legacy")).resolves.toMatchObject({ profile: "legacy" });
     expect(client.requests).toEqual([]);
+  });
+});
+
+describe("detectRevision", () => {
+  it("finds istiod-<rev>, and names it when missing", async () => {
+    const client = clientWith("istiod-1-22");
+    await expect(detectRevision(client, "istio-system", "1-22")).resolves.toEqual({
+      profile: "istiod",
+      evidence: "service istio-system/istiod-1-22",
+      istiodService: "istiod-1-22",
+    });
+    await expect(detectRevision(client, "istio-system", "canary")).rejects.toMatchObject({
+      code: "REVISION_NOT_FOUND",
+      message: expect.stringContaining('"istiod-canary"') as unknown,
+    });
+  });
+  it("treats the default revision as plain istiod", () => {
+    expect(istiodServiceName("default")).toBe("istiod");
+    expect(istiodServiceName(undefined)).toBe("istiod");
   });
 });

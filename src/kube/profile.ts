@@ -40,6 +40,31 @@ export interface DetectedProfile {
   readonly profile: ControlPlaneProfile;
   /** The Service that decided it (`istiod` or `istio-pilot`), or undefined when the profile was given. */
   readonly evidence: string | undefined;
+  /** istiod's Service name: `istiod`, or `istiod-<revision>` for a revisioned control plane. */
+  readonly istiodService: string;
+}
+
+/** `istiod`, or `istiod-<rev>` as a revisioned install names its Service. */
+export function istiodServiceName(revision?: string): string {
+  return revision === undefined || revision === "" || revision === "default" ? "istiod" : `istiod-${revision}`;
+}
+
+/** A revisioned istiod (`istioctl install --revision REV`): Service `istiod-<rev>` must exist. One GET. */
+export async function detectRevision(
+  client: KubeClient,
+  istioNamespace: string,
+  revision: string,
+): Promise<DetectedProfile> {
+  const service = istiodServiceName(revision);
+  if ((await getIfExists(client, corePath("services", istioNamespace, service))) === undefined) {
+    throw new AgentError({
+      code: "REVISION_NOT_FOUND",
+      message: `Service "${service}" (istiod revision ${revision}) does not exist in namespace ${istioNamespace}`,
+      subject: `${client.server} namespace ${istioNamespace}`,
+      hint: `list the revisions with: kubectl -n ${istioNamespace} get services -l app=istiod`,
+    });
+  }
+  return { profile: "istiod", evidence: `service ${istioNamespace}/${service}`, istiodService: service };
 }
 
 /**
@@ -51,17 +76,17 @@ export async function detectProfile(
   istioNamespace: string,
   given?: ControlPlaneProfile,
 ): Promise<DetectedProfile> {
-  if (given !== undefined) return { profile: given, evidence: undefined };
+  if (given !== undefined) return { profile: given, evidence: undefined, istiodService: "istiod" };
   if ((await getIfExists(client, corePath("services", istioNamespace, "istiod"))) !== undefined) {
-    return { profile: "istiod", evidence: `service ${istioNamespace}/istiod` };
+    return { profile: "istiod", evidence: `service ${istioNamespace}/istiod`, istiodService: "istiod" };
   }
   if ((await getIfExists(client, corePath("services", istioNamespace, "istio-pilot"))) !== undefined) {
-    return { profile: "legacy", evidence: `service ${istioNamespace}/istio-pilot` };
+    return { profile: "legacy", evidence: `service ${istioNamespace}/istio-pilot`, istiodService: "istiod" };
   }
   throw new AgentError({
     code: "PROFILE_NOT_DETECTED",
     message: `neither Service "istiod" (Istio 1.x) nor "istio-pilot" (Istio 0.2–0.8) exists in namespace ${istioNamespace}`,
     subject: `${client.server} namespace ${istioNamespace}`,
-    hint: "pass --istio-namespace if the control plane runs in another namespace, or --profile istiod|legacy to skip detection",
+    hint: "pass --istio-namespace if the control plane runs in another namespace, --revision for a revisioned istiod, or --profile istiod|legacy to skip detection",
   });
 }
