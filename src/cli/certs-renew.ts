@@ -5,6 +5,7 @@ import { RenewError, renewOnce } from "../certs/renew.js";
 import { createRenewContext, reprovisionHint } from "../certs/setup.js";
 import { AgentError } from "../platform/errors.js";
 import { nodeLinkFileSystem } from "../platform/links.js";
+import { withCertAccess } from "./certs-access.js";
 import type { CommandRuntime } from "./context.js";
 import { renderJson } from "./render.js";
 
@@ -17,6 +18,7 @@ const HINTS: Partial<Record<RenewError["reason"], string>> = {
   chain: "the CA signs with a root other than root-cert.pem; re-install root-cert.pem from the cluster",
   identity: "the CA issued a certificate for another identity; check SERVICE_ACCOUNT, POD_NAMESPACE and TRUST_DOMAIN",
   "no-root": "install root-cert.pem with `istio-vm install`",
+  write: "OUTPUT_CERTS must be writable by the user running this (root, or ENVOY_USER as the agent runs)",
 };
 
 export function certsRenewCommand(runtime: () => CommandRuntime): CommandModule<object, object> {
@@ -45,7 +47,7 @@ export function certsRenewCommand(runtime: () => CommandRuntime): CommandModule<
       });
       let result;
       try {
-        result = await renewOnce(context);
+        result = await withCertAccess(config.OUTPUT_CERTS, () => renewOnce(context));
       } catch (error) {
         if (!(error instanceof RenewError)) throw error;
         const hint =

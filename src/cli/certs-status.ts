@@ -5,6 +5,7 @@ import type { CertStatusReport } from "../certs/status.js";
 import { certStatus, formatDuration } from "../certs/status.js";
 import { createRenewContext } from "../certs/setup.js";
 import { nodeLinkFileSystem } from "../platform/links.js";
+import { withCertAccess } from "./certs-access.js";
 import type { CommandRuntime } from "./context.js";
 import { renderJson } from "./render.js";
 
@@ -68,7 +69,7 @@ export function certsStatusCommand(runtime: () => CommandRuntime): CommandModule
         clock: rt.clock,
         uid: process.getuid?.(),
       });
-      const report = await certStatus(config, context);
+      const report = await withCertAccess(config.OUTPUT_CERTS, () => certStatus(config, context));
       rt.out(rt.options.json ? renderJson(report) : renderCertStatus(report));
       if (!report.chainOk) rt.exitCode = 1;
     },

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import type { CertFixture } from "../../test/support/cert-fixture.js";
 import { NAMESPACE, SERVICE_ACCOUNT, createCertFixture } from "../../test/support/cert-fixture.js";
 import { createCaClient } from "../certs/ca-client.js";
+import { nodeProcessRunner } from "../platform/process.js";
 import { createCsr } from "../certs/csr.js";
 import { generateWorkloadKey } from "../certs/keys.js";
 import { RenewError, renewOnce } from "../certs/renew.js";
@@ -46,6 +47,22 @@ describe.each(["legacy", "istiod"] as const)("dev CA over TLS, %s protocol", (pr
     expect((await stat(join(fixture.dir, "key.pem"))).mode & 0o777).toBe(0o600);
     expect((await stat(join(fixture.dir, "cert-chain.pem"))).mode & 0o777).toBe(0o644);
     expect(fixture.server.calls.at(-1)).toMatchObject({ protocol, authenticatedBy: "certificate", outcome: "issued" });
+    // Real signing: openssl agrees the new certificate chains to the dev root and is fit for both TLS ends.
+    for (const purpose of ["sslclient", "sslserver"]) {
+      const result = await nodeProcessRunner.run(
+        "openssl",
+        [
+          "verify",
+          "-purpose",
+          purpose,
+          "-CAfile",
+          join(fixture.dir, "root-cert.pem"),
+          join(fixture.dir, "cert-chain.pem"),
+        ],
+        { timeoutMs: 20_000 },
+      );
+      expect(result.stdout + result.stderr).toMatch(/: OK/);
+    }
   });
 
   it("honours the requested lifetime (capped by the CA)", async () => {
