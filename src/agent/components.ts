@@ -3,6 +3,7 @@
  * configuration → certificates valid → interception applied → Envoy started and ready → READY=1.
  * ISTIO_AGENT_COMPONENTS selects a subset (interception is also left out with ISTIO_CUSTOM_IP_TABLES=true).
  */
+import { discoveryCheckComponent } from "../checks/component.js";
 import { envoyComponent } from "../envoy/component.js";
 import { interceptionComponent } from "../intercept/component.js";
 import type { ComponentFactory } from "./component.js";
@@ -12,6 +13,7 @@ type ComponentName = "certificates" | "interception" | "envoy" | "discovery";
 const ORDERED: readonly [ComponentName, ComponentFactory][] = [
   ["interception", interceptionComponent],
   ["envoy", envoyComponent],
+  ["discovery", discoveryCheckComponent],
 ];
 
 export const AGENT_COMPONENTS: readonly ComponentFactory[] = ORDERED.map(
