@@ -14,14 +14,20 @@ import type { InterceptionPlan } from "../../src/intercept/planner.js";
 import { planInterception } from "../../src/intercept/planner.js";
 import { interceptionSettings } from "../../src/intercept/settings.js";
 import { nodeFileSystem } from "../../src/platform/fs.js";
-import { CLI } from "../support/cli.js";
 import { requirements } from "../support/requirements.js";
 import type { Listener } from "./iptables-netns.js";
-import { Namespace, connect, link, listen } from "./iptables-netns.js";
+import { Namespace, cliPath, connect, link, listen, pinCli, unpinCli } from "./iptables-netns.js";
 
 const missing = requirements({
   root: true,
   tools: ["ip", "setpriv", "python3", "iptables-nft-restore", "iptables-legacy-restore", "ip6tables-nft-restore"],
+});
+
+beforeAll(async () => {
+  if (missing === undefined) await pinCli();
+});
+afterAll(async () => {
+  await unpinCli();
 });
 
 const VM = "10.250.7.1";
@@ -250,7 +256,7 @@ describe.skipIf(missing !== undefined)("`istio-vm agent` (interception only) and
 
   /** Starts the built agent inside the vm namespace and resolves once it logged "agent ready". */
   async function startAgent(vm: Namespace): Promise<ChildProcessWithoutNullStreams> {
-    const child = spawn("ip", ["netns", "exec", vm.name, process.execPath, CLI, "agent"], {
+    const child = spawn("ip", ["netns", "exec", vm.name, process.execPath, cliPath(), "agent"], {
       env: {
         PATH: process.env["PATH"] ?? "/usr/sbin:/usr/bin",
         ISTIO_VM_ROOT: root,
@@ -389,7 +395,10 @@ describe.skipIf(missing !== undefined)("back-end detection and IPv6", () => {
       const filterBefore = await v6.must("ip6tables-nft-save", ["-t", "filter"]);
       const env = environment("nft", { ENABLE_INBOUND_IPV6: "true", ISTIO_SERVICE_CIDR: "" });
       const applied = await v6.cli(["iptables", "apply"], env);
-      expect(applied.stdout).toContain("IPv6 (ip6tables-nft-restore): 5 rules applied");
+      expect(applied).toMatchObject({
+        code: 0,
+        stdout: expect.stringContaining("IPv6 (ip6tables-nft-restore): 5 rules applied") as unknown,
+      });
       expect(await connect(v6peer, "fd00:250::1", 8080)).toBe("vm 15006 fd00:250::1:8080");
       const strip = (s: string): string => s.replace(/^#.*$/gm, "");
       expect(strip(await v6.must("ip6tables-nft-save", ["-t", "filter"]))).toBe(strip(filterBefore));

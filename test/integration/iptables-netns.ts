@@ -6,9 +6,44 @@
 import type { ChildProcessWithoutNullStreams } from "node:child_process";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { copyFile, mkdir, rm } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import type { ProcessRunner, RunResult } from "../../src/platform/process.js";
 import { nodeProcessRunner } from "../../src/platform/process.js";
 import { CLI } from "../support/cli.js";
+
+let pinnedCli = CLI;
+
+/**
+ * Copies the built CLI to a private file and checks that the copy runs, then uses it for `Namespace.cli`. Other
+ * integration runs in the same tree rebuild dist/ (not atomically) while these tests run; a half-written bundle
+ * would fail a test for no reason of its own.
+ */
+export async function pinCli(): Promise<void> {
+  const dir = join(dirname(CLI), "..", ".cache", "test");
+  await mkdir(dir, { recursive: true });
+  const pinned = join(dir, `istio-vm-${process.pid}.cjs`);
+  for (let attempt = 0; attempt < 10; attempt++) {
+    await copyFile(CLI, pinned);
+    const r = await nodeProcessRunner.run(process.execPath, [pinned, "--version"], { timeoutMs: 30_000 });
+    if (r.code === 0) {
+      pinnedCli = pinned;
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  throw new Error(`${CLI} does not run`);
+}
+
+/** The CLI bundle the tests run (the pinned copy once `pinCli` ran). */
+export function cliPath(): string {
+  return pinnedCli;
+}
+
+export async function unpinCli(): Promise<void> {
+  if (pinnedCli !== CLI) await rm(pinnedCli, { force: true });
+  pinnedCli = CLI;
+}
 
 export async function sh(command: string, args: readonly string[], input?: string): Promise<RunResult> {
   const result = await nodeProcessRunner.run(command, args, {
@@ -71,7 +106,7 @@ export class Namespace {
    * such as `setpriv --reuid=…` (to run it as another user, with or without capabilities).
    */
   cli(args: readonly string[], env: Record<string, string>, wrapper: readonly string[] = []): Promise<RunResult> {
-    return nodeProcessRunner.run("ip", ["netns", "exec", this.name, ...wrapper, process.execPath, CLI, ...args], {
+    return nodeProcessRunner.run("ip", ["netns", "exec", this.name, ...wrapper, process.execPath, pinnedCli, ...args], {
       env: { PATH: process.env["PATH"] ?? "/usr/sbin:/usr/bin:/sbin:/bin", ...env },
       timeoutMs: 60_000,
     });
