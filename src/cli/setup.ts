@@ -273,7 +273,7 @@ export function setupCommand(
             connectTimeoutS: Math.max(1, Math.round(connectMs / 1000)),
           },
           bundlePath: bundle.path,
-          remoteName: `.istio-vm-bundle-${sha256(bundle.bytes).slice(0, 12)}.tgz`,
+          remoteName: `.istio-vm-bundle-${sha256(bundle.bytes).slice(0, 12)}`,
           debMember,
           bundleHasSvcIp,
           ...(args["remote-command"] === undefined ? {} : { remoteCommand: args["remote-command"] }),

@@ -28,7 +28,7 @@ export interface SetupSettings {
   readonly ssh: SshSettings;
   /** Local path of the bundle. */
   readonly bundlePath: string;
-  /** Name the bundle gets in the remote login directory. */
+  /** Start of the name the bundle gets in the remote login directory (see remoteBundleName). */
   readonly remoteName: string;
   /** The bundle's .deb member, for the bootstrap (undefined: the bundle has none). */
   readonly debMember: string | undefined;
@@ -100,6 +100,14 @@ export function shellQuote(word: string): string {
   return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
+/**
+ * The bundle's name in the login directory: per host, because home directories are often shared between VMs (NFS),
+ * where one host's clean-up would otherwise remove another's copy mid-install.
+ */
+export function remoteBundleName(settings: Pick<SetupSettings, "remoteName">, rawHost: string): string {
+  return `${settings.remoteName}-${parseHost(rawHost).host.replace(/[^A-Za-z0-9.-]/g, "_")}.tgz`;
+}
+
 function commonArgs(settings: SshSettings, portFlag: "-p" | "-P"): string[] {
   return [
     "-o",
@@ -115,14 +123,14 @@ function commonArgs(settings: SshSettings, portFlag: "-p" | "-P"): string[] {
 export function copyCommand(settings: SetupSettings, rawHost: string): { command: string; args: string[] } {
   const { user, host } = parseHost(rawHost);
   const login = user ?? settings.ssh.user;
-  const target = `${login === undefined ? "" : `${login}@`}${isIP(host) === 6 ? `[${host}]` : host}:${settings.remoteName}`;
+  const target = `${login === undefined ? "" : `${login}@`}${isIP(host) === 6 ? `[${host}]` : host}:${remoteBundleName(settings, rawHost)}`;
   const [command = "scp", ...pre] = settings.ssh.scp;
   return { command, args: [...pre, ...commonArgs(settings.ssh, "-P"), "-q", settings.bundlePath, target] };
 }
 
 /** The remote shell script run after the copy (pure). */
 export function remoteScript(settings: SetupSettings, rawHost: string): string {
-  const bundle = shellQuote(settings.remoteName);
+  const bundle = shellQuote(remoteBundleName(settings, rawHost));
   const cleanup = `rc=$?; rm -f ${bundle}; exit $rc`;
   if (settings.remoteCommand !== undefined) {
     const command = settings.remoteCommand.replaceAll("{bundle}", bundle).replaceAll("{host}", shellQuote(rawHost));
@@ -198,7 +206,15 @@ async function setupHost(host: string, settings: SetupSettings, ports: SetupPort
   for (const { step, phase, line } of steps) {
     for (let attempt = 1; ; attempt++) {
       attempts++;
-      update(phase, attempt, step === "copy" ? `scp ${settings.remoteName}` : "ssh: istio-vm install");
+      update(
+        phase,
+        attempt,
+        step === "copy"
+          ? "scp bundle"
+          : settings.remoteCommand === undefined
+            ? "ssh: istio-vm install"
+            : "ssh: remote command",
+      );
       let code: number | null;
       let stderr: string;
       try {
