@@ -126,6 +126,18 @@ export class EnvoySupervisor {
 
   /** Starts epoch 0 and resolves once it is ready; rejects when the restart budget runs out first, or on abort. */
   async start(signal: AbortSignal): Promise<void> {
+    const binary = this.#config.ENVOY_BINARY;
+    const stat = await this.#o.fs.stat(binary);
+    if (stat === undefined || stat.isDirectory || (stat.mode & 0o111) === 0) {
+      // Not a transient failure: retrying with backoff would only delay the message.
+      throw new AgentError({
+        code: "ENVOY_NOT_FOUND",
+        kind: "config",
+        subject: binary,
+        message: `no Envoy executable at ${binary} (ENVOY_BINARY)${stat === undefined ? "" : ": not an executable file"}`,
+        hint: "install Envoy (Istio's istio-sidecar package or Envoy's own puts it at /usr/local/bin/envoy) or set ENVOY_BINARY",
+      });
+    }
     this.#owner = await this.#resolveOwner();
     const ready = new Promise<void>((resolve, reject) => {
       this.#firstReady = { resolve, reject };

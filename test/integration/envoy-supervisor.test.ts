@@ -286,6 +286,15 @@ describe("Envoy supervisor with the stand-in", () => {
     expect(records(vm).filter((r) => alive(r.pid))).toEqual([]);
   });
 
+  it("refuses to start without an Envoy executable, saying where it looked", async () => {
+    const vm = await makeVm({ sidecar: "ENVOY_BINARY=/nonexistent/envoy" });
+    await expect(vm.supervisor.start(new AbortController().signal)).rejects.toMatchObject({
+      code: "ENVOY_NOT_FOUND",
+      subject: "/nonexistent/envoy",
+    });
+    expect(records(vm)).toEqual([]);
+  });
+
   it("stop drains the listeners first, then SIGTERM; the bootstrap files go", async () => {
     const vm = await makeVm();
     await vm.supervisor.start(new AbortController().signal);
