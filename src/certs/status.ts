@@ -35,7 +35,12 @@ export interface CertStatusReport {
   /** The agent's renewal time without jitter, and the ± spread the jitter adds. */
   readonly renewal?: { readonly at: string; readonly inSeconds: number; readonly jitterSeconds: number };
   /** istiod: the service-account token used when there is no valid certificate. */
-  readonly token?: { readonly path: string; readonly present: boolean };
+  readonly token?: {
+    readonly path: string;
+    readonly present: boolean;
+    readonly expiresAt?: string;
+    readonly expired?: boolean;
+  };
 }
 
 function summarize(info: CertificateInfo): CertificateSummary {
@@ -51,9 +56,27 @@ function summarize(info: CertificateInfo): CertificateSummary {
   };
 }
 
-async function hasToken(context: RenewContext): Promise<boolean> {
-  const text = await context.fs.readTextIfExists(context.tokenFile);
-  return text !== undefined && text.trim() !== "";
+/** The `exp` claim of a JWT, read without verifying it (the CA verifies; this is for the status line only). */
+export function tokenExpiry(token: string): number | undefined {
+  const payload = token.split(".")[1];
+  if (payload === undefined) return undefined;
+  try {
+    const claims = JSON.parse(Buffer.from(payload, "base64url").toString("utf8")) as { exp?: unknown };
+    return typeof claims.exp === "number" ? claims.exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function tokenStatus(context: RenewContext, now: number): Promise<NonNullable<CertStatusReport["token"]>> {
+  const text = (await context.fs.readTextIfExists(context.tokenFile))?.trim();
+  if (text === undefined || text === "") return { path: context.tokenFile, present: false };
+  const exp = tokenExpiry(text);
+  return {
+    path: context.tokenFile,
+    present: true,
+    ...(exp === undefined ? {} : { expiresAt: new Date(exp).toISOString(), expired: exp <= now }),
+  };
 }
 
 export async function certStatus(config: ConfigValues, context: RenewContext): Promise<CertStatusReport> {
@@ -74,9 +97,7 @@ export async function certStatus(config: ConfigValues, context: RenewContext): P
     chainOk: current.state === "valid",
     ...(current.state === "missing" ? { problem: current.problem } : {}),
     ...(current.state === "invalid" ? { problem: current.problem.message } : {}),
-    ...(config.ISTIO_CONTROL_PLANE === "istiod"
-      ? { token: { path: context.tokenFile, present: await hasToken(context) } }
-      : {}),
+    ...(config.ISTIO_CONTROL_PLANE === "istiod" ? { token: await tokenStatus(context, now) } : {}),
   };
   if (info === undefined) return base;
   const validity = { notBefore: info.notBefore.getTime(), notAfter: info.notAfter.getTime() };

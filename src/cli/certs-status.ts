@@ -38,7 +38,13 @@ export function renderCertStatus(report: CertStatusReport): string {
   rows.push(["files", `${report.paths.key}, ${report.paths.chain}`]);
   rows.push(["CA", `${report.caAddress} (${report.controlPlane})`]);
   if (report.token !== undefined) {
-    rows.push(["token", `${report.token.path} (${report.token.present ? "present" : "absent"})`]);
+    const token = report.token;
+    const state = !token.present
+      ? "absent"
+      : token.expiresAt === undefined
+        ? "present"
+        : `${token.expired === true ? "EXPIRED at" : "present, expires"} ${token.expiresAt.replace(/\.\d{3}Z$/, "Z")}`;
+    rows.push(["token", `${token.path} (${state}; used only while there is no valid certificate)`]);
   }
   const width = Math.max(...rows.map(([k]) => k.length));
   return `${rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join("\n")}\n`;

@@ -63,7 +63,7 @@ describe("istio-vm certs status / renew", () => {
       certificate: { uris: string[]; serialNumber: string; issuer: string };
       renewal: { inSeconds: number };
       expiresInSeconds: number;
-      token: { present: boolean };
+      token: { present: boolean; expiresAt: string; expired: boolean };
     };
     expect(report.chainOk).toBe(true);
     expect(report.certificate.uris).toEqual([report.identity]);
@@ -72,12 +72,17 @@ describe("istio-vm certs status / renew", () => {
     expect(report.expiresInSeconds).toBeGreaterThan(23 * 3600);
     expect(report.renewal.inSeconds).toBeGreaterThan(11 * 3600);
     expect(report.renewal.inSeconds).toBeLessThan(13 * 3600);
-    expect(report.token.present).toBe(true);
+    expect(report.token).toMatchObject({ present: true, expired: false });
+    // The admin's token lives an hour (cert-fixture); status shows when a new one will be needed.
+    expect(Date.parse(report.token.expiresAt) - Date.now()).toBeGreaterThan(3500_000);
 
     const text = await runCli(["certs", "status"], { env });
     expect(text.stdout).toMatch(/^identity\s+spiffe:\/\/cluster.local\/ns\/vmns\/sa\/vm-sa$/m);
     expect(text.stdout).toMatch(/^not after\s+\S+Z \(in 23h5\dm\)$/m);
     expect(text.stdout).toMatch(/^chain\s+ok: verifies to/m);
+    expect(text.stdout).toMatch(
+      /^token\s+\S+istio-token \(present, expires \S+Z; used only while there is no valid certificate\)$/m,
+    );
 
     const second = await runCli(["certs", "renew", "--json"], { env });
     expect(second.code).toBe(0);
