@@ -505,15 +505,12 @@ export class EnvoySupervisor {
   async #removeStaleSharedMemory(): Promise<void> {
     const dir = this.#config.ISTIO_SHM_DIR;
     const uid = this.#owner?.uid ?? this.#o.uid;
-    let names: string[];
-    try {
-      names = await this.#o.fs.readdir(dir);
-    } catch {
-      return;
-    }
-    for (const name of names.filter((n) => n.startsWith("envoy_shared_memory_"))) {
+    // Only this base id's region: another Envoy on the machine (another base id) keeps its own. Envoy since 1.14
+    // names it base id × 10, older ones base id itself; for the default 0 both are envoy_shared_memory_0.
+    const base = this.#config.ENVOY_BASE_ID;
+    for (const name of new Set([`envoy_shared_memory_${base * 10}`, `envoy_shared_memory_${base}`])) {
       const path = join(dir, name);
-      const stat = await this.#o.fs.stat(path);
+      const stat = await this.#o.fs.stat(path).catch(() => undefined);
       if (stat === undefined || stat.uid === uid) continue;
       try {
         await this.#o.fs.remove(path);

@@ -378,12 +378,16 @@ describe("Envoy supervisor with the stand-in", () => {
       const stale = join(vm.shm, "envoy_shared_memory_0");
       writeFileSync(stale, "");
       chownSync(stale, 0, 0);
+      // Another Envoy's region (base id 7), which is none of this agent's business.
+      const other = join(vm.shm, "envoy_shared_memory_70");
+      writeFileSync(other, "");
       await vm.supervisor.start(new AbortController().signal);
       const [record] = records(vm);
       expect(record).toMatchObject({ uid: 65534, gid: 65534 });
       expect(statSync(stale).uid).toBe(65534);
       expect(statSync(bootstrapPath(vm.proxyDir, 0)).uid).toBe(65534);
       expect(vm.lines.join("")).toContain("removed stale Envoy shared memory owned by another user");
+      expect(statSync(other).uid).toBe(0);
     },
   );
 });
