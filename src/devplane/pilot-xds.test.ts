@@ -1,6 +1,14 @@
 import { beforeAll, describe, expect, it } from "vitest";
+import * as grpc from "@grpc/grpc-js";
 import { AdsProbeError, probeAds } from "../xds/ads-client.js";
-import type { XdsNode } from "../xds/protos.js";
+import type { DiscoveryRequest, DiscoveryResponse, XdsNode } from "../xds/protos.js";
+import {
+  ADS_METHOD,
+  ENDPOINT_TYPE_URL,
+  decodeDiscoveryResponse,
+  encodeDiscoveryRequest,
+  unpackClusterLoadAssignment,
+} from "../xds/protos.js";
 import type { IssuedKeyPair, MeshCa } from "./mesh-ca.js";
 import { createMeshCa } from "./mesh-ca.js";
 import { loadAssignment, startPilotXds } from "./pilot-xds.js";
@@ -150,6 +158,85 @@ describe("dev Pilot ADS server", () => {
       expect(xds.events.filter((e) => e.kind === "response").length).toBe(before);
       expect((await probeAds({ target: xds.address, node, timeoutMs: 5000 })).clusters.length).toBe(3);
     } finally {
+      await xds.close();
+    }
+  });
+});
+
+describe("dev Pilot ADS server, EDS and NACK over the wire", () => {
+  it("answers EDS for the named clusters, records a NACK, and pushes on an endpoints change", async () => {
+    const store = seed();
+    const xds = await startPilotXds({ store });
+    const client = new grpc.Client(xds.address, grpc.credentials.createInsecure());
+    const call = client.makeBidiStreamRequest<DiscoveryRequest, DiscoveryResponse>(
+      ADS_METHOD,
+      encodeDiscoveryRequest,
+      decodeDiscoveryResponse,
+      new grpc.Metadata(),
+      { deadline: Date.now() + 10_000 },
+    );
+    const responses: DiscoveryResponse[] = [];
+    const waiters: (() => void)[] = [];
+    call.on("data", (r: DiscoveryResponse) => {
+      responses.push(r);
+      for (const w of waiters.splice(0)) w();
+    });
+    call.on("error", () => undefined);
+    const nextResponse = async (count: number): Promise<DiscoveryResponse> => {
+      while (responses.length < count) await new Promise<void>((resolve) => waiters.push(resolve));
+      return responses[count - 1] as DiscoveryResponse;
+    };
+    const cluster = "outbound|80||hello.default.svc.cluster.local";
+    try {
+      call.write({
+        version_info: "",
+        node,
+        resource_names: [cluster],
+        type_url: ENDPOINT_TYPE_URL,
+        response_nonce: "",
+      });
+      const first = await nextResponse(1);
+      expect(first.type_url).toBe(ENDPOINT_TYPE_URL);
+      expect(first.resources.map(unpackClusterLoadAssignment)).toMatchObject([
+        {
+          cluster_name: cluster,
+          endpoints: [
+            {
+              lb_endpoints: [{ endpoint: { address: { socket_address: { address: "10.1.1.1", port_value: 8080 } } } }],
+            },
+          ],
+        },
+      ]);
+
+      call.write({
+        version_info: "",
+        resource_names: [cluster],
+        type_url: ENDPOINT_TYPE_URL,
+        response_nonce: first.nonce,
+        error_detail: { code: 3, message: "rejected for the test" },
+      });
+      // The NACK must reach the server before the push below makes its nonce stale.
+      for (let i = 0; i < 200 && !xds.events.some((e) => e.kind === "nack"); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      const ep = store.get("endpoints", "default", "hello");
+      store.update("endpoints", {
+        ...ep,
+        subsets: [{ addresses: [{ ip: "10.1.1.9" }], ports: [{ name: "http", port: 8081 }] }],
+      });
+      const pushed = await nextResponse(2);
+      expect(pushed.nonce).not.toBe(first.nonce);
+      expect(
+        pushed.resources.map(unpackClusterLoadAssignment)[0]?.endpoints[0]?.lb_endpoints[0]?.endpoint.address
+          .socket_address,
+      ).toMatchObject({ address: "10.1.1.9", port_value: 8081 });
+      expect(xds.events.find((e) => e.kind === "nack")).toMatchObject({
+        nonce: first.nonce,
+        detail: "rejected for the test",
+      });
+    } finally {
+      call.cancel();
+      client.close();
       await xds.close();
     }
   });
