@@ -67,8 +67,8 @@ export function certsRenewCommand(runtime: () => CommandRuntime): CommandModule<
         serialNumber: result.info.serialNumber,
         issuer: result.info.issuer,
         keyType: result.info.keyType,
-        notBefore: result.info.notBefore.toISOString(),
-        notAfter: result.info.notAfter.toISOString(),
+        notBefore: result.info.notBefore.toISOString().replace(/\.000Z$/, "Z"),
+        notAfter: result.info.notAfter.toISOString().replace(/\.000Z$/, "Z"),
         files: { key: context.store.paths.key, chain: context.store.paths.chain },
       };
       rt.out(

@@ -1,13 +1,16 @@
 /**
  * The Istio CA as a dev service of `istio-vm dev`: both protocols (legacy HandleCSR, istiod CreateCertificate) on one
  * TLS port, signing with the dev mesh root; service-account tokens are checked with the dev API's verifier (audience
- * `istio-ca`, as istiod's TokenReview does). `ISTIO_VM_DEV_CA_FAULT` (e.g. `unavailable`, `delay:5000`) starts it with
- * a fault in force; tests change it later with `setRemoteCaFault`.
+ * `istio-ca`, as istiod's TokenReview does). Environment knobs for `istio-vm dev` run as a subprocess:
+ * `ISTIO_VM_DEV_CA_FAULT` (e.g. `unavailable`, `delay:5000`) starts it with a fault in force (tests change it later
+ * with `setRemoteCaFault`); `ISTIO_VM_DEV_CA_DEFAULT_TTL` / `ISTIO_VM_DEV_CA_MAX_TTL` (e.g. `2m`, `24h`) set the
+ * lifetime given when none is requested and the cap on requested lifetimes.
  */
 import type { DevService } from "./dev-plane.js";
 import type { CaFault, DevCaServer } from "./ca-server.js";
 import { parseCaFault, startDevCaServer } from "./ca-server.js";
 import { DEFAULT_TOKEN_AUDIENCE } from "./sa-tokens.js";
+import { duration } from "../config/types.js";
 
 export interface DevCaServiceOptions {
   /** Lifetime of workload certificates when the caller asks for none (default 24 h). */
@@ -24,8 +27,21 @@ export function devCaService(options: DevCaServiceOptions = {}): DevService {
     name: "ca",
     async start(ctx) {
       const faultText = (options.env ?? process.env)["ISTIO_VM_DEV_CA_FAULT"];
+
       let fault: CaFault | undefined;
       if (faultText !== undefined && faultText !== "") fault = parseCaFault(faultText);
+      const env = options.env ?? process.env;
+      const ttl = (name: string, fallback: number | undefined): number | undefined => {
+        const raw = env[name];
+        if (raw === undefined || raw === "") return fallback;
+        try {
+          return duration.parse(raw);
+        } catch (error) {
+          throw new Error(`${name}: ${(error as Error).message}`, { cause: error });
+        }
+      };
+      const defaultTtlMs = ttl("ISTIO_VM_DEV_CA_DEFAULT_TTL", options.defaultTtlMs);
+      const maxTtlMs = ttl("ISTIO_VM_DEV_CA_MAX_TTL", options.maxTtlMs);
       const [host = "127.0.0.1", ...extraHosts] = ctx.listenHosts;
       const port = ctx.ports.get("ca");
       const server = await startDevCaServer({
@@ -33,8 +49,8 @@ export function devCaService(options: DevCaServiceOptions = {}): DevService {
         host,
         extraHosts,
         ...(port === undefined ? {} : { port }),
-        ...(options.defaultTtlMs === undefined ? {} : { defaultTtlMs: options.defaultTtlMs }),
-        ...(options.maxTtlMs === undefined ? {} : { maxTtlMs: options.maxTtlMs }),
+        ...(defaultTtlMs === undefined ? {} : { defaultTtlMs }),
+        ...(maxTtlMs === undefined ? {} : { maxTtlMs }),
         ...(fault === undefined ? {} : { fault }),
         legacyLayout: "0.8",
         verifyToken: (token) => {

@@ -37,7 +37,12 @@ describe.each(["legacy", "istiod"] as const)("bootstrap and renewal against isti
       lbDelayMs: 0,
       trustDomain: "cluster.local",
       workloadCertTtlMs: 19 * 3600_000,
-      services: [devCaService({ onStarted: (server) => (ca = server) })],
+      services: [
+        devCaService({
+          env: { ISTIO_VM_DEV_CA_MAX_TTL: "2h" },
+          onStarted: (server) => (ca = server),
+        }),
+      ],
       logger: silentLogger,
     });
     if (ca === undefined) throw new Error("the dev CA did not start");
@@ -61,6 +66,7 @@ describe.each(["legacy", "istiod"] as const)("bootstrap and renewal against isti
       ISTIO_TOKEN_FILE: join(certsDir, "istio-token"),
       POD_NAMESPACE: "default",
       SERVICE_ACCOUNT: "default",
+      SECRET_TTL: "90m",
     };
     const first = await runCli(["certs", "renew", "--json"], { env: vm });
     expect(first.code, first.stderr).toBe(0);
@@ -70,10 +76,17 @@ describe.each(["legacy", "istiod"] as const)("bootstrap and renewal against isti
     });
     const second = await runCli(["certs", "renew", "--json"], { env: vm });
     expect(second.code, second.stderr).toBe(0);
-    expect(JSON.parse(second.stdout)).toMatchObject({ authenticatedBy: "certificate" });
+    const renewed = JSON.parse(second.stdout) as { authenticatedBy: string; notBefore: string; notAfter: string };
+    expect(renewed.authenticatedBy).toBe("certificate");
+    // SECRET_TTL=90m is within the CA's 2 h cap (mesh-ca backdates NotBefore by a minute).
+    expect(Date.parse(renewed.notAfter) - Date.parse(renewed.notBefore)).toBe(91 * 60_000);
+    // Above the cap the CA refuses, as istiod does with MAX_WORKLOAD_CERT_TTL, and the pair stays.
+    const tooLong = await runCli(["certs", "renew"], { env: { ...vm, SECRET_TTL: "3h" } });
+    expect(tooLong.code).toBe(1);
+    expect(tooLong.stderr).toMatch(/greater than the max allowed TTL/);
     const status = await runCli(["certs", "status"], { env: vm });
     expect(status.code, status.stdout).toBe(0);
     expect(status.stdout).toMatch(/^chain\s+ok/m);
-    expect(ca.calls.map((c) => c.outcome)).toEqual(["issued", "issued"]);
+    expect(ca.calls.map((c) => c.outcome)).toEqual(["issued", "issued", "INTERNAL"]);
   });
 });
