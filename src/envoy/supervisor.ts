@@ -543,12 +543,32 @@ export class EnvoySupervisor {
   /** An Envoy not ours holding the admin port (a previous run's, field-notes §2.5) would make epoch 0 fail. */
   async #quitStaleEnvoy(): Promise<void> {
     const admin = `http://127.0.0.1:${this.#config.ENVOY_ADMIN_PORT}`;
+    let body: string;
     try {
-      await this.#o.http.request({ url: `${admin}/server_info`, timeoutMs: 1000 });
+      body = (await this.#o.http.request({ url: `${admin}/server_info`, timeoutMs: 1000 })).body.toString("utf8");
     } catch {
       return; // nothing listens: the usual case
     }
-    this.#log.warn("an Envoy that is not this agent's holds the admin port; asking it to quit", { admin });
+    const busy = (what: string): AgentError =>
+      new AgentError({
+        code: "ENVOY_ADMIN_PORT_BUSY",
+        message: `${what} holds 127.0.0.1:${this.#config.ENVOY_ADMIN_PORT}, Envoy's admin port (ENVOY_ADMIN_PORT)`,
+        subject: admin,
+        hint: "find it with `ss -ltnp` and stop it, or change ENVOY_ADMIN_PORT",
+      });
+    // Only an Envoy this VM's agent started earlier is stopped: same node id, or a bootstrap of ours.
+    let options: { service_node?: string; config_path?: string } | undefined;
+    try {
+      options = (JSON.parse(body) as { command_line_options?: typeof options }).command_line_options;
+    } catch {
+      // not an Envoy
+    }
+    const node = serviceNode({ config: this.#config, extraMetadata: {}, hostname: this.#o.hostname });
+    const ours =
+      options?.service_node === node ||
+      options?.config_path?.startsWith(join(this.#config.ISTIO_PROXY_CONFIG_DIR, "envoy-rev")) === true;
+    if (!ours) throw busy(options === undefined ? "a process that is not Envoy" : "an Envoy that is not this VM's");
+    this.#log.warn("an Envoy left over from an earlier run holds the admin port; asking it to quit", { admin });
     try {
       await this.#o.http.request({ url: `${admin}/quitquitquit`, method: "POST", timeoutMs: 1000 });
     } catch {
@@ -562,12 +582,7 @@ export class EnvoySupervisor {
       }
       await this.#o.clock.sleep(100);
     }
-    throw new AgentError({
-      code: "ENVOY_ADMIN_PORT_BUSY",
-      message: `another process keeps 127.0.0.1:${this.#config.ENVOY_ADMIN_PORT} (Envoy's admin port)`,
-      subject: admin,
-      hint: "find it with `ss -ltnp` and stop it, or change ENVOY_ADMIN_PORT",
-    });
+    throw busy("an Envoy that does not quit");
   }
 
   /** Who Envoy runs as: ENVOY_USER when the agent is root; the agent's own user otherwise. */

@@ -336,23 +336,22 @@ describe("Envoy supervisor with the stand-in", () => {
     expect(vm.supervisor.status().ready).toBe(true);
   });
 
-  it("asks an Envoy left holding the admin port to quit before epoch 0", async () => {
-    const vm = await makeVm();
-    // A previous run's Envoy, not started by this supervisor, on the same admin port.
+  async function staleEnvoy(vm: Vm, serviceNode: string): Promise<{ exit: Promise<unknown>; running: () => boolean }> {
+    // A previous run's Envoy (or somebody else's), not started by this supervisor, on the same admin port.
     const staleBootstrap = join(vm.root, "stale.json");
     writeFileSync(
       staleBootstrap,
       JSON.stringify({ admin: { address: { socket_address: { address: "127.0.0.1", port_value: vm.adminPort } } } }),
     );
     const { spawn } = await import("node:child_process");
-    const stale = spawn(FAKE_ENVOY, ["-c", staleBootstrap, "--base-id", "7"], {
+    const stale = spawn(FAKE_ENVOY, ["-c", staleBootstrap, "--base-id", "7", "--service-node", serviceNode], {
       env: { PATH: process.env["PATH"], FAKE_ENVOY_SOCKET_DIR: vm.shm, FAKE_ENVOY_RECORD_DIR: vm.records },
       stdio: "ignore",
     });
     cleanups.push(() => {
       if (stale.exitCode === null && stale.signalCode === null) stale.kill("SIGKILL");
     });
-    const staleExit = new Promise((r) => stale.on("exit", r));
+    const exit = new Promise((r) => stale.on("exit", r));
     await until("stale admin up", () => records(vm).length === 1);
     for (;;) {
       try {
@@ -362,11 +361,25 @@ describe("Envoy supervisor with the stand-in", () => {
         await new Promise((r) => setTimeout(r, 50));
       }
     }
+    return { exit, running: () => stale.exitCode === null && stale.signalCode === null };
+  }
+
+  it("asks an Envoy of this VM's left holding the admin port to quit before epoch 0", async () => {
+    const vm = await makeVm();
+    const stale = await staleEnvoy(vm, "sidecar~10.0.0.5~vm-1.default~default.svc.cluster.local");
     await vm.supervisor.start(new AbortController().signal);
-    await staleExit;
-    expect(vm.lines.join("")).toContain("an Envoy that is not this agent's holds the admin port");
+    await stale.exit;
+    expect(vm.lines.join("")).toContain("an Envoy left over from an earlier run holds the admin port");
     const info = JSON.parse((await adminGet(vm, "/server_info")).body) as { command_line_options: { base_id: string } };
     expect(info.command_line_options.base_id).toBe("0");
+  });
+
+  it("leaves somebody else's Envoy on the admin port alone and fails with ENVOY_ADMIN_PORT_BUSY", async () => {
+    const vm = await makeVm({ tuning: { policy: { baseDelayMs: 10, maxDelayMs: 10, budget: 2, windowMs: 60_000 } } });
+    const stale = await staleEnvoy(vm, "router~10.9.9.9~edge.gw~gw.svc.cluster.local");
+    await expect(vm.supervisor.start(new AbortController().signal)).rejects.toMatchObject({ code: "ENVOY_FAILED" });
+    expect(vm.supervisor.status().lastError).toContain("an Envoy that is not this VM's holds 127.0.0.1:");
+    expect(stale.running()).toBe(true);
   });
 
   const asRoot = requirements({ root: true });
