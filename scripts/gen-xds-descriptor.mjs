@@ -28,7 +28,10 @@ const OUT = fileURLToPath(new URL("src/xds/xds-descriptor.json", repo));
 const root = protoUtil.loadProtosWithOptionsSync(FILES, { keepCase: true, includeDirs });
 root.resolveAll();
 const pkg = JSON.parse(readFileSync(new URL("node_modules/@grpc/grpc-js-xds/package.json", repo), "utf8"));
-const descriptor = { source: `@grpc/grpc-js-xds@${pkg.version} deps/envoy-api: ${FILES.join(", ")}`, root: root.toJSON() };
+const descriptor = {
+  source: `@grpc/grpc-js-xds@${pkg.version} deps/envoy-api: ${FILES.join(", ")}`,
+  root: root.toJSON(),
+};
 const options = (await prettier.resolveConfig(OUT)) ?? {};
 const text = await prettier.format(JSON.stringify(descriptor), { ...options, parser: "json", filepath: OUT });
 
