@@ -181,12 +181,6 @@ export async function createKubeClient(options: CreateKubeClientOptions): Promis
       { server: cluster.server },
     );
   }
-  if (cluster.proxyUrl !== undefined) {
-    options.logger?.warn(
-      `cluster "${context.clusterName}" sets proxy-url ${cluster.proxyUrl}, which istio-vm does not support: connecting to the server directly`,
-      { server: cluster.server },
-    );
-  }
   const credentials = await credentialsFor(context, options, caPem);
   options.logger?.debug("kubernetes API", {
     server: cluster.server,
@@ -200,6 +194,7 @@ export async function createKubeClient(options: CreateKubeClientOptions): Promis
     ...(caPem === undefined ? {} : { caPem }),
     insecureSkipTlsVerify: cluster.insecureSkipTlsVerify,
     ...(cluster.tlsServerName === undefined ? {} : { tlsServerName: cluster.tlsServerName }),
+    ...(cluster.proxyUrl === undefined ? {} : { proxyUrl: cluster.proxyUrl }),
     credentials,
     ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
     contextName: context.contextName,

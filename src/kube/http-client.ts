@@ -9,6 +9,9 @@
  */
 import http from "node:http";
 import https from "node:https";
+import type { Socket } from "node:net";
+import { isIP } from "node:net";
+import tls from "node:tls";
 import { AgentError } from "../platform/errors.js";
 import type { KubeClient, KubeObjectList, RequestOptions } from "./client.js";
 import { KubeApiError } from "./client.js";
@@ -40,6 +43,8 @@ export interface HttpKubeClientOptions {
   readonly caPem?: string;
   readonly insecureSkipTlsVerify?: boolean;
   readonly tlsServerName?: string;
+  /** The kubeconfig's proxy-url: an http:// proxy that tunnels with CONNECT. */
+  readonly proxyUrl?: string;
   readonly credentials?: CredentialProvider;
   readonly timeoutMs?: number;
   /** Context and user names, for messages. */
@@ -316,6 +321,23 @@ export class HttpKubeClient implements KubeClient {
         kind: "config",
       });
     }
+    if (options.proxyUrl !== undefined) {
+      let proxy: URL | undefined;
+      try {
+        proxy = new URL(options.proxyUrl);
+      } catch {
+        proxy = undefined;
+      }
+      if (proxy?.protocol !== "http:") {
+        throw new AgentError({
+          code: "KUBECONFIG_INVALID",
+          message: `proxy-url ${options.proxyUrl} is not supported: istio-vm tunnels through http:// proxies only (no https:// or socks5://)`,
+          subject: options.proxyUrl,
+          hint: "use an HTTP CONNECT proxy, or remove proxy-url when the server is directly reachable",
+          kind: "config",
+        });
+      }
+    }
     this.#url = url;
     this.server = options.server.replace(/\/+$/, "");
     this.namespace = options.namespace;
@@ -388,11 +410,38 @@ export class HttpKubeClient implements KubeClient {
       headers["content-length"] = String(Buffer.byteLength(payload));
     }
     const transport = url.protocol === "http:" ? http : https;
+    const tunnel =
+      this.#options.proxyUrl === undefined || url.protocol !== "https:" ? undefined : this.#tunnel(url, combined);
     return new Promise((resolve, reject) => {
-      const request = transport.request(
-        url,
-        { method, headers, agent: this.#agent(credentials), signal: combined },
-        (response) => {
+      const fail = (error: unknown): void => {
+        if (signal?.aborted === true && !timeout.aborted) {
+          reject(signal.reason as Error);
+          return;
+        }
+        reject(error instanceof AgentError ? error : transportError(error, this.server, timeout.aborted));
+      };
+      const connection =
+        tunnel === undefined
+          ? Promise.resolve({ agent: this.#agent(credentials) })
+          : tunnel.then((socket) => ({
+              // No agent at all: with `agent: false` Node would make a fresh agent and ignore createConnection.
+              createConnection: () =>
+                tls.connect({
+                  socket,
+                  host: url.hostname,
+                  ...(this.#options.tlsServerName !== undefined
+                    ? { servername: this.#options.tlsServerName }
+                    : isIP(url.hostname) === 0
+                      ? { servername: url.hostname }
+                      : {}),
+                  ...(this.#options.caPem === undefined ? {} : { ca: this.#options.caPem }),
+                  ...(credentials.certPem === undefined ? {} : { cert: credentials.certPem }),
+                  ...(credentials.keyPem === undefined ? {} : { key: credentials.keyPem }),
+                  rejectUnauthorized: this.#options.insecureSkipTlsVerify !== true,
+                }),
+            }));
+      connection.then((via) => {
+        const request = transport.request(url, { method, headers, signal: combined, ...via }, (response) => {
           const chunks: Buffer[] = [];
           response.on("data", (chunk: Buffer) => chunks.push(chunk));
           response.on("end", () => {
@@ -401,16 +450,50 @@ export class HttpKubeClient implements KubeClient {
           response.on("error", (error) => {
             reject(transportError(error, this.server, timeout.aborted));
           });
-        },
-      );
-      request.on("error", (error) => {
-        if (signal?.aborted === true && !timeout.aborted) {
-          reject(signal.reason as Error);
+        });
+        request.on("error", fail);
+        request.end(payload);
+      }, fail);
+    });
+  }
+
+  /** Opens a CONNECT tunnel to the API server through the kubeconfig's proxy-url. */
+  #tunnel(url: URL, signal: AbortSignal): Promise<Socket> {
+    const proxy = new URL(this.#options.proxyUrl ?? "");
+    const target = `${url.hostname.includes(":") ? `[${url.hostname}]` : url.hostname}:${url.port === "" ? "443" : url.port}`;
+    const headers: Record<string, string> = { host: target };
+    if (proxy.username !== "") {
+      const userPass = `${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`;
+      headers["proxy-authorization"] = `Basic ${Buffer.from(userPass).toString("base64")}`;
+    }
+    return new Promise((resolve, reject) => {
+      const request = http.request({
+        host: proxy.hostname.replace(/^\[|\]$/g, ""),
+        port: proxy.port === "" ? 80 : Number(proxy.port),
+        method: "CONNECT",
+        path: target,
+        headers,
+        agent: false,
+        signal,
+      });
+      request.on("connect", (response, socket) => {
+        if (response.statusCode === 200) {
+          resolve(socket);
           return;
         }
-        reject(transportError(error, this.server, timeout.aborted));
+        socket.destroy();
+        reject(
+          new AgentError({
+            code: "KUBE_PROXY",
+            message:
+              `the proxy ${proxy.host} (proxy-url) refused to tunnel to ${target}: ${response.statusCode ?? 0} ${response.statusMessage ?? ""}`.trimEnd(),
+            subject: proxy.host,
+            hint: "check proxy-url in the kubeconfig and whether the proxy allows CONNECT to the API server (and its credentials)",
+          }),
+        );
       });
-      request.end(payload);
+      request.on("error", reject);
+      request.end();
     });
   }
 

@@ -3,8 +3,9 @@
  * and the errors an operator must be able to act on.
  */
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer as createHttpServer } from "node:http";
 import { request } from "node:https";
-import { createServer } from "node:net";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -243,6 +244,56 @@ describe("authentication", () => {
     expect(error.code).toBe("KUBE_EXEC_CREDENTIAL");
     expect(error.message).toContain("exited with status 1: login required: run my-cloud login");
     expect(error.hint).toBe("install my-cloud-cli");
+  });
+
+  it("tunnels through the kubeconfig's proxy-url with CONNECT, and reports a proxy that refuses", async () => {
+    const tunnels: string[] = [];
+    const sockets = new Set<import("node:net").Socket>();
+    let allow = true;
+    const proxy = createHttpServer();
+    proxy.on("connect", (req, clientSocket: import("node:net").Socket, head: Buffer) => {
+      tunnels.push(`${req.url ?? ""} ${req.headers["proxy-authorization"] ?? "-"}`);
+      sockets.add(clientSocket);
+      if (!allow) {
+        clientSocket.end("HTTP/1.1 403 Forbidden\r\n\r\n");
+        return;
+      }
+      const [host = "", port = ""] = (req.url ?? "").split(":");
+      const upstream = connect(Number(port), host, () => {
+        sockets.add(upstream);
+        clientSocket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+        upstream.write(head);
+        upstream.pipe(clientSocket);
+        clientSocket.pipe(upstream);
+      });
+      upstream.on("error", () => clientSocket.destroy());
+      clientSocket.on("error", () => upstream.destroy());
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (proxy.address() as { port: number }).port;
+      const kube = await client(
+        kubeconfig(
+          "proxied",
+          { token: plane.credentials.tokenUserToken },
+          { "proxy-url": `http://ops:pw@127.0.0.1:${port}` },
+        ),
+      );
+      expect((await kube.get<KubeObject>("/api/v1/namespaces/default")).metadata.name).toBe("default");
+      expect(tunnels).toEqual([`${new URL(server).host} Basic ${Buffer.from("ops:pw").toString("base64")}`]);
+      allow = false;
+      const refused = await caught(kube.list("/api/v1/namespaces"));
+      expect(refused.code).toBe("KUBE_PROXY");
+      expect(refused.message).toContain(`refused to tunnel to ${new URL(server).host}: 403`);
+      const socks = await caught(
+        client(kubeconfig("socks", { token: "x" }, { "proxy-url": "socks5://127.0.0.1:1080" })),
+      );
+      expect(socks.message).toContain("http:// proxies only");
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      proxy.closeAllConnections();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
   });
 
   it("warns about insecure-skip-tls-verify but connects", async () => {
