@@ -94,10 +94,17 @@ export interface ChildSpawnerOptions {
 export function createChildSpawner(options: ChildSpawnerOptions = {}): ChildSpawner {
   const live = new Set<number>();
   let watchdog: { process: ChildProcess; stdin: Writable } | undefined;
-  let exitHandlerInstalled = false;
-
   const killAllNow = (): void => {
     for (const pgid of live) signalGroup(pgid, "SIGKILL");
+  };
+  // Installed while any group lives, so spawners that are done (tests make many) leave no listener behind.
+  const track = (pgid: number, running: boolean): void => {
+    if (running) {
+      if (live.size === 0) process.on("exit", killAllNow);
+      live.add(pgid);
+    } else if (live.delete(pgid) && live.size === 0) {
+      process.off("exit", killAllNow);
+    }
   };
 
   const tellWatchdog = (line: string): void => {
@@ -133,10 +140,6 @@ export function createChildSpawner(options: ChildSpawnerOptions = {}): ChildSpaw
   return {
     liveGroups: () => [...live],
     spawn(command, args, spawnOptions) {
-      if (!exitHandlerInstalled) {
-        process.on("exit", killAllNow);
-        exitHandlerInstalled = true;
-      }
       return new Promise<GroupChild>((resolve, reject) => {
         const child = spawn(command, args, {
           env: spawnOptions.env,
@@ -170,11 +173,11 @@ export function createChildSpawner(options: ChildSpawnerOptions = {}): ChildSpaw
         child.once("spawn", () => {
           const pid = child.pid;
           if (pid === undefined) return;
-          live.add(pid);
+          track(pid, true);
           tellWatchdog(`+${pid}`);
           const exited = new Promise<ChildExit>((done) => {
             child.once("exit", (code, signal) => {
-              live.delete(pid);
+              track(pid, false);
               if (watchdog !== undefined) tellWatchdog(`-${pid}`);
               void Promise.all(readers).then(() => {
                 done({ code, signal });
