@@ -1,5 +1,5 @@
 /** The certificate loop as a component of `istio-vm agent` (wired by src/agent/components.ts). */
-import { randomInt } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import type { ComponentFactory } from "../agent/component.js";
 import { nodeLinkFileSystem } from "../platform/links.js";
 import { CertificateLoop } from "./loop.js";
@@ -8,7 +8,7 @@ import { createRenewContext, renewalPolicy, reprovisionHint } from "./setup.js";
 
 /** Uniform in [0, 1) from the CSPRNG: jitter must differ between VMs cloned from one image. */
 export function cryptoRandom(): number {
-  return randomInt(0, 2 ** 48) / 2 ** 48;
+  return randomBytes(6).readUIntBE(0, 6) / 2 ** 48;
 }
 
 export const certificateComponent: ComponentFactory = (deps) =>

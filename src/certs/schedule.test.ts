@@ -1,5 +1,6 @@
 import { fc, test } from "@fast-check/vitest";
 import { describe, expect, it } from "vitest";
+import { cryptoRandom } from "./component.js";
 import {
   DEFAULT_BACKOFF,
   backoffDelay,
@@ -76,4 +77,15 @@ describe("backoffDelay", () => {
       expect(d).toBeLessThanOrEqual(maxBackoffStep(DEFAULT_BACKOFF));
     },
   );
+});
+
+describe("cryptoRandom", () => {
+  it("returns uniform numbers in [0, 1)", () => {
+    const values = Array.from({ length: 2000 }, () => cryptoRandom());
+    expect(values.every((v) => v >= 0 && v < 1)).toBe(true);
+    expect(new Set(values).size).toBe(values.length);
+    const mean = values.reduce((a, b) => a + b, 0) / values.length;
+    expect(mean).toBeGreaterThan(0.4);
+    expect(mean).toBeLessThan(0.6);
+  });
 });
