@@ -9,6 +9,7 @@ import { nodeLinkFileSystem } from "../platform/links.js";
 import type { ProcessRunner } from "../platform/process.js";
 import { CertStore, resolveCertOwner } from "./store.js";
 import { CertificateRejected } from "./verify.js";
+import { requirements } from "../../test/support/requirements.js";
 
 const ID = "spiffe://cluster.local/ns/vmns/sa/vm-sa";
 let mesh: MeshCa;
@@ -97,6 +98,23 @@ describe("CertStore", () => {
     await rm(join(dir, "root-cert.pem"));
     const pair = await mesh.issueKeyPair({ identity: ID });
     await expect(store().accept(pair, check())).rejects.toThrow(/root-cert.pem is missing/);
+  });
+});
+
+const notRoot = requirements({ root: true });
+
+describe.skipIf(notRoot !== undefined)("CertStore ownership (root)", () => {
+  it("gives the pair directory, both files and the links to the certificate owner", async () => {
+    const owner = { uid: 65534, gid: 65534 };
+    const owned = new CertStore({ dir, fs: nodeFileSystem, links: nodeLinkFileSystem, owner });
+    const pair = await mesh.issueKeyPair({ identity: ID });
+    await owned.accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
+    const live = await readlink(join(dir, "live"));
+    for (const path of [join(dir, live), join(dir, live, "key.pem"), join(dir, live, "cert-chain.pem")]) {
+      expect((await stat(path)).uid).toBe(65534);
+      expect((await stat(path)).gid).toBe(65534);
+    }
+    for (const link of ["live", "key.pem", "cert-chain.pem"]) expect((await lstat(join(dir, link))).uid).toBe(65534);
   });
 });
 
