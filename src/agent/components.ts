@@ -3,6 +3,7 @@
  * configuration → certificates valid → interception applied → Envoy started and ready → READY=1.
  * ISTIO_AGENT_COMPONENTS selects a subset (interception is also left out with ISTIO_CUSTOM_IP_TABLES=true).
  */
+import { certificateComponent } from "../certs/component.js";
 import { discoveryCheckComponent } from "../checks/component.js";
 import { envoyComponent } from "../envoy/component.js";
 import { interceptionComponent } from "../intercept/component.js";
@@ -11,6 +12,7 @@ import type { ComponentFactory } from "./component.js";
 type ComponentName = "certificates" | "interception" | "envoy" | "discovery";
 
 const ORDERED: readonly [ComponentName, ComponentFactory][] = [
+  ["certificates", certificateComponent],
   ["interception", interceptionComponent],
   ["envoy", envoyComponent],
   ["discovery", discoveryCheckComponent],

@@ -1,0 +1,42 @@
+import { describe, expect, it } from "vitest";
+import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
+import { loadConfig } from "../config/load.js";
+import { systemClock } from "../platform/clock.js";
+import { silentLogger } from "../platform/logger.js";
+import { nodeProcessRunner } from "../platform/process.js";
+import type { AgentDeps } from "./component.js";
+import { AGENT_COMPONENTS } from "./components.js";
+import { createAgentEvents } from "./events.js";
+import { MetricsRegistry } from "./metrics.js";
+
+async function names(sidecar: string): Promise<string[]> {
+  const fs = new MemoryFileSystem({ "/var/lib/istio/envoy/sidecar.env": sidecar });
+  const loaded = await loadConfig({ env: {}, fs });
+  const deps: AgentDeps = {
+    config: loaded.values,
+    loaded,
+    fs,
+    runner: nodeProcessRunner,
+    clock: systemClock,
+    logger: silentLogger,
+    metrics: new MetricsRegistry(),
+    events: createAgentEvents(),
+    env: {},
+  };
+  return AGENT_COMPONENTS.map((factory) => factory(deps)?.name).filter((n): n is string => n !== undefined);
+}
+
+describe("the agent's components", () => {
+  it("start in the order of DESIGN.md: certificates, interception, Envoy, then the discovery watch", async () => {
+    expect(await names("")).toEqual(["certificates", "interception", "envoy", "discovery"]);
+  });
+
+  it("ISTIO_AGENT_COMPONENTS selects a subset (the order stays), and an empty value runs the frame alone", async () => {
+    expect(await names("ISTIO_AGENT_COMPONENTS=envoy,certificates\n")).toEqual(["certificates", "envoy"]);
+    expect(await names("ISTIO_AGENT_COMPONENTS=\n")).toEqual([]);
+  });
+
+  it("ISTIO_CUSTOM_IP_TABLES=true leaves capture to the admin", async () => {
+    expect(await names("ISTIO_CUSTOM_IP_TABLES=true\n")).toEqual(["certificates", "envoy", "discovery"]);
+  });
+});
