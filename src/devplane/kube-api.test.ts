@@ -3,7 +3,15 @@ import { afterEach, describe, expect, it } from "vitest";
 import { startControllers } from "./controllers.js";
 import type { Controllers } from "./controllers.js";
 import { ClusterIpAllocator, parseCidr } from "./ip-allocator.js";
-import { ApiStatusError, KubeApi, defaultRbac, forbidden, isAllowed, mergePatch } from "./kube-api.js";
+import {
+  ApiStatusError,
+  KubeApi,
+  defaultRbac,
+  forbidden,
+  isAllowed,
+  mergePatch,
+  strategicMergePatch,
+} from "./kube-api.js";
 import type { Target } from "./kube-api.js";
 import { createMeshCa } from "./mesh-ca.js";
 import { createServiceAccountTokens } from "./sa-tokens.js";
@@ -148,6 +156,32 @@ describe("KubeApi", () => {
     });
     expect(patched.metadata.labels).toEqual({ b: "2" });
     expect(patched["data"]).toEqual({ k: "v" });
+  });
+
+  it("merges service ports by port number in strategic merge patches, as kubectl apply expects", () => {
+    const current = { spec: { ports: [{ port: 80, name: "http", targetPort: 80 }], type: "ClusterIP" } };
+    const patch = {
+      spec: {
+        "$setElementOrder/ports": [{ port: 81 }, { port: 443 }],
+        ports: [
+          { $patch: "delete", port: 80 },
+          { port: 81, name: "http" },
+          { port: 443, name: "https" },
+        ],
+      },
+    };
+    expect(strategicMergePatch(current, patch)).toEqual({
+      spec: {
+        ports: [
+          { port: 81, name: "http" },
+          { port: 443, name: "https" },
+        ],
+        type: "ClusterIP",
+      },
+    });
+    expect(strategicMergePatch(current, { spec: { ports: [{ port: 80, name: "web" }] } })).toEqual({
+      spec: { ports: [{ port: 80, name: "web", targetPort: 80 }], type: "ClusterIP" },
+    });
   });
 
   it("turns stringData into base64 data and rejects data that is not base64", () => {

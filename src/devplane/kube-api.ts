@@ -278,6 +278,56 @@ export function mergePatch(target: unknown, patch: unknown): unknown {
   return Object.fromEntries(result);
 }
 
+/** List merge keys of the lists the dev API's objects have (k8s.io/api's patchMergeKey tags). */
+const MERGE_KEYS: Readonly<Record<string, string>> = { ports: "port", conditions: "type", ingress: "ip" };
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/**
+ * The subset of strategic merge patch that kubectl apply/edit produce for these objects: maps merge as in RFC 7386;
+ * lists with a merge key (service ports by `port`, ...) merge element-wise, honour `{"$patch": "delete"}` elements and
+ * `$setElementOrder/<list>`; other lists are replaced. `$retainKeys` and `$deleteFromPrimitiveList` are ignored.
+ */
+export function strategicMergePatch(target: unknown, patch: unknown): unknown {
+  if (!isObject(patch)) return clone(patch);
+  const result = new Map<string, unknown>(Object.entries(isObject(target) ? target : {}));
+  for (const [key, value] of Object.entries(patch)) {
+    if (key.startsWith("$")) continue;
+    if (value === null) {
+      result.delete(key);
+      continue;
+    }
+    const mergeKey = MERGE_KEYS[key];
+    const current = result.get(key);
+    if (mergeKey !== undefined && Array.isArray(value) && Array.isArray(current)) {
+      let merged = current.filter(isObject).map((item) => ({ ...item }));
+      for (const item of value) {
+        if (!isObject(item)) continue;
+        const id = item[mergeKey];
+        const index = merged.findIndex((m) => m[mergeKey] === id);
+        if (item["$patch"] === "delete") {
+          if (index >= 0) merged.splice(index, 1);
+        } else if (index >= 0) {
+          merged[index] = strategicMergePatch(merged[index], item) as Record<string, unknown>;
+        } else {
+          merged.push(strategicMergePatch({}, item) as Record<string, unknown>);
+        }
+      }
+      const order = patch[`$setElementOrder/${key}`];
+      if (Array.isArray(order)) {
+        const ids = order.filter(isObject).map((o) => o[mergeKey]);
+        merged = [...merged].sort((a, b) => ids.indexOf(a[mergeKey]) - ids.indexOf(b[mergeKey]));
+      }
+      result.set(key, merged);
+    } else {
+      result.set(key, isObject(value) ? strategicMergePatch(current, value) : clone(value));
+    }
+  }
+  return Object.fromEntries(result);
+}
+
 export class KubeApi {
   readonly store: ObjectStore;
   readonly served: readonly ResourceDefinition[];
@@ -413,8 +463,15 @@ export class KubeApi {
         ]);
       }
     }
-    const stringData = object["stringData"] as Record<string, string> | undefined;
-    for (const [key, value] of Object.entries(stringData ?? {})) data[key] = Buffer.from(value).toString("base64");
+    const stringData = object["stringData"] as Record<string, unknown> | undefined;
+    for (const [key, value] of Object.entries(stringData ?? {})) {
+      if (typeof value !== "string") {
+        throw badRequest(
+          `Secret in version "v1" cannot be handled as a Secret: json: cannot unmarshal ${typeof value} into Go struct field Secret.stringData of type string (quote "${key}"'s value in the YAML)`,
+        );
+      }
+      data[key] = Buffer.from(value).toString("base64");
+    }
     delete object["stringData"];
     object["data"] = data;
     object["type"] ??= "Opaque";
@@ -621,7 +678,8 @@ export class KubeApi {
     return this.#write(target, object, options);
   }
 
-  patch(target: Target, body: unknown, options: { dryRun?: boolean } = {}): KubeObject {
+  /** `strategic`: kubectl's strategic merge patches (apply, edit), approximated by `strategicMergePatch`. */
+  patch(target: Target, body: unknown, options: { dryRun?: boolean; strategic?: boolean } = {}): KubeObject {
     if (target.name === undefined)
       throw new ApiStatusError(
         405,
@@ -630,7 +688,9 @@ export class KubeApi {
       );
     const current = this.store.tryGet(target.def.name, target.namespace, target.name);
     if (current === undefined) throw notFound(target.def, target.name);
-    const merged = mergePatch(current, body) as KubeObject;
+    const merged = (
+      options.strategic === true ? strategicMergePatch(current, body) : mergePatch(current, body)
+    ) as KubeObject;
     // A patch without a resourceVersion applies to whatever is current (as kube-apiserver does).
     const patchedMeta = (body as { metadata?: { resourceVersion?: string } } | null)?.metadata;
     merged.metadata = {
@@ -1154,7 +1214,14 @@ export async function startKubeApiServer(options: KubeApiServerOptions): Promise
       case "update":
         return reply(res, 200, api.update(target, await readObject(req), { dryRun }));
       case "patch":
-        return reply(res, 200, api.patch(target, parseJson(await readBody(req)), { dryRun }));
+        return reply(
+          res,
+          200,
+          api.patch(target, parseJson(await readBody(req)), {
+            dryRun,
+            strategic: bodyType(req) === "application/strategic-merge-patch+json",
+          }),
+        );
       case "delete": {
         const deleted = api.delete(target, { dryRun });
         return reply(res, 200, {

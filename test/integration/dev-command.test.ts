@@ -209,6 +209,20 @@ describe.skipIf(missing !== undefined)("istio-vm dev --profile legacy with kubec
     }
   });
 
+  it("supports kubectl apply: create, then a changed port replaces the old one", async () => {
+    const first = await kubectl(kc, ["apply", "-f", "FILE"], SERVICE.replace("vm-web", "applied"));
+    expect(first.stdout).toContain("service/applied created");
+    const second = await kubectl(
+      kc,
+      ["apply", "-f", "FILE"],
+      SERVICE.replace("vm-web", "applied").replace("8080", "9090"),
+    );
+    expect(second.stdout).toContain("service/applied configured");
+    const ports = await kubectl(kc, ["get", "svc", "applied", "-o", "jsonpath={.spec.ports[*].port}"]);
+    expect(ports.stdout).toBe("9090");
+    expect((await kubectl(kc, ["delete", "svc", "applied"])).stdout).toContain("deleted");
+  });
+
   it("refuses writes for the read-only viewer context with kube-apiserver's 403 message", async () => {
     const read = await kubectl(kc, ["--context", "istio-vm-dev-viewer", "get", "svc", "-n", "istio-system"]);
     expect(read.code).toBe(0);
