@@ -22,7 +22,7 @@ STAGE=$WORK/root
 SEA=dist/sea
 OUT=dist/${PACKAGE}_${VERSION}_${ARCH}.deb
 
-section() { printf '\n==> %s\n' "$*"; }
+section() { printf '\n==> %s  (%ss)\n' "$*" "$SECONDS"; }
 die() {
 	printf 'build-deb: %s\n' "$*" >&2
 	exit 1
