@@ -89,7 +89,9 @@ export class ObjectStore {
     this.operations++;
     return [...this.#table(resource).values()]
       .filter((o) => namespace === undefined || o.metadata.namespace === namespace)
-      .sort((a, b) => key(a.metadata.namespace, a.metadata.name).localeCompare(key(b.metadata.namespace, b.metadata.name)))
+      .sort((a, b) =>
+        key(a.metadata.namespace, a.metadata.name).localeCompare(key(b.metadata.namespace, b.metadata.name)),
+      )
       .map(clone);
   }
 
