@@ -1,0 +1,180 @@
+import { describe, expect, it } from "vitest";
+import type { Clock } from "../platform/clock.js";
+import type { ProcessRunner, RunResult } from "../platform/process.js";
+import { renderFrame, renderPlainLine } from "./progress.js";
+import type { HostStatus, SetupSettings } from "./setup.js";
+import { backoffMs, copyCommand, parseHost, remoteScript, runCommand, runSetup } from "./setup.js";
+
+const settings: SetupSettings = {
+  ssh: { ssh: ["ssh", "-F", "cfg"], scp: ["scp"], user: "admin", port: 2222, identity: "id", connectTimeoutS: 5 },
+  bundlePath: "/tmp/b.tgz",
+  remoteName: ".istio-vm-bundle-abc",
+  debMember: "istio-vm-agent_1.0.0_amd64.deb",
+  bundleHasSvcIp: false,
+  parallel: 2,
+  retries: 2,
+  retryBaseMs: 1000,
+  commandTimeoutMs: 60_000,
+};
+
+class CountingClock implements Clock {
+  slept: number[] = [];
+  t = 0;
+  now(): number {
+    return this.t;
+  }
+  monotonic(): number {
+    return this.t;
+  }
+  sleep(ms: number): Promise<void> {
+    this.slept.push(ms);
+    this.t += ms;
+    return Promise.resolve();
+  }
+}
+
+/** ssh/scp as seen from the outside: per host, a list of exit codes to give in turn (then 0). */
+class ScriptedSsh implements ProcessRunner {
+  readonly calls: string[] = [];
+  constructor(private readonly codes: Map<string, number[]>) {}
+  run(command: string, args: readonly string[]): Promise<RunResult> {
+    const host = args.find((a) => a.startsWith("10.") || a.includes("@10.")) ?? "";
+    const key = host.replace(/^.*@/, "").replace(/:.*$/, "");
+    this.calls.push(`${command} ${key}`);
+    const code = this.codes.get(key)?.shift() ?? 0;
+    return Promise.resolve({
+      code,
+      signal: null,
+      stdout: code === 0 ? "done\n" : "",
+      stderr: code === 255 ? "ssh: connect to host: Connection refused\n" : code === 0 ? "" : "remote failed\n",
+      timedOut: false,
+    });
+  }
+}
+
+describe("setup commands", () => {
+  it("builds scp and ssh command lines with the user's options, BatchMode and a per-host remote name", () => {
+    expect(copyCommand(settings, "10.0.0.5")).toEqual({
+      command: "scp",
+      args: [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=5",
+        "-P",
+        "2222",
+        "-i",
+        "id",
+        "-q",
+        "/tmp/b.tgz",
+        "admin@10.0.0.5:.istio-vm-bundle-abc-10.0.0.5.tgz",
+      ],
+    });
+    expect(copyCommand(settings, "root@fd00::5").args.at(-1)).toBe("root@[fd00::5]:.istio-vm-bundle-abc-fd00__5.tgz");
+    const ssh = runCommand(settings, "10.0.0.5");
+    expect(ssh.command).toBe("ssh");
+    expect(ssh.args.slice(0, 12)).toEqual([
+      "-F",
+      "cfg",
+      "-o",
+      "BatchMode=yes",
+      "-o",
+      "ConnectTimeout=5",
+      "-p",
+      "2222",
+      "-i",
+      "id",
+      "-l",
+      "admin",
+    ]);
+    expect(ssh.args.slice(12, 14)).toEqual(["10.0.0.5", "--"]);
+    expect(parseHost("a@b@host")).toEqual({ user: "a@b", host: "host" });
+  });
+
+  it("bootstraps the .deb only when istio-vm is missing, checks it against SHA256SUMS, passes the host's IP", () => {
+    const script = remoteScript(settings, "10.0.0.5");
+    expect(script).toContain("if ! command -v istio-vm >/dev/null 2>&1; then");
+    expect(script).toContain("grep '  istio-vm-agent_1.0.0_amd64.deb$' SHA256SUMS | sha256sum -c --quiet -");
+    expect(script).toContain("$SUDO istio-vm install .istio-vm-bundle-abc-10.0.0.5.tgz --set ISTIO_SVC_IP=10.0.0.5");
+    expect(script).toContain("rm -f .istio-vm-bundle-abc-10.0.0.5.tgz");
+    expect(remoteScript(settings, "vm1.example.org")).not.toContain("ISTIO_SVC_IP");
+    expect(remoteScript({ ...settings, bundleHasSvcIp: true }, "10.0.0.5")).not.toContain("ISTIO_SVC_IP");
+    expect(remoteScript({ ...settings, remoteCommand: "echo {host} {bundle}" }, "10.0.0.5")).toBe(
+      "echo 10.0.0.5 .istio-vm-bundle-abc-10.0.0.5.tgz\nrc=$?; rm -f .istio-vm-bundle-abc-10.0.0.5.tgz; exit $rc\n",
+    );
+  });
+
+  it("backs off exponentially up to 30 s", () => {
+    expect([1, 2, 3, 4, 10].map((a) => backoffMs(a, 1000))).toEqual([1000, 2000, 4000, 8000, 30_000]);
+  });
+});
+
+describe("runSetup", () => {
+  it("retries only SSH's own failures, with backoff; one failing host never stops the others", async () => {
+    const clock = new CountingClock();
+    const runner = new ScriptedSsh(
+      new Map([
+        ["10.0.0.1", [255, 0]], // copy fails once, then works
+        ["10.0.0.2", [255, 255, 255]], // never reachable: 1 + 2 retries
+        ["10.0.0.3", [0, 3]], // copy ok, remote install fails: not retried
+      ]),
+    );
+    const updates: HostStatus[] = [];
+    const results = await runSetup(["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"], settings, {
+      runner,
+      clock,
+      onUpdate: (s) => updates.push(s),
+    });
+    expect(results.map((r) => [r.host, r.ok, r.attempts, r.step])).toEqual([
+      ["10.0.0.1", true, 3, undefined],
+      ["10.0.0.2", false, 3, "copy"],
+      ["10.0.0.3", false, 2, "install"],
+      ["10.0.0.4", true, 2, undefined],
+    ]);
+    expect(results[1]?.detail).toBe("ssh: connect to host: Connection refused");
+    expect(results[2]?.detail).toBe("remote failed");
+    expect(clock.slept.sort((a, b) => a - b)).toEqual([1000, 1000, 2000]);
+    expect(updates.filter((u) => u.host === "10.0.0.2").map((u) => u.phase)).toEqual([
+      "queued",
+      "copying",
+      "waiting",
+      "copying",
+      "waiting",
+      "copying",
+      "failed",
+    ]);
+  });
+});
+
+describe("progress", () => {
+  const status = (host: string, phase: HostStatus["phase"], attempt = 1): HostStatus => ({
+    host,
+    phase,
+    attempt,
+    attempts: attempt,
+    startedMs: 0,
+    endedMs: phase === "done" || phase === "failed" ? 1500 : undefined,
+    detail: phase === "failed" ? "Connection refused" : "",
+  });
+  it("plain lines say what happened to which host", () => {
+    expect(renderPlainLine(status("vm1", "done"), 2000)).toBe("vm1: ok after 1.5s");
+    expect(renderPlainLine(status("vm2", "failed", 3), 2000)).toBe(
+      "vm2: FAILED (attempt 3) after 1.5s: Connection refused",
+    );
+  });
+  it("the live frame has counts and one clipped line per host", () => {
+    const frame = renderFrame(
+      [status("vm1", "done"), status("vm2", "installing"), status("a-very-long-host-name", "failed")],
+      {
+        nowMs: 3000,
+        tick: 0,
+        width: 40,
+      },
+    );
+    expect(frame[0]).toBe("setup: 1 ok, 1 failed, 1 to go (of 3)");
+    expect(frame).toHaveLength(4);
+    for (const line of frame) expect(line.length).toBeLessThanOrEqual(40);
+    expect(frame[1]).toMatch(/^✓ vm1 /);
+    expect(frame[3]).toMatch(/^✗ a-very-long-host-name\s+FAILED/);
+  });
+});
