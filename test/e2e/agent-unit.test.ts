@@ -162,6 +162,17 @@ describe.skipIf(missing !== undefined)("istio-vm-agent.service on a booted Debia
       expect(await m.check(["iptables", "-t", "nat", "-S", "ISTIO_E2E_PROBE"])).toContain("--dport 9 -j RETURN");
       await m.check(["iptables", "-t", "nat", "-F", "ISTIO_E2E_PROBE"]);
       await m.check(["iptables", "-t", "nat", "-X", "ISTIO_E2E_PROBE"]);
+
+      // Writable: the agent's state, certificates, logs, runtime dir and Envoy's hot-restart shared memory.
+      // Not writable: the rest of the system, and the configuration directory (root's).
+      const probe =
+        "for d in /dev/shm /run/istio-vm /var/lib/istio /var/lib/istio/proxy /etc/istio/proxy /etc/certs /var/log/istio; do " +
+        "touch $d/.probe && rm $d/.probe || echo cannot-write:$d; done; " +
+        "for d in /etc /usr /var/lib/istio/envoy /root /home /var/tmp/..; do " +
+        "touch $d/.probe 2>/dev/null && { rm -f $d/.probe; echo wrote:$d; }; done; true";
+      const writes = await m.run(["systemd-run", "--wait", "--pipe", "--quiet", ...sandbox, "sh", "-c", probe]);
+      expect(writes.stdout + writes.stderr).toBe("");
+      expect(writes.code).toBe(0);
     });
 
     it("starts: active, running, a STATUS= line, ready on 127.0.0.1:15020, as istio-proxy with two capabilities", async () => {
