@@ -11,7 +11,7 @@ import type { BundleSources } from "../provision/generate.js";
 import { sourcesFromCluster, sourcesFromDirectory } from "../provision/generate.js";
 import { programVersion } from "../version.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
-import { connectKube, parseDurationFlag, withProfileOptions } from "./admin-options.js";
+import { connectKube, parseDurationFlag, profileFor, withProfileOptions } from "./admin-options.js";
 import type { CommandRuntime } from "./context.js";
 import type { KubeArgs } from "./kube-options.js";
 import { KUBE_OPTIONS_EPILOGUE, withKubeOptions } from "./kube-options.js";
@@ -183,7 +183,7 @@ export async function buildBundle(
     const client = await connect(rt, args);
     sources = await sourcesFromCluster(client, {
       istioNamespace: args["istio-namespace"],
-      ...(args.profile === undefined ? {} : { profile: args.profile }),
+      detected: await profileFor(client, args),
       serviceAccount: args["service-account"],
       ...(args["service-cidr"] === undefined ? {} : { serviceCidr: args["service-cidr"] }),
       authPolicy: args["auth-policy"],

@@ -9,8 +9,7 @@ import type { ClusterEnvInput } from "../kube/cluster-env.js";
 import type { KubeClient } from "../kube/client.js";
 import { fetchIstiodBootstrap, fetchLegacyCerts } from "../kube/bootstrap-certs.js";
 import { DEFAULT_LB_OPTIONS, kubednsTargets, planKubedns, resolveLoadBalancers } from "../kube/kubedns.js";
-import type { ControlPlaneProfile } from "../kube/profile.js";
-import { detectProfile } from "../kube/profile.js";
+import type { ControlPlaneProfile, DetectedProfile } from "../kube/profile.js";
 import type { Clock } from "../platform/clock.js";
 import { AgentError } from "../platform/errors.js";
 import type { FileSystem } from "../platform/fs.js";
@@ -27,7 +26,8 @@ export interface BundleSources {
 
 export interface ClusterSourceOptions {
   readonly istioNamespace: string;
-  readonly profile?: ControlPlaneProfile;
+  /** From profileFor (src/cli/admin-options.ts): --revision, --profile or detection. */
+  readonly detected: DetectedProfile;
   /** The VM workload's namespace (the client's namespace when absent). */
   readonly namespace?: string;
   readonly serviceAccount: string;
@@ -45,7 +45,7 @@ export interface ClusterSourceOptions {
 /** Everything a VM needs, read from the cluster; each piece verified as the admin commands verify it. */
 export async function sourcesFromCluster(client: KubeClient, options: ClusterSourceOptions): Promise<BundleSources> {
   const namespace = options.namespace ?? client.namespace;
-  const detected = await detectProfile(client, options.istioNamespace, options.profile);
+  const detected = options.detected;
   const profile = detected.profile;
   const serviceCidr = await discoverServiceCidr(client, {
     ...(options.serviceCidr === undefined ? {} : { flag: options.serviceCidr }),
@@ -56,6 +56,7 @@ export async function sourcesFromCluster(client: KubeClient, options: ClusterSou
     serviceCidr: serviceCidr.value,
     systemNamespace: options.istioNamespace,
     authPolicy: options.authPolicy,
+    ...(detected.istiodService === "istiod" ? {} : { istiodService: detected.istiodService }),
   };
   if (profile === "istiod") {
     const mesh = await readMeshSettings(client, options.istioNamespace);
@@ -84,7 +85,7 @@ export async function sourcesFromCluster(client: KubeClient, options: ClusterSou
     intervalMs: 2000,
     ...(options.progress === undefined ? {} : { progress: options.progress }),
   });
-  const kubedns = planKubedns(profile, resolved.addresses, options.istioNamespace);
+  const kubedns = planKubedns(profile, resolved.addresses, options.istioNamespace, detected.istiodService);
   const now = options.clock.now();
   const certs =
     profile === "legacy"
