@@ -28,6 +28,7 @@ class FakeSystem implements ProcessRunner {
   installed: string | undefined = "1.0.0";
   agent = "active";
   agentComesUp = true;
+  pid = 100;
   run(command: string, args: readonly string[]): Promise<RunResult> {
     const line = [command, ...args].join(" ");
     this.calls.push(line);
@@ -53,12 +54,13 @@ class FakeSystem implements ProcessRunner {
         : ok(unit.startsWith("dnsmasq") ? "active" : "inactive");
     if (verb === "restart" && unit === "istio-vm-agent.service") {
       this.agent = this.agentComesUp ? "active" : "failed";
+      this.pid++;
       return ok();
     }
     if (verb === "show") {
       const running = this.agent === "active";
       return ok(
-        `ActiveState=${this.agent}\nSubState=${running ? "running" : "failed"}\nStatusText=${running ? "ready" : "exiting"}\nResult=${running ? "success" : "exit-code"}\n`,
+        `ActiveState=${this.agent}\nSubState=${running ? "running" : "failed"}\nStatusText=${running ? "ready" : "exiting"}\nResult=${running ? "success" : "exit-code"}\nMainPID=${running ? this.pid : 0}\n`,
       );
     }
     return ok();

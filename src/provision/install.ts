@@ -471,12 +471,21 @@ export interface UnitState {
   readonly SubState: string;
   readonly StatusText: string;
   readonly Result: string;
+  readonly MainPID: string;
 }
 
 export async function unitState(runner: ProcessRunner, unit: string = UNIT): Promise<UnitState> {
   const result = await runner.run(
     "systemctl",
-    ["show", unit, "--property=ActiveState", "--property=SubState", "--property=StatusText", "--property=Result"],
+    [
+      "show",
+      unit,
+      "--property=ActiveState",
+      "--property=SubState",
+      "--property=StatusText",
+      "--property=Result",
+      "--property=MainPID",
+    ],
     { timeoutMs: 30_000 },
   );
   const props = new Map(
@@ -490,15 +499,21 @@ export async function unitState(runner: ProcessRunner, unit: string = UNIT): Pro
     SubState: props.get("SubState") ?? "unknown",
     StatusText: props.get("StatusText") ?? "",
     Result: props.get("Result") ?? "",
+    MainPID: props.get("MainPID") ?? "0",
   };
 }
 
-async function waitReady(ports: InstallPorts, timeoutMs: number): Promise<UnitState> {
+/**
+ * Waits for active/running from a new main process: `restart --no-block` only queues the job, so the old process
+ * may still look active/running on the first look.
+ */
+async function waitReady(ports: InstallPorts, timeoutMs: number, oldPid: string): Promise<UnitState> {
   const started = ports.clock.monotonic();
   let last: UnitState | undefined;
   for (;;) {
     const state = await unitState(ports.runner);
-    if (state.ActiveState === "active" && state.SubState === "running") return state;
+    const fresh = state.MainPID !== oldPid || oldPid === "0";
+    if (fresh && state.ActiveState === "active" && state.SubState === "running") return state;
     if (
       state.ActiveState === "failed" ||
       (last !== undefined && state.ActiveState === "inactive" && state.Result !== "success")
@@ -659,6 +674,7 @@ export async function runInstall(options: InstallOptions, ports: InstallPorts): 
 
   const backups: Backup[] = [];
   const restarted: string[] = [];
+  let agentPid = "0";
   let current = "";
   try {
     for (const step of plan.steps) {
@@ -702,6 +718,7 @@ export async function runInstall(options: InstallOptions, ports: InstallPorts): 
           break;
         }
         case "systemctl": {
+          if (op.args.includes(UNIT) && op.args[0] === "restart") agentPid = (await unitState(ports.runner)).MainPID;
           const result = await ports.runner.run("systemctl", op.args, { timeoutMs: 120_000 });
           if (op.args[0] === "restart") restarted.push(op.args[op.args.length - 1] ?? "");
           if (result.code !== 0) {
@@ -714,7 +731,7 @@ export async function runInstall(options: InstallOptions, ports: InstallPorts): 
           break;
         }
         case "wait-ready":
-          await waitReady(ports, options.readyTimeoutMs);
+          await waitReady(ports, options.readyTimeoutMs, agentPid);
           break;
       }
     }
