@@ -192,10 +192,11 @@ export async function bootDebian(options: BootOptions): Promise<DebianMachine> {
     disposed = true;
     if (nspawn?.exitCode === null && nspawn.signalCode === null) {
       const leader = nspawn.pid === undefined ? undefined : findLeader(nspawn.pid);
-      // SIGRTMIN+4 asks systemd for a clean poweroff; nspawn exits when init does.
+      // SIGRTMIN+4 asks systemd for a clean poweroff; nspawn exits when init does. Node knows no SIGRTMIN names:
+      // on Linux SIGRTMIN is 34, so it is signal 38.
       if (leader !== undefined) {
         try {
-          process.kill(leader, "SIGRTMIN+4");
+          process.kill(leader, 38);
         } catch {
           // Already gone.
         }
