@@ -236,6 +236,18 @@ describe.skipIf(missing !== undefined)("istio-vm-agent.service on a booted Debia
       expect(props).toEqual({ ActiveState: "active", SubState: "running", MainPID: before["MainPID"] });
     });
 
+    it("reinstalls over itself: the edited sidecar.env is kept and the running agent is restarted", async () => {
+      const m = machine();
+      const before = await m.unitProperties(UNIT, ["MainPID"]);
+      const again = await m.run(["dpkg", "-i", DEB_INSIDE], { env: { DEBIAN_FRONTEND: "noninteractive" } });
+      expect(again.code, again.stdout + again.stderr).toBe(0);
+      expect(await m.check(["cat", "/var/lib/istio/envoy/sidecar.env"])).toBe(SIDECAR_ENV);
+      const props = await m.unitProperties(UNIT, ["ActiveState", "SubState", "MainPID"]);
+      expect(props["ActiveState"]).toBe("active");
+      expect(props["SubState"]).toBe("running");
+      expect(props["MainPID"]).not.toBe(before["MainPID"]);
+    });
+
     it("stops cleanly: inactive, exit 0, the clean-up ran, no process of the unit or of istio-proxy left", async () => {
       const m = machine();
       const stop = await m.run(["systemctl", "stop", UNIT]);
