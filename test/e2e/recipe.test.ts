@@ -125,3 +125,42 @@ describe.skipIf(missing !== undefined)("the recipe end to end (legacy profile), 
     expect(transcript).toMatch(/cleanup: power off and remove the VM container/);
   });
 });
+
+describe("the recipe without root, as npm start runs it for an unprivileged user", () => {
+  it("runs what needs no privilege against the dev plane on loopback and names every skipped step", async () => {
+    let transcript = "";
+    const report = await runRecipe({
+      profile: "legacy",
+      root: false,
+      print: (text) => {
+        transcript += text;
+      },
+    });
+    expect(
+      report.steps.map((s) => [s.id, s.status]),
+      transcript,
+    ).toEqual([
+      ["control-plane", "ok"],
+      ["generate", "ok"],
+      ["bundle", "ok"],
+      ["vm", "skipped"],
+      ["network", "skipped"],
+      ["install", "skipped"],
+      ["check", "skipped"],
+      ["inbound-ports", "skipped"],
+      ["service", "skipped"],
+      ["register", "ok"],
+      ["dns", "ok"],
+      ["pilot", "ok"],
+      ["capture", "skipped"],
+    ]);
+    expect(report.ok).toBe(true);
+    for (const s of report.steps.filter((x) => x.status === "skipped")) expect(s.reason).toMatch(/needs/);
+    const pilot = report.steps.find((s) => s.id === "pilot");
+    expect(pilot?.data["registration"]).toEqual([{ ip_address: "10.0.0.5", port: 3306 }]);
+    expect(pilot?.data["eds"]).toEqual(["10.0.0.5:3306"]);
+    expect(pilot?.data["checkCode"]).toBe(0);
+    expect(report.steps.find((s) => s.id === "dns")?.data["address"]).toMatch(/^10\.(9[6-9]|1[01]\d)\./);
+    expect(transcript).toMatch(/cleanup: stop istio-vm dev/);
+  }, 120_000);
+});
