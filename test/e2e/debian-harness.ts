@@ -64,6 +64,8 @@ export function runHost(cmd: string, args: readonly string[], options: RunOption
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr });
     });
+    // A command that exits without reading its input (most do) closes the pipe first: EPIPE is not an error here.
+    child.stdin.on("error", () => undefined);
     child.stdin.end(options.input ?? "");
   });
 }
