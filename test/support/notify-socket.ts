@@ -1,16 +1,17 @@
 /** A datagram socket standing in for systemd's NOTIFY_SOCKET: collects sd_notify messages from a real process. */
-import { DgramSocket } from "node-unix-socket";
+import { UnixDatagramSocket, loadUnixSocketAddon } from "../../src/platform/unix-dgram.js";
 
 export class NotifySocket {
   readonly path: string;
   readonly messages: Record<string, string>[] = [];
-  readonly #socket = new DgramSocket();
+  readonly #socket: UnixDatagramSocket;
   #waiters: { match: (m: Record<string, string>) => boolean; resolve: (m: Record<string, string>) => void }[] = [];
 
   constructor(path: string) {
+    const addon = loadUnixSocketAddon();
+    if (addon === undefined) throw new Error("the node-unix-socket addon is not installed (npm ci)");
     this.path = path;
-    this.#socket.bind(path);
-    this.#socket.on("data", (buf: Buffer) => {
+    this.#socket = new UnixDatagramSocket(addon, (buf) => {
       const message: Record<string, string> = {};
       for (const line of buf.toString("utf8").split("\n")) {
         const eq = line.indexOf("=");
@@ -23,6 +24,7 @@ export class NotifySocket {
         return false;
       });
     });
+    this.#socket.bind(path);
   }
 
   /** The next message (or one already received after index `since`) with `key` = `value` (any value if omitted). */
