@@ -8,123 +8,126 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { requirements } from "../support/requirements.js";
 import { HARNESS_TOOLS } from "./debian-harness.js";
-import type { RecipeReport, StepRecord } from "./recipe.js";
+import type { Profile, RecipeReport, StepRecord } from "./recipe.js";
 import { Cleanups, HOST_TOOLS, runRecipe } from "./recipe.js";
 
 const missing = requirements({ root: true, tools: [...HARNESS_TOOLS, ...HOST_TOOLS, "dpkg-deb"] });
 
-describe.skipIf(missing !== undefined)("the recipe end to end (legacy profile), as npm start runs it", () => {
-  let report: RecipeReport | undefined;
-  let transcript = "";
-  const cleanups = new Cleanups();
+const PROFILES: readonly { profile: Profile; capturePort: number; credentials: readonly string[] }[] = [
+  { profile: "legacy", capturePort: 15001, credentials: ["key.pem", "cert-chain.pem", "root-cert.pem"] },
+  { profile: "istiod", capturePort: 15006, credentials: ["istio-token", "root-cert.pem"] },
+];
 
-  beforeAll(async () => {
-    report = await runRecipe({
-      profile: "legacy",
-      root: true,
-      cleanups,
-      print: (text) => {
-        transcript += text;
-      },
+describe.skipIf(missing !== undefined).each(PROFILES)(
+  "the recipe end to end ($profile), as npm start runs it",
+  ({ profile, capturePort, credentials }) => {
+    let report: RecipeReport | undefined;
+    let transcript = "";
+    const cleanups = new Cleanups();
+
+    beforeAll(async () => {
+      report = await runRecipe({
+        profile,
+        root: true,
+        cleanups,
+        print: (text) => {
+          transcript += text;
+        },
+      });
+    }, 20 * 60_000);
+
+    afterAll(async () => {
+      await cleanups.run();
     });
-  }, 20 * 60_000);
 
-  afterAll(async () => {
-    await cleanups.run();
-  });
+    const step = (id: string): StepRecord => {
+      const s = report?.steps.find((x) => x.id === id);
+      if (s === undefined) throw new Error(`step ${id} did not run:\n${transcript}`);
+      expect(s.status, `${s.reason ?? ""}\n--- transcript\n${transcript}`).toBe("ok");
+      return s;
+    };
 
-  const step = (id: string): StepRecord => {
-    const s = report?.steps.find((x) => x.id === id);
-    if (s === undefined) throw new Error(`step ${id} did not run:\n${transcript}`);
-    expect(s.status, `${s.reason ?? ""}\n--- transcript\n${transcript}`).toBe("ok");
-    return s;
-  };
-
-  it("every step ran and passed, none skipped", () => {
-    expect(report?.steps.map((s) => [s.id, s.status])).toEqual(
-      [
-        "package",
-        "vm",
-        "network",
-        "control-plane",
-        "generate",
-        "bundle",
-        "stand-in",
-        "install",
-        "check",
-        "inbound-ports",
-        "service",
-        "register",
-        "dns",
-        "pilot",
-        "capture",
-      ].map((id) => [id, "ok"]),
-    );
-    expect(report?.ok).toBe(true);
-  });
-
-  it("the admin commands produced the legacy cluster.env, kubedns and certificates, and a bundle with the .deb", () => {
-    const generate = step("generate");
-    expect(generate.data["clusterEnv"]).toMatch(/^ISTIO_CONTROL_PLANE=legacy$/m);
-    expect(generate.data["kubedns"]).toMatch(/^server=\/svc\.cluster\.local\/10\.254\.\d+\.6$/m);
-    expect(generate.data["files"]).toMatch(/key\.pem/);
-    const listing = String(step("bundle").data["listing"]);
-    for (const member of [
-      "cluster.env",
-      "kubedns",
-      "sidecar.env",
-      "key.pem",
-      "cert-chain.pem",
-      "root-cert.pem",
-      ".deb",
-    ]) {
-      expect(listing).toContain(member);
-    }
-  });
-
-  it("install leaves the agent active and enabled with the stand-in Envoy, and istio-vm check passes", () => {
-    expect(step("install").data["unit"]).toMatchObject({
-      ActiveState: "active",
-      SubState: "running",
-      UnitFileState: "enabled",
+    it("every step ran and passed, none skipped", () => {
+      expect(report?.steps.map((s) => [s.id, s.status])).toEqual(
+        [
+          "package",
+          "vm",
+          "network",
+          "control-plane",
+          ...(profile === "istiod" ? ["dns-ilb"] : []),
+          "generate",
+          "bundle",
+          "stand-in",
+          "install",
+          "check",
+          "inbound-ports",
+          "service",
+          "register",
+          "dns",
+          "pilot",
+          "capture",
+        ].map((id) => [id, "ok"]),
+      );
+      expect(report?.ok).toBe(true);
     });
-    const check = step("check");
-    expect(check.data["code"]).toBe(0);
-    expect(transcript).toContain("Envoy STAND-IN");
-  });
 
-  it("ISTIO_INBOUND_PORTS=3306 and a reload add the inbound capture of 3306", () => {
-    expect(step("inbound-ports").data["rules"]).toMatch(
-      /-A ISTIO_INBOUND -p tcp -m tcp --dport 3306 -j ISTIO_REDIRECT/,
-    );
-  });
+    it("the admin commands produced cluster.env, kubedns and the profile's credentials, and a bundle with the .deb", () => {
+      const generate = step("generate");
+      expect(generate.data["clusterEnv"]).toMatch(new RegExp(`^ISTIO_CONTROL_PLANE='?${profile}'?$`, "m"));
+      expect(generate.data["kubedns"]).toMatch(/^server=\/svc\.cluster\.local\/10\.254\.\d+\.[67]$/m);
+      for (const file of credentials) expect(generate.data["files"]).toContain(file);
+      const listing = String(step("bundle").data["listing"]);
+      for (const member of ["cluster.env", "kubedns", "sidecar.env", ...credentials, ".deb"]) {
+        expect(listing).toContain(member);
+      }
+    });
 
-  it("mysqldb.default.svc.cluster.local resolves on the VM to a clusterIP in the service CIDR", () => {
-    expect(step("dns").data["address"]).toMatch(/^10\.(9[6-9]|10[0-9]|11[01])\.\d+\.\d+$/);
-  });
+    it("install leaves the agent active and enabled with the stand-in Envoy, and istio-vm check passes", () => {
+      expect(step("install").data["unit"]).toMatchObject({
+        ActiveState: "active",
+        SubState: "running",
+        UnitFileState: "enabled",
+      });
+      const check = step("check");
+      expect(check.data["code"]).toBe(0);
+      expect(transcript).toContain("Envoy STAND-IN");
+    });
 
-  it("Pilot lists the VM as the endpoint: v1 registration API and EDS", () => {
-    const pilot = step("pilot");
-    const vmIp = String(step("network").data["vmIp"]);
-    expect(pilot.data["registration"]).toEqual([{ ip_address: vmIp, port: 3306 }]);
-    expect(pilot.data["eds"]).toEqual([`${vmIp}:3306`]);
-  });
+    it("ISTIO_INBOUND_PORTS=3306 and a reload add the inbound capture of 3306", () => {
+      expect(step("inbound-ports").data["rules"]).toMatch(
+        /-A ISTIO_INBOUND -p tcp -m tcp --dport 3306 -j ISTIO_(IN_)?REDIRECT/,
+      );
+    });
 
-  it("a connection from the cluster to the VM's 3306 arrives at the capture port, not at the service", () => {
-    const capture = step("capture");
-    const clusterIp = String(step("network").data["clusterIp"]);
-    expect(String(capture.data["held"])).toMatch(new RegExp(`:15001\\s+${clusterIp.replace(/\./g, "\\.")}:\\d+`));
-    expect(capture.data["reachedService"]).toBe(0);
-    expect(String(capture.data["counters"])).toMatch(/dpt:3306/);
-  });
+    it("mysqldb.default.svc.cluster.local resolves on the VM to a clusterIP in the service CIDR", () => {
+      expect(step("dns").data["address"]).toMatch(/^10\.(9[6-9]|10[0-9]|11[01])\.\d+\.\d+$/);
+    });
 
-  it("cleaned up: no namespace or container of the recipe is left", async () => {
-    await cleanups.run();
-    const { execFileSync } = await import("node:child_process");
-    expect(execFileSync("ip", ["netns", "list"], { encoding: "utf8" })).not.toMatch(/recipe-cluster-/);
-    expect(transcript).toMatch(/cleanup: power off and remove the VM container/);
-  });
-});
+    it("Pilot lists the VM as the endpoint: v1 registration API and EDS", () => {
+      const pilot = step("pilot");
+      const vmIp = String(step("network").data["vmIp"]);
+      expect(pilot.data["registration"]).toEqual([{ ip_address: vmIp, port: 3306 }]);
+      expect(pilot.data["eds"]).toEqual([`${vmIp}:3306`]);
+    });
+
+    it("a connection from the cluster to the VM's 3306 arrives at the capture port, not at the service", () => {
+      const capture = step("capture");
+      const clusterIp = String(step("network").data["clusterIp"]);
+      expect(String(capture.data["held"])).toMatch(
+        new RegExp(`:${String(capturePort)}\\s+${clusterIp.replace(/\./g, "\\.")}:\\d+`),
+      );
+      expect(capture.data["reachedService"]).toBe(0);
+      expect(String(capture.data["counters"])).toMatch(/dpt:3306/);
+    });
+
+    it("cleaned up: no namespace or container of the recipe is left", async () => {
+      await cleanups.run();
+      const { execFileSync } = await import("node:child_process");
+      expect(execFileSync("ip", ["netns", "list"], { encoding: "utf8" })).not.toMatch(/recipe-cluster-/);
+      expect(transcript).toMatch(/cleanup: power off and remove the VM container/);
+    });
+  },
+);
 
 describe("the recipe without root, as npm start runs it for an unprivileged user", () => {
   it("runs what needs no privilege against the dev plane on loopback and names every skipped step", async () => {

@@ -227,6 +227,10 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
     const vmIp = `${subnet}.2`;
     const lbBase = 6;
     const clusterNs = `recipe-cluster-${id}`;
+    // The seeded load balancers take consecutive addresses from --lb-ip: legacy dns, mixer, pilot, ca; istiod: the
+    // east-west gateway (istiod's address for VMs), then the dns-ilb this recipe adds.
+    const pilotLb = `${subnet}.${String(profile === "legacy" ? lbBase + 2 : lbBase)}`;
+    const kubeDnsLb = `${subnet}.${String(profile === "legacy" ? lbBase : lbBase + 1)}`;
     const vethCluster = `rc${id}`;
     const vethVm = `rv${id}`;
     let vm: DebianMachine | undefined;
@@ -322,6 +326,71 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       s.data["dev"] = dev;
       s.saw.push(`Kubernetes API ${dev.kubeApi.join(", ")}; ${String(dev.services.length)} Istio services attached`);
     });
+
+    if (profile === "istiod") {
+      await step("dns-ilb", "Admin side: expose kube-dns to VMs on an internal load balancer", async (s) => {
+        print(
+          "   Current Istio resolves cluster names on the VM with its DNS proxy, which the agent does not replace;\n" +
+            "   like the seed recipe's dns-ilb, an internal load balancer in front of kube-dns lets dnsmasq forward.\n",
+        );
+        const manifest = join(work, "dns-ilb.json");
+        await writeFile(
+          manifest,
+          JSON.stringify({
+            apiVersion: "v1",
+            kind: "Service",
+            metadata: {
+              name: "dns-ilb",
+              namespace: "kube-system",
+              annotations: { "networking.gke.io/load-balancer-type": "Internal" },
+            },
+            spec: {
+              type: "LoadBalancer",
+              selector: { "k8s-app": "kube-dns" },
+              ports: [{ name: "dns", port: 53, protocol: "UDP" }],
+            },
+          }),
+        );
+        // What `kubectl create -f dns-ilb.json` does, with curl and the kubeconfig's admin client certificate.
+        const config = await readFile(kubeconfig, "utf8");
+        const field = (name: string): Buffer =>
+          Buffer.from(new RegExp(`${name}: *"?([A-Za-z0-9+/=]+)`).exec(config)?.[1] ?? "", "base64");
+        for (const [name, file] of [
+          ["certificate-authority-data", "ca.pem"],
+          ["client-certificate-data", "admin.pem"],
+          ["client-key-data", "admin-key.pem"],
+        ] as const) {
+          await writeFile(join(work, file), field(name), { mode: 0o600 });
+        }
+        const result = await runHost("ip", [
+          ...[
+            "netns",
+            "exec",
+            clusterNs,
+            "curl",
+            "-sS",
+            "--fail-with-body",
+            "-o",
+            "/dev/null",
+            "-w",
+            "HTTP %{http_code}\n",
+          ],
+          ...[
+            "--cacert",
+            join(work, "ca.pem"),
+            "--cert",
+            join(work, "admin.pem"),
+            "--key",
+            join(work, "admin-key.pem"),
+          ],
+          ...["-H", "Content-Type: application/json", "--data-binary", `@${manifest}`],
+          "https://127.0.0.1:6443/api/v1/namespaces/kube-system/services",
+        ]);
+        show("[cluster] kubectl create -f dns-ilb.json  (Service kube-system/dns-ilb, type LoadBalancer)", result);
+        must("kubectl create", result);
+        s.saw.push("Service kube-system/dns-ilb created");
+      });
+    }
 
     await step("generate", "Admin side: cluster-env, dnsmasq, certs (replace setupMeshEx.sh)", async (s) => {
       await generate(clusterNs, s);
@@ -474,9 +543,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       const result = must("getent", await inVm(`getent hosts ${FQDN}`));
       const address = result.stdout.trim().split(/\s+/)[0] ?? "";
       s.data["address"] = address;
-      s.saw.push(
-        `${FQDN} → ${address} (its clusterIP, answered by kube-dns at ${subnet}.${String(lbBase)} via dnsmasq on 127.0.0.1)`,
-      );
+      s.saw.push(`${FQDN} → ${address} (its clusterIP, answered by kube-dns at ${kubeDnsLb} via dnsmasq on 127.0.0.1)`);
     });
 
     await step(
@@ -495,9 +562,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
         if (key === undefined) throw new Error(`no registration key for ${FQDN}`);
         const reg = must(
           "curl",
-          await inCluster(
-            `curl -s 'http://${subnet}.${String(lbBase + 2)}:8080/v1/registration/${key.replace("|", "%7C")}'`,
-          ),
+          await inCluster(`curl -s 'http://${pilotLb}:8080/v1/registration/${key.replace("|", "%7C")}'`),
         );
         const hosts = (JSON.parse(reg.stdout) as { hosts: { ip_address: string; port: number }[] }).hosts;
         s.data["registration"] = hosts;
@@ -505,20 +570,9 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
         const cluster = `outbound|${String(SERVICE_PORT)}||${FQDN}`;
         const edsResult = must(
           "eds",
-          await runHost("ip", [
-            "netns",
-            "exec",
-            clusterNs,
-            process.execPath,
-            eds,
-            `${subnet}.${String(lbBase + 2)}:15010`,
-            cluster,
-          ]),
+          await runHost("ip", ["netns", "exec", clusterNs, process.execPath, eds, `${pilotLb}:15010`, cluster]),
         );
-        show(
-          `[cluster] EDS request for '${cluster}' to Pilot's ADS at ${subnet}.${String(lbBase + 2)}:15010`,
-          edsResult,
-        );
+        show(`[cluster] EDS request for '${cluster}' to Pilot's ADS at ${pilotLb}:15010`, edsResult);
         const endpoints = edsResult.stdout.trim().split("\n");
         s.data["eds"] = endpoints;
         s.saw.push(`v1 registration ${key}: ${hosts.map((h) => `${h.ip_address}:${String(h.port)}`).join(", ")}`);
