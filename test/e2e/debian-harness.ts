@@ -205,10 +205,15 @@ export async function bootDebian(options: BootOptions): Promise<DebianMachine> {
       }
       const done = await Promise.race([exited.then(() => true), sleep(20_000).then(() => false)]);
       if (!done && nspawn.pid !== undefined) {
-        try {
-          process.kill(nspawn.pid, "SIGKILL");
-        } catch {
-          // Already gone.
+        // Killing nspawn alone leaves the container's init running (reparented to PID 1) with everything under it;
+        // SIGKILL of the init, PID 1 of its namespace, makes the kernel kill every process in the container.
+        for (const pid of [leader, nspawn.pid]) {
+          if (pid === undefined) continue;
+          try {
+            process.kill(pid, "SIGKILL");
+          } catch {
+            // Already gone.
+          }
         }
         await Promise.race([exited, sleep(10_000)]);
       }
