@@ -452,6 +452,10 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
         await (vm as DebianMachine).run(["istio-vm", "install", "/root/vm.tgz"], { timeoutMs: 300_000 }),
       );
       show("[vm] istio-vm install /root/vm.tgz", install.stdout);
+      // Stopped before the container powers off, so the poweroff does not wait for Envoy's drain.
+      cleanups.add("systemctl stop istio-vm-agent", () =>
+        (vm as DebianMachine).run(["systemctl", "stop", "istio-vm-agent"], { timeoutMs: 60_000 }),
+      );
       s.data["install"] = install.stdout;
       const props = await machine.unitProperties("istio-vm-agent.service", [
         "ActiveState",
