@@ -100,7 +100,7 @@ describe("setup commands", () => {
     expect(remoteScript(settings, "vm1.example.org")).not.toContain("ISTIO_SVC_IP");
     expect(remoteScript({ ...settings, bundleHasSvcIp: true }, "10.0.0.5")).not.toContain("ISTIO_SVC_IP");
     expect(remoteScript({ ...settings, remoteCommand: "echo {host} {bundle}" }, "10.0.0.5")).toBe(
-      "echo 10.0.0.5 .istio-vm-bundle-abc-10.0.0.5.tgz\nrc=$?; rm -f .istio-vm-bundle-abc-10.0.0.5.tgz; exit $rc\n",
+      "(\necho 10.0.0.5 .istio-vm-bundle-abc-10.0.0.5.tgz\n)\nrc=$?; rm -f .istio-vm-bundle-abc-10.0.0.5.tgz; exit $rc\n",
     );
   });
 

@@ -134,7 +134,8 @@ export function remoteScript(settings: SetupSettings, rawHost: string): string {
   const cleanup = `rc=$?; rm -f ${bundle}; exit $rc`;
   if (settings.remoteCommand !== undefined) {
     const command = settings.remoteCommand.replaceAll("{bundle}", bundle).replaceAll("{host}", shellQuote(rawHost));
-    return `${command}\n${cleanup}\n`;
+    // In a subshell, so an `exit` in the command still reaches the cleanup: the copy holds the VM's credentials.
+    return `(\n${command}\n)\n${cleanup}\n`;
   }
   const { host } = parseHost(rawHost);
   const svcIp = !settings.bundleHasSvcIp && isIP(host) !== 0 ? ` --set ISTIO_SVC_IP=${shellQuote(host)}` : "";
