@@ -123,7 +123,12 @@ describe.skipIf(missing !== undefined).each(PROFILES)(
     it("cleaned up: no namespace or container of the recipe is left", async () => {
       await cleanups.run();
       const { execFileSync } = await import("node:child_process");
-      expect(execFileSync("ip", ["netns", "list"], { encoding: "utf8" })).not.toMatch(/recipe-cluster-/);
+      // Only this run's namespace counts: another run (a demo, a second test process) may be going on.
+      const clusterNs = String(step("network").data["clusterNs"]);
+      expect(clusterNs).toMatch(/^recipe-cluster-[0-9a-f]{6}$/);
+      expect(execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n")).not.toContainEqual(
+        expect.stringMatching(new RegExp(`^${clusterNs}\\b`)),
+      );
       expect(transcript).toMatch(/cleanup: power off and remove the VM container/);
     });
   },

@@ -300,6 +300,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       );
       s.data["vmIp"] = vmIp;
       s.data["clusterIp"] = clusterIp;
+      s.data["clusterNs"] = clusterNs;
       s.saw.push(
         `cluster ${clusterIp} (load balancers ${subnet}.${String(lbBase)}–.${String(lbBase + 3)}), VM ${vmIp}; nothing in this machine's own namespace`,
       );
