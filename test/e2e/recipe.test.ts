@@ -88,6 +88,14 @@ describe.skipIf(missing !== undefined).each(PROFILES)(
         SubState: "running",
         UnitFileState: "enabled",
       });
+      // systemctl status shows the identity and the certificate's expiry, and Envoy's epoch.
+      expect(String((step("install").data["unit"] as Record<string, string>)["StatusText"])).toMatch(
+        /^ready: .*cert spiffe:\/\/cluster\.local\/ns\/default\/sa\/default expires \S+.*envoy.* ready/,
+      );
+      // The stand-in runs as istio-proxy inside the unit's cgroup.
+      const envoys = String(step("install").data["envoyProcesses"]).trim().split("\n");
+      expect(envoys.length).toBeGreaterThan(0);
+      for (const line of envoys) expect(line).toBe("istio-proxy istio-vm-agent.service");
       const check = step("check");
       expect(check.data["code"]).toBe(0);
       expect(transcript).toContain("Envoy STAND-IN");

@@ -472,6 +472,21 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       );
       s.data["unit"] = props;
       if (props["ActiveState"] !== "active") throw new Error(`istio-vm-agent is ${props["ActiveState"] ?? "?"}`);
+      // Who runs Envoy (the stand-in), and in which cgroup: the unit's, so stopping the unit stops it.
+      const processes = await (vm as DebianMachine).run(["ps", "-eo", "user:32,args"]);
+      const cgroup = await (vm as DebianMachine).run(["systemd-cgls", "--no-pager", "-u", "istio-vm-agent.service"]);
+      const envoys = {
+        stdout: processes.stdout
+          .split("\n")
+          .filter((l) => l.includes("--restart-epoch"))
+          .map(
+            (l) =>
+              `${l.trim().split(/\s+/)[0] ?? ""} ${cgroup.stdout.includes(l.trim().split(/\s+/).slice(1, 3).join(" ")) ? "istio-vm-agent.service" : "outside the unit"}`,
+          )
+          .join("\n"),
+      };
+      show("[vm] Envoy processes: user and cgroup", envoys.stdout);
+      s.data["envoyProcesses"] = envoys.stdout;
       s.saw.push(
         `istio-vm-agent ${props["ActiveState"] ?? ""}/${props["SubState"] ?? ""}, ${props["UnitFileState"] ?? ""}: ${props["StatusText"] ?? ""}`,
       );
