@@ -9,11 +9,11 @@
  * @grpc/grpc-js' server, because a test double must be able to misbehave the way a real network does: the
  * `stream-reset` fault answers the next request with an HTTP/2 RST_STREAM, which grpc-js' server cannot send.
  *
- * Protocol (istiod.md §6): the first request on a stream carries the Node; a request with an empty nonce subscribes;
- * one echoing the last nonce of its type is an ACK (or a NACK when it carries error_detail) and gets no reply unless
- * its resource names changed; a stale nonce is ignored. Subscribed streams get a new response on every store change.
- * With a verified client certificate, the SPIFFE identity's namespace and service account must equal the node
- * metadata NAMESPACE and SERVICE_ACCOUNT (istiod's XDS identity check), else PERMISSION_DENIED.
+ * Protocol (docs/protocols.md, "xDS"): the first request on a stream carries the Node; a request with an empty nonce
+ * subscribes; one echoing the last nonce of its type is an ACK (or a NACK when it carries error_detail) and gets no
+ * reply unless its resource names changed; a stale nonce is ignored. Subscribed streams get a new response on every
+ * store change. With a verified client certificate, the SPIFFE identity's namespace and service account must equal
+ * the node metadata NAMESPACE and SERVICE_ACCOUNT (istiod's XDS identity check), else PERMISSION_DENIED.
  */
 import { randomBytes } from "node:crypto";
 import { constants as h2, createSecureServer, createServer } from "node:http2";

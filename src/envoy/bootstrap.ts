@@ -3,7 +3,7 @@
  *
  * What is in it, and why:
  * - `node`: the id Pilot/istiod expect from a VM (`sidecar~<ip>~<name>.<ns>~<ns>.svc.cluster.local`, four parts or
- *   Pilot answers 404), `cluster` = ISTIO_SERVICE, and the metadata current Istio's agent sends (istiod.md §6).
+ *   Pilot answers 404), `cluster` = ISTIO_SERVICE, and the metadata current Istio's agent sends (docs/protocols.md).
  * - `admin` on 127.0.0.1 only: /ready, /drain_listeners and /quitquitquit are how the agent drives Envoy, and nothing
  *   off the machine may reach them.
  * - one static cluster `xds-grpc` to DISCOVERY_ADDRESS, HTTP/2 (gRPC), mTLS from the workload files in OUTPUT_CERTS
@@ -88,7 +88,7 @@ function parseJsonMetadata(raw: string): StructValue | undefined {
   }
 }
 
-/** Node metadata as current Istio's agent sends it (istiod.md §6); legacy 0.8 added `istio: sidecar`. */
+/** Node metadata as current Istio's agent sends it (docs/protocols.md); legacy 0.8 added `istio: sidecar`. */
 export function nodeMetadata(input: BootstrapInput): Record<string, StructValue> {
   const { config } = input;
   const metadata: Record<string, StructValue> = {};

@@ -1,5 +1,5 @@
 /**
- * The Node an istio-vm probe stream presents to Pilot/istiod (istiod.md §6): the id Envoy on this VM uses,
+ * The Node an istio-vm probe stream presents to Pilot/istiod (docs/protocols.md, "xDS"): the id Envoy on this VM uses,
  * `sidecar~<ISTIO_SVC_IP>~<POD_NAME>.<POD_NAMESPACE>~<POD_NAMESPACE>.svc.cluster.local`, `cluster` = ISTIO_SERVICE and
  * the metadata istiod's identity check and registry need. `AUTO_REGISTER_GROUP` is never sent: on a probe stream it
  * would make istiod create (and later delete) a WorkloadEntry for this VM.
