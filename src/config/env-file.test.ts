@@ -77,6 +77,12 @@ describe("parseEnvFile", () => {
     ]);
   });
 
+  it("a file that is not UTF-8 (saved as Latin-1) is an error on the line, not a value with U+FFFD in it", () => {
+    expect(() => parseEnvFile(Buffer.from("A=1\nISTIO_META_OWNER=caf\xe9\n", "latin1"), "f")).toThrow(
+      "f:2: not UTF-8: a byte here is not valid UTF-8 (read as U+FFFD); save the file as UTF-8",
+    );
+  });
+
   it("names an invisible character where a key or '=' was expected", () => {
     expect(problemsOf("\u00a0A=1\nB\u200b=2\n")).toEqual([
       "1: expected KEY=value (found the invisible character \\xa0)",

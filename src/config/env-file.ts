@@ -7,8 +7,8 @@
  *
  * Files saved by Windows editors are read as meant, where bash would not: CRLF line ends are read as LF everywhere
  * (also inside a quoted multi-line value), and a UTF-8 byte-order mark as the very first character is skipped. A
- * carriage return not followed by a line feed outside quotes, and a byte-order mark anywhere else, are errors that name
- * the character.
+ * carriage return not followed by a line feed outside quotes, a byte-order mark anywhere else, and bytes that are not
+ * UTF-8 (a file saved as Latin-1), are errors that name the character.
  */
 
 import { escapeHidden } from "./printable.js";
@@ -49,6 +49,10 @@ const BOM = "\uFEFF";
 const MISPLACED_BOM =
   "byte-order mark (U+FEFF) inside the file; it is accepted only as the very first character of the file, remove this one";
 
+// What a UTF-8 decoder makes of a byte that is not UTF-8 (a file saved as Latin-1 or Windows-1252).
+const REPLACEMENT = "\uFFFD";
+const NOT_UTF8 = "not UTF-8: a byte here is not valid UTF-8 (read as U+FFFD); save the file as UTF-8";
+
 class LineError extends Error {}
 
 /** Names a character a person cannot see (U+00A0, a zero-width space, a control character), or nothing. */
@@ -84,6 +88,7 @@ export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry
     if (ch === "\n") line++;
     if (ch === "\0") throw new LineError("NUL byte in file");
     if (ch === BOM) throw new LineError(MISPLACED_BOM);
+    if (ch === REPLACEMENT) throw new LineError(NOT_UTF8);
     return ch;
   };
 
