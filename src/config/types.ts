@@ -26,8 +26,9 @@ export function trimBlanks(raw: string): string {
 }
 
 /**
- * Numbers are plain decimals without leading zeros: `010` means 8 to inet_aton(3) and to iptables' port parser
- * (strtoul with base 0), so a leading zero is refused rather than guessed at.
+ * Numbers are plain decimals without leading zeros: `010` is 8 to inet_aton(3) (each part of an address may be octal)
+ * and to iptables, whose port and number parser autodetects the base (netfilter iptables, libxtables/xtables.c,
+ * `xtables_strtoul`: "Base is always 0"). A leading zero is refused rather than read one way or the other.
  */
 function hasLeadingZero(digits: string): boolean {
   return digits.length > 1 && digits.startsWith("0");
