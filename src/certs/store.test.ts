@@ -87,6 +87,15 @@ describe("CertStore", () => {
     expect(await generations()).toHaveLength(2);
   });
 
+  it("writes the first pair into a directory holding only root-cert.pem (the istiod profile's first certificate)", async () => {
+    expect(await store().read()).toBeUndefined();
+    const pair = await mesh.issueKeyPair({ identity: ID });
+    await store().accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
+    expect(await readFile(join(dir, "key.pem"), "utf8")).toBe(pair.keyPem);
+    expect(await readFile(join(dir, "cert-chain.pem"), "utf8")).toBe(pair.chainPem);
+    expect(await generations()).toHaveLength(1);
+  });
+
   it("keeps only the current and previous generations", async () => {
     for (let i = 0; i < 4; i++) {
       const pair = await mesh.issueKeyPair({ identity: ID });
