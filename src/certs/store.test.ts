@@ -133,6 +133,23 @@ describe("CertStore", () => {
     expect(await store().read()).toEqual({ keyPem: good.keyPem, chainPem: good.chainPem });
   });
 
+  it("does not fail a finished swap when a leftover generation may not be removed (EACCES)", async () => {
+    const pair = await mesh.issueKeyPair({ identity: ID });
+    const rootOwned = "..2026_01_01_00_00_00.999999999-0a0b0c0d";
+    await mkdir(join(dir, rootOwned));
+    const links = {
+      ...nodeLinkFileSystem,
+      removeTree: (path: string): Promise<void> =>
+        path.endsWith(rootOwned)
+          ? Promise.reject(Object.assign(new Error(`EACCES: ${path}`), { code: "EACCES" }))
+          : nodeLinkFileSystem.removeTree(path),
+    };
+    const denied = new CertStore({ dir, fs: nodeFileSystem, links });
+    await denied.accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
+    expect(await denied.read()).toEqual({ keyPem: pair.keyPem, chainPem: pair.chainPem });
+    expect(await generations()).toContain(rootOwned);
+  });
+
   it("removes temporary links left by a writer that died, but not those of a live one", async () => {
     const pair = await mesh.issueKeyPair({ identity: ID });
     await symlink("..x", join(dir, "...data.tmp-999999999-ffff"));

@@ -240,12 +240,26 @@ export class CertStore {
       const m = GENERATION.exec(name);
       if (m === null || keep.has(name) || name === current || inFlight.has(join(this.paths.dir, name))) continue;
       const pid = Number(m[1]);
-      if (pid === process.pid || !processAlive(pid)) await this.#links.removeTree(join(this.paths.dir, name));
+      if (pid === process.pid || !processAlive(pid)) await this.#removeIfAllowed(join(this.paths.dir, name));
     }
     if ((await this.#current()) !== undefined) {
       if ((await this.#links.readSymlink(join(this.paths.dir, OLD_LIVE))) !== undefined)
-        await this.#links.removeTree(join(this.paths.dir, OLD_LIVE));
-      await this.#links.removeTree(join(this.paths.dir, OLD_PAIRS));
+        await this.#removeIfAllowed(join(this.paths.dir, OLD_LIVE));
+      await this.#removeIfAllowed(join(this.paths.dir, OLD_PAIRS));
+    }
+  }
+
+  /**
+   * Clean-up never fails a write whose swap is done: what this user may not remove (a root-owned generation left by
+   * `istio-vm certs renew` run without the owner lookup, seen by the agent running as ENVOY_USER) stays for a
+   * writer that may.
+   */
+  async #removeIfAllowed(path: string): Promise<void> {
+    try {
+      await this.#links.removeTree(path);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== "EACCES" && code !== "EPERM") throw error;
     }
   }
 
@@ -253,7 +267,7 @@ export class CertStore {
   async #removeAbandonedTemporaries(): Promise<void> {
     for (const name of await this.#fs.readdir(this.paths.dir)) {
       const m = TEMPORARY.exec(name);
-      if (m !== null && !processAlive(Number(m[1]))) await this.#links.removeTree(join(this.paths.dir, name));
+      if (m !== null && !processAlive(Number(m[1]))) await this.#removeIfAllowed(join(this.paths.dir, name));
     }
   }
 }
