@@ -20,9 +20,9 @@
  * - Opening `key.pem` and then `cert-chain.pem` by name are two resolutions: a swap between them yields a key and a
  *   chain of different generations. No file layout can prevent that for a reader that does not cooperate (the
  *   writer cannot hold a path lookup back); such a reader detects it by reading `..data` before and after its two
- *   reads and reading again when it changed. Envoy is not such a reader in practice: in the istiod profile it gets
- *   the pair over SDS from the agent, and in the legacy profile it reads the files when the agent starts an epoch,
- *   after the swap.
+ *   reads and reading again when it changed. Envoy reads the files by name when the agent starts it (or a new
+ *   epoch after a swap); a swap that lands during that start changes the files again, which the supervisor's poll
+ *   sees, so another epoch reads a matching pair.
  * - Concurrent writers (the agent and `istio-vm certs renew`) do not corrupt each other: the last swap wins, and a
  *   writer removes only its own old generations or those of writers that died.
  *
@@ -35,8 +35,9 @@
  * Upgrades: `istio-vm install` writes key.pem and cert-chain.pem as plain files, and earlier versions of this store
  * linked them through `live` -> `pairs/<id>`. A write first migrates whatever it finds without changing what the
  * two names show: the visible pair is copied into a generation, `..data` names it, then cert-chain.pem and key.pem
- * become links one at a time (both still show that pair), the old `live` and `pairs/` are removed; only then is the
- * new pair swapped in. A crash anywhere in this leaves both names showing the same pair, and the next write resumes.
+ * become links one at a time (both still show that pair); only then is the new pair swapped in, and the old `live`
+ * and `pairs/` are removed after it. A crash anywhere in this leaves both names showing the same pair, and the next
+ * write resumes. A migrating write takes ten fsyncs (3 for the copy, 1 each for `..data` and the two links, then 4).
  */
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
