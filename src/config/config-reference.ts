@@ -74,6 +74,16 @@ export function renderConfigurationReference(): string {
       "`istio-vm config` shows the effective value of each and where it came from, and the whole configuration is " +
       "validated at once, listing every problem.",
     "",
+    "Values are checked strictly. In lists (ports, CIDRs, ids) items are separated by commas; spaces and tabs around " +
+      "an item are ignored (`3306, 80`), and an empty item (`3306,,80`, or a comma at either end) is an error. " +
+      "Numbers are plain decimals without leading zeros: `10.0.0.0/08`, `010.0.0.0` and port `080` are errors, " +
+      "because iptables and `inet_aton` read them as octal. An IPv6 zone id (`fe80::1%eth0`) is an error: it names " +
+      "an interface of one host, not part of an address. Files saved on Windows are read as meant: CRLF line ends, " +
+      "and a UTF-8 byte-order mark at the very start. A byte-order mark elsewhere, a lone carriage return, or a " +
+      "byte that is not UTF-8 is an error with its file and line. A variable set twice in one file takes the last " +
+      "line's value, with a warning naming both lines. `istio-vm config` escapes control characters and cuts values " +
+      "longer than 60 characters; `istio-vm config --json` shows every value exactly.",
+    "",
     "Defaults that differ between the control-plane profiles (`ISTIO_CONTROL_PLANE`) are given for both. " +
       "`ISTIO_META_*` and `ISTIO_METAJSON_*` variables not listed here are passed to Envoy and the control plane " +
       "as node metadata.",
