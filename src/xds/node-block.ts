@@ -301,7 +301,7 @@ function istiodMetadata(input: NodeBlockInput, proxyConfig: ProxyConfigJson): Re
     if (isObject(value) && Object.keys(value).length === 0) return;
     typed[key] = value;
   };
-  set("PROXY_CONFIG", proxyConfig as Record<string, StructValue>);
+  set("PROXY_CONFIG", proxyConfig);
   const givenVersion = untyped["ISTIO_VERSION"];
   set("ISTIO_VERSION", typeof givenVersion === "string" && givenVersion !== "" ? givenVersion : config.ISTIO_VERSION);
   set("LABELS", labels);
