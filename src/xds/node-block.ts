@@ -291,10 +291,11 @@ function istiodMetadata(input: NodeBlockInput, proxyConfig: ProxyConfigJson): Re
     const value = parseJson(vars[name] ?? "");
     if (isObject(value)) Object.assign(untyped, value);
   }
-  // ISTIO_METAJSON_LABELS is a registry variable: pilot-agent merges it like every ISTIO_METAJSON_*.
-  Object.assign(untyped, config.ISTIO_METAJSON_LABELS as Record<string, StructValue>);
-
+  // ISTIO_METAJSON_LABELS is a registry variable: pilot-agent merges it like every ISTIO_METAJSON_*, and istioctl's
+  // version of it already holds the canonical-service labels, so they land at the top level too.
   const labels = workloadLabels(config);
+  Object.assign(untyped, config.ISTIO_METAJSON_LABELS as Record<string, StructValue>, labels);
+
   const typed: Record<string, StructValue> = {};
   const set = (key: string, value: StructValue | undefined): void => {
     if (value === undefined || value === "" || value === 0) return;
