@@ -1,6 +1,7 @@
 /**
- * The Istio CA messages (proto package `istio.v1.auth`), with the field numbers of the reference
- * (`legacy-mesh-expansion.md` §4.2, `istiod.md` §4). Both the agent's clients and the dev control plane's CA use them.
+ * The Istio CA messages (proto package `istio.v1.auth`), with the field numbers of istio/istio
+ * `security/proto/ca_service.proto` (0.5–0.8) and istio/api `security/v1alpha1/ca.proto` (docs/protocols.md). Both the
+ * agent's clients and the dev control plane's CA use them.
  */
 import { WireWriter, getBytes, getInt, getInt32, getRepeatedString, getString, readFields } from "./protobuf-wire.js";
 

@@ -9,9 +9,10 @@
  * @grpc/grpc-js' server, because a test double must be able to misbehave the way a real network does: the
  * `stream-reset` fault answers the next request with an HTTP/2 RST_STREAM, which grpc-js' server cannot send.
  *
- * Protocol (istiod.md §6): the first request on a stream carries the Node; a request with an empty nonce subscribes;
- * one echoing the last nonce of its type is an ACK (or a NACK when it carries error_detail) and gets no reply unless
- * its resource names changed; a stale nonce is ignored. Subscribed streams get a new response on every store change.
+ * Protocol (docs/protocols.md, "xDS"): the first request on a stream carries the Node; a request with an empty nonce
+ * subscribes; one echoing the last nonce of its type is an ACK (or a NACK when it carries error_detail) and gets no
+ * reply unless its resource names changed; a stale nonce is ignored. Subscribed streams get a new response on every
+ * store change.
  * Authentication and authorization as istiod does them (istio/istio 1.24 pilot/pkg/xds/auth.go, XDS_AUTH and
  * PILOT_ENABLE_XDS_IDENTITY_CHECK on): on the TLS port a stream must present a client certificate with a SPIFFE URI
  * or a service-account JWT (`authorization: Bearer`, audience istio-ca), else it ends with UNAUTHENTICATED before any

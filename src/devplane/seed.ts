@@ -1,6 +1,6 @@
 /**
- * The objects of a mesh-expansion-shaped cluster, per control-plane generation (reference/legacy-mesh-expansion.md
- * §1.4 and reference/istiod.md):
+ * The objects of a mesh-expansion-shaped cluster, per control-plane generation (istio/istio
+ * install/kubernetes/mesh-expansion.yaml at 0.2.12–0.8.0, and istiod's Services; docs/protocols.md):
  * - both: namespaces default, kube-system, kube-public; Service `kubernetes` (the CIDR's first address) and `kube-dns`
  *   (its tenth); the ServiceCIDR `kubernetes` unless the API is switched off.
  * - legacy: istio-system with istio-pilot, istio-mixer, istio-ca (ClusterIP) and the internal load balancers

@@ -1,5 +1,5 @@
 /**
- * Envoy's command line for one hot-restart epoch (pure), as pilot-agent built it (legacy-mesh-expansion.md §5):
+ * Envoy's command line for one hot-restart epoch (pure), as pilot-agent built it (docs/protocols.md):
  * `-c <dir>/envoy-rev<N>.json --restart-epoch N --drain-time-s D --parent-shutdown-time-s P --service-cluster C
  * --service-node ID --base-id B -l LEVEL --log-format F` (`--service-cluster` on the legacy profile only).
  */

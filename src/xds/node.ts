@@ -1,5 +1,5 @@
 /**
- * The Node an istio-vm probe stream presents to Pilot/istiod: the node Envoy on this VM presents (src/xds/node-block.ts,
+ * The Node an istio-vm probe stream presents to Pilot/istiod (docs/protocols.md, "xDS"): the node Envoy on this VM presents (src/xds/node-block.ts,
  * one builder for both), without `AUTO_REGISTER_GROUP` (on a probe stream it would make istiod create, and later
  * delete, a WorkloadEntry for this VM) and with istio-vm as the user agent.
  */
