@@ -164,7 +164,8 @@ export function clusterEnvCommand(
       });
       let workload;
       if (detected.profile === "istiod") {
-        const proxyConfig = args["proxy-config"] === undefined ? undefined : parseProxyConfigFlag(args["proxy-config"]);
+        const proxyConfig =
+          args["proxy-config"] === undefined ? undefined : await parseProxyConfigFlag(args["proxy-config"]);
         const needsMesh =
           args["trust-domain"] === undefined ||
           args["cluster-id"] === undefined ||

@@ -271,9 +271,9 @@ describe("readMeshSettings", () => {
   it("leaves everything unset when the ConfigMaps are missing", async () => {
     await expect(readMeshSettings(new FakeKubeClient(), "istio-system")).resolves.toEqual({});
   });
-  it("reads only a top-level trustDomain", () => {
-    expect(trustDomainFromMeshConfig("defaultConfig:\n  trustDomain: nested\n")).toBeUndefined();
-    expect(trustDomainFromMeshConfig('trustDomain: "td.example" # comment\n')).toBe("td.example");
+  it("reads only a top-level trustDomain", async () => {
+    expect(await trustDomainFromMeshConfig("defaultConfig:\n  trustDomain: nested\n")).toBeUndefined();
+    expect(await trustDomainFromMeshConfig('trustDomain: "td.example" # comment\n')).toBe("td.example");
   });
 });
 

@@ -5,7 +5,6 @@
  * `discoverServiceCidr` and `readMeshSettings` are the few API reads. The mesh config is YAML, read with the `yaml`
  * library; what cluster.env carries of it (PROXY_CONFIG) is JSON, which the agent parses without it.
  */
-import { parse as parseYaml } from "yaml";
 import { AgentError } from "../platform/errors.js";
 import { renderEnvFile } from "../config/env-file.js";
 import type { Cidr } from "../config/types.js";
@@ -191,10 +190,11 @@ function isRecord(value: unknown): value is Record<string, unknown> {
  * The parts of the mesh config (ConfigMap `istio`, key `mesh`, YAML) cluster.env carries: the top-level
  * `trustDomain` and `defaultConfig`. Text that is not a YAML mapping is an error naming the ConfigMap.
  */
-export function parseMeshConfig(mesh: string): {
+export async function parseMeshConfig(mesh: string): Promise<{
   readonly trustDomain?: string;
   readonly defaultConfig?: Readonly<Record<string, unknown>>;
-} {
+}> {
+  const { parse: parseYaml } = await loadYaml();
   let doc: unknown;
   try {
     doc = parseYaml(mesh);
@@ -223,8 +223,14 @@ export function parseMeshConfig(mesh: string): {
   };
 }
 
+/** The YAML library, loaded only by the commands that read mesh config (STYLE: pay at start for what is used). */
+function loadYaml(): Promise<typeof import("yaml")> {
+  return import("yaml");
+}
+
 /** `--proxy-config`: a ProxyConfig as JSON or YAML (JSON is YAML), which must be a mapping. */
-export function parseProxyConfigFlag(text: string): Readonly<Record<string, unknown>> {
+export async function parseProxyConfigFlag(text: string): Promise<Readonly<Record<string, unknown>>> {
+  const { parse: parseYaml } = await loadYaml();
   let doc: unknown;
   try {
     doc = parseYaml(text);
@@ -244,8 +250,8 @@ export function parseProxyConfigFlag(text: string): Readonly<Record<string, unkn
 }
 
 /** `trustDomain:` at the top level of the mesh config YAML (ConfigMap `istio`, key `mesh`). */
-export function trustDomainFromMeshConfig(mesh: string): string | undefined {
-  return parseMeshConfig(mesh).trustDomain;
+export async function trustDomainFromMeshConfig(mesh: string): Promise<string | undefined> {
+  return (await parseMeshConfig(mesh)).trustDomain;
 }
 
 /**
@@ -332,7 +338,7 @@ export async function readMeshSettings(
   const meshMap = await optional<ConfigMapObject>(corePath("configmaps", istioNamespace, meshMapName));
   const mesh = meshMap?.data?.["mesh"];
   if (mesh !== undefined) {
-    const parsed = parseMeshConfig(mesh);
+    const parsed = await parseMeshConfig(mesh);
     if (parsed.trustDomain !== undefined) settings.trustDomain = parsed.trustDomain;
     if (parsed.defaultConfig !== undefined) settings.proxyConfig = parsed.defaultConfig;
   }
