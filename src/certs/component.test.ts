@@ -112,7 +112,9 @@ describe("certificate component in the agent", () => {
     signals.raise("SIGHUP");
     await expect.poll(() => fixture?.server.calls.map((c) => c.outcome), { timeout: 15_000 }).toEqual(["issued"]);
     await notifier.waitForStatus(/^ready: .*cert spiffe:\/\/\S+ expires \S+$/);
-    expect(logs.join("")).toMatch(/certificate settings reloaded component=certs changed=ca,ttl ca=127\.0\.0\.1:\d+ ttl=2h/);
+    expect(logs.join("")).toMatch(
+      /certificate settings reloaded component=certs changed=ca,ttl ca=127\.0\.0\.1:\d+ ttl=2h/,
+    );
     expect(logs.join("")).toMatch(/certificate renewed /);
     signals.raise("SIGTERM");
     expect(await run).toBe(0);

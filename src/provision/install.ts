@@ -505,8 +505,9 @@ export async function unitState(runner: ProcessRunner, unit: string = UNIT): Pro
 
 /**
  * Waits for active/running from a new main process (`restart --no-block` only queues the job, so the old process
- * may still look active/running on the first look), and then for the agent's STATUS= to say "ready": READY=1 only
- * means the agent runs, its components (certificate, capture, Envoy) start after it.
+ * may still look active/running on the first look), and then for the agent to have started its components: READY=1
+ * only means the agent runs; while it waits for a certificate, capture or Envoy its STATUS= begins "starting" or
+ * "waiting for", and once every component has started, "ready" or "degraded" (e.g. Pilot not answering yet).
  */
 async function waitReady(ports: InstallPorts, timeoutMs: number, oldPid: string): Promise<UnitState> {
   const started = ports.clock.monotonic();
@@ -518,7 +519,7 @@ async function waitReady(ports: InstallPorts, timeoutMs: number, oldPid: string)
       fresh &&
       state.ActiveState === "active" &&
       state.SubState === "running" &&
-      state.StatusText.startsWith("ready")
+      /^(ready|degraded)\b/.test(state.StatusText)
     ) {
       return state;
     }
