@@ -321,7 +321,7 @@ export function planInstall(input: PlanInput): InstallPlan {
   steps.push({
     id: "ready",
     action: restart ? "wait" : "unchanged",
-    detail: restart ? "wait until the agent reports READY (active/running)" : "the agent is ready",
+    detail: restart ? "wait until the agent runs and has started its components" : "the agent is ready",
     op: restart ? { kind: "wait-ready" } : { kind: "none" },
   });
   return { steps, resolver: kind, notes };
@@ -542,7 +542,7 @@ async function waitReady(ports: InstallPorts, timeoutMs: number, oldPid: string)
     if (ports.clock.monotonic() - started > timeoutMs) {
       throw new AgentError({
         code: "AGENT_NOT_READY",
-        message: `${UNIT} did not report READY within ${Math.round(timeoutMs / 1000)}s (${state.ActiveState}/${state.SubState}${state.StatusText === "" ? "" : `, "${state.StatusText}"`})`,
+        message: `${UNIT} did not start its components within ${Math.round(timeoutMs / 1000)}s (${state.ActiveState}/${state.SubState}${state.StatusText === "" ? "" : `, "${state.StatusText}"`})`,
         subject: UNIT,
         hint: `see journalctl -u ${UNIT}; a longer --timeout helps if the CA is slow`,
       });
