@@ -221,7 +221,7 @@ describe("dev CA authentication", () => {
     expect(result.info.chainLength).toBe(1);
   });
 
-  it("a TLS server name the CA certificate does not carry fails the call", async () => {
+  it("a TLS server name the CA certificate does not carry fails the call as untrusted (retrying will not fix it)", async () => {
     fixture = await createCertFixture({ protocol: "istiod" });
     const { keyPem, chainPem } = await fixture.installPair();
     const client = createCaClient("istiod", {
@@ -237,7 +237,7 @@ describe("dev CA authentication", () => {
         ttlMs: 3600_000,
         credential: { kind: "mtls", keyPem, chainPem },
       }),
-    ).rejects.toMatchObject({ reason: "unavailable" });
+    ).rejects.toMatchObject({ reason: "untrusted" });
   });
 });
 
