@@ -1,6 +1,6 @@
 /**
- * The hand-written codec checked against protobufjs with the field numbers of the reference, so a wrong number or
- * wire type here cannot be hidden by encoding and decoding with the same mistake.
+ * The codec checked against an independent protobufjs schema written from the upstream field numbers, so a wrong
+ * number or type in proto/istio-ca.proto cannot be hidden by encoding and decoding with the same mistake.
  */
 import protobuf from "protobufjs";
 import { describe, expect, it } from "vitest";
@@ -13,8 +13,8 @@ import {
   encodeCsrResponse,
   encodeIstioCertificateRequest,
   encodeIstioCertificateResponse,
+  WireError,
 } from "./ca-messages.js";
-import { WireError, readFields } from "./protobuf-wire.js";
 
 const root = protobuf.Root.fromJSON({
   nested: {
@@ -118,7 +118,7 @@ describe("istiod IstioCertificateService messages", () => {
       Buffer.from([0x22, 0x02, 0x0a, 0x00]),
     ]);
     expect(decodeIstioCertificateRequest(withExtra)).toEqual({ csr: "X", validityDurationSeconds: 5 });
-    expect(() => readFields(Buffer.from([0x0a, 0xff, 0x01]))).toThrow(WireError);
+    expect(() => decodeIstioCertificateResponse(Buffer.from([0x0a, 0xff, 0x01]))).toThrow(WireError);
     expect(() => decodeCsrResponse(Buffer.from([0x1a]))).toThrow(WireError);
   });
 });

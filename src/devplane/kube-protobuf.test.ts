@@ -19,7 +19,7 @@ const bodies = readdirSync(fixtures)
 describe("decodeKubernetesProtobuf", () => {
   it.each(bodies)("%s decodes as pinned", async (name, body) => {
     const json = `${JSON.stringify(decodeKubernetesProtobuf(body), null, 2)}\n`;
-    await expect(json).toMatchFileSnapshot(`__golden__/kube-protobuf/${name}.json`);
+    await expect(json).toMatchFileSnapshot(`__golden__/kube-protobuf/${name}.json.golden`);
   });
 
   it("rejects what it cannot decode with a ProtobufError", () => {
