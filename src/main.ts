@@ -108,6 +108,8 @@ export async function main(argv: readonly string[], context: CommandContext): Pr
       };
     });
   for (const factory of COMMANDS) parser = parser.command(factory(getRuntime));
+  // `istio-vm completion` prints yargs' bash script; the script asks `istio-vm --get-yargs-completions …`.
+  parser = parser.completion("completion", "print a bash completion script (the package installs it)");
   parser = parser
     .demandCommand(1, "name a command")
     .strict()

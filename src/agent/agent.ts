@@ -93,10 +93,15 @@ export async function runAgent(options: AgentOptions): Promise<number> {
 
   const metrics = new MetricsRegistry();
   registerProcessMetrics(metrics, startedAt);
-  const info = metrics.gauge("istio_vm_agent_info", "Agent version and control-plane profile (always 1).");
+  const info = metrics.gauge("istio_vm_agent_info", "Agent version and control-plane profile (always 1).", [
+    "version",
+    "profile",
+  ]);
   info.set(1, { version: options.version, profile: config.ISTIO_CONTROL_PLANE });
   const readyGauge = metrics.gauge("istio_vm_agent_ready", "1 when every component of the agent is ready.");
-  const reloads = metrics.counter("istio_vm_agent_reloads_total", "Configuration reloads (SIGHUP) by result.");
+  const reloads = metrics.counter("istio_vm_agent_reloads_total", "Configuration reloads (SIGHUP) by result.", [
+    "result",
+  ]);
   const watchdogPings = metrics.counter("istio_vm_agent_watchdog_pings_total", "WATCHDOG=1 messages sent to systemd.");
 
   const events = createAgentEvents();

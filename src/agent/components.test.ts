@@ -27,7 +27,7 @@ async function names(sidecar: string): Promise<string[]> {
 }
 
 describe("the agent's components", () => {
-  it("start in the order of DESIGN.md: certificates, interception, Envoy, then the discovery watch", async () => {
+  it("start in the order of docs/architecture.md: certificates, interception, Envoy, then the discovery watch", async () => {
     expect(await names("")).toEqual(["certificates", "interception", "envoy", "discovery"]);
   });
 

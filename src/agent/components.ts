@@ -1,6 +1,7 @@
 /**
- * The agent's components in start order; stop order is the reverse. Start order is the contract of DESIGN.md:
- * configuration → certificates valid → interception applied → Envoy started and ready → READY=1.
+ * The agent's components in start order; stop order is the reverse. Start order is the contract of
+ * docs/architecture.md ("The agent"): configuration → certificates valid → interception applied → Envoy started and
+ * ready → READY=1.
  * ISTIO_AGENT_COMPONENTS selects a subset (interception is also left out with ISTIO_CUSTOM_IP_TABLES=true).
  */
 import { certificateComponent } from "../certs/component.js";

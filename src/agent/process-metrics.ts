@@ -6,9 +6,13 @@ export function registerProcessMetrics(metrics: MetricsRegistry, startedAtMs: nu
   metrics.gaugeFn("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds.", () =>
     Math.floor(startedAtMs / 1000),
   );
-  metrics.gaugeFn("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", () => {
+  metrics.counterFn("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.", () => {
     const usage = process.cpuUsage();
     return (usage.user + usage.system) / 1e6;
   });
-  metrics.gaugeFn("nodejs_heap_used_bytes", "V8 heap in use, in bytes.", () => process.memoryUsage().heapUsed);
+  metrics.gaugeFn(
+    "nodejs_heap_size_used_bytes",
+    "Process heap size used from Node.js in bytes.",
+    () => process.memoryUsage().heapUsed,
+  );
 }

@@ -1,7 +1,9 @@
 /**
- * The Istio CA messages (proto package `istio.v1.auth`), declared in proto/istio-ca.proto with the upstream field
- * numbers and encoded by protobufjs from the descriptor scripts/gen-descriptors.mjs compiles it into. Both the agent's
- * clients and the dev control plane's CA use them. The protobufjs root is built on first use, not at import.
+ * The Istio CA messages (proto package `istio.v1.auth`), declared in proto/istio-ca.proto with the field numbers of
+ * istio/istio `security/proto/ca_service.proto` (0.5–0.8) and istio/api `security/v1alpha1/ca.proto`
+ * (docs/protocols.md), and encoded by protobufjs from the descriptor scripts/gen-descriptors.mjs compiles it into.
+ * Both the agent's clients and the dev control plane's CA use them. The protobufjs root is built on first use, not at
+ * import.
  *
  * Proto3 leaves a field at its default value off the wire; protobufjs writes every property it is given, so the
  * encoders pass only the fields that differ from their default (src/certs/__golden__/ca-messages.hex pins the bytes).

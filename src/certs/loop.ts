@@ -76,6 +76,7 @@ export class CertificateLoop implements AgentComponent {
     this.#failures = options.metrics.counter(
       "istio_vm_cert_renewal_failures_total",
       "Failed certificate renewals, by reason (unavailable, deadline, denied, unauthenticated, chain, identity, …)",
+      ["reason"],
     );
     options.metrics.gaugeFn(
       "istio_vm_cert_expiry_seconds",

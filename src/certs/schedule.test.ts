@@ -21,7 +21,7 @@ describe("nextRenewalAt", () => {
   it("reproduces the original agent's worked example: 1 h certificate, renew after 30 min", () => {
     const validity = { notBefore: Date.UTC(2017, 9, 13, 21, 32, 29), notAfter: Date.UTC(2017, 9, 13, 22, 32, 29) };
     const at = nextRenewalAt(validity, { graceRatio: 0.5, graceJitter: 0 }, Math.random);
-    // now = 21:32:29.862 → wait 29m59.138s (legacy-mesh-expansion.md §4.4)
+    // now = 21:32:29.862 → wait 29m59.138s (docs/protocols.md, "The workload certificate")
     expect(delayUntil(at, Date.UTC(2017, 9, 13, 21, 32, 29, 862))).toBe(29 * 60_000 + 59_138);
   });
 

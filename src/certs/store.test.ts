@@ -31,8 +31,13 @@ function store(): CertStore {
 }
 const check = (): { expectedIdentity: string; now: number } => ({ expectedIdentity: ID, now: Date.now() });
 
+/** The generation directories (`..<time>.<pid>-<hex>`) in the store. */
+async function generations(): Promise<string[]> {
+  return (await readdir(dir)).filter((n) => n.startsWith("..") && n !== "..data");
+}
+
 describe("CertStore", () => {
-  it("migrates the plain files of `istio-vm install` and swaps in a new pair through `live`", async () => {
+  it("migrates the plain files of `istio-vm install` and swaps in a new pair through `..data`", async () => {
     const installed = await mesh.issueKeyPair({ identity: ID });
     await writeFile(join(dir, "key.pem"), installed.keyPem, { mode: 0o600 });
     await writeFile(join(dir, "cert-chain.pem"), installed.chainPem);
@@ -40,26 +45,78 @@ describe("CertStore", () => {
 
     const next = await mesh.issueKeyPair({ identity: ID });
     await store().accept({ keyPem: next.keyPem, chainPem: next.chainPem }, check());
-    expect(await readlink(join(dir, "key.pem"))).toBe("live/key.pem");
-    expect(await readlink(join(dir, "cert-chain.pem"))).toBe("live/cert-chain.pem");
+    expect(await readlink(join(dir, "key.pem"))).toBe("..data/key.pem");
+    expect(await readlink(join(dir, "cert-chain.pem"))).toBe("..data/cert-chain.pem");
     expect(await readFile(join(dir, "key.pem"), "utf8")).toBe(next.keyPem);
     expect(await readFile(join(dir, "cert-chain.pem"), "utf8")).toBe(next.chainPem);
     expect(await readFile(join(dir, "root-cert.pem"), "utf8")).toBe(mesh.rootCertPem);
-    const live = await readlink(join(dir, "live"));
-    expect((await stat(join(dir, live, "key.pem"))).mode & 0o777).toBe(0o600);
-    expect((await stat(join(dir, live, "cert-chain.pem"))).mode & 0o777).toBe(0o644);
-    // The installed pair is kept as the previous one (a reader that resolved `live` just before can finish).
-    expect(await readdir(join(dir, "pairs"))).toHaveLength(2);
+    const data = await readlink(join(dir, "..data"));
+    expect(data).toMatch(/^\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.\d+-[0-9a-f]+$/);
+    expect((await stat(join(dir, data, "key.pem"))).mode & 0o777).toBe(0o600);
+    expect((await stat(join(dir, data, "cert-chain.pem"))).mode & 0o777).toBe(0o644);
+    expect((await stat(join(dir, "root-cert.pem"))).mode & 0o777).toBe(0o644);
+    // The installed pair is kept as the previous generation (a reader that resolved `..data` just before finishes).
+    const kept = await generations();
+    expect(kept).toHaveLength(2);
+    const previous = kept.find((n) => n !== data) ?? "";
+    expect(await readFile(join(dir, previous, "key.pem"), "utf8")).toBe(installed.keyPem);
+    // What `ls` shows is what the original recipe had: the three files.
+    expect((await readdir(dir)).filter((n) => !n.startsWith(".")).sort()).toEqual([
+      "cert-chain.pem",
+      "key.pem",
+      "root-cert.pem",
+    ]);
   });
 
-  it("keeps only the current and previous pair directories", async () => {
+  it("migrates the `live` -> `pairs/<id>` layout of earlier versions and removes it", async () => {
+    const old = await mesh.issueKeyPair({ identity: ID });
+    await mkdir(join(dir, "pairs", "0123456789abcdef"), { recursive: true });
+    await writeFile(join(dir, "pairs", "0123456789abcdef", "key.pem"), old.keyPem, { mode: 0o600 });
+    await writeFile(join(dir, "pairs", "0123456789abcdef", "cert-chain.pem"), old.chainPem);
+    await symlink("pairs/0123456789abcdef", join(dir, "live"));
+    await symlink("live/key.pem", join(dir, "key.pem"));
+    await symlink("live/cert-chain.pem", join(dir, "cert-chain.pem"));
+    expect(await store().read()).toEqual({ keyPem: old.keyPem, chainPem: old.chainPem });
+
+    const next = await mesh.issueKeyPair({ identity: ID });
+    await store().accept({ keyPem: next.keyPem, chainPem: next.chainPem }, check());
+    expect(await store().read()).toEqual({ keyPem: next.keyPem, chainPem: next.chainPem });
+    expect(await readlink(join(dir, "key.pem"))).toBe("..data/key.pem");
+    await expect(lstat(join(dir, "live"))).rejects.toThrow(/ENOENT/);
+    await expect(lstat(join(dir, "pairs"))).rejects.toThrow(/ENOENT/);
+    expect(await generations()).toHaveLength(2);
+  });
+
+  it("writes the first pair into a directory holding only root-cert.pem (the istiod profile's first certificate)", async () => {
+    expect(await store().read()).toBeUndefined();
+    const pair = await mesh.issueKeyPair({ identity: ID });
+    await store().accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
+    expect(await readFile(join(dir, "key.pem"), "utf8")).toBe(pair.keyPem);
+    expect(await readFile(join(dir, "cert-chain.pem"), "utf8")).toBe(pair.chainPem);
+    expect(await generations()).toHaveLength(1);
+  });
+
+  it("keeps only the current and previous generations", async () => {
     for (let i = 0; i < 4; i++) {
       const pair = await mesh.issueKeyPair({ identity: ID });
       await store().accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
     }
-    expect(await readdir(join(dir, "pairs"))).toHaveLength(2);
+    expect(await generations()).toHaveLength(2);
   });
 
+  it("leaves the generations of another live writer alone and removes those of a dead one", async () => {
+    const pair = await mesh.issueKeyPair({ identity: ID });
+    await store().accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
+    // pid 1 is always alive: a writer (say the agent) that has written a generation and is about to swap it in.
+    const alive = "..2026_01_01_00_00_00.1-0a0b0c0d";
+    const dead = "..2026_01_01_00_00_00.999999999-0a0b0c0d";
+    for (const name of [alive, dead]) await mkdir(join(dir, name));
+    await store().accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
+    const left = await generations();
+    expect(left).toContain(alive);
+    expect(left).not.toContain(dead);
+    expect(left).toHaveLength(3);
+  });
   it("refuses a pair that fails verification and leaves the old pair untouched", async () => {
     const good = await mesh.issueKeyPair({ identity: ID });
     await store().accept({ keyPem: good.keyPem, chainPem: good.chainPem }, check());
@@ -76,16 +133,30 @@ describe("CertStore", () => {
     expect(await store().read()).toEqual({ keyPem: good.keyPem, chainPem: good.chainPem });
   });
 
-  it("removes temporaries left by a writer that died, but not those of a live one", async () => {
+  it("does not fail a finished swap when a leftover generation may not be removed (EACCES)", async () => {
     const pair = await mesh.issueKeyPair({ identity: ID });
-    await mkdir(join(dir, "pairs"), { recursive: true });
-    await mkdir(join(dir, "pairs", ".abc.tmp-999999999-0a0b"));
-    await symlink("pairs/x", join(dir, ".live.tmp-999999999-ffff"));
-    await mkdir(join(dir, "pairs", `.def.tmp-${process.pid}-0c0d`));
+    const rootOwned = "..2026_01_01_00_00_00.999999999-0a0b0c0d";
+    await mkdir(join(dir, rootOwned));
+    const links = {
+      ...nodeLinkFileSystem,
+      removeTree: (path: string): Promise<void> =>
+        path.endsWith(rootOwned)
+          ? Promise.reject(Object.assign(new Error(`EACCES: ${path}`), { code: "EACCES" }))
+          : nodeLinkFileSystem.removeTree(path),
+    };
+    const denied = new CertStore({ dir, fs: nodeFileSystem, links });
+    await denied.accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
+    expect(await denied.read()).toEqual({ keyPem: pair.keyPem, chainPem: pair.chainPem });
+    expect(await generations()).toContain(rootOwned);
+  });
+
+  it("removes temporary links left by a writer that died, but not those of a live one", async () => {
+    const pair = await mesh.issueKeyPair({ identity: ID });
+    await symlink("..x", join(dir, "...data.tmp-999999999-ffff"));
+    await symlink("..x", join(dir, `...data.tmp-${process.pid}-0c0d`));
     await store().accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
-    await expect(lstat(join(dir, ".live.tmp-999999999-ffff"))).rejects.toThrow(/ENOENT/);
-    expect(await readdir(join(dir, "pairs"))).toContain(`.def.tmp-${process.pid}-0c0d`);
-    expect(await readdir(join(dir, "pairs"))).not.toContain(".abc.tmp-999999999-0a0b");
+    await expect(lstat(join(dir, "...data.tmp-999999999-ffff"))).rejects.toThrow(/ENOENT/);
+    expect(await readdir(dir)).toContain(`...data.tmp-${process.pid}-0c0d`);
   });
 
   it("reads nothing when only half a pair is there", async () => {
@@ -109,12 +180,12 @@ describe.skipIf(notRoot !== undefined)("CertStore ownership (root)", () => {
     const owned = new CertStore({ dir, fs: nodeFileSystem, links: nodeLinkFileSystem, owner });
     const pair = await mesh.issueKeyPair({ identity: ID });
     await owned.accept({ keyPem: pair.keyPem, chainPem: pair.chainPem }, check());
-    const live = await readlink(join(dir, "live"));
-    for (const path of [join(dir, live), join(dir, live, "key.pem"), join(dir, live, "cert-chain.pem")]) {
+    const data = await readlink(join(dir, "..data"));
+    for (const path of [join(dir, data), join(dir, data, "key.pem"), join(dir, data, "cert-chain.pem")]) {
       expect((await stat(path)).uid).toBe(65534);
       expect((await stat(path)).gid).toBe(65534);
     }
-    for (const link of ["live", "key.pem", "cert-chain.pem"]) expect((await lstat(join(dir, link))).uid).toBe(65534);
+    for (const link of ["..data", "key.pem", "cert-chain.pem"]) expect((await lstat(join(dir, link))).uid).toBe(65534);
   });
 });
 

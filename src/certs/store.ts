@@ -1,23 +1,43 @@
 /**
- * The certificate store in OUTPUT_CERTS (/etc/certs): the key and its certificate chain are replaced as one unit, so
- * a reader never finds a key next to a certificate it does not belong to, even if the writer is killed mid-way.
+ * The certificate store in OUTPUT_CERTS (/etc/certs): the key and its certificate chain are replaced as one unit,
+ * crash-safe, in the layout of Kubernetes' atomic writer (kubernetes pkg/volume/util/atomic_writer.go, v1.33), whose
+ * `..data` link tools such as Envoy's `watched_directory` already know:
  *
- * Layout (paths Envoy and the docs use are kept as symbolic links):
+ *     /etc/certs/root-cert.pem       regular file, 0644, installed by `istio-vm install`; never written here
+ *     /etc/certs/key.pem          -> ..data/key.pem
+ *     /etc/certs/cert-chain.pem   -> ..data/cert-chain.pem
+ *     /etc/certs/..data           -> ..2026_12_05_11_51_42.<pid>-<hex>      (one generation: a pair, never modified)
+ *     /etc/certs/..<generation>/key.pem          0600 ENVOY_USER
+ *     /etc/certs/..<generation>/cert-chain.pem   0644 ENVOY_USER
  *
- *     /etc/certs/root-cert.pem             regular file, installed by `istio-vm install`; never written here
- *     /etc/certs/key.pem                -> live/key.pem
- *     /etc/certs/cert-chain.pem         -> live/cert-chain.pem
- *     /etc/certs/live                   -> pairs/<id>
- *     /etc/certs/pairs/<id>/key.pem        0600 istio-proxy
- *     /etc/certs/pairs/<id>/cert-chain.pem 0644 istio-proxy
+ * What a reader gets (the guarantee):
+ * - Each file, opened by its name, is complete: all of one generation's file, never a partial write, at every
+ *   moment and after a crash at any point (SIGKILL, power loss) of a write.
+ * - A pair read through ONE resolution of `..data` belongs together: readlink `..data` once and read both files
+ *   from the generation it names (or open `..data` as a directory and openat() both). A generation never changes
+ *   once `..data` has named it. The current and the previous generation are kept; a reader that sees ENOENT was
+ *   outpaced by two swaps and reads again. `CertStore.read()` does exactly this.
+ * - Opening `key.pem` and then `cert-chain.pem` by name are two resolutions: a swap between them yields a key and a
+ *   chain of different generations. No file layout can prevent that for a reader that does not cooperate (the
+ *   writer cannot hold a path lookup back); such a reader detects it by reading `..data` before and after its two
+ *   reads and reading again when it changed. Envoy reads the files by name when the agent starts it (or a new
+ *   epoch after a swap); a swap that lands during that start changes the files again, which the supervisor's poll
+ *   sees, so another epoch reads a matching pair.
+ * - Concurrent writers (the agent and `istio-vm certs renew`) do not corrupt each other: the last swap wins, and a
+ *   writer removes only its own old generations or those of writers that died.
  *
- * A new pair is written into a fresh directory (under a temporary name, fsynced, renamed into place), then `live` is
- * swapped with one rename(2). Pair directories are never modified after creation; the previous one is kept so a reader
- * that resolved `live` just before the swap can still read both files from it.
+ * A write is four fsyncs, the fewest that keep it crash-safe: each of the two files (their data must be on disk
+ * before a name points at them), the generation directory (their entries), and /etc/certs after the rename of a new
+ * `..data` link over the old one (the swap, and the generation's own entry made in the same directory, which a
+ * journaling file system commits in order). After that fsync the new pair survives power loss, so only then are
+ * older generations removed. (Before this layout a write took five: the pair directory was renamed into place too.)
  *
- * `istio-vm install` writes key.pem and cert-chain.pem as plain files. The first replacement migrates them: the
- * installed pair is copied into a pair directory, `live` points at it, and each plain file is replaced by its link
- * (every step leaves a matching pair visible) before the new pair is swapped in.
+ * Upgrades: `istio-vm install` writes key.pem and cert-chain.pem as plain files, and earlier versions of this store
+ * linked them through `live` -> `pairs/<id>`. A write first migrates whatever it finds without changing what the
+ * two names show: the visible pair is copied into a generation, `..data` names it, then cert-chain.pem and key.pem
+ * become links one at a time (both still show that pair); only then is the new pair swapped in, and the old `live`
+ * and `pairs/` are removed after it. A crash anywhere in this leaves both names showing the same pair, and the next
+ * write resumes. A migrating write takes ten fsyncs (3 for the copy, 1 each for `..data` and the two links, then 4).
  */
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
@@ -30,8 +50,13 @@ import { verifyPair } from "./verify.js";
 export const KEY_FILE = "key.pem";
 export const CHAIN_FILE = "cert-chain.pem";
 export const ROOT_FILE = "root-cert.pem";
-const LIVE = "live";
-const PAIRS = "pairs";
+/** The link both names resolve through (Kubernetes' name for it). */
+export const DATA_LINK = "..data";
+/** The layout of earlier versions, migrated on the first write. */
+const OLD_LIVE = "live";
+const OLD_PAIRS = "pairs";
+/** A reader that loses a generation to two swaps while reading tries again, this many times at most. */
+const READ_ATTEMPTS = 5;
 
 export interface CertPair {
   readonly keyPem: string;
@@ -54,8 +79,18 @@ export interface CertStorePaths {
   readonly root: string;
 }
 
-/** `.NAME.tmp-<pid>-<hex>`: the temporary names of platform/fs.ts and platform/links.ts. */
+/** `.NAME.tmp-<pid>-<hex>`: the temporary links of platform/links.ts. */
 const TEMPORARY = /^\..+\.tmp-(\d+)-[0-9a-f]+$/;
+/** `..YYYY_MM_DD_HH_MM_SS.<pid>-<hex>`: a generation directory, named for when and by whom it was written. */
+const GENERATION = /^\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.(\d+)-[0-9a-f]+$/;
+
+/** Generations this process is writing and has not swapped in yet: its own clean-up must not take them. */
+const inFlight = new Set<string>();
+
+function generationName(now: number): string {
+  const stamp = new Date(now).toISOString().slice(0, 19).replace(/[-T:]/g, "_");
+  return `..${stamp}.${String(process.pid)}-${randomBytes(4).toString("hex")}`;
+}
 
 function processAlive(pid: number): boolean {
   if (pid === process.pid) return true;
@@ -90,33 +125,36 @@ export class CertStore {
     return await this.#fs.readTextIfExists(this.paths.root);
   }
 
-  /** True when key.pem and cert-chain.pem are links into `live` (written by this store). */
-  async #linked(): Promise<boolean> {
-    const [key, chain] = await Promise.all([
+  /** The generation `..data` names, when key.pem and cert-chain.pem both resolve through it. */
+  async #current(): Promise<string | undefined> {
+    const [data, key, chain] = await Promise.all([
+      this.#links.readSymlink(join(this.paths.dir, DATA_LINK)),
       this.#links.readSymlink(this.paths.key),
       this.#links.readSymlink(this.paths.chain),
     ]);
-    return key === join(LIVE, KEY_FILE) && chain === join(LIVE, CHAIN_FILE);
+    const linked = key === join(DATA_LINK, KEY_FILE) && chain === join(DATA_LINK, CHAIN_FILE);
+    return linked && data !== undefined && GENERATION.test(data) ? data : undefined;
   }
 
   /**
-   * The current pair, read as one consistent snapshot: through one resolution of `live` when the store's layout is
-   * in place, else the two plain files. Undefined when either file is missing.
+   * The current pair, as one consistent snapshot (the reader contract above): through one resolution of `..data`
+   * when the store's layout is in place, else the two files by name (an installed pair, or an earlier layout, which
+   * nothing swaps while this version runs). Undefined when either file is missing.
    */
   async read(): Promise<CertPair | undefined> {
-    let keyPath = this.paths.key;
-    let chainPath = this.paths.chain;
-    const live = await this.#links.readSymlink(join(this.paths.dir, LIVE));
-    if (live !== undefined && (await this.#linked())) {
-      keyPath = join(this.paths.dir, live, KEY_FILE);
-      chainPath = join(this.paths.dir, live, CHAIN_FILE);
+    for (let attempt = 1; ; attempt++) {
+      const generation = await this.#current();
+      const keyPath = generation === undefined ? this.paths.key : join(this.paths.dir, generation, KEY_FILE);
+      const chainPath = generation === undefined ? this.paths.chain : join(this.paths.dir, generation, CHAIN_FILE);
+      const [keyPem, chainPem] = await Promise.all([
+        this.#fs.readTextIfExists(keyPath),
+        this.#fs.readTextIfExists(chainPath),
+      ]);
+      if (keyPem !== undefined && chainPem !== undefined) return { keyPem, chainPem };
+      // A generation removed under the reader (two swaps meanwhile) is read again from the new one.
+      if (generation === undefined || attempt >= READ_ATTEMPTS || (await this.#current()) === generation)
+        return undefined;
     }
-    const [keyPem, chainPem] = await Promise.all([
-      this.#fs.readTextIfExists(keyPath),
-      this.#fs.readTextIfExists(chainPath),
-    ]);
-    if (keyPem === undefined || chainPem === undefined) return undefined;
-    return { keyPem, chainPem };
   }
 
   /**
@@ -131,67 +169,106 @@ export class CertStore {
     if (rootPem === undefined)
       throw new Error(`${this.paths.root} is missing: it is installed by \`istio-vm install\``);
     const verified = verifyPair({ ...pair, rootPem, ...check });
-    await this.#replace(pair);
+    await this.#replace(pair, check.now);
     return verified;
   }
 
-  async #writePairDirectory(pair: CertPair): Promise<string> {
-    const id = randomBytes(8).toString("hex");
-    const relative = join(PAIRS, id);
-    await this.#links.writeDirectoryAtomic(
-      join(this.paths.dir, relative),
+  /** A new generation directory holding `pair` (3 fsyncs: both files, the directory); nothing names it yet. */
+  async #writeGeneration(pair: CertPair, now: number, written: string[]): Promise<string> {
+    const name = generationName(now);
+    inFlight.add(join(this.paths.dir, name));
+    written.push(name);
+    await this.#links.writeDirectory(
+      join(this.paths.dir, name),
       [
         { name: KEY_FILE, data: pair.keyPem, mode: 0o600 },
         { name: CHAIN_FILE, data: pair.chainPem, mode: 0o644 },
       ],
       { mode: 0o755, ...(this.#owner === undefined ? {} : { owner: this.#owner }) },
     );
-    return relative;
+    return name;
   }
 
-  async #pointLinksAtLive(): Promise<void> {
-    // The chain first: while only one of the two is a link, both still resolve to the same pair (see migrate).
-    await this.#links.replaceSymlink(this.paths.chain, join(LIVE, CHAIN_FILE), this.#owner);
-    await this.#links.replaceSymlink(this.paths.key, join(LIVE, KEY_FILE), this.#owner);
+  /** The swap: one rename(2) of a new `..data` link, then the fsync of the directory (the 4th fsync). */
+  async #pointDataAt(generation: string): Promise<void> {
+    await this.#links.replaceSymlink(join(this.paths.dir, DATA_LINK), generation, this.#owner);
   }
 
-  async #replace(pair: CertPair): Promise<void> {
-    await this.#fs.mkdirp(join(this.paths.dir, PAIRS), 0o755);
+  /**
+   * Brings plain files (install), the `live`/`pairs` layout or a layout broken by hand to `..data` without changing
+   * the pair the two names show. Returns the generation `..data` names afterwards (undefined: there was no pair).
+   */
+  async #migrate(now: number, written: string[]): Promise<string | undefined> {
+    const [keyPem, chainPem] = await Promise.all([
+      this.#fs.readTextIfExists(this.paths.key),
+      this.#fs.readTextIfExists(this.paths.chain),
+    ]);
+    if (keyPem === undefined || chainPem === undefined) return undefined;
+    const installed = await this.#writeGeneration({ keyPem, chainPem }, now, written);
+    await this.#pointDataAt(installed);
+    // One name at a time; both show the installed pair throughout, and each step is durable before the next.
+    await this.#links.replaceSymlink(this.paths.chain, join(DATA_LINK, CHAIN_FILE), this.#owner);
+    await this.#links.replaceSymlink(this.paths.key, join(DATA_LINK, KEY_FILE), this.#owner);
+    return installed;
+  }
+
+  async #replace(pair: CertPair, now: number): Promise<void> {
     await this.#removeAbandonedTemporaries();
-    const liveLink = join(this.paths.dir, LIVE);
-    if (!(await this.#linked())) {
-      // Migrate the plain files of `istio-vm install` (or a layout broken by hand) without a moment of mismatch.
-      const [keyPem, chainPem] = await Promise.all([
-        this.#fs.readTextIfExists(this.paths.key),
-        this.#fs.readTextIfExists(this.paths.chain),
-      ]);
-      if (keyPem !== undefined && chainPem !== undefined) {
-        const installed = await this.#writePairDirectory({ keyPem, chainPem });
-        await this.#links.replaceSymlink(liveLink, installed, this.#owner);
+    const written: string[] = [];
+    try {
+      let previous = await this.#current();
+      previous ??= await this.#migrate(now, written);
+      const next = await this.#writeGeneration(pair, now, written);
+      await this.#pointDataAt(next);
+      if (previous === undefined) {
+        // First pair in an empty directory: the names appear after `..data` (nothing was there to show before).
+        await this.#links.replaceSymlink(this.paths.chain, join(DATA_LINK, CHAIN_FILE), this.#owner);
+        await this.#links.replaceSymlink(this.paths.key, join(DATA_LINK, KEY_FILE), this.#owner);
       }
-    }
-    const previous = await this.#links.readSymlink(liveLink);
-    const next = await this.#writePairDirectory(pair);
-    await this.#links.replaceSymlink(liveLink, next, this.#owner);
-    if (!(await this.#linked())) await this.#pointLinksAtLive();
-    await this.#removeOldPairs(new Set([next, ...(previous === undefined ? [] : [previous])]));
-  }
-
-  /** Keeps the current and the previous pair directory; removes the rest. */
-  async #removeOldPairs(keep: ReadonlySet<string>): Promise<void> {
-    for (const name of await this.#fs.readdir(join(this.paths.dir, PAIRS))) {
-      if (TEMPORARY.test(name)) continue;
-      if (!keep.has(join(PAIRS, name))) await this.#links.removeTree(join(this.paths.dir, PAIRS, name));
+      await this.#removeOldGenerations(new Set([next, ...(previous === undefined ? [] : [previous])]));
+    } finally {
+      for (const name of written) inFlight.delete(join(this.paths.dir, name));
     }
   }
 
-  /** Temporary files and directories of writers that died (SIGKILL, power loss) before their rename. */
+  /**
+   * Keeps the current and the previous generation, and generations a live writer may still be about to swap in;
+   * removes this process's other ones, those of writers that died, and the `live`/`pairs` layout of earlier versions.
+   */
+  async #removeOldGenerations(keep: ReadonlySet<string>): Promise<void> {
+    const current = await this.#links.readSymlink(join(this.paths.dir, DATA_LINK));
+    for (const name of await this.#fs.readdir(this.paths.dir)) {
+      const m = GENERATION.exec(name);
+      if (m === null || keep.has(name) || name === current || inFlight.has(join(this.paths.dir, name))) continue;
+      const pid = Number(m[1]);
+      if (pid === process.pid || !processAlive(pid)) await this.#removeIfAllowed(join(this.paths.dir, name));
+    }
+    if ((await this.#current()) !== undefined) {
+      if ((await this.#links.readSymlink(join(this.paths.dir, OLD_LIVE))) !== undefined)
+        await this.#removeIfAllowed(join(this.paths.dir, OLD_LIVE));
+      await this.#removeIfAllowed(join(this.paths.dir, OLD_PAIRS));
+    }
+  }
+
+  /**
+   * Clean-up never fails a write whose swap is done: what this user may not remove (a root-owned generation left by
+   * `istio-vm certs renew` run without the owner lookup, seen by the agent running as ENVOY_USER) stays for a
+   * writer that may.
+   */
+  async #removeIfAllowed(path: string): Promise<void> {
+    try {
+      await this.#links.removeTree(path);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== "EACCES" && code !== "EPERM") throw error;
+    }
+  }
+
+  /** Temporary links of writers that died (SIGKILL, power loss) before their rename. */
   async #removeAbandonedTemporaries(): Promise<void> {
-    for (const dir of [this.paths.dir, join(this.paths.dir, PAIRS)]) {
-      for (const name of await this.#fs.readdir(dir)) {
-        const m = TEMPORARY.exec(name);
-        if (m !== null && !processAlive(Number(m[1]))) await this.#links.removeTree(join(dir, name));
-      }
+    for (const name of await this.#fs.readdir(this.paths.dir)) {
+      const m = TEMPORARY.exec(name);
+      if (m !== null && !processAlive(Number(m[1]))) await this.#removeIfAllowed(join(this.paths.dir, name));
     }
   }
 }

@@ -36,7 +36,7 @@ export function createDiscoveryCheckComponent(ports: DiscoveryWatchPorts): Compo
       "istio_vm_discovery_check_ok",
       "1 when the last discovery check (Pilot v1 REST or istiod ADS) passed, else 0",
     );
-    const runs = deps.metrics.counter("istio_vm_discovery_checks_total", "discovery checks run, by result");
+    const runs = deps.metrics.counter("istio_vm_discovery_checks_total", "discovery checks run, by result", ["result"]);
     const makeCheck = (): Check => {
       const checkDeps: CheckDeps = {
         values,

@@ -6,7 +6,7 @@
  *   original recipe told people to `curl`.
  * - istiod: an ADS stream to DISCOVERY_ADDRESS (TLS with root-cert.pem, server name ISTIOD_SAN, the workload
  *   certificate as client certificate when present; plain text when CONTROL_PLANE_AUTH_POLICY=NONE) with this VM's
- *   node id and metadata, a CDS request answered with ≥ 1 cluster, then the ACK (istiod.md §6).
+ *   node id and metadata, a CDS request answered with ≥ 1 cluster, then the ACK (docs/protocols.md, "xDS").
  *
  * Failures carry the HTTP or gRPC status, the address the host name resolved to, and a hint.
  */

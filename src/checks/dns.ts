@@ -49,7 +49,7 @@ export function kubednsServerFor(file: KubednsFile, name: string): string | unde
   return matches[0]?.server;
 }
 
-/** The control-plane names of the profile, in the forms `kubedns` lists (legacy-mesh-expansion.md §1.1). */
+/** The control-plane names of the profile, in the forms `kubedns` lists (docs/protocols.md, "kubedns"). */
 export function controlPlaneNames(values: ConfigValues): string[] {
   const ns = values.ISTIO_SYSTEM_NAMESPACE;
   if (values.ISTIO_CONTROL_PLANE === "legacy") {

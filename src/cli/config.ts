@@ -3,6 +3,7 @@ import type { LoadedConfig } from "../config/load.js";
 import { agentProblems, describeSource, loadConfig } from "../config/load.js";
 import type { VariableName } from "../config/registry.js";
 import { VARIABLE_NAMES, VARIABLES } from "../config/registry.js";
+import { escapeHidden, exceeds, printable } from "../config/printable.js";
 import type { CommandRuntime } from "./context.js";
 import { renderJson, renderTable } from "./render.js";
 
@@ -50,21 +51,26 @@ export function configReport(loaded: LoadedConfig, onlyChanged: boolean): Config
   return { files: loaded.files, variables, problems, warnings: loaded.warnings };
 }
 
+/** Values longer than this are cut in the table (a 1 MB value would otherwise pad every row to 1 MB). */
+export const TABLE_VALUE_WIDTH = 60;
+
 function renderText(report: ConfigReport): string {
-  const files = report.files.map((f) => `${f.role.padEnd(12)} ${f.path}${f.present ? "" : "  (not found)"}`).join("\n");
-  const table = renderTable(
-    ["NAME", "VALUE", "SOURCE"],
-    report.variables.map((v) => [
-      v.name,
-      v.value === "" ? '""' : v.value,
-      v.via === undefined ? v.source : `${v.source} (as ${v.via})`,
-    ]),
-  );
-  let text = `${files}\n\n${table}`;
+  const files = report.files
+    .map((f) => `${f.role.padEnd(12)} ${escapeHidden(f.path)}${f.present ? "" : "  (not found)"}`)
+    .join("\n");
+  const rows = report.variables.map((v) => [
+    v.name,
+    v.value === "" ? '""' : printable(v.value, TABLE_VALUE_WIDTH),
+    v.via === undefined ? v.source : `${v.source} (as ${v.via})`,
+  ]);
+  let text = `${files}\n\n${renderTable(["NAME", "VALUE", "SOURCE"], rows)}`;
+  if (report.variables.some((v) => exceeds(v.value, TABLE_VALUE_WIDTH))) {
+    text += `(values longer than ${TABLE_VALUE_WIDTH} characters are cut at …; \`istio-vm config --json\` shows them whole)\n`;
+  }
   const list = (title: string, items: ConfigReport["problems"]): string =>
     items.length === 0
       ? ""
-      : `\n${title}:\n${items.map((p) => `  - ${p.where === undefined ? "" : `${p.where}: `}${p.subject}: ${p.message}`).join("\n")}\n`;
+      : `\n${title}:\n${items.map((p) => escapeHidden(`  - ${p.where === undefined ? "" : `${p.where}: `}${p.subject}: ${p.message}`)).join("\n")}\n`;
   text += list("warnings", report.warnings);
   text += list("problems", report.problems);
   if (report.problems.length === 0) text += "\nconfiguration is valid\n";

@@ -2,9 +2,16 @@
  * The `KEY=value` files of the original recipe (`cluster.env`, `sidecar.env`). They were sourced by bash as root; here
  * they are parsed, never executed. Supported: blank lines, `#` comments, an optional `export `, unquoted values,
  * single quotes (literal), double quotes (with the backslash escapes bash honours inside them), backslash escapes
- * outside quotes, adjacent quoted parts (`'it'\''s'`), and CRLF line ends. Anything that would make bash run or
- * expand something (`$`, backticks, `;`, `|`, `&`, redirections, unquoted spaces) is an error with file:line.
+ * outside quotes, and adjacent quoted parts (`'it'\''s'`). Anything that would make bash run or expand something
+ * (`$`, backticks, `;`, `|`, `&`, redirections, unquoted spaces) is an error with file:line.
+ *
+ * Files saved by Windows editors are read as meant, where bash would not: CRLF line ends are read as LF everywhere
+ * (also inside a quoted multi-line value), and a UTF-8 byte-order mark as the very first character is skipped. A
+ * carriage return not followed by a line feed outside quotes, a byte-order mark anywhere else, and bytes that are not
+ * UTF-8 (a file saved as Latin-1), are errors that name the character.
  */
+
+import { escapeHidden } from "./printable.js";
 
 export interface EnvEntry {
   readonly key: string;
@@ -38,18 +45,34 @@ const KEY_CHAR = /[A-Za-z0-9_]/;
 const SHELL_SYNTAX = new Set([";", "|", "&", "<", ">", "(", ")"]);
 const DOUBLE_QUOTE_ESCAPABLE = new Set(["$", "`", '"', "\\"]);
 
+const BOM = "\uFEFF";
+const MISPLACED_BOM =
+  "byte-order mark (U+FEFF) inside the file; it is accepted only as the very first character of the file, remove this one";
+
+// What a UTF-8 decoder makes of a byte that is not UTF-8 (a file saved as Latin-1 or Windows-1252).
+const REPLACEMENT = "\uFFFD";
+const NOT_UTF8 = "not UTF-8: a byte here is not valid UTF-8 (read as U+FFFD); save the file as UTF-8";
+
 class LineError extends Error {}
+
+/** Names a character a person cannot see (U+00A0, a zero-width space, a control character), or nothing. */
+function invisible(ch: string | undefined): string {
+  if (ch === undefined || ch === "\n") return "";
+  const shown = escapeHidden(ch);
+  return shown === ch ? "" : ` (found the invisible character ${shown})`;
+}
 
 /** Parses an env file; all malformed lines are reported together in one `EnvFileError`. */
 export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry[] {
-  const text = typeof input === "string" ? input : Buffer.from(input).toString("utf8");
+  const decoded = typeof input === "string" ? input : Buffer.from(input).toString("utf8");
+  const text = (decoded.startsWith(BOM) ? decoded.slice(1) : decoded).replaceAll("\r\n", "\n");
   const entries: EnvEntry[] = [];
   const problems: EnvFileProblem[] = [];
   let pos = 0;
   let line = 1;
 
   const peek = (): string | undefined => text[pos];
-  const atLineEnd = (): boolean => pos >= text.length || text[pos] === "\n" || text.startsWith("\r\n", pos);
+  const atLineEnd = (): boolean => pos >= text.length || text[pos] === "\n";
   const skipBlanks = (): void => {
     while (peek() === " " || peek() === "\t") pos++;
   };
@@ -64,6 +87,8 @@ export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry
     const ch = text[pos++] ?? "";
     if (ch === "\n") line++;
     if (ch === "\0") throw new LineError("NUL byte in file");
+    if (ch === BOM) throw new LineError(MISPLACED_BOM);
+    if (ch === REPLACEMENT) throw new LineError(NOT_UTF8);
     return ch;
   };
 
@@ -119,10 +144,6 @@ export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry
         pos++;
         if (pos >= text.length) throw new LineError("backslash at end of file");
         const next = take();
-        if (next === "\r" && peek() === "\n") {
-          take();
-          continue;
-        }
         if (next === "\n") continue; // line continuation
         value += next;
         continue;
@@ -135,7 +156,7 @@ export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry
       if (SHELL_SYNTAX.has(ch)) {
         throw new LineError(`unquoted '${ch}' is shell syntax; quote the value`);
       }
-      if (ch === "\r" && text[pos + 1] !== "\n") throw new LineError("stray carriage return");
+      if (ch === "\r") throw new LineError("stray carriage return (\\r) not followed by a line feed; quote the value");
       value += take();
     }
   };
@@ -157,11 +178,14 @@ export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry
         skipBlanks();
       }
       let key = "";
-      if (!KEY_START.test(peek() ?? "")) throw new LineError("expected KEY=value");
+      if (peek() === BOM) throw new LineError(MISPLACED_BOM);
+      if (!KEY_START.test(peek() ?? "")) throw new LineError(`expected KEY=value${invisible(peek())}`);
       while (KEY_CHAR.test(peek() ?? "")) key += take();
       if (peek() !== "=") {
         throw new LineError(
-          peek() === " " || peek() === "\t" ? `no spaces allowed around '=' after ${key}` : `expected '=' after ${key}`,
+          peek() === " " || peek() === "\t"
+            ? `no spaces allowed around '=' after ${key}`
+            : `expected '=' after ${key}${invisible(peek())}`,
         );
       }
       pos++;

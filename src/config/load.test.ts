@@ -1,7 +1,12 @@
+import { fc, test as fcTest } from "@fast-check/vitest";
 import { describe, expect, it } from "vitest";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
+import { edgeText } from "../../test/support/config-arbitraries.js";
 import { ConfigError } from "../platform/errors.js";
+import { quoteEnvValue } from "./env-file.js";
 import { agentProblems, configFilePaths, inboundExcludePorts, loadConfig, requireValid } from "./load.js";
+import type { VariableName } from "./registry.js";
+import { VARIABLE_NAMES, VARIABLES } from "./registry.js";
 
 const CLUSTER = "/var/lib/istio/envoy/cluster.env";
 const SIDECAR = "/var/lib/istio/envoy/sidecar.env";
@@ -121,4 +126,75 @@ describe("loadConfig", () => {
     const { problems } = await loadConfig({ env: {}, fs });
     expect(problems.map((p) => p.message)).toEqual([expect.stringContaining("needs Envoy to run as root")]);
   });
+
+  it("an IPv6 zone id is a problem with its file:line, in every variable that holds addresses (it used to throw)", async () => {
+    const fs = new MemoryFileSystem({
+      [CLUSTER]:
+        "ISTIO_SERVICE_CIDR=fe80::%eth0/64\nISTIO_SERVICE_EXCLUDE_CIDR=fe80::1%eth0\nCA_ADDR=[fe80::1%eth0]:15012\n",
+      [SIDECAR]: "ISTIO_SVC_IP=fe80::5%eth0\n",
+    });
+    const loaded = await loadConfig({ env: {}, fs });
+    expect(loaded.problems.map((p) => `${p.where ?? ""} ${p.subject}: ${p.message}`)).toEqual([
+      expect.stringMatching(
+        /cluster\.env:1 ISTIO_SERVICE_CIDR: 'fe80::%eth0\/64' is not a CIDR: it has an IPv6 zone id/,
+      ),
+      expect.stringMatching(/cluster\.env:2 ISTIO_SERVICE_EXCLUDE_CIDR: 'fe80::1%eth0' is not a CIDR: .*zone id/),
+      expect.stringMatching(/cluster\.env:3 CA_ADDR: .*zone id/),
+      expect.stringMatching(/sidecar\.env:1 ISTIO_SVC_IP: 'fe80::5%eth0' is not an IP address: .*zone id/),
+    ]);
+  });
+
+  it("a key set twice in one file: the last line wins, with a warning naming both lines", async () => {
+    const fs = new MemoryFileSystem({
+      [SIDECAR]: "ISTIO_INBOUND_PORTS=3306\nISTIO_SVC_IP=10.0.0.5\nISTIO_INBOUND_PORTS=8080\n",
+      [CLUSTER]: "ISTIO_INBOUND_PORTS=9090\n",
+    });
+    const loaded = await loadConfig({ env: {}, fs });
+    expect(loaded.values.ISTIO_INBOUND_PORTS).toEqual([8080]);
+    expect(loaded.variables.ISTIO_INBOUND_PORTS.source).toEqual({ kind: "file", file: SIDECAR, line: 3 });
+    // Set in both files is the layering working, not a mistake: only the repeat within sidecar.env is reported.
+    expect(loaded.warnings).toEqual([
+      {
+        subject: "ISTIO_INBOUND_PORTS",
+        where: `${SIDECAR}:3`,
+        message: `set twice, on ${SIDECAR}:1 and on ${SIDECAR}:3; the last one is used`,
+      },
+    ]);
+  });
+
+  it("a file saved with a BOM and CRLF line ends loads like a plain one", async () => {
+    const fs = new MemoryFileSystem({ [SIDECAR]: "\ufeffISTIO_SVC_IP=10.0.0.5\r\nISTIO_INBOUND_PORTS=3306,80\r\n" });
+    const loaded = await loadConfig({ env: {}, fs });
+    expect(loaded.problems).toEqual([]);
+    expect(loaded.values.ISTIO_SVC_IP).toBe("10.0.0.5");
+    expect(loaded.values.ISTIO_INBOUND_PORTS).toEqual([3306, 80]);
+  });
+});
+
+describe("loadConfig properties", () => {
+  const variable = fc.constantFrom(...VARIABLE_NAMES);
+
+  fcTest.prop([edgeText], { numRuns: 200 })(
+    "any text in every variable at once: loadConfig returns, each variable parsed or named in a problem, never throws",
+    async (raw) => {
+      const env = Object.fromEntries(VARIABLE_NAMES.map((name) => [name, raw]));
+      const loaded = await loadConfig({ env, fs: new MemoryFileSystem() });
+      for (const name of VARIABLE_NAMES) {
+        const own = loaded.problems.filter((p) => p.subject === name);
+        for (const p of own) expect(p.where).toBe("environment");
+        if (own.length === 0) expect(loaded.values[name]).toEqual(VARIABLES[name].type.parse(raw));
+      }
+    },
+  );
+
+  fcTest.prop([variable, edgeText, fc.nat({ max: 3 })])(
+    "any value in sidecar.env: a problem about it carries the file:line it is on",
+    async (name: VariableName, raw, blankLines) => {
+      const text = `\ufeff${"\n".repeat(blankLines)}${name}=${quoteEnvValue(raw.replaceAll("\0", ""), "always")}\n`;
+      const loaded = await loadConfig({ env: {}, fs: new MemoryFileSystem({ [SIDECAR]: text }) });
+      for (const p of loaded.problems.filter((q) => q.subject === name)) {
+        expect(p.where).toBe(`${SIDECAR}:${blankLines + 1}`);
+      }
+    },
+  );
 });

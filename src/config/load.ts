@@ -132,6 +132,16 @@ async function readLayer(
       });
       continue;
     }
+    const earlier = values.get(entry.key)?.source;
+    if (earlier?.kind === "file") {
+      // The last one wins, as when bash sources the file; but a second line for the same key is usually an edit that
+      // forgot the first, so both lines are named.
+      warnings.push({
+        subject: entry.key,
+        where: `${path}:${entry.line}`,
+        message: `set twice, on ${path}:${earlier.line} and on ${path}:${entry.line}; the last one is used`,
+      });
+    }
     values.set(entry.key, { raw: entry.value, source: { kind: "file", file: path, line: entry.line } });
   }
   return { layer: { values }, file: { role, path, present: true } };
@@ -241,7 +251,12 @@ export async function loadConfig(options: LoadOptions): Promise<LoadedConfig> {
   }
 
   const typed = values as unknown as ConfigValues;
-  problems.push(...crossCheck(typed));
+  for (const problem of crossCheck(typed)) {
+    const source = isVariableName(problem.subject) ? resolved.get(problem.subject)?.source : undefined;
+    problems.push(
+      source === undefined || source.kind === "default" ? problem : { ...problem, where: describeSource(source) },
+    );
+  }
   return {
     values: typed,
     variables: Object.fromEntries(resolved) as Record<VariableName, ResolvedVariable>,

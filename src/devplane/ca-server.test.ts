@@ -43,7 +43,7 @@ describe.each(["legacy", "istiod"] as const)("dev CA over TLS, %s protocol", (pr
     expect(verified.info.uris).toEqual([`spiffe://cluster.local/ns/${NAMESPACE}/sa/${SERVICE_ACCOUNT}`]);
     // cert-chain.pem holds the leaf only: the root the CA appended belongs in root-cert.pem.
     expect(verified.info.chainLength).toBe(1);
-    expect(await readlink(join(fixture.dir, "key.pem"))).toBe("live/key.pem");
+    expect(await readlink(join(fixture.dir, "key.pem"))).toBe("..data/key.pem");
     expect((await stat(join(fixture.dir, "key.pem"))).mode & 0o777).toBe(0o600);
     expect((await stat(join(fixture.dir, "cert-chain.pem"))).mode & 0o777).toBe(0o644);
     expect(fixture.server.calls.at(-1)).toMatchObject({ protocol, authenticatedBy: "certificate", outcome: "issued" });

@@ -9,6 +9,10 @@ describe("CIDRs", () => {
     expect(() => parseCidr("10.96.0.0")).toThrow(/not a CIDR/);
     expect(() => parseCidr("10.96.0.0/33")).toThrow(/not a CIDR/);
     expect(() => parseCidr("nonsense/8")).toThrow(/not a CIDR/);
+    // Node's isIP accepts zone ids; these reached BigInt(NaN) (a RangeError) before.
+    expect(() => parseCidr("fe80::%eth0/64")).toThrow(/not a CIDR/);
+    expect(() => ipToBigInt("fe80::1%eth0")).toThrow(/not an IP address/);
+    expect(new ClusterIpAllocator([parseCidr("fd00::/108")]).reserve("fd00::10%eth0")).toBe("family-not-configured");
   });
 
   it("knows which addresses lie inside", () => {

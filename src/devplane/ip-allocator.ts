@@ -12,8 +12,16 @@ export interface Cidr {
   readonly text: string;
 }
 
+/**
+ * `isIP`, less zone ids: Node accepts `fe80::1%eth0`, but a zone names an interface of one host and is no part of a
+ * cluster IP or a CIDR (kube-apiserver refuses it too); left in, it reached `BigInt(NaN)`.
+ */
+function ipFamily(ip: string): 0 | 4 | 6 {
+  return ip.includes("%") ? 0 : (isIP(ip) as 0 | 4 | 6);
+}
+
 export function ipToBigInt(ip: string): bigint {
-  const family = isIP(ip);
+  const family = ipFamily(ip);
   if (family === 4) return ip.split(".").reduce((acc, part) => (acc << 8n) | BigInt(Number(part)), 0n);
   if (family !== 6) throw new Error(`not an IP address: ${ip}`);
   let text = ip;
@@ -54,7 +62,7 @@ export function bigIntToIp(value: bigint, family: 4 | 6): string {
 
 export function parseCidr(text: string): Cidr {
   const [ip = "", prefixText] = text.trim().split("/");
-  const family = isIP(ip);
+  const family = ipFamily(ip);
   const prefix = Number(prefixText);
   const max = family === 4 ? 32 : 128;
   if (
@@ -72,7 +80,7 @@ export function parseCidr(text: string): Cidr {
 }
 
 export function cidrContains(cidr: Cidr, ip: string): boolean {
-  const family = isIP(ip);
+  const family = ipFamily(ip);
   if (family !== cidr.family) return false;
   const bits = BigInt((family === 4 ? 32 : 128) - cidr.prefix);
   return ipToBigInt(ip) >> bits === cidr.base >> bits;
@@ -103,7 +111,7 @@ export class ClusterIpAllocator {
   }
 
   reserve(ip: string): ReserveResult {
-    const family = isIP(ip);
+    const family = ipFamily(ip);
     if (!this.cidrs.some((c) => c.family === family)) return "family-not-configured";
     const cidr = this.cidrs.find((c) => cidrContains(c, ip));
     if (cidr === undefined) return "out-of-range";
@@ -117,11 +125,11 @@ export class ClusterIpAllocator {
 
   /** Marks an address used without checks (objects already in the store). */
   mark(ip: string): void {
-    if (isIP(ip) !== 0) this.#used.add(ipKey(ip));
+    if (ipFamily(ip) !== 0) this.#used.add(ipKey(ip));
   }
 
   release(ip: string): void {
-    if (isIP(ip) !== 0) this.#used.delete(ipKey(ip));
+    if (ipFamily(ip) !== 0) this.#used.delete(ipKey(ip));
   }
 
   /** The next free address of the family (IPv4 by default when configured), or undefined when the range is full. */
@@ -149,6 +157,6 @@ export class ClusterIpAllocator {
 }
 
 function ipKey(ip: string): string {
-  const family = isIP(ip);
+  const family = ipFamily(ip);
   return family === 6 ? bigIntToIp(ipToBigInt(ip), 6) : ip;
 }

@@ -1,4 +1,5 @@
 import { X509Certificate } from "node:crypto";
+import protobuf from "protobufjs";
 import { afterEach, describe, expect, it } from "vitest";
 import { startControllers } from "./controllers.js";
 import type { Controllers } from "./controllers.js";
@@ -13,6 +14,7 @@ import {
   strategicMergePatch,
 } from "./kube-api.js";
 import type { Target } from "./kube-api.js";
+import { openApiV2Document } from "./kube-resources.js";
 import { createMeshCa } from "./mesh-ca.js";
 import { createServiceAccountTokens } from "./sa-tokens.js";
 import { pinnedLoadBalancerIps, seedCluster, seedObjects } from "./seed.js";
@@ -296,5 +298,25 @@ describe("controllers", () => {
     const lb = await assigned;
     expect(lb.metadata.name).toBe("istio-pilot-ilb");
     expect(lb["status"]).toEqual({ loadBalancer: { ingress: [{ ip: "10.128.0.8", ipMode: "VIP" }] } });
+  });
+});
+
+describe("/openapi/v2 (what kubectl before 1.27 validates create -f and apply -f with)", () => {
+  it("is a Swagger 2.0 document in gnostic's protobuf encoding, and in JSON", () => {
+    // Decoded with the field numbers of gnostic's openapiv2/OpenAPIv2.proto: Document.swagger = 1, .info = 2.
+    const reader = protobuf.Reader.create(openApiV2Document("protobuf"));
+    const fields: Record<number, string> = {};
+    while (reader.pos < reader.len) {
+      const tag = reader.uint32();
+      if (tag >>> 3 === 1) fields[1] = reader.string();
+      else if (tag >>> 3 === 2) {
+        const info = protobuf.Reader.create(reader.bytes());
+        info.uint32();
+        fields[21] = info.string();
+      } else reader.skipType(tag & 7);
+    }
+    expect(fields[1]).toBe("2.0");
+    expect(fields[21]).toBe("Kubernetes (istio-vm dev)");
+    expect(JSON.parse(openApiV2Document("json").toString())).toMatchObject({ swagger: "2.0", definitions: {} });
   });
 });

@@ -31,6 +31,9 @@ import {
   apiVersionOf,
   apiVersionsDocument,
   findResource,
+  OPENAPI_V2_PROTOBUF,
+  OPENAPI_V2_PROTOBUF_ACCEPT,
+  openApiV2Document,
   openApiV3Document,
   openApiV3Index,
   servedResources,
@@ -1122,6 +1125,17 @@ export async function startKubeApiServer(options: KubeApiServerOptions): Promise
       const gv = /^\/apis\/([^/]+)\/([^/]+)$/.exec(path);
       if (gv?.[1] !== undefined && gv[2] !== undefined)
         return replyOr404(res, apiResourceListDocument(api.served, gv[1], gv[2]));
+      if (path === "/openapi/v2") {
+        const accept = req.headers.accept ?? "";
+        const protobuf = accept.includes(OPENAPI_V2_PROTOBUF_ACCEPT) || accept.includes(OPENAPI_V2_PROTOBUF);
+        const body = openApiV2Document(protobuf ? "protobuf" : "json");
+        res.writeHead(200, {
+          "content-type": protobuf ? OPENAPI_V2_PROTOBUF : "application/json",
+          "content-length": body.length,
+        });
+        res.end(body);
+        return 200;
+      }
       if (path === "/openapi/v3") return reply(res, 200, openApiV3Index(api.served, OPENAPI_HASH));
       const openapi = /^\/openapi\/v3\/(?:api\/([^/]+)|apis\/([^/]+)\/([^/]+))$/.exec(path);
       if (openapi !== null) {

@@ -3,6 +3,7 @@
  * `/apis`, `/api/v1`, `/apis/<group>/<version>`). Store keys are the plain resource names ("services",
  * "workloadentries"): kube-dns, Pilot and the CA read the same store.
  */
+import protobuf from "protobufjs";
 
 export interface ResourceDefinition {
   readonly group: string;
@@ -44,6 +45,17 @@ export const RESOURCES: readonly ResourceDefinition[] = [
     namespaced: true,
     shortNames: ["sa"],
     subresources: ["token"],
+  },
+  {
+    group: "apps",
+    version: "v1",
+    name: "deployments",
+    singular: "deployment",
+    kind: "Deployment",
+    namespaced: true,
+    shortNames: ["deploy"],
+    categories: ["all"],
+    subresources: ["status"],
   },
   {
     group: "networking.k8s.io",
@@ -203,4 +215,29 @@ export function openApiV3Document(served: readonly ResourceDefinition[], group: 
     paths,
     components: { schemas: {} },
   };
+}
+
+/**
+ * What kubectl before 1.27 asks `/openapi/v2` for (client-go discovery `OpenAPISchema`): gnostic's OpenAPI v2
+ * protobuf. The answer's content type is the spelling without "@" (kube-openapi's handler answers with it too):
+ * client-go parses it with Go's mime.ParseMediaType, which rejects the "@" form as an internal error.
+ */
+export const OPENAPI_V2_PROTOBUF_ACCEPT = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+export const OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/**
+ * `/openapi/v2`: a Swagger 2.0 document with no definitions. kubectl before 1.27 (Debian 12 ships 1.20) fetches it
+ * for client-side validation of `create -f` / `apply -f` and fails the command when it is missing; a kind without a
+ * definition is not validated by the client ("resource is not present, let's just skip validation" in kubectl's
+ * pkg/util/openapi/validation, v1.20), so the server stays the one that checks objects, as with `/openapi/v3`.
+ * Encoded as gnostic's `openapi.v2.Document` (github.com/googleapis/gnostic openapiv2/OpenAPIv2.proto: swagger = 1,
+ * info = 2 {title = 1, version = 2}) when the client asks for protobuf, else as JSON.
+ */
+export function openApiV2Document(format: "protobuf" | "json"): Buffer {
+  const title = "Kubernetes (istio-vm dev)";
+  const version = "v1.33.0";
+  if (format === "json")
+    return Buffer.from(JSON.stringify({ swagger: "2.0", info: { title, version }, paths: {}, definitions: {} }));
+  const info = protobuf.Writer.create().uint32(0x0a).string(title).uint32(0x12).string(version).finish();
+  return Buffer.from(protobuf.Writer.create().uint32(0x0a).string("2.0").uint32(0x12).bytes(info).finish());
 }

@@ -41,6 +41,7 @@ class EnvoyComponent implements AgentComponent {
     const restarts = deps.metrics.counter(
       "istio_vm_envoy_restarts_total",
       "Envoy epochs started after the first, by reason (certificates, configuration, failure).",
+      ["reason"],
     );
     const failures = deps.metrics.counter(
       "istio_vm_envoy_failures_total",

@@ -1,5 +1,5 @@
 /**
- * Runs Envoy as pilot-agent's proxy mode did (legacy-mesh-expansion.md §5), with what users missed added:
+ * Runs Envoy as pilot-agent's proxy mode did (docs/protocols.md), with what users missed added (docs/decisions.md):
  *
  * - Epochs. The desired state is the bootstrap plus a SHA-256 of the three PEM files. When it differs from the
  *   newest running epoch's, the next epoch (highest running + 1, or 0 when none runs) gets `envoy-rev<N>.json` and
@@ -540,7 +540,7 @@ export class EnvoySupervisor {
     }
   }
 
-  /** An Envoy not ours holding the admin port (a previous run's, field-notes §2.5) would make epoch 0 fail. */
+  /** An Envoy not ours holding the admin port (a previous run's, istio/istio#35534) would make epoch 0 fail. */
   async #quitStaleEnvoy(): Promise<void> {
     const admin = `http://127.0.0.1:${this.#config.ENVOY_ADMIN_PORT}`;
     let body: string;

@@ -30,7 +30,7 @@ function untagged(lines: string[]): string[] {
   return lines.map((l) => l.replace(" -m comment --comment istio-vm", ""));
 }
 
-// istio/proxy tools/deb/test/golden.* (reference: legacy-mesh-expansion.md §3), rule lines only.
+// istio/proxy tools/deb/test/golden.* at 0.2.12 (docs/protocols.md, "iptables"), rule lines only.
 const GOLDEN_CIDR = [
   "-A OUTPUT -p tcp -j ISTIO_OUTPUT",
   "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ISTIO_REDIRECT",

@@ -10,7 +10,7 @@ import {
   seedLegacyCluster,
 } from "../../test/fakes/kube-client.js";
 
-/** legacy-mesh-expansion.md §1.1, the file of 0.2.12–0.7.1. */
+/** The file setupMeshEx.sh wrote in 0.2.12–0.7.1 (docs/protocols.md, "kubedns"). */
 const ORIGINAL_EXAMPLE = `server=/svc.cluster.local/10.128.0.6
 address=/istio-mixer/10.128.0.7
 address=/istio-pilot/10.128.0.8

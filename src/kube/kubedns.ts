@@ -74,7 +74,7 @@ function requireAddress(addresses: LbAddresses, role: LbRole): string {
 }
 
 /**
- * Legacy: exactly the 0.2.12–0.7.1 file (legacy-mesh-expansion.md §1.1). istiod: `istiod`, `istiod.<ns>` and
+ * Legacy: exactly the 0.2.12–0.7.1 file (docs/protocols.md, "kubedns"). istiod: `istiod`, `istiod.<ns>` and
  * `istiod.<ns>.svc` (the discovery address and TLS name the agent dials; `istiod-<rev>` for a revisioned install) →
  * the gateway, and kube-dns when its load balancer exists.
  */

@@ -1,5 +1,5 @@
 /**
- * `register` / `deregister` (istioctl register of Istio 0.2–0.8, legacy-mesh-expansion.md §7): a VM service becomes a
+ * `register` / `deregister` (istioctl register of Istio 0.2–0.8, docs/protocols.md): a VM service becomes a
  * selector-less Service plus an Endpoints object holding the VM's IP; Pilot scans Endpoints for the proxy's IP. The
  * original appended the IP blindly (registering twice listed it twice) and had no retry on concurrent updates; here
  * the planners are pure and idempotent, and the executor re-reads and retries on resourceVersion conflicts.

@@ -1,6 +1,7 @@
 /**
  * Symbolic links and whole-directory writes: what the certificate store needs to replace a key and its certificate
- * as one unit (see src/certs/store.ts). Every operation is crash-safe: a reader sees the old state or the new one.
+ * as one unit (see src/certs/store.ts, which states the guarantee and counts the fsyncs). `replaceSymlink` is atomic
+ * and durable when it returns; `writeDirectory` makes a directory nobody names yet durable in its content.
  */
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
@@ -20,10 +21,11 @@ export interface LinkFileSystem {
   /** The target of a symbolic link, or undefined when `path` is missing or not a link. */
   readSymlink(path: string): Promise<string | undefined>;
   /**
-   * Creates directory `dir` holding `files`: written and fsynced under a temporary name beside it, then renamed into
-   * place, so `dir` never exists half-written. `dir` must not exist yet.
+   * Creates directory `dir` (which must not exist) holding `files`, and fsyncs each file and then `dir` itself, so
+   * its content is on disk before anything names it. `dir`'s own entry in its parent is made durable by the caller's
+   * next fsync of the parent (the certificate store's swap). On error the directory is removed again.
    */
-  writeDirectoryAtomic(
+  writeDirectory(
     dir: string,
     files: readonly DirectoryFile[],
     options: { readonly mode: number; readonly owner?: FileOwner },
@@ -71,15 +73,14 @@ export const nodeLinkFileSystem: LinkFileSystem = {
       throw error;
     }
   },
-  async writeDirectoryAtomic(dir, files, options) {
-    const tmp = temporaryName(dir);
-    await fsp.mkdir(tmp, { mode: options.mode });
+  async writeDirectory(dir, files, options) {
+    await fsp.mkdir(dir, { mode: options.mode });
     try {
-      await fsp.chmod(tmp, options.mode);
-      if (options.owner !== undefined) await fsp.chown(tmp, options.owner.uid, options.owner.gid);
+      await fsp.chmod(dir, options.mode);
+      if (options.owner !== undefined) await fsp.chown(dir, options.owner.uid, options.owner.gid);
       for (const file of files) {
         const handle = await fsp.open(
-          join(tmp, file.name),
+          join(dir, file.name),
           constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
           file.mode,
         );
@@ -92,13 +93,11 @@ export const nodeLinkFileSystem: LinkFileSystem = {
           await handle.close();
         }
       }
-      await fsyncDirectory(tmp);
-      await fsp.rename(tmp, dir);
+      await fsyncDirectory(dir);
     } catch (error) {
-      await fsp.rm(tmp, { recursive: true, force: true });
+      await fsp.rm(dir, { recursive: true, force: true });
       throw error;
     }
-    await fsyncDirectory(dirname(dir));
   },
   removeTree: (path) => fsp.rm(path, { recursive: true, force: true }),
 };

@@ -5,8 +5,8 @@
  * Safety contract:
  * - Nothing changes before the bundle's manifest verified, the per-VM settings and the resulting configuration
  *   validated (the same loader the agent uses), and dnsmasq was found.
- * - Every file is written atomically with the owner and mode of DESIGN.md "Files on the VM"; a file whose content,
- *   mode and owner already match is not rewritten (a second run reports "unchanged" for every step).
+ * - Every file is written atomically with the owner and mode of docs/protocols.md "Files on the VM"; a file whose
+ *   content, mode and owner already match is not rewritten (a second run reports "unchanged" for every step).
  * - If a step after the files fails (dnsmasq, resolved, the agent not becoming ready), every file written is put
  *   back as it was (or removed if it was new), the services restarted with the old files, and the agent restarted
  *   if it was running before (stopped otherwise). The error names the failed step. The package is not downgraded:
@@ -220,7 +220,7 @@ export function planInstall(input: PlanInput): InstallPlan {
     });
   }
 
-  // 2. The files of DESIGN.md "Files on the VM".
+  // 2. The files of docs/protocols.md "Files on the VM".
   // An object, not two lets: they are set inside the closure below.
   const changed = { agent: packageChanged, dns: false };
   const file = (

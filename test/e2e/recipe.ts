@@ -412,7 +412,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
 
     await step("stand-in", "No Envoy on this machine: the agent will run the Envoy STAND-IN", async (s) => {
       print(
-        "   Envoy is not shipped (DESIGN.md). The VM gets test/fixtures/fake-envoy.mjs as ENVOY_BINARY: it takes\n" +
+        "   Envoy is not shipped (docs/not-supported.md). The VM gets test/fixtures/fake-envoy.mjs as ENVOY_BINARY: it takes\n" +
           "   Envoy's flags and bootstrap, serves the admin API and listens on the capture port, but it is NOT a\n" +
           "   proxy: it accepts captured connections and forwards nothing. It runs on the pinned Node copied in.\n",
       );

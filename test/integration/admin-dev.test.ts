@@ -12,7 +12,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CLI, runCli } from "../support/cli.js";
 import type { CliResult } from "../support/cli.js";
-import { requirements } from "../support/requirements.js";
+import { KUBECTL_CLIENTS, kubectlRequirement } from "../support/kubectl.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -72,7 +72,7 @@ async function stopDev(dev: DevProcess | undefined): Promise<void> {
   await rm(dev.dir, { recursive: true, force: true });
 }
 
-const kubectlMissing = requirements({ tools: ["kubectl"] });
+const kubectlMissing = kubectlRequirement();
 
 for (const profile of ["legacy", "istiod"] as const) {
   describe(`against istio-vm dev --profile ${profile}`, () => {
@@ -122,37 +122,40 @@ for (const profile of ["legacy", "istiod"] as const) {
       }
     });
 
-    it.skipIf(kubectlMissing !== undefined)("register and deregister are visible to kubectl", async () => {
-      const kubectl = async (...args: string[]): Promise<string> =>
-        (await execFileAsync("kubectl", ["--kubeconfig", d().kubeconfig, ...args], { encoding: "utf8" })).stdout;
-      for (let i = 0; i < 2; i++) {
-        const reg = await d().cli(["register", "mysqldb", "10.138.0.13", "3306", "-n", "default"]);
-        expect(reg.code, reg.stderr).toBe(0);
-      }
-      const ips = await kubectl(
-        "get",
-        "endpoints",
-        "mysqldb",
-        "-n",
-        "default",
-        "-o",
-        "jsonpath={.subsets[*].addresses[*].ip}",
-      );
-      expect(ips.trim()).toBe("10.138.0.13");
-      const annotation = await kubectl(
-        "get",
-        "service",
-        "mysqldb",
-        "-n",
-        "default",
-        "-o",
-        "jsonpath={.metadata.annotations.alpha\\.istio\\.io/kubernetes-serviceaccounts}",
-      );
-      expect(annotation).toBe("default");
-      const dereg = await d().cli(["deregister", "mysqldb", "10.138.0.13"]);
-      expect(dereg.code, dereg.stderr).toBe(0);
-      const after = await kubectl("get", "endpoints", "mysqldb", "-n", "default", "-o", "jsonpath={.subsets}");
-      expect(after.trim()).toMatch(/^(\[\])?$/);
-    });
+    it.skipIf(kubectlMissing !== undefined).each(KUBECTL_CLIENTS.map((client) => ({ client, label: client.label })))(
+      "register and deregister are visible to $label",
+      async ({ client }) => {
+        const kubectl = async (...args: string[]): Promise<string> =>
+          (await execFileAsync(client.path, ["--kubeconfig", d().kubeconfig, ...args], { encoding: "utf8" })).stdout;
+        for (let i = 0; i < 2; i++) {
+          const reg = await d().cli(["register", "mysqldb", "10.138.0.13", "3306", "-n", "default"]);
+          expect(reg.code, reg.stderr).toBe(0);
+        }
+        const ips = await kubectl(
+          "get",
+          "endpoints",
+          "mysqldb",
+          "-n",
+          "default",
+          "-o",
+          "jsonpath={.subsets[*].addresses[*].ip}",
+        );
+        expect(ips.trim()).toBe("10.138.0.13");
+        const annotation = await kubectl(
+          "get",
+          "service",
+          "mysqldb",
+          "-n",
+          "default",
+          "-o",
+          "jsonpath={.metadata.annotations.alpha\\.istio\\.io/kubernetes-serviceaccounts}",
+        );
+        expect(annotation).toBe("default");
+        const dereg = await d().cli(["deregister", "mysqldb", "10.138.0.13"]);
+        expect(dereg.code, dereg.stderr).toBe(0);
+        const after = await kubectl("get", "endpoints", "mysqldb", "-n", "default", "-o", "jsonpath={.subsets}");
+        expect(after.trim()).toMatch(/^(\[\])?$/);
+      },
+    );
   });
 }

@@ -6,7 +6,7 @@
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { X509Certificate, createPrivateKey } from "node:crypto";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { build } from "esbuild";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -106,12 +106,24 @@ describe("certificate store under SIGKILL", () => {
         const installed = await fixture.mesh.issueKeyPair({ identity: fixture.identity });
         await writeFile(join(dir, "cert-chain.pem"), installed.chainPem);
         await writeFile(join(dir, "key.pem"), installed.keyPem, { mode: 0o600 });
+      } else if (i % 10 === 5) {
+        // The `live` -> `pairs/<id>` layout of earlier versions, as an upgrade finds it: kills land in that migration.
+        const old = await fixture.mesh.issueKeyPair({ identity: fixture.identity });
+        const pair = join(dir, "pairs", `old${String(i)}`);
+        await mkdir(pair, { recursive: true });
+        await writeFile(join(pair, "key.pem"), old.keyPem, { mode: 0o600 });
+        await writeFile(join(pair, "cert-chain.pem"), old.chainPem);
+        for (const name of ["live", "key.pem", "cert-chain.pem"]) await rm(join(dir, name), { force: true });
+        await symlink(join("pairs", `old${String(i)}`), join(dir, "live"));
+        await symlink("live/cert-chain.pem", join(dir, "cert-chain.pem"));
+        await symlink("live/key.pem", join(dir, "key.pem"));
       }
       const child = spawnTracked(process.execPath, [writer, dir, pairsFile, fixture.identity]);
       let output = "";
       child.stdout?.on("data", (chunk: Buffer) => (output += chunk.toString()));
       await waitForLine(child, /ready/);
-      // One replacement takes tens to hundreds of ms here (six fsyncs): kills land before, during and between them.
+      // One replacement takes tens of ms here (four fsyncs; ten when it migrates): kills land before, during and
+      // between them.
       await sleep(Math.random() * 400);
       child.kill("SIGKILL");
       await exited(child);

@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { VARIABLE_NAMES, VARIABLES } from "../../src/config/registry.js";
+import { bashComplete } from "../support/bash-completion.js";
 import { freePort } from "../support/net.js";
 import { NotifySocket } from "../support/notify-socket.js";
 import { requirements } from "../support/requirements.js";
@@ -73,6 +74,7 @@ describe.skipIf(missing !== undefined)("the Debian package", () => {
         "-rw-r--r-- root/root ./lib/systemd/system/istio-vm-agent.service",
         "-rwxr-xr-x root/root ./usr/bin/istio-vm",
         "-rw-r--r-- root/root ./usr/lib/istio-vm/node-unix-socket.node",
+        "-rw-r--r-- root/root ./usr/share/bash-completion/completions/istio-vm",
         "-rw-r--r-- root/root ./usr/share/doc/istio-vm-agent/changelog.gz",
         "-rw-r--r-- root/root ./usr/share/doc/istio-vm-agent/copyright",
         "-rw-r--r-- root/root ./usr/share/lintian/overrides/istio-vm-agent",
@@ -88,6 +90,14 @@ describe.skipIf(missing !== undefined)("the Debian package", () => {
       expect(text).toMatch(new RegExp(`^#${name}=`, "m"));
     }
     expect(text.split("\n").filter((l) => l !== "" && !l.startsWith("#"))).toEqual([]);
+  });
+
+  it("installs bash completion that completes commands, flags and choices through the packaged executable", () => {
+    const script = join(root, "usr/share/bash-completion/completions/istio-vm");
+    const bin = join(root, "usr/bin");
+    expect(bashComplete(script, bin, ["ce"])).toEqual(["certs"]);
+    expect(bashComplete(script, bin, ["cluster-env", "--pro"])).toEqual(["--profile"]);
+    expect(bashComplete(script, bin, ["dev", "--profile", ""]).sort()).toEqual(["istiod", "legacy", "none"]);
   });
 
   it("passes lintian with no errors and no warnings", () => {

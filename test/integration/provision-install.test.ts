@@ -1,7 +1,8 @@
 /**
  * `istio-vm bundle` against the dev control plane (both profiles) and `istio-vm install` of that bundle into a
  * relocated root (ISTIO_VM_ROOT: files only, no dpkg or systemctl on this machine), as the built CLI in a
- * subprocess: owners and modes of DESIGN.md, idempotence, a tampered member, dry run, the dhclient resolver files.
+ * subprocess: owners and modes of docs/protocols.md, idempotence, a tampered member, dry run, the dhclient resolver
+ * files.
  */
 import { execFileSync } from "node:child_process";
 import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
@@ -173,7 +174,7 @@ describe.skipIf(missing !== undefined)("bundle and install (relocated root)", ()
     ]);
   });
 
-  it("installs: files with DESIGN.md owners and modes, dhclient hook, loopback first; a second run changes nothing", async () => {
+  it("installs: files with docs/protocols.md owners and modes, dhclient hook, loopback first; a second run changes nothing", async () => {
     const root = await makeRoot(w().dir, "vm1");
     const env = { ISTIO_VM_ROOT: root };
     const first = await w().cli(["install", "vm.tgz", "--resolver", "dhclient", "--no-checks"], env);
