@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { applyInterception, cleanInterception } from "../src/intercept/applier.js";
 import type { InterceptionSettings } from "../src/intercept/planner.js";
-import { planInterception, renderTable } from "../src/intercept/planner.js";
+import { planInterception, restoreInput } from "../src/intercept/planner.js";
 import type { ProcessRunner } from "../src/platform/process.js";
 import { nodeProcessRunner } from "../src/platform/process.js";
 
@@ -107,7 +107,7 @@ async function main(): Promise<void> {
         row(
           `${size} ports (${rules} rules), ${backend}: 1 iptables call per rule`,
           `${theirs.toFixed(1)} ms`,
-          `median of ${perRuleTimes.length}; restore input ${renderTable(table).length} bytes`,
+          `median of ${perRuleTimes.length}; restore input ${restoreInput(table).length} bytes`,
         );
         row(`${size} ports, ${backend}: speed-up`, `${(theirs / ours).toFixed(1)}×`);
       }

@@ -5,10 +5,8 @@ import { RecordingIptablesRunner, natDump } from "../../test/fakes/iptables-runn
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { loadConfig } from "../config/load.js";
 import { createMeshCa } from "../devplane/mesh-ca.js";
-import { restoreText } from "../intercept/applier.js";
-import { planInterception } from "../intercept/planner.js";
+import { planInterception, restoreInput } from "../intercept/planner.js";
 import { interceptionSettings } from "../intercept/settings.js";
-import { EMPTY_STATE } from "../intercept/show.js";
 import { systemClock } from "../platform/clock.js";
 import type { Clock } from "../platform/clock.js";
 import { nodeDnsClient } from "../platform/dns.js";
@@ -118,7 +116,7 @@ describe("interception check", () => {
     const d = await deps(env, files);
     const plan = planInterception(await interceptionSettings(d.values, d.fs));
     const table = plan.families.find((f) => f.family === 4)?.tables[0];
-    return restoreText(table, EMPTY_STATE)
+    return restoreInput(table)
       .split("\n")
       .filter((l) => /^[:-]/.test(l));
   }

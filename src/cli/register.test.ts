@@ -1,7 +1,7 @@
 import yargs from "yargs";
 import type { CommandModule } from "yargs";
 import { describe, expect, it } from "vitest";
-import { parseYaml } from "../kube/kubeconfig-yaml.js";
+import { parseYaml } from "../kube/yaml.js";
 import { silentLogger } from "../platform/logger.js";
 import { certsCommand } from "./certs.js";
 import { clusterEnvCommand } from "./cluster-env.js";

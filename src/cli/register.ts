@@ -2,7 +2,7 @@ import type { CommandModule } from "yargs";
 import { AgentError } from "../platform/errors.js";
 import type { DeregisterReport, ObjectAction, RegisterReport } from "../kube/register.js";
 import { deregister, parseKeyValues, parsePortSpecs, register, validateTarget } from "../kube/register.js";
-import { renderYaml } from "../kube/kubeconfig-yaml.js";
+import { renderYaml } from "../kube/yaml.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
 import { connectKube, profileFor, withProfileOptions } from "./admin-options.js";
 import type { CommandRuntime } from "./context.js";

@@ -22,8 +22,10 @@ import {
   LEGACY_HANDLE_CSR_PATH,
   decodeCsrRequest,
   decodeIstioCertificateRequest,
+  decodeSetFaultRequest,
   encodeCsrResponse,
   encodeIstioCertificateResponse,
+  encodeSetFaultRequest,
 } from "../certs/ca-messages.js";
 import type {
   CsrRequest,
@@ -32,7 +34,6 @@ import type {
   IstioCertificateResponse,
 } from "../certs/ca-messages.js";
 import { parseCsr } from "../certs/csr.js";
-import { WireWriter, getString, readFields } from "../certs/protobuf-wire.js";
 import { parseSpiffeUri } from "../certs/identity.js";
 import type { Logger } from "../platform/logger.js";
 import { silentLogger } from "../platform/logger.js";
@@ -439,7 +440,7 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
       path: DEV_CA_SET_FAULT_PATH,
       requestStream: false,
       responseStream: false,
-      requestDeserialize: (data: Buffer) => getString(readFields(data), 1),
+      requestDeserialize: (data: Buffer) => decodeSetFaultRequest(data),
       requestSerialize: () => Buffer.alloc(0),
       responseSerialize: () => Buffer.alloc(0),
       responseDeserialize: () => ({}),
@@ -486,7 +487,7 @@ export async function setRemoteCaFault(options: {
     await new Promise<void>((resolve, reject) => {
       client.makeUnaryRequest(
         DEV_CA_SET_FAULT_PATH,
-        (fault: string) => new WireWriter().bytes(1, fault).finish(),
+        (fault: string) => encodeSetFaultRequest(fault),
         () => ({}),
         options.fault,
         new grpc.Metadata(),

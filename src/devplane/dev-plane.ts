@@ -28,7 +28,7 @@ import { pinnedLoadBalancerIps, seedCluster, seedObjects } from "./seed.js";
 import type { Profile } from "./seed.js";
 import { ObjectStore } from "./store.js";
 import { randomBytes } from "node:crypto";
-import { renderYaml } from "../kube/kubeconfig-yaml.js";
+import { renderYaml } from "../kube/yaml.js";
 
 export interface DevPlaneContext {
   readonly store: ObjectStore;
@@ -267,9 +267,8 @@ export function renderDevKubeconfig(options: { server: string; caPem: string; cr
     name,
     context: { cluster: KUBECONFIG_CLUSTER, user, namespace: "default" },
   });
-  return (
-    "# Written by `istio-vm dev`: a local test double of a Kubernetes API, not a real cluster.\n" +
-    renderYaml({
+  return renderYaml(
+    {
       apiVersion: "v1",
       kind: "Config",
       clusters: [
@@ -296,6 +295,7 @@ export function renderDevKubeconfig(options: { server: string; caPem: string; cr
       ],
       "current-context": KUBECONFIG_CONTEXTS.admin,
       preferences: {},
-    })
+    },
+    [" Written by `istio-vm dev`: a local test double of a Kubernetes API, not a real cluster."],
   );
 }

@@ -1,8 +1,8 @@
 import { describe, expect, test } from "vitest";
 import { RecordingIptablesRunner, natDump } from "../../test/fakes/iptables-runner.js";
 import type { InterceptionSettings } from "./planner.js";
-import { planInterception, renderTable, ruleLine } from "./planner.js";
-import { applyInterception, cleanInterception, restoreText } from "./applier.js";
+import { planInterception, restoreInput, ruleLine } from "./planner.js";
+import { applyInterception, cleanInterception } from "./applier.js";
 import { diffWithPlan, natTable, ourState } from "./show.js";
 
 const SETTINGS: InterceptionSettings = {
@@ -40,7 +40,7 @@ describe("apply", () => {
     ]);
     const restores = runner.restores();
     expect(restores.map((c) => [c.command, ...c.args])).toEqual([["iptables-nft-restore", "--noflush", "-w"]]);
-    expect(restores[0]?.input).toBe(TABLE === undefined ? "" : renderTable(TABLE));
+    expect(restores[0]?.input).toBe(TABLE === undefined ? "" : restoreInput(TABLE));
   });
 
   test("a kernel that already matches: no restore at all", async () => {
@@ -149,7 +149,7 @@ describe("clean", () => {
       "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
     ];
     const state = ourState(natTable(natDump(foreign)));
-    expect(restoreText(undefined, state)).toBe(
+    expect(restoreInput(undefined, state)).toBe(
       [
         "*nat",
         "-D OUTPUT -p tcp -m comment --comment istio-vm -j ISTIO_OUTPUT",

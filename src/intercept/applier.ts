@@ -1,7 +1,8 @@
 /**
  * Applies a plan to the kernel through the ProcessRunner port: per family, one `iptables-save` to see what is there
- * and at most one `iptables-restore --noflush -w` for the nat table, whatever the number of ports. The restore
- * deletes our old jumps, flushes (re)declared chains of ours and adds the new rules in one transaction, so:
+ * and at most one `iptables-restore --noflush -w` for the nat table, whatever the number of ports. The restore input
+ * is the planner's (`restoreInput`, from the plan and what the save shows); it deletes our old jumps, flushes
+ * (re)declared chains of ours and adds the new rules in one transaction, so:
  * - a failing restore changes nothing (both back ends commit a table atomically);
  * - applying twice gives the same `iptables-save` (and the second apply is a no-op: the kernel already matches);
  * - chains and rules that are not ours are never touched; built-in chains are never flushed.
@@ -11,9 +12,8 @@
 import { AgentError } from "../platform/errors.js";
 import type { Logger } from "../platform/logger.js";
 import type { ProcessRunner } from "../platform/process.js";
-import type { Family, InterceptionPlan, OurChain, TablePlan } from "./planner.js";
-import { FAMILIES, ruleLine } from "./planner.js";
-import type { OurState } from "./show.js";
+import type { Family, InterceptionPlan, OurChain, OurState, TablePlan } from "./planner.js";
+import { FAMILIES, restoreInput } from "./planner.js";
 import { diffWithPlan, natTable, ourState, stateIsEmpty } from "./show.js";
 
 export type Backend = "legacy" | "nft" | "default";
@@ -107,27 +107,6 @@ export async function detectBackend(deps: IptablesDeps, family: Family): Promise
   return { backend: "default", saved: await runSave(deps, family, "default"), others: new Map() };
 }
 
-/**
- * The restore input that turns `state` into `plan` (undefined plan: remove everything of ours). Our jumps in built-in
- * chains are deleted by their exact saved text (a changed rule makes the restore fail rather than delete the wrong
- * one); every chain of ours is declared, which creates or flushes it; chains no longer planned are then deleted
- * unless someone else's chain jumps to them (those stay, empty). The built-in chains are never flushed.
- */
-export function restoreText(plan: TablePlan | undefined, state: OurState): string {
-  const planned = new Set<OurChain>(plan?.chains ?? []);
-  const stale = state.chains.filter((c) => !planned.has(c));
-  const lines = [
-    "*nat",
-    ...state.jumps.map((j) => `-D ${j.chain} ${j.spec}`),
-    ...[...planned, ...stale].map((c) => `:${c} - [0:0]`),
-    ...stale.filter((c) => !state.referencedByOthers.has(c)).map((c) => `-X ${c}`),
-    ...(plan?.rules ?? []).map(ruleLine),
-    "COMMIT",
-    "",
-  ];
-  return lines.join("\n");
-}
-
 async function runRestore(deps: IptablesDeps, family: Family, backend: Backend, input: string): Promise<void> {
   const tool = toolName(family, backend, "restore");
   const result = await deps.runner.run(tool, ["--noflush", "-w"], {
@@ -192,7 +171,7 @@ async function applyFamily(
       const saved = detected.others.get(other) ?? (await runSave(deps, family, other));
       const residue = saved.ok ? ourState(natTable(saved.text)) : undefined;
       if (residue === undefined || stateIsEmpty(residue)) continue;
-      if (options.dryRun !== true) await runRestore(deps, family, other, restoreText(undefined, residue));
+      if (options.dryRun !== true) await runRestore(deps, family, other, restoreInput(undefined, residue));
       deps.logger?.warn("removed interception rules left in the other iptables back end", { family, backend: other });
       residueCleaned.push(other);
     }
@@ -202,7 +181,7 @@ async function applyFamily(
   if (options.force !== true && diffWithPlan(plan, state).matches) {
     return { family, backend, action: "unchanged", rules, residueCleaned };
   }
-  const restore = restoreText(plan, state);
+  const restore = restoreInput(plan, state);
   if (options.dryRun !== true) await runRestore(deps, family, backend, restore);
   return { family, backend, action: plan === undefined ? "removed" : "applied", rules, restore, residueCleaned };
 }
@@ -290,7 +269,7 @@ async function cleanState(
 ): Promise<CleanResult> {
   const state = ourState(natTable(saveText));
   if (stateIsEmpty(state)) return { family, backend, removedChains: [], removedJumps: 0, keptChains: [] };
-  const restore = restoreText(undefined, state);
+  const restore = restoreInput(undefined, state);
   if (options.dryRun !== true) await runRestore(deps, family, backend, restore);
   const kept = state.chains.filter((c) => state.referencedByOthers.has(c));
   return {

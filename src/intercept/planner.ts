@@ -363,29 +363,55 @@ export function ruleLine(rule: Rule): string {
   return `-A ${rule.chain} ${rule.spec}`;
 }
 
-/** The `iptables-restore --noflush` input that creates this table's chains and rules from scratch. */
-export function renderTable(table: TablePlan): string {
-  return [
-    `*${table.table}`,
-    ...table.chains.map((c) => `:${c} - [0:0]`),
-    ...table.rules.map(ruleLine),
+/** What the kernel holds of ours in one family's nat table (show.ts reads it from `iptables-save`). */
+export interface OurState {
+  /** Our chains that exist, in OUR_CHAINS order. */
+  readonly chains: readonly OurChain[];
+  /** Rules inside our chains, in kernel order per chain. */
+  readonly rules: readonly Rule[];
+  /** Rules in built-in chains that jump to one of our chains (tagged or left by an older tool with our names). */
+  readonly jumps: readonly Rule[];
+  /** Our chains that a chain of someone else's jumps to: they can be flushed but not deleted. */
+  readonly referencedByOthers: ReadonlyMap<OurChain, readonly string[]>;
+}
+
+export const EMPTY_STATE: OurState = { chains: [], rules: [], jumps: [], referencedByOthers: new Map() };
+
+/**
+ * The `iptables-restore --noflush` input that turns `state` into `plan` (undefined plan: remove everything of ours);
+ * the only place restore text is written. Our jumps in built-in chains are deleted by their exact saved text (a
+ * changed rule makes the restore fail rather than delete the wrong one); every chain of ours is declared, which
+ * creates or flushes it; chains no longer planned are then deleted unless someone else's chain jumps to them (those
+ * stay, empty). The built-in chains are never flushed. From an empty kernel this is the plan itself.
+ */
+export function restoreInput(plan: TablePlan | undefined, state: OurState = EMPTY_STATE): string {
+  const planned = new Set<OurChain>(plan?.chains ?? []);
+  const stale = state.chains.filter((c) => !planned.has(c));
+  const lines = [
+    `*${plan?.table ?? "nat"}`,
+    ...state.jumps.map((j) => `-D ${j.chain} ${j.spec}`),
+    ...[...planned, ...stale].map((c) => `:${c} - [0:0]`),
+    ...stale.filter((c) => !state.referencedByOthers.has(c)).map((c) => `-X ${c}`),
+    ...(plan?.rules ?? []).map(ruleLine),
     "COMMIT",
     "",
-  ].join("\n");
+  ];
+  return lines.join("\n");
 }
 
 export function ruleCount(plan: InterceptionPlan): number {
   return plan.families.reduce((n, f) => n + f.tables.reduce((m, t) => m + t.rules.length, 0), 0);
 }
 
-/** The whole plan as text, one block per family: what `istio-vm iptables plan` prints. */
+/** The whole plan as text, one block per family: what `istio-vm iptables plan` prints (the restore input for an
+ * empty kernel). */
 export function renderPlan(plan: InterceptionPlan): string {
   return plan.families
     .map((f) => {
       const tool = f.family === 4 ? "iptables-restore" : "ip6tables-restore";
       const header = `# IPv${f.family}: ${tool} --noflush input`;
       if (f.tables.length === 0) return `${header}\n# (nothing to capture)\n`;
-      return `${header}\n${f.tables.map(renderTable).join("")}`;
+      return `${header}\n${f.tables.map((t) => restoreInput(t)).join("")}`;
     })
     .join("\n");
 }

@@ -2,8 +2,8 @@
  * Reads `iptables-save` output: which of our chains exist, their rules, the jumps to them from built-in chains, and
  * who else points at them. `diffWithPlan` compares that with a plan line by line (plans are written in save form).
  */
-import type { OurChain, Rule, TablePlan } from "./planner.js";
-import { BUILTIN_NAT_CHAINS, OUR_CHAINS, isOurChain, ruleLine } from "./planner.js";
+import type { OurChain, OurState, Rule, TablePlan } from "./planner.js";
+import { BUILTIN_NAT_CHAINS, EMPTY_STATE, OUR_CHAINS, isOurChain, ruleLine } from "./planner.js";
 
 export interface SavedTable {
   readonly name: string;
@@ -47,19 +47,6 @@ export function natTable(text: string): SavedTable | undefined {
 export function ruleTarget(spec: string): string | undefined {
   return /(?:^|\s)-[jg]\s+(\S+)/.exec(spec)?.[1];
 }
-
-export interface OurState {
-  /** Our chains that exist, in OUR_CHAINS order. */
-  readonly chains: readonly OurChain[];
-  /** Rules inside our chains, in kernel order per chain. */
-  readonly rules: readonly Rule[];
-  /** Rules in built-in chains that jump to one of our chains (tagged or left by an older tool with our names). */
-  readonly jumps: readonly Rule[];
-  /** Our chains that a chain of someone else's jumps to: they can be flushed but not deleted. */
-  readonly referencedByOthers: ReadonlyMap<OurChain, readonly string[]>;
-}
-
-export const EMPTY_STATE: OurState = { chains: [], rules: [], jumps: [], referencedByOthers: new Map() };
 
 export function ourState(table: SavedTable | undefined): OurState {
   if (table === undefined) return EMPTY_STATE;

@@ -194,7 +194,7 @@ export async function parseMeshConfig(mesh: string): Promise<{
   readonly trustDomain?: string;
   readonly defaultConfig?: Readonly<Record<string, unknown>>;
 }> {
-  const { parse: parseYaml } = await loadYaml();
+  const { parseYaml } = await loadYaml();
   let doc: unknown;
   try {
     doc = parseYaml(mesh);
@@ -223,14 +223,14 @@ export async function parseMeshConfig(mesh: string): Promise<{
   };
 }
 
-/** The YAML library, loaded only by the commands that read mesh config (STYLE: pay at start for what is used). */
-function loadYaml(): Promise<typeof import("yaml")> {
-  return import("yaml");
+/** The YAML module, loaded only by the commands that read mesh config (STYLE: pay at start for what is used). */
+function loadYaml(): Promise<typeof import("./yaml.js")> {
+  return import("./yaml.js");
 }
 
 /** `--proxy-config`: a ProxyConfig as JSON or YAML (JSON is YAML), which must be a mapping. */
 export async function parseProxyConfigFlag(text: string): Promise<Readonly<Record<string, unknown>>> {
-  const { parse: parseYaml } = await loadYaml();
+  const { parseYaml } = await loadYaml();
   let doc: unknown;
   try {
     doc = parseYaml(text);

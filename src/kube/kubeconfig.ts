@@ -13,7 +13,7 @@ import { homedir } from "node:os";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { AgentError } from "../platform/errors.js";
 import type { FileSystem } from "../platform/fs.js";
-import { YamlError, parseYaml } from "./kubeconfig-yaml.js";
+import { YamlError, parseYaml } from "./yaml.js";
 
 export interface ExecConfig {
   readonly apiVersion: string;
@@ -181,9 +181,9 @@ export function parseKubeconfig(text: string, file: string): KubeconfigFile {
   try {
     doc = parseYaml(text);
   } catch (error) {
-    const line = error instanceof YamlError ? `:${error.line}` : "";
+    if (!(error instanceof YamlError)) throw error;
     throw configError(
-      `cannot parse kubeconfig ${file}${line}: ${(error as Error).message}`,
+      `cannot parse kubeconfig ${file}:${error.line}:${error.column}: ${error.reason}`,
       file,
       "fix the YAML, or point --kubeconfig/KUBECONFIG at a valid file (`kubectl config view` shows what kubectl reads)",
     );

@@ -4,9 +4,8 @@
  * same bootstrap as `setup` with `runcmd`: the bundle's .deb (checked against SHA256SUMS) when istio-vm is missing,
  * then `istio-vm install`, then the bundle is deleted. When the bundle has no ISTIO_SVC_IP, each VM takes the source
  * address of its default route (`ip -4 route get`, no packet is sent).
- *
- * Every string in the YAML is a JSON string, which is a valid YAML double-quoted scalar.
  */
+import { renderYaml } from "../kube/yaml.js";
 
 export const BUNDLE_PATH = "/var/lib/istio-vm-setup/bundle.tgz";
 /** User-data size limits of common providers (bytes). */
@@ -49,21 +48,22 @@ export function firstBootScript(input: Pick<CloudInitInput, "debMember" | "bundl
 }
 
 export function renderCloudInit(input: CloudInitInput): string {
-  const q = (s: string): string => JSON.stringify(s);
-  const base64 = Buffer.from(input.bundle).toString("base64");
-  return [
-    "#cloud-config",
-    ...input.comment.map((c) => `# ${c}`),
-    "write_files:",
-    `  - path: ${q(BUNDLE_PATH)}`,
-    `    owner: ${q("root:root")}`,
-    `    permissions: ${q("0600")}`,
-    `    encoding: ${q("b64")}`,
-    `    content: ${q(base64)}`,
-    "runcmd:",
-    `  - [${q("sh")}, ${q("-c")}, ${q(firstBootScript(input))}]`,
-    "",
-  ].join("\n");
+  return renderYaml(
+    {
+      write_files: [
+        {
+          path: BUNDLE_PATH,
+          owner: "root:root",
+          permissions: "0600",
+          encoding: "b64",
+          content: Buffer.from(input.bundle).toString("base64"),
+        },
+      ],
+      runcmd: [["sh", "-c", firstBootScript(input)]],
+    },
+    // cloud-init reads user-data as cloud-config only when the first line is exactly `#cloud-config`.
+    ["cloud-config", ...input.comment.map((c) => ` ${c}`)],
+  );
 }
 
 /** Providers whose user-data limit the document exceeds. */

@@ -2,9 +2,9 @@ import { describe, expect, it } from "vitest";
 import { nodeProcessRunner } from "../platform/process.js";
 import { decodeDiscoveryRequest, encodeDiscoveryRequest, packCluster, unpackCluster } from "./protos.js";
 
-describe("xDS descriptor", () => {
-  it("is generated from the installed Envoy protos (run scripts/gen-xds-descriptor.mjs after an upgrade)", async () => {
-    const result = await nodeProcessRunner.run(process.execPath, ["scripts/gen-xds-descriptor.mjs", "--check"]);
+describe("protobuf descriptors", () => {
+  it("are generated from the installed Envoy protos and proto/ (run scripts/gen-descriptors.mjs)", async () => {
+    const result = await nodeProcessRunner.run(process.execPath, ["scripts/gen-descriptors.mjs", "--check"]);
     expect(result.stderr).toBe("");
     expect(result.code).toBe(0);
   });

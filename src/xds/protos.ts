@@ -1,5 +1,5 @@
 /**
- * Envoy's v3 xDS messages, loaded from the descriptor generated at build time (scripts/gen-xds-descriptor.mjs), so
+ * Envoy's v3 xDS messages, loaded from the descriptor generated at build time (scripts/gen-descriptors.mjs), so
  * they work inside the esbuild bundle and the single executable where no .proto file exists. One protobufjs Root
  * serves both the ADS client of the discovery check and the dev Pilot's ADS server; the gRPC service definition
  * below uses its encoders directly, so `Any` payloads (Cluster, ClusterLoadAssignment) are packed and unpacked with

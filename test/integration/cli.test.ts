@@ -74,4 +74,14 @@ describe("the istio-vm CLI", () => {
     expect(bad.stdout).toContain("ISTIO_INBOUND_PORTS: port 0 is out of range");
     expect(bad.stdout).toContain("ISTIO_SVC_IP: 'x' is not an IP address");
   });
+
+  it("a malformed kubeconfig is a configuration error: exit 2, one line naming file:line:column, a hint, no stack", async () => {
+    const kubeconfig = join(root, "broken-kubeconfig");
+    writeFileSync(kubeconfig, "apiVersion: v1\nclusters:\n- name: a\n  cluster: {server: https://a\nusers: []\n");
+    const result = await runCli(["cluster-env", "--kubeconfig", kubeconfig, "-o", join(root, "cluster.env")]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(new RegExp(`cannot parse kubeconfig ${kubeconfig}:\\d+:\\d+: `));
+    expect(result.stderr).toContain("hint: fix the YAML");
+    expect(result.stderr).not.toMatch(/^\s+at /m);
+  });
 });

@@ -15,7 +15,7 @@ import type { DevPlane } from "../../src/devplane/dev-plane.js";
 import { parseCidr } from "../../src/devplane/ip-allocator.js";
 import { KubeApiError, isConflict, isNotFound } from "../../src/kube/client.js";
 import { createKubeClient } from "../../src/kube/connect.js";
-import { renderYaml } from "../../src/kube/kubeconfig-yaml.js";
+import { renderYaml } from "../../src/kube/yaml.js";
 import { AgentError } from "../../src/platform/errors.js";
 import { nodeFileSystem } from "../../src/platform/fs.js";
 import type { Logger } from "../../src/platform/logger.js";
