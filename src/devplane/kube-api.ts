@@ -13,6 +13,7 @@
  * - Errors are `Status` objects with kube-apiserver's reasons and messages (kube-status.ts).
  */
 import { randomUUID } from "node:crypto";
+import { parseApiPath } from "../kube/api-path.js";
 import type { ClusterIpAllocator } from "./ip-allocator.js";
 import type { Target } from "./kube-objects.js";
 import { prepareObject } from "./kube-objects.js";
@@ -250,34 +251,12 @@ export class KubeApi {
   }
 }
 
-/** Parses an API path into the resource target, or undefined for a path that is no resource. */
+/** The resource an API path names (kube/api-path.ts parses it), or undefined for a path that is no resource. */
 export function resolveTarget(api: KubeApi, pathname: string): Target | undefined {
-  const parts = pathname
-    .split("/")
-    .filter((p) => p !== "")
-    .map(decodeURIComponent);
-  let group: string;
-  let version: string;
-  let rest: string[];
-  if (parts[0] === "api" && parts.length >= 3) {
-    group = "";
-    version = parts[1] ?? "";
-    rest = parts.slice(2);
-  } else if (parts[0] === "apis" && parts.length >= 4) {
-    group = parts[1] ?? "";
-    version = parts[2] ?? "";
-    rest = parts.slice(3);
-  } else {
-    return undefined;
-  }
-  let namespace: string | undefined;
-  if (rest[0] === "namespaces" && rest.length >= 3) {
-    namespace = rest[1];
-    rest = rest.slice(2);
-  }
-  const [resource = "", name, subresource, ...extra] = rest;
-  if (extra.length > 0) return undefined;
-  const def = api.resource(group, version, resource);
+  const path = parseApiPath(pathname);
+  if (path?.resource === undefined) return undefined;
+  const { namespace, name, subresource } = path;
+  const def = api.resource(path.group, path.version, path.resource);
   if (def === undefined) return undefined;
   if (!def.namespaced && namespace !== undefined) return undefined;
   if (subresource !== undefined && def.subresources?.includes(subresource) !== true) return undefined;

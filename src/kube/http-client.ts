@@ -13,6 +13,8 @@ import type { Socket } from "node:net";
 import { isIP } from "node:net";
 import tls from "node:tls";
 import { AgentError } from "../platform/errors.js";
+import type { ApiPath } from "./api-path.js";
+import { parseApiPath } from "./api-path.js";
 import type { KubeClient, KubeObjectList, RequestOptions } from "./client.js";
 import { KubeApiError } from "./client.js";
 
@@ -50,51 +52,6 @@ export interface HttpKubeClientOptions {
   /** Context and user names, for messages. */
   readonly contextName?: string;
   readonly userName?: string;
-}
-
-/** An API path taken apart, for messages ("create services in namespace default"). */
-export interface ApiPath {
-  readonly group: string;
-  readonly version: string;
-  readonly namespace?: string;
-  readonly resource?: string;
-  readonly name?: string;
-  readonly subresource?: string;
-}
-
-export function parseApiPath(path: string): ApiPath | undefined {
-  const parts = (path.split("?")[0] ?? "")
-    .split("/")
-    .filter((p) => p !== "")
-    .map(decodeURIComponent);
-  let rest: string[];
-  let group: string;
-  let version: string;
-  if (parts[0] === "api" && parts[1] !== undefined) {
-    group = "";
-    version = parts[1];
-    rest = parts.slice(2);
-  } else if (parts[0] === "apis" && parts[1] !== undefined && parts[2] !== undefined) {
-    group = parts[1];
-    version = parts[2];
-    rest = parts.slice(3);
-  } else {
-    return undefined;
-  }
-  let namespace: string | undefined;
-  if (rest[0] === "namespaces" && rest.length >= 3) {
-    namespace = rest[1];
-    rest = rest.slice(2);
-  }
-  const [resource, name, subresource] = rest;
-  return {
-    group,
-    version,
-    ...(namespace === undefined ? {} : { namespace }),
-    ...(resource === undefined ? {} : { resource }),
-    ...(name === undefined ? {} : { name }),
-    ...(subresource === undefined ? {} : { subresource }),
-  };
 }
 
 /** The RBAC verb a request needs. */
