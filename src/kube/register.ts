@@ -242,6 +242,13 @@ function quoteList(values: Readonly<Record<string, string>>): string {
     .join(" ");
 }
 
+function reportSubject(
+  input: { readonly service: string; readonly namespace: string; readonly ip: string },
+  options: ExecuteOptions,
+): { service: string; namespace: string; ip: string; dryRun: boolean } {
+  return { service: input.service, namespace: input.namespace, ip: input.ip, dryRun: options.dryRun };
+}
+
 export async function register(
   client: KubeClient,
   input: RegistrationInput & { readonly workloadEntry: boolean },
@@ -279,10 +286,7 @@ export async function register(
   );
   if (input.workloadEntry) actions.push(await ensureWorkloadEntry(client, { ...input, ports }, options));
   return {
-    service: input.service,
-    namespace: input.namespace,
-    ip: input.ip,
-    dryRun: options.dryRun,
+    ...reportSubject(input, options),
     actions,
     endpoints: count,
     duplicatesRemoved,
@@ -353,10 +357,7 @@ export async function deregister(
   }
   if (!options.dryRun) options.log("Deregistered service successfully");
   return {
-    service: input.service,
-    namespace: input.namespace,
-    ip: input.ip,
-    dryRun: options.dryRun,
+    ...reportSubject(input, options),
     actions,
     removed,
     endpoints: endpointCount(result.planned),
