@@ -14,7 +14,7 @@ import type { Target } from "../../src/devplane/kube-api.js";
 import { ApiStatusError, pathNotFound } from "../../src/devplane/kube-status.js";
 import { createServiceAccountTokens } from "../../src/devplane/sa-tokens.js";
 import type { KubeClient, KubeObjectList, RequestOptions } from "../../src/kube/client.js";
-import { statusError } from "../../src/kube/http-client.js";
+import { statusError } from "../../src/kube/api-errors.js";
 import type { MeshCa } from "../../src/devplane/mesh-ca.js";
 import { createMeshCa } from "../../src/devplane/mesh-ca.js";
 import type { Clock } from "../../src/platform/clock.js";
