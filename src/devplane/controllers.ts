@@ -10,7 +10,7 @@
  */
 import { bigIntToIp, ipToBigInt } from "./ip-allocator.js";
 import type { KubeApi } from "./kube-api.js";
-import { ApiStatusError } from "./kube-api.js";
+import { ApiStatusError } from "./kube-status.js";
 import type { KeyAlgorithm, MeshCa } from "./mesh-ca.js";
 import type { KubeObject, StoreEvent } from "./store.js";
 

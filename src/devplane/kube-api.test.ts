@@ -4,16 +4,11 @@ import { afterEach, describe, expect, it } from "vitest";
 import { startControllers } from "./controllers.js";
 import type { Controllers } from "./controllers.js";
 import { ClusterIpAllocator, parseCidr } from "./ip-allocator.js";
-import {
-  ApiStatusError,
-  KubeApi,
-  defaultRbac,
-  forbidden,
-  isAllowed,
-  mergePatch,
-  strategicMergePatch,
-} from "./kube-api.js";
+import { KubeApi } from "./kube-api.js";
 import type { Target } from "./kube-api.js";
+import { defaultRbac, forbidden, isAllowed } from "./kube-rbac.js";
+import { ApiStatusError } from "./kube-status.js";
+import { mergePatch, strategicMergePatch } from "./merge-patch.js";
 import { openApiV2Document } from "./kube-resources.js";
 import { createMeshCa } from "./mesh-ca.js";
 import { createServiceAccountTokens } from "./sa-tokens.js";

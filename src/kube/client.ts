@@ -64,3 +64,7 @@ export function isNotFound(error: unknown): boolean {
 export function isConflict(error: unknown): boolean {
   return error instanceof KubeApiError && error.status === 409 && error.reason === "Conflict";
 }
+
+export function isAlreadyExists(error: unknown): boolean {
+  return error instanceof KubeApiError && error.status === 409 && error.reason === "AlreadyExists";
+}

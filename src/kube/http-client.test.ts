@@ -2,7 +2,8 @@ import { describe, expect, it } from "vitest";
 import { KubeApiError } from "./client.js";
 import { execInfo, parseExecCredential } from "./exec-credential.js";
 import type { ExecCredentialOptions } from "./exec-credential.js";
-import { parseApiPath, rbacVerb, statusError, transportError } from "./http-client.js";
+import { parseApiPath } from "./api-path.js";
+import { rbacVerb, statusError, transportError } from "./api-errors.js";
 import { nodeProcessRunner } from "../platform/process.js";
 
 const server = "https://203.0.113.10:6443";

@@ -1,17 +1,11 @@
 import { describe, expect, it } from "vitest";
 import { KubeApiError } from "./client.js";
-import type { EndpointsObject, RegistrationInput } from "./register.js";
-import {
-  SERVICE_ACCOUNT_ANNOTATION,
-  deregister,
-  guessPortName,
-  parseKeyValues,
-  parsePortSpecs,
-  planAddAddress,
-  planRemoveAddress,
-  register,
-  workloadEntryName,
-} from "./register.js";
+import type { RegistrationInput } from "./register-inputs.js";
+import { guessPortName, parseKeyValues, parsePortSpecs } from "./register-inputs.js";
+import type { EndpointsObject } from "./register-objects.js";
+import { SERVICE_ACCOUNT_ANNOTATION } from "./register-objects.js";
+import { planAddAddress, planRemoveAddress, workloadEntryName } from "./register-plan.js";
+import { deregister, register } from "./register.js";
 import { FakeKubeClient, SteppingClock } from "../../test/fakes/kube-client.js";
 
 const input = (

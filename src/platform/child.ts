@@ -18,7 +18,7 @@ import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 import type { Writable } from "node:stream";
-import { AgentError } from "./errors.js";
+import { spawnError } from "./process.js";
 
 export interface ChildExit {
   /** Exit code, or null when a signal ended the process. */
@@ -157,16 +157,10 @@ export function createChildSpawner(options: ChildSpawnerOptions = {}): ChildSpaw
           return new Promise<void>((done) => lines.on("close", done));
         });
         child.once("error", (error: NodeJS.ErrnoException) => {
-          const notFound = error.code === "ENOENT";
           reject(
-            new AgentError({
-              code: notFound ? "COMMAND_NOT_FOUND" : "SPAWN_FAILED",
-              message: `cannot run ${command}: ${error.message}`,
-              subject: command,
-              hint: notFound
-                ? `install it there or point the setting at the executable (${command} does not exist)`
-                : "check that the file is executable by the user it runs as",
-              cause: error,
+            spawnError(command, error, {
+              notFound: `install it there or point the setting at the executable (${command} does not exist)`,
+              failed: "check that the file is executable by the user it runs as",
             }),
           );
         });

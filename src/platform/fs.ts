@@ -46,11 +46,13 @@ export interface FileSystem {
   chmod(path: string, mode: number): Promise<void>;
 }
 
-function isNotFound(error: unknown): boolean {
+/** ENOENT: the path (or a directory on it) does not exist. */
+export function isNotFound(error: unknown): boolean {
   return (error as NodeJS.ErrnoException | undefined)?.code === "ENOENT";
 }
 
-async function fsyncDirectory(path: string): Promise<void> {
+/** Makes the directory's entries (a rename, a new link) durable. */
+export async function fsyncDirectory(path: string): Promise<void> {
   const handle = await fsp.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     await handle.sync();
@@ -59,9 +61,14 @@ async function fsyncDirectory(path: string): Promise<void> {
   }
 }
 
+/** A name beside `path` for the new version before it is renamed over `path`: unique per process and call. */
+export function temporaryName(path: string): string {
+  return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+}
+
 export async function writeFileAtomic(path: string, data: string | Uint8Array, options: WriteOptions): Promise<void> {
   const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
+  const tmp = temporaryName(path);
   // O_EXCL: never follow or reuse a file someone planted under the temporary name.
   const handle = await fsp.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, options.mode);
   try {

@@ -3,11 +3,11 @@
  * as one unit (see src/certs/store.ts, which states the guarantee and counts the fsyncs). `replaceSymlink` is atomic
  * and durable when it returns; `writeDirectory` makes a directory nobody names yet durable in its content.
  */
-import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import * as fsp from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { dirname, join } from "node:path";
 import type { FileOwner } from "./fs.js";
+import { fsyncDirectory, isNotFound, temporaryName } from "./fs.js";
 
 export interface DirectoryFile {
   readonly name: string;
@@ -32,23 +32,6 @@ export interface LinkFileSystem {
   ): Promise<void>;
   /** Removes a file or a directory tree; missing is not an error. */
   removeTree(path: string): Promise<void>;
-}
-
-function isNotFound(error: unknown): boolean {
-  return (error as NodeJS.ErrnoException | undefined)?.code === "ENOENT";
-}
-
-async function fsyncDirectory(path: string): Promise<void> {
-  const handle = await fsp.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-function temporaryName(path: string): string {
-  return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
 }
 
 export const nodeLinkFileSystem: LinkFileSystem = {

@@ -57,16 +57,7 @@ export const nodeProcessRunner: ProcessRunner = {
           reject(error);
           return;
         }
-        const notFound = error.code === "ENOENT";
-        reject(
-          new AgentError({
-            code: notFound ? "COMMAND_NOT_FOUND" : "SPAWN_FAILED",
-            message: `cannot run ${command}: ${error.message}`,
-            subject: command,
-            ...(notFound ? { hint: `install the package that provides ${command}` } : {}),
-            cause: error,
-          }),
-        );
+        reject(spawnError(command, error, { notFound: `install the package that provides ${command}` }));
       });
       child.on("close", (code, signal) => {
         if (timer !== undefined) clearTimeout(timer);
@@ -85,3 +76,23 @@ export const nodeProcessRunner: ProcessRunner = {
     });
   },
 };
+
+/**
+ * A command that could not be started, as the user sees it: COMMAND_NOT_FOUND when the executable does not exist
+ * (ENOENT), SPAWN_FAILED otherwise (permissions, a bad interpreter), naming the command; each caller knows the hint.
+ */
+export function spawnError(
+  command: string,
+  error: NodeJS.ErrnoException,
+  hints: { readonly notFound: string; readonly failed?: string },
+): AgentError {
+  const notFound = error.code === "ENOENT";
+  const hint = notFound ? hints.notFound : hints.failed;
+  return new AgentError({
+    code: notFound ? "COMMAND_NOT_FOUND" : "SPAWN_FAILED",
+    message: `cannot run ${command}: ${error.message}`,
+    subject: command,
+    ...(hint === undefined ? {} : { hint }),
+    cause: error,
+  });
+}

@@ -1,15 +1,20 @@
 /**
- * A KubeClient backed by the dev plane's ObjectStore, for unit tests and benchmarks: it parses API paths the way the
- * API server routes them, returns Kubernetes-shaped errors (KubeApiError with status and reason), honours `dryRun`
- * (validates, never persists), answers the TokenRequest subresource, and rejects a Service whose clusterIP lies
- * outside the configured service range with the API server's own wording. Every request is recorded in `requests`.
+ * A KubeClient over the dev API server's semantics, in process: the same `KubeApi` (kube-apiserver's validation,
+ * defaults, clusterIP allocation and messages, dry run, TokenRequest) and the same path parser that `istio-vm dev`
+ * serves over HTTPS, with its `Status` errors turned into `KubeApiError`s by the real client's own `statusError`. So
+ * the fake and the dev server cannot disagree; only HTTP, authentication and RBAC are left out (`intercept` stands in
+ * for denials and outages). A fresh store gets the `default` namespace, which every cluster has. Every request is
+ * recorded in `requests`.
  */
-import { isIP } from "node:net";
 import type { KubeObject } from "../../src/devplane/store.js";
-import { ObjectStore, StoreError } from "../../src/devplane/store.js";
+import { ObjectStore } from "../../src/devplane/store.js";
+import { ClusterIpAllocator, parseCidr } from "../../src/devplane/ip-allocator.js";
+import { KubeApi, resolveTarget } from "../../src/devplane/kube-api.js";
+import type { Target } from "../../src/devplane/kube-api.js";
+import { ApiStatusError, pathNotFound } from "../../src/devplane/kube-status.js";
+import { createServiceAccountTokens } from "../../src/devplane/sa-tokens.js";
 import type { KubeClient, KubeObjectList, RequestOptions } from "../../src/kube/client.js";
-import { KubeApiError } from "../../src/kube/client.js";
-import { parseCidr } from "../../src/config/types.js";
+import { statusError } from "../../src/kube/api-errors.js";
 import type { MeshCa } from "../../src/devplane/mesh-ca.js";
 import { createMeshCa } from "../../src/devplane/mesh-ca.js";
 import type { Clock } from "../../src/platform/clock.js";
@@ -25,7 +30,7 @@ export interface RecordedRequest {
 export interface FakeKubeClientOptions {
   readonly store?: ObjectStore;
   readonly namespace?: string;
-  /** Service ranges the fake API server allocates from (for the clusterIP range check), e.g. ["10.96.0.0/12"]. */
+  /** The service CIDRs the API allocates clusterIPs from, e.g. ["10.96.0.0/12"] (the default). */
   readonly serviceRanges?: readonly string[];
   /**
    * Called before every request; may throw a KubeApiError to simulate RBAC denials, outages or conflicts. It runs
@@ -34,208 +39,80 @@ export interface FakeKubeClientOptions {
   readonly intercept?: (request: RecordedRequest) => void;
 }
 
-interface ParsedPath {
-  readonly resource: string;
-  readonly namespace: string | undefined;
-  readonly name: string | undefined;
-  readonly subresource: string | undefined;
-}
-
-/** `/api/v1/namespaces/NS/services/NAME[/SUB]`, `/apis/G/V/namespaces/NS/R/NAME`, `/apis/G/V/R/NAME` (cluster). */
-export function parseApiPath(path: string): ParsedPath {
-  const clean = path.split("?")[0] ?? "";
-  const parts = clean.split("/").filter((p) => p !== "");
-  let rest: string[];
-  if (parts[0] === "api" && parts.length >= 2) rest = parts.slice(2);
-  else if (parts[0] === "apis" && parts.length >= 3) rest = parts.slice(3);
-  else throw new Error(`fake kube client: unsupported path ${path}`);
-  if (rest[0] === "namespaces" && rest.length >= 3) {
-    return { namespace: rest[1], resource: rest[2] ?? "", name: rest[3], subresource: rest[4] };
-  }
-  if (rest[0] === "namespaces")
-    return { namespace: undefined, resource: "namespaces", name: rest[1], subresource: undefined };
-  return { namespace: undefined, resource: rest[0] ?? "", name: rest[1], subresource: rest[2] };
-}
-
-const STATUS: Record<StoreError["reason"], number> = { NotFound: 404, AlreadyExists: 409, Conflict: 409, Invalid: 422 };
-
-function apiError(status: number, reason: string, message: string, subject: string): KubeApiError {
-  return new KubeApiError({ status, reason, message, subject });
-}
-
-function ipToBigInt(ip: string): bigint {
-  const cidr = parseCidr(ip.includes(":") ? `${ip}/128` : `${ip}/32`);
-  // parseCidr validated it; reuse the address text to compute the value.
-  if (cidr.family === 4) return cidr.address.split(".").reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n);
-  const [head = "", tail] = cidr.address.toLowerCase().split("::");
-  const h = head === "" ? [] : head.split(":");
-  const t = tail === undefined || tail === "" ? [] : tail.split(":");
-  const groups = [...h, ...Array<string>(tail === undefined ? 0 : 8 - h.length - t.length).fill("0"), ...t];
-  return groups.reduce((a, g) => (a << 16n) | BigInt(parseInt(g, 16)), 0n);
-}
-
-function inRange(ip: string, range: string): boolean {
-  const cidr = parseCidr(range);
-  if (isIP(ip) !== cidr.family) return false;
-  const bits = cidr.family === 4 ? 32 : 128;
-  const shift = BigInt(bits - cidr.prefix);
-  return ipToBigInt(ip) >> shift === ipToBigInt(cidr.address) >> shift;
-}
-
-/** Runs `fn` and turns a throw into a rejected promise, as a real asynchronous client would. */
-function settle<T>(fn: () => T): Promise<T> {
-  try {
-    return Promise.resolve(fn());
-  } catch (error) {
-    return Promise.reject(error instanceof Error ? error : new Error(String(error)));
-  }
-}
+const METHODS: Record<Verb, string> = { get: "GET", list: "GET", create: "POST", update: "PUT", delete: "DELETE" };
 
 export class FakeKubeClient implements KubeClient {
   readonly store: ObjectStore;
   readonly namespace: string;
   readonly server = "https://fake.invalid";
   readonly requests: RecordedRequest[] = [];
-  readonly #ranges: readonly string[];
+  readonly #api: KubeApi;
   readonly #intercept: ((request: RecordedRequest) => void) | undefined;
-  #tokens = 0;
 
   constructor(options: FakeKubeClientOptions = {}) {
     this.store = options.store ?? new ObjectStore();
     this.namespace = options.namespace ?? "default";
-    this.#ranges = options.serviceRanges ?? ["10.96.0.0/12"];
     this.#intercept = options.intercept;
+    if (this.store.tryGet("namespaces", undefined, "default") === undefined) {
+      this.store.create("namespaces", { apiVersion: "v1", kind: "Namespace", metadata: { name: "default" } });
+    }
+    this.#api = new KubeApi({
+      store: this.store,
+      allocator: new ClusterIpAllocator((options.serviceRanges ?? ["10.96.0.0/12"]).map((r) => parseCidr(r))),
+      tokens: createServiceAccountTokens(),
+    });
   }
 
-  #record(verb: Verb, path: string, options: RequestOptions | undefined): void {
+  /** Records the request, then answers it as the dev API server would; a rejected promise as a real client's. */
+  #serve<T>(verb: Verb, path: string, options: RequestOptions | undefined, answer: (target: Target) => T): Promise<T> {
     const request = { verb, path, dryRun: options?.dryRun === true };
     this.requests.push(request);
-    this.#intercept?.(request);
-  }
-
-  #wrap<T>(subject: string, fn: () => T): T {
     try {
-      return fn();
+      this.#intercept?.(request);
+      const target = resolveTarget(this.#api, path);
+      if (target === undefined) throw pathNotFound();
+      return Promise.resolve(answer(target));
     } catch (error) {
-      if (error instanceof StoreError) throw apiError(STATUS[error.reason], error.reason, error.message, subject);
-      throw error;
+      if (!(error instanceof ApiStatusError)) {
+        return Promise.reject(error instanceof Error ? error : new Error(String(error)));
+      }
+      const body = JSON.stringify(error.toStatus());
+      return Promise.reject(
+        statusError({ method: METHODS[verb], path, status: error.code, body, server: this.server }),
+      );
     }
   }
 
   get<T>(path: string, options?: RequestOptions): Promise<T> {
-    return settle(() => {
-      this.#record("get", path, options);
-      const p = parseApiPath(path);
-      const name = p.name;
-      if (name === undefined) throw new Error(`fake kube client: get without a name: ${path}`);
-      return this.#wrap(path, () => this.store.get(p.resource, p.namespace, name) as T);
-    });
+    return this.#serve("get", path, options, (target) => this.#api.get(target) as T);
   }
 
   list<T>(path: string, options?: RequestOptions): Promise<KubeObjectList<T>> {
-    return settle(() => {
-      this.#record("list", path, options);
-      const p = parseApiPath(path);
-      const items = this.store.list(p.resource, p.namespace) as T[];
-      return { items, metadata: { resourceVersion: this.store.resourceVersion } };
+    const query = new URLSearchParams(path.split("?")[1] ?? "");
+    return this.#serve("list", path, options, (target) => {
+      const { items, resourceVersion } = this.#api.list(target, {
+        labelSelector: query.get("labelSelector"),
+        fieldSelector: query.get("fieldSelector"),
+      });
+      return { items: items as T[], metadata: { resourceVersion } };
     });
   }
 
   create<T>(path: string, body: unknown, options?: RequestOptions): Promise<T> {
-    return settle(() => {
-      this.#record("create", path, options);
-      return this.#create(path, body, options?.dryRun === true) as T;
-    });
-  }
-
-  #create(path: string, body: unknown, dryRun: boolean): unknown {
-    const p = parseApiPath(path);
-    if (p.subresource === "token" && p.resource === "serviceaccounts" && p.name !== undefined) {
-      const sa = p.name;
-      this.#wrap(path, () => this.store.get("serviceaccounts", p.namespace, sa));
-      const spec = (body as { spec?: { audiences?: string[]; expirationSeconds?: number } }).spec ?? {};
-      const seconds = spec.expirationSeconds ?? 3600;
-      const claims = {
-        aud: spec.audiences ?? [],
-        sub: `system:serviceaccount:${p.namespace ?? ""}:${sa}`,
-        exp: Math.floor(Date.now() / 1000) + seconds,
-      };
-      const token = [{ alg: "none" }, claims, { n: ++this.#tokens }]
-        .map((part) => Buffer.from(JSON.stringify(part)).toString("base64url"))
-        .join(".");
-      return {
-        apiVersion: "authentication.k8s.io/v1",
-        kind: "TokenRequest",
-        spec,
-        status: { token, expirationTimestamp: new Date(claims.exp * 1000).toISOString().replace(/\.\d+Z$/, "Z") },
-      };
-    }
-    const object = structuredClone(body) as KubeObject;
-    if (p.namespace !== undefined) object.metadata.namespace = p.namespace;
-    if (p.resource === "services") this.#allocateClusterIp(object, path);
-    if (dryRun) {
-      if (this.store.tryGet(p.resource, p.namespace, object.metadata.name) !== undefined) {
-        throw apiError(409, "AlreadyExists", `${p.resource} "${object.metadata.name}" already exists`, path);
-      }
-      return object;
-    }
-    return this.#wrap(path, () => this.store.create(p.resource, object));
-  }
-
-  #allocateClusterIp(object: KubeObject, path: string): void {
-    const spec = (object["spec"] ?? {}) as { clusterIP?: string; clusterIPs?: string[] };
-    const requested = spec.clusterIP;
-    if (requested !== undefined && requested !== "" && requested !== "None") {
-      if (!this.#ranges.some((r) => inRange(requested, r))) {
-        const family = isIP(requested);
-        const valid = this.#ranges.filter((r) => parseCidr(r).family === family);
-        const message =
-          valid.length === 0
-            ? `Service "${object.metadata.name}" is invalid: spec.clusterIPs[0]: Invalid value: "${requested}": IPv${family} is not configured on this cluster`
-            : `Service "${object.metadata.name}" is invalid: spec.clusterIPs: Invalid value: ["${requested}"]: failed to allocate IP ${requested}: the provided IP (${requested}) is not in the valid range. The range of valid IPs is ${valid.join(",")}`;
-        throw apiError(422, "Invalid", message, path);
-      }
-      return;
-    }
-    const first = this.#ranges[0];
-    if (first !== undefined && parseCidr(first).family === 4) {
-      const base = parseCidr(first).address.split(".").map(Number);
-      const n = this.store.list("services").length + 10;
-      spec.clusterIP = `${base[0] ?? 10}.${base[1] ?? 96}.${(n >> 8) & 255}.${n & 255}`;
-      object["spec"] = spec;
-    }
+    return this.#serve("create", path, options, (target) => this.#api.create(target, body, dry(options)) as T);
   }
 
   update<T>(path: string, body: unknown, options?: RequestOptions): Promise<T> {
-    return settle(() => {
-      this.#record("update", path, options);
-      const p = parseApiPath(path);
-      const object = structuredClone(body) as KubeObject;
-      if (p.namespace !== undefined) object.metadata.namespace = p.namespace;
-      return this.#wrap(path, () => {
-        if (options?.dryRun !== true) return this.store.update(p.resource, object) as T;
-        const current = this.store.get(p.resource, p.namespace, object.metadata.name);
-        const expected = object.metadata.resourceVersion;
-        if (expected !== undefined && expected !== "" && expected !== current.metadata.resourceVersion) {
-          throw new StoreError("Conflict", `Operation cannot be fulfilled on ${p.resource} "${object.metadata.name}"`);
-        }
-        return object as T;
-      });
-    });
+    return this.#serve("update", path, options, (target) => this.#api.update(target, body, dry(options)) as T);
   }
 
-  delete(path: string, options?: RequestOptions): Promise<void> {
-    return settle(() => {
-      this.#record("delete", path, options);
-      const p = parseApiPath(path);
-      const name = p.name;
-      if (name === undefined) throw new Error(`fake kube client: delete without a name: ${path}`);
-      this.#wrap(path, () => {
-        if (options?.dryRun === true) this.store.get(p.resource, p.namespace, name);
-        else this.store.delete(p.resource, p.namespace, name);
-      });
-    });
+  async delete(path: string, options?: RequestOptions): Promise<void> {
+    await this.#serve("delete", path, options, (target) => this.#api.delete(target, dry(options)));
   }
+}
+
+function dry(options: RequestOptions | undefined): { dryRun: boolean } {
+  return { dryRun: options?.dryRun === true };
 }
 
 /** A Clock whose sleep returns at once after advancing time; `onSleep` lets a test change the world meanwhile. */

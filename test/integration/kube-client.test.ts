@@ -13,6 +13,7 @@ import type { KubeObject } from "../../src/devplane/store.js";
 import { startDevPlane } from "../../src/devplane/dev-plane.js";
 import type { DevPlane } from "../../src/devplane/dev-plane.js";
 import { parseCidr } from "../../src/devplane/ip-allocator.js";
+import type { KubeClient } from "../../src/kube/client.js";
 import { KubeApiError, isConflict, isNotFound } from "../../src/kube/client.js";
 import { createKubeClient } from "../../src/kube/connect.js";
 import { renderYaml } from "../../src/kube/yaml.js";
@@ -20,6 +21,9 @@ import { AgentError } from "../../src/platform/errors.js";
 import { nodeFileSystem } from "../../src/platform/fs.js";
 import type { Logger } from "../../src/platform/logger.js";
 import { nodeProcessRunner } from "../../src/platform/process.js";
+import { FakeKubeClient } from "../fakes/kube-client.js";
+
+const dry = { dryRun: true } as const;
 
 const dir = mkdtempSync(join(tmpdir(), "kube-client-"));
 let plane: DevPlane;
@@ -426,6 +430,42 @@ describe("API semantics the admin commands rely on", () => {
     expect(isNotFound(await caught(kube.get("/api/v1/namespaces/default/services/probe")))).toBe(true);
     const cidr = await kube.get<{ spec: { cidrs: string[] } }>("/apis/networking.k8s.io/v1/servicecidrs/kubernetes");
     expect(cidr.spec.cidrs).toEqual(["10.96.0.0/12"]);
+  });
+
+  it("the tests' FakeKubeClient answers as the dev server does over HTTPS (same semantics, same messages)", async () => {
+    const real = await client(kubeconfig("admin-fake", { token: plane.credentials.tokenUserToken }));
+    const fake = new FakeKubeClient({ serviceRanges: ["10.96.0.0/12"] });
+    const service = (name: string, ip?: string): unknown => ({
+      metadata: { name },
+      spec: { ...(ip === undefined ? {} : { clusterIP: ip, clusterIPs: [ip] }), ports: [{ port: 1 }] },
+    });
+    const requests: [string, (kube: KubeClient) => Promise<unknown>][] = [
+      ["out of range", (kube) => kube.create("/api/v1/namespaces/default/services", service("p", "10.0.0.1"), dry)],
+      ["IPv6 off", (kube) => kube.create("/api/v1/namespaces/default/services", service("p", "fd00::1"), dry)],
+      ["bad name", (kube) => kube.create("/api/v1/namespaces/default/services", service("Bad_Name"), dry)],
+      ["no namespace", (kube) => kube.create("/api/v1/namespaces/nowhere/configmaps", { metadata: { name: "x" } })],
+      ["missing", (kube) => kube.get("/api/v1/namespaces/default/secrets/missing")],
+      ["no SA", (kube) => kube.create("/api/v1/namespaces/default/serviceaccounts/nobody/token", { spec: {} })],
+      ["no resource", (kube) => kube.get("/apis/example.com/v1/widgets/w")],
+      ["protected", (kube) => kube.delete("/api/v1/namespaces/default", dry)],
+    ];
+    // Messages name the server and the kubeconfig's user and context; everything else must be the same.
+    const answer = async (kube: KubeClient, call: (kube: KubeClient) => Promise<unknown>): Promise<unknown> => {
+      const error = await caught(call(kube));
+      return {
+        code: error.code,
+        status: apiError(error).status,
+        message: error.message
+          .replaceAll(kube.server, "<server>")
+          .replace('user "admin-fake" (context "ctx")', "this user"),
+      };
+    };
+    for (const [what, call] of requests) {
+      expect({ what, ...((await answer(fake, call)) as object) }).toEqual({
+        what,
+        ...((await answer(real, call)) as object),
+      });
+    }
   });
 
   it("issues TokenRequest JWTs the dev CA can verify, with the requested audience and lifetime", async () => {
