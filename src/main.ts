@@ -18,7 +18,7 @@ import type { CommandContext, CommandRuntime } from "./cli/context.js";
 import { installCommand } from "./cli/install.js";
 import { iptablesCommand } from "./cli/iptables.js";
 import { setupCommand } from "./cli/setup.js";
-import { commandTrail, withFlagValues } from "./cli/flag-values.js";
+import { commandTrail, recordArguments, usageHint, withFlagValues } from "./cli/flag-values.js";
 import { systemClock } from "./platform/clock.js";
 import { AgentError, ConfigError, UsageError, describeError } from "./platform/errors.js";
 import { nodeFileSystem } from "./platform/fs.js";
@@ -67,10 +67,6 @@ function usageMessage(message: string): string {
     return `${flag} needs a value`;
   }
   return message.replace(/\n\s*/g, " ");
-}
-
-function usageHint(path: string | undefined): string {
-  return path === undefined ? "run `istio-vm --help` for the list of commands" : `see \`istio-vm ${path} --help\``;
 }
 
 function renderError(error: unknown, options: { json: boolean; debug: boolean }): string {
@@ -138,6 +134,7 @@ export async function main(argv: readonly string[], context: CommandContext): Pr
         exitCode: EXIT_OK,
       };
     });
+  recordArguments(parser, argv);
   const modules = COMMANDS.map((factory) => factory(getRuntime));
   const known = new Set(modules.map((m) => String(m.command).split(" ")[0] ?? ""));
   for (const module of modules) parser = parser.command(withFlagValues(module));
