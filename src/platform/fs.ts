@@ -100,14 +100,17 @@ export const nodeFileSystem: FileSystem = {
   async readPrefix(path, limit) {
     const handle = await fsp.open(path, "r");
     try {
-      const buffer = Buffer.alloc(limit);
-      let filled = 0;
-      while (filled < limit) {
-        const { bytesRead } = await handle.read(buffer, filled, limit - filled, null);
+      // Chunk by chunk: the limit is a bound, not a size to allocate.
+      const chunks: Buffer[] = [];
+      let total = 0;
+      while (total < limit) {
+        const chunk = Buffer.alloc(Math.min(1 << 20, limit - total));
+        const { bytesRead } = await handle.read(chunk, 0, chunk.length, null);
         if (bytesRead === 0) break;
-        filled += bytesRead;
+        chunks.push(chunk.subarray(0, bytesRead));
+        total += bytesRead;
       }
-      return buffer.subarray(0, filled);
+      return Buffer.concat(chunks, total);
     } finally {
       await handle.close();
     }
