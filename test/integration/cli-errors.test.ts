@@ -6,6 +6,8 @@
  * command without a bad-value case below fails the test until it gets one.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -31,6 +33,8 @@ const GLOBAL_OPTIONS = new Set(["json", "log-level", "version", "help"]);
 
 interface OptionInfo {
   readonly name: string;
+  /** The option's whole help entry: the same text in two commands is the same definition (a shared helper). */
+  readonly entry: string;
   /** boolean, string, number, array, or choices. */
   readonly type: string;
   readonly required: boolean;
@@ -54,7 +58,7 @@ function section(help: string, title: string): string {
 }
 
 /** The options of one --help page: an entry starts with `  -x, --name` or `      --name` and runs to the next. */
-export function parseOptions(help: string): OptionInfo[] {
+function parseOptions(help: string): OptionInfo[] {
   const entries = section(help, "Options").split(/\n(?= {2}(?:-\w, | {4})--[\w-]+)/);
   const options: OptionInfo[] = [];
   for (const entry of entries) {
@@ -62,7 +66,7 @@ export function parseOptions(help: string): OptionInfo[] {
     if (name === undefined || GLOBAL_OPTIONS.has(name)) continue;
     const type = /\[(boolean|string|number|array|choices)\b/.exec(entry)?.[1];
     if (type === undefined) throw new Error(`no type in the help of --${name}: ${entry}`);
-    options.push({ name, type, required: /\[required\]/.test(entry) });
+    options.push({ name, type, required: /\[required\]/.test(entry), entry: entry.replace(/\s+/g, " ").trim() });
   }
   return options;
 }
@@ -153,7 +157,12 @@ interface Run {
   readonly env: NodeJS.ProcessEnv;
 }
 
-function casesFor(command: CommandInfo, bad: Record<string, readonly Case[]>): Run[] {
+/**
+ * The cases of one command. An option defined once and shared by several commands (the kube options, the bundle
+ * options) is given without value and with a wrong value in the first command that has it only: the same yargs
+ * definition answers the same way everywhere, and each run costs a Node start.
+ */
+function casesFor(command: CommandInfo, bad: Record<string, readonly Case[]>, seen: Set<string>): Run[] {
   const id = command.path.join(" ");
   const placeholders = command.requiredPositionals.map((p) => (p === "ip" ? "10.0.0.1" : p === "ports" ? "80" : p));
   const requiredOptions = command.options.filter((o) => o.required).flatMap((o) => [`--${o.name}`, join(root, "x")]);
@@ -163,7 +172,8 @@ function casesFor(command: CommandInfo, bad: Record<string, readonly Case[]>): R
   }
   cases.push({ name: "unknown flag", args: [...command.path, ...placeholders, "--no-such-flag"] });
   for (const option of command.options) {
-    if (option.type === "boolean") continue;
+    if (option.type === "boolean" || seen.has(option.entry)) continue;
+    seen.add(option.entry);
     cases.push({
       name: `--${option.name} without value`,
       args: [...command.path, ...placeholders, `--${option.name}`],
@@ -235,9 +245,10 @@ describe("the CLI's error contract, for every command", () => {
   });
 
   // Commands run one after the other, the cases of one command a few at a time (the machine has few cores).
-  describe.each(commands.map((c) => ({ id: c.path.join(" "), command: c })))("istio-vm $id", ({ command }) => {
+  const seen = new Set<string>();
+  const table = commands.map((c) => ({ id: c.path.join(" "), runs: casesFor(c, bad, seen) }));
+  describe.each(table)("istio-vm $id", ({ runs }) => {
     it("no arguments, a flag without value, an unknown flag, a bad value: exit 2, no stack, JSON under --json", async () => {
-      const runs = casesFor(command, bad);
       const results = await mapLimited(runs, 4, (run) =>
         runCli(run.args, { env: run.env, timeoutMs: 30_000, cwd: root }),
       );
@@ -250,5 +261,30 @@ describe("the CLI's error contract, for every command", () => {
       });
       expect(failures, `${failures.length} of ${runs.length} runs broke the contract`).toEqual([]);
     });
+  });
+
+  it("dev on a port in use: exit 2, names the address and port, suggests --port 0", async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (holder.address() as AddressInfo).port;
+      const text = await runCli(["dev", "--port", String(port)], { env, timeoutMs: 30_000 });
+      expect(text.code).toBe(2);
+      expect(text.stderr).toContain(`istio-vm: cannot listen on 127.0.0.1:${port}: it is already in use`);
+      expect(text.stderr).toContain("another `istio-vm dev`");
+      expect(text.stderr).toContain("--port 0");
+      expect(text.stderr).not.toMatch(/^\s+at /m);
+      const json = await runCli(["dev", "--port", String(port), "--json"], { env, timeoutMs: 30_000 });
+      expect(json.code).toBe(2);
+      expect(JSON.parse(json.stdout)).toMatchObject({ error: { code: "DEV_LISTEN_EADDRINUSE" } });
+    } finally {
+      await new Promise((resolve) => holder.close(resolve));
+    }
+  });
+
+  it("--version --json is JSON", async () => {
+    const result = await runCli(["--version", "--json"], { env });
+    expect(result.code).toBe(0);
+    expect(JSON.parse(result.stdout)).toEqual({ version: expect.stringMatching(/^\d+\.\d+\.\d+/) as unknown });
   });
 });
