@@ -5,7 +5,7 @@
  * are read from the built CLI's --help, so a new command or option is covered without touching this file; a new
  * command without a bad-value case below fails the test until it gets one.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -114,6 +114,7 @@ function badValues(files: {
   readonly zero: string;
   readonly dir: string;
   readonly junk: string;
+  readonly fromZero: string;
 }): Record<string, readonly Case[]> {
   const kubeconfigs = (args: readonly string[]): Case[] => [
     { args: [...args, "--kubeconfig", files.zero] },
@@ -141,7 +142,11 @@ function badValues(files: {
     deregister: [...kubeconfigs(["svc", "10.0.0.1"]), { args: ["svc", "not-an-ip"] }],
     dev: [{ args: ["--lb-ip", "nope"] }, { args: ["--port", "70000"] }, { args: ["--service-cidr", "nope"] }],
     check: [{ args: ["--only", "nosuch"] }, { args: ["--timeout", "soon"] }],
-    bundle: [...kubeconfigs(["-o", join(root, "b.tgz")]), { args: ["-o", join(root, "b.tgz"), "--from", files.zero] }],
+    bundle: [
+      ...kubeconfigs(["-o", join(root, "b.tgz")]),
+      { args: ["-o", join(root, "b.tgz"), "--from", files.zero] },
+      { args: ["-o", join(root, "b.tgz"), "--from", files.fromZero, "--no-deb"] },
+    ],
     install: [{ args: [files.zero] }, { args: [files.dir] }, { args: [files.junk] }],
     setup: [
       { args: ["x@-oBogusOption=1", "--bundle", files.junk] },
@@ -226,8 +231,16 @@ function violation(run: Run, result: CliResult): string | undefined {
   return undefined;
 }
 
-const files = { zero: "/dev/zero", dir: join(root, "a-directory"), junk: join(root, "junk.bin") };
+const files = {
+  zero: "/dev/zero",
+  dir: join(root, "a-directory"),
+  junk: join(root, "junk.bin"),
+  fromZero: join(root, "from-zero"),
+};
 mkdirSync(files.dir);
+// A --from directory whose cluster.env is /dev/zero and whose kubedns is a directory.
+mkdirSync(join(files.fromZero, "kubedns"), { recursive: true });
+symlinkSync("/dev/zero", join(files.fromZero, "cluster.env"));
 mkdirSync(env["HOME"] ?? "", { recursive: true });
 writeFileSync(files.junk, Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) % 256)));
 const bad = badValues(files);
