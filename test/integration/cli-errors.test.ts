@@ -147,6 +147,8 @@ function badValues(files: {
       { args: ["-o", join(root, "b.tgz"), "--from", files.zero] },
       { args: ["-o", join(root, "b.tgz"), "--from", files.fromZero, "--no-deb"] },
     ],
+    // Commands without value flags: a value no flag takes, and an unknown log level.
+    uninstall: [{ args: ["extra-argument"] }, { args: ["--log-level", "loud"] }],
     install: [{ args: [files.zero] }, { args: [files.dir] }, { args: [files.junk] }],
     setup: [
       { args: ["x@-oBogusOption=1", "--bundle", files.junk] },
