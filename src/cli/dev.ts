@@ -14,6 +14,7 @@ import { PROFILES } from "../devplane/seed.js";
 import type { Profile } from "../devplane/seed.js";
 import { DEFAULT_TRUST_DOMAIN } from "../devplane/mesh-ca.js";
 import { AgentError, UsageError } from "../platform/errors.js";
+import { checkOutputPath } from "./admin-options.js";
 import type { CommandRuntime } from "./context.js";
 
 const DEFAULT_PROFILE: Profile = "istiod";
@@ -264,6 +265,9 @@ export function devCommand(runtime: () => CommandRuntime): CommandModule<object,
       if (listen.length === 0) throw new UsageError("--listen: give at least one address");
       const lbIp = args["lb-ip"];
       if (isIP(lbIp) === 0) throw new UsageError(`--lb-ip: "${lbIp}" is not an IP address`);
+      if (args["write-kubeconfig"] !== undefined) {
+        await checkOutputPath(rt.fs, args["write-kubeconfig"], "--write-kubeconfig");
+      }
       const plane = await listening(args, {
         profile: args.profile,
         listen,

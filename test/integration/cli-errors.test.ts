@@ -140,12 +140,19 @@ function badValues(files: {
     "certs renew": [{ args: [], env: badCidr }],
     register: [...kubeconfigs(["svc", "10.0.0.1", "80"]), { args: ["svc", "not-an-ip", "80"] }],
     deregister: [...kubeconfigs(["svc", "10.0.0.1"]), { args: ["svc", "not-an-ip"] }],
-    dev: [{ args: ["--lb-ip", "nope"] }, { args: ["--port", "70000"] }, { args: ["--service-cidr", "nope"] }],
+    dev: [
+      { args: ["--port", "0", "--write-kubeconfig", files.dir] },
+      { args: ["--port", "0", "--write-kubeconfig", join(root, "no-such-dir", "kubeconfig")] },
+      { args: ["--lb-ip", "nope"] },
+      { args: ["--port", "70000"] },
+      { args: ["--service-cidr", "nope"] },
+    ],
     check: [{ args: ["--only", "nosuch"] }, { args: ["--timeout", "soon"] }],
     bundle: [
       ...kubeconfigs(["-o", join(root, "b.tgz")]),
       { args: ["-o", join(root, "b.tgz"), "--from", files.zero] },
       { args: ["-o", join(root, "b.tgz"), "--from", files.fromZero, "--no-deb"] },
+      { args: ["-o", files.dir, "--from", files.fromZero, "--no-deb"] },
     ],
     // Commands without value flags: a value no flag takes, and an unknown log level.
     uninstall: [{ args: ["extra-argument"] }, { args: ["--log-level", "loud"] }],
