@@ -138,8 +138,20 @@ export async function main(argv: readonly string[], context: CommandContext): Pr
   const modules = COMMANDS.map((factory) => factory(getRuntime));
   const known = new Set(modules.map((m) => String(m.command).split(" ")[0] ?? ""));
   for (const module of modules) parser = parser.command(withFlagValues(module));
-  // `istio-vm completion` prints yargs' bash script; the script asks `istio-vm --get-yargs-completions …`.
-  parser = parser.completion("completion", "print a bash completion script (the package installs it)");
+  // The bash script comes from yargs, and asks `istio-vm --get-yargs-completions …` for each completion. yargs' own
+  // completion command prints the script whatever else is on the line (even an unknown flag), so it is registered
+  // hidden under another name, and `completion` is an ordinary strict command that prints the same script.
+  parser = parser.completion("__completion-script", false).command({
+    command: "completion",
+    describe: "print a bash completion script (the package installs it)",
+    handler: () => {
+      // yargs 17 takes ($0, cmd) here (cmd names the command in the script's install comment); its types omit them.
+      (parser as unknown as { showCompletionScript($0?: string, cmd?: string): void }).showCompletionScript(
+        "istio-vm",
+        "completion",
+      );
+    },
+  });
   parser = parser
     .demandCommand(1, "name a command")
     .strict()

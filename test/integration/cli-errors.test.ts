@@ -156,6 +156,7 @@ function badValues(files: {
     ],
     // Commands without value flags: a value no flag takes, and an unknown log level.
     uninstall: [{ args: ["extra-argument"] }, { args: ["--log-level", "loud"] }],
+    completion: [{ args: ["extra-argument"] }, { args: ["--log-level", "loud"] }],
     install: [{ args: [files.zero] }, { args: [files.dir] }, { args: [files.junk] }],
     setup: [
       { args: ["x@-oBogusOption=1", "--bundle", files.junk] },

@@ -43,7 +43,7 @@ describe.skipIf(missing !== undefined)("istio-vm completion", () => {
 
   it("completes subcommands and flags", () => {
     expect(bashComplete(script, dir, ["iptables", ""]).sort()).toEqual(["apply", "clean", "plan", "show"]);
-    expect(bashComplete(script, dir, ["cluster-env", "--pro"])).toEqual(["--profile"]);
+    expect(bashComplete(script, dir, ["cluster-env", "--pro"]).sort()).toEqual(["--profile", "--proxy-config"]);
     expect(bashComplete(script, dir, ["--log-"])).toEqual(["--log-level"]);
   });
 
