@@ -18,6 +18,7 @@ import type { CommandContext, CommandRuntime } from "./cli/context.js";
 import { installCommand } from "./cli/install.js";
 import { iptablesCommand } from "./cli/iptables.js";
 import { setupCommand } from "./cli/setup.js";
+import { uninstallCommand } from "./cli/uninstall.js";
 import { systemClock } from "./platform/clock.js";
 import { AgentError, UsageError, describeError } from "./platform/errors.js";
 import { nodeFileSystem } from "./platform/fs.js";
@@ -50,6 +51,7 @@ const COMMANDS: readonly CommandFactory[] = [
   checkCommand,
   bundleCommand,
   installCommand,
+  uninstallCommand,
   setupCommand,
 ];
 
