@@ -132,13 +132,13 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
     try {
       await body(record);
       for (const s of record.saw) print(`   \x1b[32m✓\x1b[0m ${s}\n`);
-      if (id === options.until) throw new StoppedAfter(id);
     } catch (error) {
       record.status = "failed";
       record.reason = error instanceof Error ? error.message : String(error);
       print(`   \x1b[31m✗ ${record.reason}\x1b[0m\n`);
       throw new StepFailed(`step ${id} failed`);
     }
+    if (id === options.until) throw new StoppedAfter(id);
     return record;
   };
   const skip = (id: string, title: string, reason: string): void => {

@@ -138,7 +138,7 @@ async function currentCert(vm: DebianMachine): Promise<CertSeen | undefined> {
 const PROCESSES =
   'for p in /proc/[0-9]*; do u=$(stat -c %U "$p" 2>/dev/null) || continue; e=$(readlink "$p/exe" 2>/dev/null); ' +
   'if [ "$u" = istio-proxy ] || [ "$e" = /usr/bin/istio-vm ]; then ' +
-  'echo "${p#/proc/} $u $(tr "\\n" " " < "$p/cgroup" 2>/dev/null)| $(tr "\\0" " " < "$p/cmdline" 2>/dev/null)"; fi; done; true';
+  'echo "${p#/proc/} $u $(tr "\\n" " " < "$p/cgroup" 2>/dev/null)| $(tr "\\0\\n" "  " < "$p/cmdline" 2>/dev/null)"; fi; done; true';
 
 async function journalLines(vm: DebianMachine, from: number, to: number): Promise<JournalLine[]> {
   const text = await vm.check(["journalctl", "--no-pager", "-o", "json", "-u", UNIT]);
