@@ -550,8 +550,9 @@ export async function unitState(runner: ProcessRunner, unit: string = UNIT): Pro
 }
 
 /**
- * Waits for active/running from a new main process: `restart --no-block` only queues the job, so the old process
- * may still look active/running on the first look.
+ * Waits for active/running from a new main process (`restart --no-block` only queues the job, so the old process
+ * may still look active/running on the first look), and then for the agent's STATUS= to say "ready": READY=1 only
+ * means the agent runs, its components (certificate, capture, Envoy) start after it.
  */
 async function waitReady(ports: InstallPorts, timeoutMs: number, oldPid: string): Promise<UnitState> {
   const started = ports.clock.monotonic();
@@ -559,7 +560,14 @@ async function waitReady(ports: InstallPorts, timeoutMs: number, oldPid: string)
   for (;;) {
     const state = await unitState(ports.runner);
     const fresh = state.MainPID !== oldPid || oldPid === "0";
-    if (fresh && state.ActiveState === "active" && state.SubState === "running") return state;
+    if (
+      fresh &&
+      state.ActiveState === "active" &&
+      state.SubState === "running" &&
+      state.StatusText.startsWith("ready")
+    ) {
+      return state;
+    }
     if (
       state.ActiveState === "failed" ||
       (last !== undefined && state.ActiveState === "inactive" && state.Result !== "success")
