@@ -104,6 +104,8 @@ interface Observation {
   readonly strays: readonly string[];
   readonly maxEnvoys: number;
   readonly stop: Record<string, string>;
+  /** The unit's journal from the end of the watch through the stop. */
+  readonly stopJournal: string;
   /** Processes of istio-proxy or /usr/bin/istio-vm left after `systemctl stop`. */
   readonly leftovers: string;
 }
@@ -208,6 +210,9 @@ async function soak(scenario: Scenario, cleanups: Cleanups): Promise<Observation
   await vm.run(["systemctl", "stop", UNIT], { timeoutMs: 120_000 });
   const stop = await vm.unitProperties(UNIT, ["ActiveState", "Result", "MainPID"]);
   const leftovers = (await vm.check(["sh", "-c", PROCESSES])).trim();
+  const stopJournal = (await journalLines(vm, to, Date.now() + 60_000))
+    .map((l) => `${new Date(l.at).toISOString()} <${String(l.priority)}> ${l.message}`)
+    .join("\n");
   return {
     scenario,
     report,
@@ -222,6 +227,7 @@ async function soak(scenario: Scenario, cleanups: Cleanups): Promise<Observation
     strays: [...strays],
     maxEnvoys,
     stop,
+    stopJournal,
     leftovers,
   };
 }
@@ -294,8 +300,8 @@ describe.skipIf(missing !== undefined)("soak: the agent in real time under syste
     expect(o.maxEnvoys, why).toBeGreaterThanOrEqual(1);
     expect(o.maxEnvoys, why).toBeLessThanOrEqual(2);
     // Stopping leaves nothing behind.
-    expect(o.stop).toEqual({ ActiveState: "inactive", Result: "success", MainPID: "0" });
-    expect(o.leftovers).toBe("");
+    expect(o.stop, o.stopJournal).toEqual({ ActiveState: "inactive", Result: "success", MainPID: "0" });
+    expect(o.leftovers, o.stopJournal).toBe("");
   };
 
   it("2-minute certificates: every renewal on schedule, bounded journal, CPU and RSS, no restart, no orphan", () => {
