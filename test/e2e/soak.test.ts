@@ -210,9 +210,18 @@ async function soak(scenario: Scenario, cleanups: Cleanups): Promise<Observation
   await vm.run(["systemctl", "stop", UNIT], { timeoutMs: 120_000 });
   const stop = await vm.unitProperties(UNIT, ["ActiveState", "Result", "MainPID"]);
   const leftovers = (await vm.check(["sh", "-c", PROCESSES])).trim();
-  const stopJournal = (await journalLines(vm, to, Date.now() + 60_000))
-    .map((l) => `${new Date(l.at).toISOString()} <${String(l.priority)}> ${l.message}`)
-    .join("\n");
+  const stopJournal =
+    (await journalLines(vm, to, Date.now() + 60_000))
+      .map((l) => `${new Date(l.at).toISOString()} <${String(l.priority)}> ${l.message}`)
+      .join("\n") +
+    "\n--- the whole journal about cgroups since the watch ended\n" +
+    (
+      await vm.run([
+        "sh",
+        "-c",
+        `journalctl --no-pager -o short-precise --since=@${String(Math.floor(to / 1000))} | grep -i cgroup`,
+      ])
+    ).stdout;
   return {
     scenario,
     report,
