@@ -208,7 +208,7 @@ async function soak(scenario: Scenario, cleanups: Cleanups): Promise<Observation
   const lines = await journalLines(vm, from, to);
   // No orphan: stopping the unit ends every process it started.
   await vm.run(["systemctl", "stop", UNIT], { timeoutMs: 120_000 });
-  const stop = await vm.unitProperties(UNIT, ["ActiveState", "Result", "MainPID"]);
+  const stop = await vm.unitProperties(UNIT, ["ActiveState", "Result", "MainPID", "ExecMainStatus"]);
   const leftovers = (await vm.check(["sh", "-c", PROCESSES])).trim();
   const stopJournal =
     (await journalLines(vm, to, Date.now() + 60_000))
@@ -308,9 +308,9 @@ describe.skipIf(missing !== undefined)("soak: the agent in real time under syste
     expect(o.strays, why).toEqual([]);
     expect(o.maxEnvoys, why).toBeGreaterThanOrEqual(1);
     expect(o.maxEnvoys, why).toBeLessThanOrEqual(2);
-    // Stopping leaves nothing behind.
-    expect(o.stop, o.stopJournal).toEqual({ ActiveState: "inactive", Result: "success", MainPID: "0" });
+    // Stopping leaves no process behind, and the agent itself exits 0.
     expect(o.leftovers, o.stopJournal).toBe("");
+    expect(o.stop["ExecMainStatus"], o.stopJournal).toBe("0");
   };
 
   it("2-minute certificates: every renewal on schedule, bounded journal, CPU and RSS, no restart, no orphan", () => {
@@ -361,6 +361,20 @@ describe.skipIf(missing !== undefined)("soak: the agent in real time under syste
     expect(o.lines.length, why).toBeLessThanOrEqual(
       o.scenario.linesBase + o.scenario.linesPerRenewal * renewals.length,
     );
+  });
+
+  // Kept apart from the soak's other results: after a few Envoy hot restarts this fails (3 runs of 3 on the machine
+  // that found it): the agent exits 0, but systemd cannot attach ExecStopPost= (`istio-vm iptables clean`) to the
+  // unit's cgroup, which is already gone ("Failed to attach to cgroup /system.slice/istio-vm-agent.service: No such
+  // file or directory", 219/CGROUP), so the unit ends `failed` and the clean-up meant for crashes does not run.
+  it.each(["short", "long"] as const)("%s: systemctl stop ends inactive/success, ExecStopPost= included", (which) => {
+    const o = get(which);
+    expect(o.stop, o.stopJournal).toEqual({
+      ActiveState: "inactive",
+      Result: "success",
+      MainPID: "0",
+      ExecMainStatus: "0",
+    });
   });
 
   it("a 90-day certificate: the agent sleeps — no renewal, a handful of journal lines, near-zero CPU", () => {
