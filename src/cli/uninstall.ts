@@ -14,18 +14,18 @@ interface UninstallArgs {
 }
 
 export function renderUninstallReport(report: UninstallReport): string {
+  if (report.steps.length === 0) {
+    return `nothing to restore: no install record (${report.record}) and no file of istio-vm install's\n`;
+  }
   const head = report.dryRun
     ? `dry run: uninstall would take these steps (record ${report.recorded ? report.record : "none"}):\n`
     : report.changed
       ? `restored what istio-vm install changed outside the package${report.failed ? " (with failures)" : ""}\n`
       : "nothing to restore\n";
-  const table =
-    report.steps.length === 0
-      ? ""
-      : renderTable(
-          ["STEP", "ACTION", "DETAIL"],
-          report.steps.map((s) => [s.id, s.action, s.detail]),
-        );
+  const table = renderTable(
+    ["STEP", "ACTION", "DETAIL"],
+    report.steps.map((s) => [s.id, s.action, s.detail]),
+  );
   return head + table + report.notes.map((n) => `note: ${n}\n`).join("");
 }
 
