@@ -111,7 +111,6 @@ export async function runAgent(options: AgentOptions): Promise<number> {
   registerProcessMetrics(metrics, startedAt);
   const info = metrics.gauge("istio_vm_agent_info", "Agent version and control-plane profile (always 1).");
   info.set(1, { version: options.version, profile: config.ISTIO_CONTROL_PLANE });
-  const readyGauge = metrics.gauge("istio_vm_agent_ready", "1 when every component of the agent is ready.");
   const reloads = metrics.counter("istio_vm_agent_reloads_total", "Configuration reloads (SIGHUP) by result.");
   const watchdogPings = metrics.counter("istio_vm_agent_watchdog_pings_total", "WATCHDOG=1 messages sent to systemd.");
 
@@ -138,9 +137,12 @@ export async function runAgent(options: AgentOptions): Promise<number> {
       );
     }
     const ready = phase === "running" && allStarted && started.every((c) => c.status().ready);
-    readyGauge.set(ready ? 1 : 0);
     return { ready, details };
   };
+  // Computed at each scrape, like /healthz/ready: a certificate expires without anyone asking.
+  metrics.gaugeFn("istio_vm_agent_ready", "1 when every component of the agent is ready.", () =>
+    readiness().ready ? 1 : 0,
+  );
   const statusLine = (): string => {
     const base = `${config.ISTIO_CONTROL_PLANE} mesh, VM ${config.ISTIO_SVC_IP} as ${identityOf(config)}`;
     const tail = note === undefined ? [] : [note];
@@ -334,7 +336,6 @@ export async function runAgent(options: AgentOptions): Promise<number> {
   let startup: Promise<void> = Promise.resolve();
   if (stopReason === undefined) {
     phase = "running";
-    readiness();
     lastStatus = statusLine();
     await notifier.notify({ READY: "1", STATUS: lastStatus });
     logger.info("agent running; starting the components", { status: lastStatus });
