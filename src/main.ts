@@ -19,6 +19,7 @@ import { installCommand } from "./cli/install.js";
 import { iptablesCommand } from "./cli/iptables.js";
 import { setupCommand } from "./cli/setup.js";
 import { commandTrail, recordArguments, usageHint, withFlagValues } from "./cli/flag-values.js";
+import { uninstallCommand } from "./cli/uninstall.js";
 import { systemClock } from "./platform/clock.js";
 import { AgentError, ConfigError, UsageError, describeError } from "./platform/errors.js";
 import { nodeFileSystem } from "./platform/fs.js";
@@ -51,6 +52,7 @@ const COMMANDS: readonly CommandFactory[] = [
   checkCommand,
   bundleCommand,
   installCommand,
+  uninstallCommand,
   setupCommand,
 ];
 

@@ -120,7 +120,9 @@ export function installCommand(runtime: () => CommandRuntime): CommandModule<obj
             "dhclient: an enter hook that keeps 127.0.0.1 first on every renewal; resolvconf: dnsmasq registers " +
             "itself; static: resolv.conf); restart dnsmasq; enable and (re)start istio-vm-agent and wait for READY. " +
             "Running it again changes nothing. If a later step fails, every file written is restored and the services " +
-            "restarted with the old files. Under ISTIO_VM_ROOT only files are placed, no system command runs.",
+            "restarted with the old files. Before the first DNS file changes, the originals are recorded in " +
+            "/var/lib/istio-vm-agent/install-record.json; removing the package (apt remove or purge) runs " +
+            "`istio-vm uninstall`, which puts them back. Under ISTIO_VM_ROOT only files are placed, no system command runs.",
         )
         .example("sudo $0 install vm.bundle.tgz", "install or upgrade from a bundle")
         .example("sudo $0 install vm.bundle.tgz --set ISTIO_SVC_IP=10.0.0.5", "with this VM's address")

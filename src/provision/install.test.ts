@@ -3,8 +3,10 @@ import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import type { Clock } from "../platform/clock.js";
 import type { ProcessRunner, RunResult } from "../platform/process.js";
 import { planBundle, renderBundle } from "./bundle.js";
-import type { InstallPorts } from "./install.js";
+import type { ExistingFile, InstallPorts } from "./install.js";
 import { InstallStepError, mergeEnvSettings, runInstall } from "./install.js";
+import { INSTALL_RECORD_PATH, parseInstallRecord, recordWrites, renderInstallRecord } from "./install-record.js";
+import { planUninstall, runUninstall, withoutLoopback } from "./uninstall.js";
 import { kubednsDomains, renderResolvedDropin, routingDomains, withLoopbackFirst } from "./resolver.js";
 
 /** Time that passes only through sleep (instantly). */
@@ -224,5 +226,157 @@ describe("resolver planning", () => {
     expect(fixed).toBe("nameserver 127.0.0.1\nnameserver 1.1.1.1\n");
     expect(withLoopbackFirst(fixed)).toBe(fixed);
     expect(withLoopbackFirst("")).toBe("nameserver 127.0.0.1\n");
+  });
+});
+
+describe("uninstall after install (the record of what install replaced)", () => {
+  const snapshot = (fs: MemoryFileSystem): Map<string, string> =>
+    new Map(
+      [...fs.files.entries()]
+        .filter(([path]) => path !== "/root/b.tgz" && !path.startsWith("/etc/certs/") && !path.startsWith("/var/lib/"))
+        .map(([path, e]) => [path, `${e.mode.toString(8)} ${String(e.owner?.uid ?? 0)} ${e.data.toString("base64")}`]),
+    );
+
+  it("puts every DNS file back byte for byte, removes what install created, restarts dnsmasq", async () => {
+    const { fs, system, ports } = world("1.0.0");
+    const before = snapshot(fs);
+    await runInstall(options, ports);
+    expect(await fs.readText("/etc/resolv.conf")).toBe("nameserver 127.0.0.1\nnameserver 192.0.2.53\n");
+    expect(await fs.exists("/etc/dhcp/dhclient-enter-hooks.d/istio-vm")).toBe(true);
+    expect((await fs.stat(INSTALL_RECORD_PATH))?.mode).toBe(0o600);
+    system.calls.length = 0;
+
+    const report = await runUninstall({ dryRun: false }, ports);
+    expect(report.failed).toBe(false);
+    expect(snapshot(fs)).toEqual(before);
+    expect(await fs.exists(INSTALL_RECORD_PATH)).toBe(false);
+    expect(report.steps.map((s) => [s.id, s.action])).toEqual([
+      ["kubedns", "restore"],
+      ["istio-vm-local", "remove"],
+      ["istio-vm", "remove"],
+      ["resolv.conf", "restore"],
+      ["install-record", "remove"],
+      ["dnsmasq", "restart"],
+    ]);
+    expect(system.calls.filter((c) => !c.startsWith("systemctl is-active"))).toEqual(["systemctl restart dnsmasq"]);
+    // A second run finds nothing to do.
+    const again = await runUninstall({ dryRun: false }, ports);
+    expect(again.changed).toBe(false);
+    expect(again.steps).toEqual([]);
+  });
+
+  it("a second install keeps the original from before the first one", async () => {
+    const { fs, ports } = world("1.0.0");
+    const before = snapshot(fs);
+    await runInstall(options, ports);
+    // The admin edits kubedns by hand and installs again: install rewrites it, the record keeps the first original.
+    await fs.writeFileAtomic("/etc/dnsmasq.d/kubedns", "server=/svc.cluster.local/10.9.9.9\n", { mode: 0o644 });
+    await fs.writeFileAtomic("/etc/resolv.conf", "nameserver 192.0.2.53\n", { mode: 0o644 });
+    const second = await runInstall(options, ports);
+    // Install wrote the same content again: same digests, so the record's bytes do not change.
+    expect(second.steps.find((s) => s.id === "kubedns")?.action).toBe("update");
+    expect(second.steps.find((s) => s.id === "install-record")?.action).toBe("unchanged");
+    await runUninstall({ dryRun: false }, ports);
+    expect(snapshot(fs)).toEqual(before);
+  });
+
+  it("a resolv.conf rewritten by a lease event since install loses only the 127.0.0.1 line install added", async () => {
+    const { fs, ports } = world("1.0.0");
+    await runInstall(options, ports);
+    // dhclient-script with the hook, on a renewal with new servers.
+    await fs.writeFileAtomic(
+      "/etc/resolv.conf",
+      "domain example.internal\nsearch example.internal\nnameserver 127.0.0.1\nnameserver 192.0.2.60\n",
+      { mode: 0o644 },
+    );
+    const report = await runUninstall({ dryRun: false }, ports);
+    expect(report.steps.find((s) => s.id === "resolv.conf")?.action).toBe("edit");
+    expect(await fs.readText("/etc/resolv.conf")).toBe(
+      "domain example.internal\nsearch example.internal\nnameserver 192.0.2.60\n",
+    );
+  });
+
+  it("keeps and names a file the admin changed after install; the dry run changes nothing", async () => {
+    const { fs, ports } = world("1.0.0");
+    await runInstall(options, ports);
+    await fs.writeFileAtomic("/etc/dnsmasq.d/kubedns", "server=/svc.cluster.local/10.9.9.9\n", { mode: 0o644 });
+    const dry = await runUninstall({ dryRun: true }, ports);
+    expect(dry.steps.find((s) => s.id === "kubedns")?.action).toBe("keep");
+    expect(await fs.exists(INSTALL_RECORD_PATH)).toBe(true);
+    expect(await fs.exists("/etc/dhcp/dhclient-enter-hooks.d/istio-vm")).toBe(true);
+    const report = await runUninstall({ dryRun: false }, ports);
+    expect(report.notes.join("\n")).toContain("/etc/dnsmasq.d/kubedns was changed after install");
+    expect(await fs.readText("/etc/dnsmasq.d/kubedns")).toBe("server=/svc.cluster.local/10.9.9.9\n");
+  });
+
+  it("without a record removes install's own files and says that resolv.conf is left alone", async () => {
+    const { fs, ports } = world("1.0.0");
+    await runInstall(options, ports);
+    await fs.remove(INSTALL_RECORD_PATH);
+    const report = await runUninstall({ dryRun: false }, ports);
+    expect(report.recorded).toBe(false);
+    expect(await fs.exists("/etc/dhcp/dhclient-enter-hooks.d/istio-vm")).toBe(false);
+    expect(await fs.exists("/etc/dnsmasq.d/istio-vm-local")).toBe(false);
+    expect(await fs.readText("/etc/resolv.conf")).toBe("nameserver 127.0.0.1\nnameserver 192.0.2.53\n");
+    expect(report.notes.join("\n")).toMatch(/no install record .*nameserver 127\.0\.0\.1/);
+  });
+
+  it("refuses a damaged record instead of guessing, naming the file", async () => {
+    const { fs, ports } = world("1.0.0");
+    await fs.writeFileAtomic(INSTALL_RECORD_PATH, '{"kind":"istio-vm-install-record","version":1,"files":[{}]}', {
+      mode: 0o600,
+    });
+    await expect(runUninstall({ dryRun: false }, ports)).rejects.toThrow(
+      /install-record\.json is not a valid install record: files\[0\]\.path/,
+    );
+  });
+});
+
+describe("uninstall planning (resolved)", () => {
+  it("removes the drop-in and restarts systemd-resolved and dnsmasq", () => {
+    const paths = {
+      dnsmasqDir: "/etc/dnsmasq.d",
+      resolvedConfDir: "/etc/systemd/resolved.conf.d",
+      resolvConf: "/etc/resolv.conf",
+      dhclientHooksDir: "/etc/dhcp/dhclient-enter-hooks.d",
+      installRecord: INSTALL_RECORD_PATH,
+    };
+    const dropin = Buffer.from("[Resolve]\nDNS=127.0.0.1\n");
+    const local = Buffer.from("bind-interfaces\n");
+    const record = recordWrites(undefined, [
+      { path: "/etc/dnsmasq.d/istio-vm-local", content: local, previous: undefined },
+      { path: "/etc/systemd/resolved.conf.d/istio-vm.conf", content: dropin, previous: undefined },
+    ]);
+    const file = (content: Buffer): ExistingFile => ({ content, mode: 0o644, uid: 0, gid: 0 });
+    const plan = planUninstall(
+      {
+        relocated: false,
+        record,
+        recordPath: INSTALL_RECORD_PATH,
+        files: new Map([
+          ["/etc/dnsmasq.d/istio-vm-local", file(local)],
+          ["/etc/systemd/resolved.conf.d/istio-vm.conf", file(dropin)],
+          ["/etc/resolv.conf", file(Buffer.from("nameserver 127.0.0.53\n"))],
+        ]),
+        dnsmasqActive: true,
+        resolvedActive: true,
+      },
+      paths,
+    );
+    expect(plan.steps.map((s) => [s.id, s.action])).toEqual([
+      ["istio-vm-local", "remove"],
+      ["istio-vm.conf", "remove"],
+      ["install-record", "remove"],
+      ["dnsmasq", "restart"],
+      ["systemd-resolved", "restart"],
+    ]);
+    expect(parseInstallRecord(renderInstallRecord(record), "r")).toEqual(record);
+  });
+
+  it("withoutLoopback drops only nameserver 127.0.0.1 lines", () => {
+    expect(withoutLoopback("search a\nnameserver 127.0.0.1\nnameserver 10.0.0.2\n")).toBe(
+      "search a\nnameserver 10.0.0.2\n",
+    );
+    expect(withoutLoopback("nameserver 127.0.0.1\n")).toBe("");
   });
 });

@@ -26,6 +26,8 @@ import type { ProcessRunner } from "../platform/process.js";
 import { formatCommand } from "../platform/process.js";
 import type { VerifiedBundle } from "./bundle.js";
 import { readBundle, settingsProblems } from "./bundle.js";
+import type { InstallRecord, RecordedWrite } from "./install-record.js";
+import { INSTALL_RECORD_PATH, parseInstallRecord, recordWrites, renderInstallRecord } from "./install-record.js";
 import type { ResolverChoice, ResolverFacts, ResolverKind, ResolverPaths } from "./resolver.js";
 import { chooseResolver, planResolver } from "./resolver.js";
 
@@ -65,7 +67,8 @@ export type Operation =
       readonly content: Buffer;
       readonly mode: number;
       readonly owner: OwnerName;
-      readonly group: "agent" | "dns";
+      /** What a change restarts: the agent, dnsmasq/resolved, or nothing (the install record). */
+      readonly group: "agent" | "dns" | "record";
     }
   | { readonly kind: "sidecar-env"; readonly path: string; readonly settings: readonly EnvSetting[] }
   | { readonly kind: "package"; readonly deb: Uint8Array; readonly path: string }
@@ -105,6 +108,8 @@ export interface SystemState {
   readonly files: ReadonlyMap<string, ExistingFile | undefined>;
   /** Owners known now (istio-proxy is unknown before the package created it). */
   readonly owners: Readonly<Partial<Record<OwnerName, FileOwner>>>;
+  /** The record of what earlier installs replaced (src/provision/install-record.ts); undefined: none yet. */
+  readonly record: InstallRecord | undefined;
 }
 
 export interface InstallPaths extends ResolverPaths {
@@ -116,6 +121,8 @@ export interface InstallPaths extends ResolverPaths {
   readonly passwd: string;
   readonly group: string;
   readonly dnsmasqBinary: string;
+  /** What install replaced outside the package, for uninstall (src/provision/install-record.ts). */
+  readonly installRecord: string;
 }
 
 // ── pure parts ──────────────────────────────────────────────────────────────────────────────
@@ -287,6 +294,15 @@ export function planInstall(input: PlanInput): InstallPlan {
     file(id, f.path, f.content, f.mode, "root", "dns");
   }
 
+  // 3b. Before the first DNS file changes: record the originals, so removing the package can put them back.
+  const recordStep = planRecordStep(steps, state, paths.installRecord);
+  if (recordStep !== undefined) {
+    const firstDnsWrite = steps.findIndex(
+      (s) => s.op.kind === "file" && s.op.group === "dns" && s.action !== "unchanged",
+    );
+    steps.splice(firstDnsWrite, 0, recordStep);
+  }
+
   // 4. Services.
   if (state.relocated) {
     skipSystem("dnsmasq", "systemctl restart dnsmasq");
@@ -327,6 +343,29 @@ export function planInstall(input: PlanInput): InstallPlan {
   return { steps, resolver: kind, notes };
 }
 
+/** The install-record step for the DNS files this plan writes; undefined when it writes none. */
+function planRecordStep(steps: readonly Step[], state: SystemState, path: string): Step | undefined {
+  const writes: RecordedWrite[] = [];
+  for (const step of steps) {
+    const op = step.op;
+    if (op.kind !== "file" || op.group !== "dns" || step.action === "unchanged") continue;
+    writes.push({ path: op.path, content: op.content, previous: state.files.get(op.path) });
+  }
+  if (writes.length === 0) return undefined;
+  const record = recordWrites(state.record, writes);
+  const content = Buffer.from(renderInstallRecord(record));
+  const existing = state.files.get(path);
+  const root = state.owners.root;
+  const action = fileAction(existing, sameFile(existing, content, 0o600, root));
+  const originals = record.files.filter((f) => f.before !== undefined).length;
+  return {
+    id: "install-record",
+    action,
+    detail: `${path} (root, 0600): ${String(record.files.length)} DNS file(s), ${String(originals)} with an original to restore on package removal`,
+    op: { kind: "file", path, content, mode: 0o600, owner: "root", group: "record" },
+  };
+}
+
 // ── reading the system ──────────────────────────────────────────────────────────────────────
 
 /** Where everything goes, from the configuration the agent will read (so OUTPUT_CERTS etc. in the bundle count). */
@@ -347,6 +386,7 @@ export function installPaths(env: NodeJS.ProcessEnv, values: ConfigValues): Inst
     passwd: at("/etc/passwd"),
     group: at("/etc/group"),
     dnsmasqBinary: at("/usr/sbin/dnsmasq"),
+    installRecord: at(INSTALL_RECORD_PATH),
   };
 }
 
@@ -396,6 +436,10 @@ export async function inspectSystem(
     networkManager: await ports.fs.exists(at("/run/NetworkManager")),
   };
   const dnsmasqInstalled = await ports.fs.exists(paths.dnsmasqBinary);
+  const recordFile = files.get(paths.installRecord) ?? (await readExisting(ports.fs, paths.installRecord));
+  files.set(paths.installRecord, recordFile);
+  const record =
+    recordFile === undefined ? undefined : parseInstallRecord(recordFile.content.toString("utf8"), paths.installRecord);
   if (relocated) {
     return {
       relocated,
@@ -407,6 +451,7 @@ export async function inspectSystem(
       resolver: { resolvedActive: false, ...resolverFiles },
       files,
       owners,
+      record,
     };
   }
   const query = await ports.runner.run("dpkg-query", ["-W", "-f", "${Status}\\t${Version}", PACKAGE], {
@@ -430,6 +475,7 @@ export async function inspectSystem(
     resolver: { resolvedActive: resolved.out === "active", ...resolverFiles },
     files,
     owners,
+    record,
   };
 }
 
@@ -583,7 +629,9 @@ async function writeOwned(
   owner: FileOwner | undefined,
 ): Promise<void> {
   const dir = dirname(path);
-  if (!(await ports.fs.exists(dir))) await ports.fs.mkdirp(dir, path.includes("/tokens/") ? 0o700 : 0o755);
+  // Tokens and the install record (root restores what it names) live in directories only their owner can enter.
+  const privateDir = path.includes("/tokens/") || path.endsWith(INSTALL_RECORD_PATH);
+  if (!(await ports.fs.exists(dir))) await ports.fs.mkdirp(dir, privateDir ? 0o700 : 0o755);
   await ports.fs.writeFileAtomic(path, content, { mode, ...(owner === undefined ? {} : { owner }) });
 }
 

@@ -56,6 +56,8 @@ export interface RecipeReport {
   readonly profile: Profile;
   readonly steps: StepRecord[];
   ok: boolean;
+  /** The VM, while it runs (with `until`, it is left running for the caller, who runs the cleanups). */
+  machine?: DebianMachine;
 }
 
 /** LIFO cleanup actions; `run()` is idempotent and safe to call from a signal handler while the recipe runs. */
@@ -88,6 +90,16 @@ export interface RecipeOptions {
   readonly print: (text: string) => void;
   readonly root?: boolean;
   readonly cleanups?: Cleanups;
+  /**
+   * Lifetime of the workload certificates (e.g. `2m`): the dev plane issues the bundle's with it (`--cert-ttl`) and
+   * the agent requests it at each renewal (SECRET_TTL). Default: the dev plane's 90 days, the agent's default.
+   */
+  readonly certTtl?: string;
+  /**
+   * Stop after this step (root recipe) and leave everything running — the VM with the agent, the dev plane, the
+   * networks — for the caller, who must then run `cleanups` (the soak test watches the agent in real time).
+   */
+  readonly until?: string;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -100,6 +112,8 @@ const indent = (text: string, prefix = "   │ "): string =>
     .join("\n");
 
 class StepFailed extends Error {}
+/** Thrown after the `until` step: the walkthrough stops there, successfully, and nothing is cleaned up. */
+class StoppedAfter extends Error {}
 
 /** Runs the walkthrough; resolves with every step's record (a failed step stops it: later steps are not run). */
 export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
@@ -124,6 +138,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       print(`   \x1b[31m✗ ${record.reason}\x1b[0m\n`);
       throw new StepFailed(`step ${id} failed`);
     }
+    if (id === options.until) throw new StoppedAfter(id);
     return record;
   };
   const skip = (id: string, title: string, reason: string): void => {
@@ -151,20 +166,30 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
   await mkdir(mesh);
   const kubeconfig = join(work, "kubeconfig");
 
+  let keep = false;
   try {
     if (root) await rootRecipe();
     else await unprivilegedRecipe();
     report.ok = report.steps.every((s) => s.status !== "failed");
   } catch (error) {
+    if (error instanceof StoppedAfter) {
+      report.ok = true;
+      keep = true;
+      return report;
+    }
     if (!(error instanceof StepFailed)) throw error;
     report.ok = false;
   } finally {
+    if (!keep) await cleanUp();
+  }
+  return report;
+
+  async function cleanUp(): Promise<void> {
     print(`\n\x1b[1m== cleanup\x1b[0m\n`);
     await cleanups.run((line) => {
       print(`${line}\n`);
     });
   }
-  return report;
 
   // ── shared pieces ──────────────────────────────────────────────────────────────────────────
   /** `istio-vm …` on the admin side (in the cluster namespace as root). */
@@ -261,6 +286,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       print("   (first run: the image is built with mmdebstrap and cached under /var/cache/istio-vm-e2e)\n");
       vm = await bootDebian({ name: "recipe", packages: RECIPE_PACKAGES });
       const machine = vm;
+      report.machine = machine;
       cleanups.add(`power off and remove the VM container ${machine.name}`, () => machine.dispose());
       const state = await inVm("systemctl is-system-running");
       s.data["state"] = state.stdout.trim();
@@ -320,6 +346,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
         `${subnet}.${String(lbBase)}`,
         "--lb-delay",
         "0s",
+        ...(options.certTtl === undefined ? [] : ["--cert-ttl", options.certTtl]),
         ...ports.flatMap((p) => ["--service-port", p]),
       ]);
       for (const svc of dev.services)
@@ -406,6 +433,7 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
         vmIp,
         "--set",
         `ENVOY_BINARY=${STAND_IN}`,
+        ...(options.certTtl === undefined ? [] : ["--set", `SECRET_TTL=${options.certTtl}`]),
         ...(profile === "istiod" ? ["--set", "CA_ADDR=istiod.istio-system.svc:15013"] : []),
       ]);
     });
