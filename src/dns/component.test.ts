@@ -6,12 +6,17 @@ import { FakeClock } from "../../test/fakes/fake-clock.js";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { freePort } from "../../test/support/net.js";
 import { createAgentEvents } from "../agent/events.js";
+import { createMeshCa } from "../devplane/mesh-ca.js";
+import { startPilotXds } from "../devplane/pilot-xds.js";
+import { ObjectStore } from "../devplane/store.js";
+import { systemClock } from "../platform/clock.js";
+import { NAME_TABLE_TYPE_URL } from "../xds/nds.js";
 import { MetricsRegistry } from "../agent/metrics.js";
 import { loadConfig } from "../config/load.js";
 import { createLogger } from "../platform/logger.js";
 import { nodeProcessRunner } from "../platform/process.js";
 import type { NameTableSource } from "./component.js";
-import { createDnsProxyComponent } from "./component.js";
+import { adsNameTableSource, createDnsProxyComponent } from "./component.js";
 import type { NameTable } from "./name-table.js";
 import { decodeStoredTable, encodeStoredTable } from "./table-store.js";
 
@@ -155,6 +160,73 @@ describe("dns component", () => {
           env: {},
         }),
       ).toBeUndefined();
+    }
+  });
+});
+
+describe("dns component with the real NDS source", () => {
+  it("gets the name table from the dev pilot over mTLS with DNS_CAPTURE in the node, and answers from it", async () => {
+    const ca = await createMeshCa();
+    const serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
+    const client = await ca.issueKeyPair({ identity: ca.spiffeId("bookinfo", "vm") });
+    const store = new ObjectStore();
+    store.create("services", {
+      metadata: { name: "reviews", namespace: "bookinfo" },
+      spec: { clusterIP: "10.96.0.10", ports: [{ name: "http", port: 9080 }] },
+    });
+    const xds = await startPilotXds({
+      store,
+      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem, requireClientCert: true },
+    });
+    const port = await freePort();
+    const fs = new MemoryFileSystem({
+      [RESOLV]: "nameserver 192.0.2.53\n",
+      "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
+      "/vm/etc/certs/cert-chain.pem": client.chainPem,
+      "/vm/etc/certs/key.pem": client.keyPem,
+    });
+    const env = {
+      ISTIO_VM_ROOT: "/vm",
+      ISTIO_SVC_IP: "10.0.0.5",
+      POD_NAMESPACE: "bookinfo",
+      SERVICE_ACCOUNT: "vm",
+      ISTIO_META_DNS_CAPTURE: "true",
+      DNS_PROXY_PORT: String(port),
+      PILOT_ADDRESS: xds.address,
+    };
+    const loaded = await loadConfig({ env, fs });
+    const component = createDnsProxyComponent({
+      hostname: "vm1",
+      source: adsNameTableSource("vm1"),
+      resolvConfPollMs: 5000,
+      forwardTimeoutMs: 1000,
+    })({
+      config: loaded.values,
+      loaded,
+      fs,
+      runner: nodeProcessRunner,
+      clock: systemClock,
+      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
+      metrics: new MetricsRegistry(),
+      events: createAgentEvents(),
+      env,
+    });
+    if (component === undefined) throw new Error("no component");
+    const controller = new AbortController();
+    try {
+      await component.start(controller.signal);
+      await expect.poll(async () => answers(await ask(port, "reviews"))).toEqual(["A 10.96.0.10"]);
+      const request = xds.events.find((e) => e.kind === "request" && e.typeUrl === NAME_TABLE_TYPE_URL);
+      expect(request?.metadata?.["DNS_CAPTURE"]).toBe("true");
+      expect(request?.peerIdentities).toEqual([ca.spiffeId("bookinfo", "vm")]);
+      expect(fs.files.has(TABLE_PATH)).toBe(true);
+      // istiod goes away: still answered from the table.
+      await xds.close();
+      expect(answers(await ask(port, "reviews.bookinfo"))).toEqual(["A 10.96.0.10"]);
+    } finally {
+      controller.abort();
+      await component.stop();
+      await xds.close();
     }
   });
 });
