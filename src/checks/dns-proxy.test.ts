@@ -43,8 +43,15 @@ async function nxdomainUpstream(): Promise<number> {
     );
   });
   await new Promise<void>((resolve) => udp.bind(0, "127.0.0.1", resolve));
-  cleanups.push(() => new Promise((resolve) => udp.close(() => { resolve(); })));
-  return (udp.address()).port;
+  cleanups.push(
+    () =>
+      new Promise((resolve) =>
+        udp.close(() => {
+          resolve();
+        }),
+      ),
+  );
+  return udp.address().port;
 }
 
 async function run(options: { table: boolean; proxyTable: boolean }) {
