@@ -6,14 +6,18 @@
  */
 import { certificateComponent } from "../certs/component.js";
 import { discoveryCheckComponent } from "../checks/component.js";
+import { hostname } from "node:os";
+import { dnsProxyComponentFor } from "../dns/component.js";
 import { envoyComponent } from "../envoy/component.js";
 import { interceptionComponent } from "../intercept/component.js";
 import type { ComponentFactory } from "./component.js";
 
-type ComponentName = "certificates" | "interception" | "envoy" | "discovery";
+type ComponentName = "certificates" | "dns" | "interception" | "envoy" | "discovery";
 
 const ORDERED: readonly [ComponentName, ComponentFactory][] = [
   ["certificates", certificateComponent],
+  // Before interception: the capture rules send the VM's DNS to the proxy, which must already listen.
+  ["dns", dnsProxyComponentFor(hostname())],
   ["interception", interceptionComponent],
   ["envoy", envoyComponent],
   ["discovery", discoveryCheckComponent],

@@ -47,7 +47,7 @@ function documented(text: string): Row[] {
 async function scrape(): Promise<{ served: Map<string, string>; declared: MetricDescription[]; text: string }> {
   const port = await freePort();
   const fs = new MemoryFileSystem({
-    "/var/lib/istio/envoy/cluster.env": "ISTIO_SERVICE_CIDR=10.96.0.0/12\n",
+    "/var/lib/istio/envoy/cluster.env": "ISTIO_SERVICE_CIDR=10.96.0.0/12\nISTIO_META_DNS_CAPTURE=true\n",
     "/var/lib/istio/envoy/sidecar.env": `ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${port}\n`,
   });
   let registry: MetricsRegistry | undefined;

@@ -8,8 +8,10 @@
  */
 import type { ConfigValues } from "../config/registry.js";
 import type { DnsOutcome } from "../platform/dns.js";
+import { dnsProxyEnabled } from "../dns/component.js";
 import type { Check, CheckDeps, CheckResult } from "./check.js";
 import { fail, pass } from "./check.js";
+import { dnsProxyCheck } from "./dns-proxy.js";
 
 export const DNS_CHECK = "dns";
 
@@ -144,6 +146,7 @@ export function diagnose(input: {
 
 export function dnsCheck(deps: CheckDeps): Check {
   const values = deps.values;
+  if (dnsProxyEnabled(values)) return dnsProxyCheck(deps, DNS_CHECK);
   return {
     name: DNS_CHECK,
     description: "control-plane and cluster names resolve, through the system resolver and at dnsmasq, as kubedns says",

@@ -152,9 +152,18 @@ export const VARIABLES = {
   ISTIO_META_DNS_CAPTURE: v({
     type: t.boolean,
     default: "false",
-    description: "istioctl writes it; istio-vm resolves through dnsmasq and the kubedns file, so it is reported only",
+    description:
+      "istiod profile: run the agent's DNS proxy (mesh names from istiod's NDS table, the rest forwarded to " +
+      "resolv.conf's servers) and capture the VM's DNS to it; false: resolve through dnsmasq and the kubedns file",
     group: "mesh",
     home: "cluster.env",
+  }),
+  DNS_PROXY_PORT: v({
+    type: t.port,
+    default: "15053",
+    description: "the agent's DNS proxy port on 127.0.0.1, UDP and TCP (ISTIO_META_DNS_CAPTURE=true)",
+    group: "mesh",
+    home: "sidecar.env",
   }),
   ISTIO_META_AUTO_REGISTER_GROUP: v({
     type: t.text,
@@ -478,10 +487,11 @@ export const VARIABLES = {
     home: "sidecar.env",
   }),
   ISTIO_AGENT_COMPONENTS: v({
-    type: t.subsetOf(["certificates", "interception", "envoy", "discovery"] as const),
-    default: "certificates,interception,envoy,discovery",
+    type: t.subsetOf(["certificates", "dns", "interception", "envoy", "discovery"] as const),
+    default: "certificates,dns,interception,envoy,discovery",
     description:
-      "what the agent runs, in this order: certificates, interception, envoy, discovery (e.g. only certificates " +
+      "what the agent runs, in this order: certificates, dns (only with ISTIO_META_DNS_CAPTURE=true), " +
+      "interception, envoy, discovery (e.g. only certificates " +
       "on a host whose proxy is managed elsewhere)",
     group: "agent",
     home: "sidecar.env",
@@ -590,7 +600,7 @@ export const VARIABLES = {
   ISTIO_RESOLV_CONF: v({
     type: t.absolutePath,
     default: "/etc/resolv.conf",
-    description: "the system resolver configuration the DNS checks read",
+    description: "the system resolver configuration the DNS checks read and the DNS proxy forwards to",
     group: "paths",
     home: "environment",
     relocatable: true,

@@ -1,6 +1,10 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import * as grpc from "@grpc/grpc-js";
 import { AdsProbeError, probeAds } from "../xds/ads-client.js";
+import { watchAds } from "../xds/ads-watch.js";
+import { decodeNameTable, NAME_TABLE_TYPE_URL } from "../xds/nds.js";
+import type { NdsNameTable } from "../xds/nds.js";
+import { systemClock } from "../platform/clock.js";
 import type { DiscoveryRequest, DiscoveryResponse, XdsNode } from "../xds/protos.js";
 import type { LogFields, Logger } from "../platform/logger.js";
 import {
@@ -162,6 +166,93 @@ describe("dev Pilot ADS server", () => {
       expect(xds.events.filter((e) => e.kind === "response").length).toBe(before);
       expect((await probeAds({ target: xds.address, node, timeoutMs: 5000 })).clusters.length).toBe(3);
     } finally {
+      await xds.close();
+    }
+  });
+});
+
+describe("dev Pilot NDS over the mTLS port, read by the agent's ADS watch", () => {
+  it("sends the name table istiod builds, takes the ACK, pushes on a change, and records a NACK", async () => {
+    const ca = await createMeshCa();
+    const serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
+    const client = await ca.issueKeyPair({ identity: ca.spiffeId("default", "vm") });
+    const store = seed();
+    store.create("services", {
+      metadata: { name: "db", namespace: "data" },
+      spec: { clusterIP: "None", ports: [{ name: "tcp", port: 5432 }] },
+    });
+    store.create("endpoints", {
+      metadata: { name: "db", namespace: "data" },
+      subsets: [{ addresses: [{ ip: "10.1.0.5" }, { ip: "10.1.0.6" }], ports: [{ name: "tcp", port: 5432 }] }],
+    });
+    const xds = await startPilotXds({
+      store,
+      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem, requireClientCert: true },
+    });
+    const tables: NdsNameTable[] = [];
+    const waiters: (() => void)[] = [];
+    const controller = new AbortController();
+    let rejectNext = false;
+    const watching = watchAds(
+      {
+        typeUrl: NAME_TABLE_TYPE_URL,
+        clock: systemClock,
+        connection: () =>
+          Promise.resolve({
+            target: xds.address,
+            tls: {
+              rootPem: ca.rootCertPem,
+              servername: "istiod.istio-system.svc",
+              certChainPem: client.chainPem,
+              keyPem: client.keyPem,
+            },
+            node,
+          }),
+        onResources: (resources) => {
+          const table = decodeNameTable(resources[0]?.value ?? new Uint8Array());
+          tables.push(table);
+          for (const w of waiters.splice(0)) w();
+          return rejectNext ? "rejected by the test" : undefined;
+        },
+      },
+      controller.signal,
+    );
+    const nth = async (count: number): Promise<NdsNameTable> => {
+      while (tables.length < count) await new Promise<void>((resolve) => waiters.push(resolve));
+      return tables[count - 1] as NdsNameTable;
+    };
+    try {
+      expect(await nth(1)).toEqual({
+        "hello.default.svc.cluster.local": {
+          ips: ["10.96.1.1"],
+          registry: "Kubernetes",
+          shortname: "hello",
+          namespace: "default",
+        },
+        "db.data.svc.cluster.local": {
+          ips: ["10.1.0.5", "10.1.0.6"],
+          registry: "Kubernetes",
+          shortname: "db",
+          namespace: "data",
+        },
+      });
+      // An ACK that arrives after a newer push is stale and ignored, as istiod does: wait for it first.
+      await expect.poll(() => xds.events.some((e) => e.kind === "ack" && e.typeUrl === NAME_TABLE_TYPE_URL)).toBe(true);
+      rejectNext = true;
+      store.create("services", {
+        metadata: { name: "new", namespace: "default" },
+        spec: { clusterIP: "10.96.1.9", ports: [{ port: 80 }] },
+      });
+      expect(Object.keys(await nth(2))).toContain("new.default.svc.cluster.local");
+      await expect
+        .poll(() => xds.events.filter((e) => e.typeUrl === NAME_TABLE_TYPE_URL).map((e) => e.kind))
+        .toEqual(["request", "response", "ack", "response", "nack"]);
+      expect(xds.events.find((e) => e.kind === "request" && e.typeUrl === NAME_TABLE_TYPE_URL)?.peerIdentities).toEqual(
+        [ca.spiffeId("default", "vm")],
+      );
+    } finally {
+      controller.abort();
+      await watching;
       await xds.close();
     }
   });

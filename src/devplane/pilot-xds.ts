@@ -47,6 +47,9 @@ import {
 import type { Logger } from "../platform/logger.js";
 import type { ObjectStore } from "./store.js";
 import { findService, instancesOf, listServices } from "./pilot-registry.js";
+import { serviceAddresses } from "./kube-dns.js";
+import { NAME_TABLE_TYPE_URL, packNameTable } from "../xds/nds.js";
+import type { NdsNameTable } from "../xds/nds.js";
 
 /** gRPC status codes used here (google.rpc.Code). */
 const GRPC = {
@@ -110,6 +113,22 @@ export function endpointResources(store: ObjectStore, names: readonly string[]):
       ? names
       : listServices(store).flatMap((s) => s.ports.map((p) => outboundClusterName(p.port, s.hostname)));
   return wanted.map((name) => packClusterLoadAssignment(loadAssignment(store, name)));
+}
+
+/**
+ * NDS as istiod builds it (istio/istio `pilot/pkg/serviceregistry/.../dnsutil` BuildNameTable, 1.24): one entry
+ * per Service host with its cluster IPs (a headless Service: its ready endpoint addresses), registry Kubernetes,
+ * and the shortname and namespace from which the agent derives `name`, `name.ns` and `name.ns.svc`. A Service
+ * with no address at all is left out, as istiod does.
+ */
+export function nameTable(store: ObjectStore): NdsNameTable {
+  const table: Record<string, NdsNameTable[string]> = {};
+  for (const service of listServices(store)) {
+    const ips = serviceAddresses(store, service.namespace, service.name) ?? [];
+    if (ips.length === 0) continue;
+    table[service.hostname] = { ips, registry: "Kubernetes", shortname: service.name, namespace: service.namespace };
+  }
+  return table;
 }
 
 /** What a stream did, for tests and the dev plane's log. */
@@ -294,7 +313,9 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
           ? clusterResources(store)
           : typeUrl === ENDPOINT_TYPE_URL
             ? endpointResources(store, names)
-            : [];
+            : typeUrl === NAME_TABLE_TYPE_URL
+              ? [packNameTable(nameTable(store))]
+              : [];
       const nonce = randomBytes(8).toString("hex");
       const response: DiscoveryResponse = {
         version_info: store.resourceVersion,

@@ -81,11 +81,14 @@ const OLD = {
   "/usr/sbin/dnsmasq": "",
 };
 
-function bundleBytes(version: string): Buffer {
+function bundleBytes(version: string, profile: "legacy" | "istiod-dns-proxy" = "legacy"): Buffer {
   return renderBundle(
     planBundle({
-      profile: "legacy",
-      clusterEnv: "ISTIO_CONTROL_PLANE=legacy\nISTIO_SERVICE_CIDR=10.96.0.0/12\n",
+      profile: profile === "legacy" ? "legacy" : "istiod",
+      clusterEnv:
+        profile === "legacy"
+          ? "ISTIO_CONTROL_PLANE=legacy\nISTIO_SERVICE_CIDR=10.96.0.0/12\n"
+          : "ISTIO_CONTROL_PLANE=istiod\nISTIO_SERVICE_CIDR=10.96.0.0/12\nISTIO_META_DNS_CAPTURE=true\n",
       kubedns: "server=/svc.cluster.local/10.128.0.6\naddress=/istio-pilot/10.128.0.8\n",
       credentials: [
         { name: "root-cert.pem", content: "NEW ROOT\n" },
@@ -179,6 +182,24 @@ describe("install executor", () => {
       "systemctl restart dnsmasq",
       "systemctl restart istio-vm-agent.service",
     ]);
+  });
+
+  it("leaves dnsmasq and the resolver alone on istiod with the DNS proxy, and needs no dnsmasq", async () => {
+    const { fs, system, ports } = world("2.0.0");
+    await fs.remove("/usr/sbin/dnsmasq");
+    await fs.writeFileAtomic("/root/b.tgz", bundleBytes("2.0.0", "istiod-dns-proxy"), { mode: 0o600 });
+    const report = await runInstall(options, ports);
+    expect(report.steps.find((s) => s.id === "resolver")?.action).toBe("unchanged");
+    expect(report.steps.map((s) => s.id)).not.toContain("kubedns");
+    // Inspecting (is-active) is read-only; nothing restarts or reconfigures them.
+    expect(
+      system.calls.filter((c) => (c.includes("dnsmasq") || c.includes("resolved")) && !c.includes("is-active")),
+    ).toEqual([]);
+    expect(await fs.readText("/etc/resolv.conf")).toBe("nameserver 192.0.2.53\n");
+    expect(await fs.readText("/etc/dnsmasq.d/kubedns")).toBe("server=/svc.cluster.local/10.128.0.6\n");
+    expect(await fs.exists("/etc/dhcp/dhclient-enter-hooks.d/istio-vm")).toBe(false);
+    expect(await fs.readText("/etc/certs/key.pem")).toBe("NEW KEY\n");
+    expect(system.calls).toContain("systemctl restart --no-block istio-vm-agent.service");
   });
 
   it("changes nothing when a dependency is missing: no dnsmasq", async () => {

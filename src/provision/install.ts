@@ -177,6 +177,11 @@ export interface PlanInput {
   readonly paths: InstallPaths;
   readonly state: SystemState;
   readonly resolver: ResolverChoice;
+  /**
+   * The agent's DNS proxy answers mesh names (istiod profile, ISTIO_META_DNS_CAPTURE=true): no kubedns file, no
+   * dnsmasq, the system resolver left as it is (the agent captures DNS to its proxy instead).
+   */
+  readonly dnsProxy?: boolean;
 }
 
 export interface InstallPlan {
@@ -277,6 +282,18 @@ export function planInstall(input: PlanInput): InstallPlan {
     });
   }
   file("cluster.env", paths.clusterEnv, bundle.clusterEnv, 0o644, "root", "agent");
+  if (input.dnsProxy === true) {
+    notes.push(
+      "ISTIO_META_DNS_CAPTURE=true: the agent's DNS proxy answers mesh names; dnsmasq and the system resolver are left untouched",
+    );
+    steps.push({
+      id: "resolver",
+      action: "unchanged",
+      detail: "the agent's DNS proxy (127.0.0.1:15053) answers mesh names: no kubedns, dnsmasq or resolver change",
+      op: { kind: "none" },
+    });
+    return finishServices({ steps, state, changed, restartDns: [], dnsmasq: false, resolver: "none", notes });
+  }
   file("kubedns", join(paths.dnsmasqDir, "kubedns"), bundle.kubedns, 0o644, "root", "dns");
 
   // 3. The resolver.
@@ -303,15 +320,45 @@ export function planInstall(input: PlanInput): InstallPlan {
     steps.splice(firstDnsWrite, 0, recordStep);
   }
 
-  // 4. Services.
+  return finishServices({
+    steps,
+    state,
+    changed,
+    restartDns: resolverPlan.restart,
+    dnsmasq: true,
+    resolver: kind,
+    notes,
+  });
+}
+
+/** 4. Services: the resolver's services that need a restart, then the agent's unit. */
+function finishServices(input: {
+  steps: Step[];
+  state: SystemState;
+  changed: { agent: boolean; dns: boolean };
+  restartDns: readonly string[];
+  /** Whether dnsmasq is part of this install (not with the agent's DNS proxy). */
+  dnsmasq: boolean;
+  resolver: ResolverKind;
+  notes: string[];
+}): InstallPlan {
+  const { steps, state, changed, resolver: kind, notes } = input;
+  const skipSystem = (id: string, what: string): void => {
+    steps.push({
+      id,
+      action: "skip",
+      detail: `${what} (ISTIO_VM_ROOT is set: no system command runs)`,
+      op: { kind: "none" },
+    });
+  };
   if (state.relocated) {
-    skipSystem("dnsmasq", "systemctl restart dnsmasq");
-    if (resolverPlan.restart.includes("systemd-resolved"))
+    if (input.dnsmasq) skipSystem("dnsmasq", "systemctl restart dnsmasq");
+    if (input.restartDns.includes("systemd-resolved"))
       skipSystem("systemd-resolved", "systemctl restart systemd-resolved");
     skipSystem("service", `systemctl enable --now ${UNIT}`);
     return { steps, resolver: kind, notes };
   }
-  for (const service of resolverPlan.restart) {
+  for (const service of input.restartDns) {
     const active = service === "dnsmasq" ? state.dnsmasqActive : state.resolver.resolvedActive;
     const needed = changed.dns || !active;
     steps.push({
@@ -690,7 +737,9 @@ export async function runInstall(options: InstallOptions, ports: InstallPorts): 
     );
   }
   const paths = installPaths(ports.env, loaded.values);
+  const dnsProxy = loaded.values.ISTIO_CONTROL_PLANE === "istiod" && loaded.values.ISTIO_META_DNS_CAPTURE;
   if (
+    !dnsProxy &&
     options.resolver !== "none" &&
     !(await ports.fs.exists(paths.dnsmasqBinary)) &&
     configFilePaths(ports.env).root === ""
@@ -715,7 +764,7 @@ export async function runInstall(options: InstallOptions, ports: InstallPorts): 
     join(paths.dhclientHooksDir, "istio-vm"),
   ];
   const state = await inspectSystem(ports, paths, candidates);
-  const plan = planInstall({ bundle, settings, paths, state, resolver: options.resolver });
+  const plan = planInstall({ bundle, settings, paths, state, resolver: options.resolver, dnsProxy });
   const report = (unit: UnitState | undefined): InstallReport => ({
     bundle: options.bundlePath,
     profile: bundle.info.profile,

@@ -1,0 +1,232 @@
+import { createSocket } from "node:dgram";
+import * as dnsPacket from "dns-packet";
+import type { Packet } from "dns-packet";
+import { describe, expect, it } from "vitest";
+import { FakeClock } from "../../test/fakes/fake-clock.js";
+import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
+import { freePort } from "../../test/support/net.js";
+import { createAgentEvents } from "../agent/events.js";
+import { createMeshCa } from "../devplane/mesh-ca.js";
+import { startPilotXds } from "../devplane/pilot-xds.js";
+import { ObjectStore } from "../devplane/store.js";
+import { systemClock } from "../platform/clock.js";
+import { NAME_TABLE_TYPE_URL } from "../xds/nds.js";
+import { MetricsRegistry } from "../agent/metrics.js";
+import { loadConfig } from "../config/load.js";
+import { createLogger } from "../platform/logger.js";
+import { nodeProcessRunner } from "../platform/process.js";
+import type { NameTableSource } from "./component.js";
+import { adsNameTableSource, createDnsProxyComponent } from "./component.js";
+import type { NameTable } from "./name-table.js";
+import { decodeStoredTable, encodeStoredTable } from "./table-store.js";
+
+function ask(port: number, name: string): Promise<Packet> {
+  return new Promise((resolve, reject) => {
+    const socket = createSocket("udp4");
+    socket.on("error", reject);
+    socket.on("message", (message) => {
+      socket.close();
+      resolve(dnsPacket.decode(message));
+    });
+    socket.send(
+      dnsPacket.encode({ type: "query", id: 9, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: "A", name }] }),
+      port,
+      "127.0.0.1",
+    );
+  });
+}
+
+function answers(packet: Packet): string[] {
+  return (packet.answers ?? []).map((a) => `${a.type} ${String((a as { data: unknown }).data)}`).sort();
+}
+
+const TABLE_PATH = "/vm/var/lib/istio/nds/name-table.json";
+const RESOLV = "/vm/etc/resolv.conf";
+
+describe("dns component", () => {
+  it("answers from the persisted table before istiod, then from istiod's, persists it, and follows resolv.conf", async () => {
+    const port = await freePort();
+    const fs = new MemoryFileSystem({
+      [RESOLV]: "nameserver 192.0.2.53\nsearch first.svc.cluster.local\n",
+      [TABLE_PATH]: encodeStoredTable({
+        table: { "old.bookinfo.svc.cluster.local": { ips: ["10.96.0.1"], shortname: "old", namespace: "bookinfo" } },
+        receivedAt: Date.parse("2026-12-05T11:00:00Z"),
+      }),
+    });
+    const env = {
+      ISTIO_VM_ROOT: "/vm",
+      ISTIO_SVC_IP: "10.0.0.5",
+      POD_NAMESPACE: "bookinfo",
+      ISTIO_META_DNS_CAPTURE: "true",
+      DNS_PROXY_PORT: String(port),
+    };
+    const loaded = await loadConfig({ env, fs });
+    const clock = new FakeClock(Date.parse("2026-12-05T12:00:00Z"));
+    const metrics = new MetricsRegistry();
+    let push: ((table: NameTable) => void) | undefined;
+    let drop: ((reason: string) => void) | undefined;
+    const source: NameTableSource = (_deps, _values, handlers, signal) => {
+      push = (table) => {
+        handlers.onTable(table);
+      };
+      drop = (reason) => {
+        handlers.onDisconnect(reason);
+      };
+      return new Promise((resolve) => {
+        signal.addEventListener("abort", () => {
+          resolve();
+        });
+      });
+    };
+    const component = createDnsProxyComponent({
+      hostname: "vm1",
+      source,
+      resolvConfPollMs: 5000,
+      forwardTimeoutMs: 1000,
+    })({
+      config: loaded.values,
+      loaded,
+      fs,
+      runner: nodeProcessRunner,
+      clock,
+      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
+      metrics,
+      events: createAgentEvents(),
+      env,
+    });
+    if (component === undefined) throw new Error("no component");
+    const controller = new AbortController();
+    try {
+      await component.start(controller.signal);
+      // Before istiod: the table the last run persisted.
+      expect(answers(await ask(port, "old"))).toEqual(["A 10.96.0.1"]);
+      expect(component.status()).toEqual({
+        ready: true,
+        summary: `dns 127.0.0.1:${String(port)}: 1 names (from disk, 3600s old)`,
+      });
+      expect(metrics.render()).toMatch(/istio_vm_dns_table_age_seconds 3600/);
+
+      push?.({ "new.bookinfo.svc.cluster.local": { ips: ["10.96.0.2"], shortname: "new", namespace: "bookinfo" } });
+      await expect
+        .poll(() => fs.files.has(TABLE_PATH) && decodeStoredTable(fs.files.get(TABLE_PATH)?.data.toString() ?? ""))
+        .toMatchObject({
+          kind: "loaded",
+          stored: { receivedAt: clock.now(), table: { "new.bookinfo.svc.cluster.local": { ips: ["10.96.0.2"] } } },
+        });
+      expect(answers(await ask(port, "new.bookinfo"))).toEqual(["A 10.96.0.2"]);
+      expect(component.status().summary).toMatch(/1 names \(from istiod, 0s old\)/);
+
+      // istiod goes away: the table stays.
+      drop?.("gRPC UNAVAILABLE: connection refused");
+      clock.advance(60_000);
+      expect(answers(await ask(port, "new"))).toEqual(["A 10.96.0.2"]);
+      expect(component.status().summary).toMatch(/istiod unreachable, 60s old/);
+
+      // resolv.conf changes: the search-list short-cut follows on the next poll.
+      const expanded = "new.bookinfo.svc.cluster.local.second.svc.cluster.local";
+      await fs.writeFileAtomic(RESOLV, "nameserver 192.0.2.53\nsearch second.svc.cluster.local\n", { mode: 0o644 });
+      clock.advance(5000);
+      await expect
+        .poll(async () => answers(await ask(port, expanded)))
+        .toEqual(["A 10.96.0.2", "CNAME new.bookinfo.svc.cluster.local"]);
+      const counted = /istio_vm_dns_queries_total\{result="table",transport="udp"\} (\d+)/.exec(metrics.render());
+      expect(Number(counted?.[1])).toBeGreaterThanOrEqual(4);
+    } finally {
+      controller.abort();
+      await component.stop();
+    }
+  });
+
+  it("is absent unless ISTIO_META_DNS_CAPTURE=true on the istiod profile", async () => {
+    const fs = new MemoryFileSystem();
+    for (const env of [{}, { ISTIO_META_DNS_CAPTURE: "true", ISTIO_CONTROL_PLANE: "legacy" }]) {
+      const loaded = await loadConfig({ env: { ISTIO_SVC_IP: "10.0.0.5", ...env }, fs });
+      const factory = createDnsProxyComponent({
+        hostname: "vm1",
+        source: () => Promise.resolve(),
+        resolvConfPollMs: 5000,
+        forwardTimeoutMs: 1000,
+      });
+      expect(
+        factory({
+          config: loaded.values,
+          loaded,
+          fs,
+          runner: nodeProcessRunner,
+          clock: new FakeClock(0),
+          logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
+          metrics: new MetricsRegistry(),
+          events: createAgentEvents(),
+          env: {},
+        }),
+      ).toBeUndefined();
+    }
+  });
+});
+
+describe("dns component with the real NDS source", () => {
+  it("gets the name table from the dev pilot over mTLS with DNS_CAPTURE in the node, and answers from it", async () => {
+    const ca = await createMeshCa();
+    const serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
+    const client = await ca.issueKeyPair({ identity: ca.spiffeId("bookinfo", "vm") });
+    const store = new ObjectStore();
+    store.create("services", {
+      metadata: { name: "reviews", namespace: "bookinfo" },
+      spec: { clusterIP: "10.96.0.10", ports: [{ name: "http", port: 9080 }] },
+    });
+    const xds = await startPilotXds({
+      store,
+      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem, requireClientCert: true },
+    });
+    const port = await freePort();
+    const fs = new MemoryFileSystem({
+      [RESOLV]: "nameserver 192.0.2.53\n",
+      "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
+      "/vm/etc/certs/cert-chain.pem": client.chainPem,
+      "/vm/etc/certs/key.pem": client.keyPem,
+    });
+    const env = {
+      ISTIO_VM_ROOT: "/vm",
+      ISTIO_SVC_IP: "10.0.0.5",
+      POD_NAMESPACE: "bookinfo",
+      SERVICE_ACCOUNT: "vm",
+      ISTIO_META_DNS_CAPTURE: "true",
+      DNS_PROXY_PORT: String(port),
+      PILOT_ADDRESS: xds.address,
+    };
+    const loaded = await loadConfig({ env, fs });
+    const component = createDnsProxyComponent({
+      hostname: "vm1",
+      source: adsNameTableSource("vm1"),
+      resolvConfPollMs: 5000,
+      forwardTimeoutMs: 1000,
+    })({
+      config: loaded.values,
+      loaded,
+      fs,
+      runner: nodeProcessRunner,
+      clock: systemClock,
+      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
+      metrics: new MetricsRegistry(),
+      events: createAgentEvents(),
+      env,
+    });
+    if (component === undefined) throw new Error("no component");
+    const controller = new AbortController();
+    try {
+      await component.start(controller.signal);
+      await expect.poll(async () => answers(await ask(port, "reviews"))).toEqual(["A 10.96.0.10"]);
+      const request = xds.events.find((e) => e.kind === "request" && e.typeUrl === NAME_TABLE_TYPE_URL);
+      expect(request?.metadata?.["DNS_CAPTURE"]).toBe("true");
+      expect(request?.peerIdentities).toEqual([ca.spiffeId("bookinfo", "vm")]);
+      expect(fs.files.has(TABLE_PATH)).toBe(true);
+      // istiod goes away: still answered from the table.
+      await xds.close();
+      expect(answers(await ask(port, "reviews.bookinfo"))).toEqual(["A 10.96.0.10"]);
+    } finally {
+      controller.abort();
+      await component.stop();
+      await xds.close();
+    }
+  });
+});

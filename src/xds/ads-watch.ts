@@ -1,0 +1,140 @@
+/**
+ * A long-lived ADS subscription to one resource type (the agent's NDS stream): open `StreamAggregatedResources`,
+ * ask for the type with no resource names, hand each response to the caller, ACK it (or NACK with the caller's
+ * error, keeping the last accepted version, as Envoy does), and reconnect after any end of the stream with a
+ * capped exponential backoff through the clock until `signal` aborts. The connection settings are fetched anew for
+ * every attempt, so a renewed client certificate is used on the next connect. The subscription is a plain function
+ * of (connection, type, handler): the same handler can later be fed from the agent's xDS proxy stream instead.
+ */
+import * as grpc from "@grpc/grpc-js";
+import type { Clock } from "../platform/clock.js";
+import type { AdsProbeOptions } from "./ads-client.js";
+import { grpcStatusName } from "./ads-client.js";
+import type { AnyResource, DiscoveryRequest, DiscoveryResponse } from "./protos.js";
+import { ADS_METHOD, decodeDiscoveryResponse, encodeDiscoveryRequest } from "./protos.js";
+
+export type AdsConnection = Omit<AdsProbeOptions, "timeoutMs" | "signal">;
+
+export interface AdsWatchOptions {
+  readonly typeUrl: string;
+  /** The target, TLS material, token and node for the next attempt. A throw counts as a failed attempt. */
+  connection(): Promise<AdsConnection>;
+  /** Returns undefined to ACK, or the reason to NACK. */
+  onResources(resources: readonly AnyResource[], version: string): string | undefined;
+  /** Each stream that ends, with why (for logs and status). */
+  onDisconnect?(reason: string): void;
+  readonly clock: Clock;
+  readonly initialBackoffMs?: number;
+  readonly maxBackoffMs?: number;
+}
+
+/** One stream until it ends; resolves with the reason and whether any response arrived. */
+function runStream(
+  connection: AdsConnection,
+  options: AdsWatchOptions,
+  signal: AbortSignal,
+): Promise<{ reason: string; received: boolean }> {
+  const tls = connection.tls;
+  const credentials =
+    tls === undefined
+      ? grpc.credentials.createInsecure()
+      : grpc.credentials.createSsl(
+          Buffer.from(tls.rootPem),
+          tls.keyPem === undefined ? null : Buffer.from(tls.keyPem),
+          tls.certChainPem === undefined ? null : Buffer.from(tls.certChainPem),
+        );
+  const client = new grpc.Client(connection.target, credentials, {
+    ...(tls === undefined
+      ? {}
+      : { "grpc.ssl_target_name_override": tls.servername, "grpc.default_authority": tls.servername }),
+    "grpc.enable_retries": 0,
+    "grpc.max_receive_message_length": 64 * 1024 * 1024,
+    "grpc.keepalive_time_ms": 30_000,
+  });
+  const metadata = new grpc.Metadata();
+  if (connection.token !== undefined) metadata.set("authorization", `Bearer ${connection.token}`);
+  if (connection.clusterId !== undefined && connection.clusterId !== "")
+    metadata.set("clusterid", connection.clusterId);
+  return new Promise((resolve) => {
+    const call = client.makeBidiStreamRequest<DiscoveryRequest, DiscoveryResponse>(
+      ADS_METHOD,
+      encodeDiscoveryRequest,
+      decodeDiscoveryResponse,
+      metadata,
+    );
+    let received = false;
+    let accepted = "";
+    let ended = false;
+    const end = (reason: string): void => {
+      if (ended) return;
+      ended = true;
+      signal.removeEventListener("abort", onAbort);
+      call.cancel();
+      client.close();
+      resolve({ reason, received });
+    };
+    const onAbort = (): void => {
+      end("stopped");
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    call.on("data", (response: DiscoveryResponse) => {
+      if (response.type_url !== options.typeUrl) return;
+      received = true;
+      let problem: string | undefined;
+      try {
+        problem = options.onResources(response.resources, response.version_info);
+      } catch (error) {
+        problem = (error as Error).message;
+      }
+      if (problem === undefined) accepted = response.version_info;
+      call.write({
+        version_info: accepted,
+        resource_names: [],
+        type_url: options.typeUrl,
+        response_nonce: response.nonce,
+        ...(problem === undefined ? {} : { error_detail: { code: grpc.status.INVALID_ARGUMENT, message: problem } }),
+      });
+    });
+    call.on("status", (status: grpc.StatusObject) => {
+      end(`gRPC ${grpcStatusName(status.code)}: ${status.details || "stream ended"}`);
+    });
+    call.on("error", () => {
+      // Reported through "status".
+    });
+    if (signal.aborted) {
+      onAbort();
+      return;
+    }
+    call.write({
+      version_info: "",
+      node: connection.node,
+      resource_names: [],
+      type_url: options.typeUrl,
+      response_nonce: "",
+    });
+  });
+}
+
+/** Runs until `signal` aborts; never rejects. */
+export async function watchAds(options: AdsWatchOptions, signal: AbortSignal): Promise<void> {
+  const initial = options.initialBackoffMs ?? 1000;
+  const max = options.maxBackoffMs ?? 30_000;
+  let backoff = initial;
+  const stopped = (): boolean => signal.aborted;
+  while (!stopped()) {
+    let outcome: { reason: string; received: boolean };
+    try {
+      outcome = await runStream(await options.connection(), options, signal);
+    } catch (error) {
+      outcome = { reason: (error as Error).message, received: false };
+    }
+    if (stopped()) return;
+    options.onDisconnect?.(outcome.reason);
+    backoff = outcome.received ? initial : Math.min(max, backoff * 2);
+    try {
+      await options.clock.sleep(backoff * (0.8 + Math.random() * 0.4), signal);
+    } catch {
+      return;
+    }
+  }
+}
