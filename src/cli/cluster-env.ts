@@ -2,7 +2,13 @@ import type { CommandModule } from "yargs";
 import { AgentError } from "../platform/errors.js";
 import { dnsLabel, dnsName, portsOrAll, ValueError } from "../config/types.js";
 import type { ServiceCidr } from "../kube/cluster-env.js";
-import { clusterEnvEntries, discoverServiceCidr, planClusterEnv, readMeshSettings } from "../kube/cluster-env.js";
+import {
+  clusterEnvEntries,
+  discoverServiceCidr,
+  parseProxyConfigFlag,
+  planClusterEnv,
+  readMeshSettings,
+} from "../kube/cluster-env.js";
 import type { ControlPlaneProfile } from "../kube/profile.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
 import { connectKube, profileFor, emitFile, withProfileOptions } from "./admin-options.js";
@@ -23,6 +29,8 @@ interface ClusterEnvArgs extends KubeArgs, ProfileArgs {
   network: string | undefined;
   "workload-name": string | undefined;
   "canonical-revision": string;
+  "istio-version": string | undefined;
+  "proxy-config": string | undefined;
 }
 
 export interface ClusterEnvReport {
@@ -108,6 +116,16 @@ export function clusterEnvCommand(
             "istiod: name of the VM workload (ISTIO_META_WORKLOAD_NAME, ISTIO_SERVICE, CANONICAL_SERVICE, app label)",
           requiresArg: true,
         })
+        .option("istio-version", {
+          type: "string",
+          describe: "istiod: ISTIO_VERSION; default: the istiod Deployment's image tag, else its istio.io/rev label",
+          requiresArg: true,
+        })
+        .option("proxy-config", {
+          type: "string",
+          describe: "istiod: PROXY_CONFIG (ProxyConfig, JSON or YAML); default: the mesh config's defaultConfig",
+          requiresArg: true,
+        })
         .option("canonical-revision", {
           type: "string",
           default: "latest",
@@ -146,12 +164,18 @@ export function clusterEnvCommand(
       });
       let workload;
       if (detected.profile === "istiod") {
+        const proxyConfig =
+          args["proxy-config"] === undefined ? undefined : await parseProxyConfigFlag(args["proxy-config"]);
         const needsMesh =
           args["trust-domain"] === undefined ||
           args["cluster-id"] === undefined ||
           args["mesh-id"] === undefined ||
-          args.network === undefined;
-        const mesh = needsMesh ? await readMeshSettings(client, istioNamespace) : {};
+          args.network === undefined ||
+          args["istio-version"] === undefined ||
+          proxyConfig === undefined;
+        const mesh = needsMesh ? await readMeshSettings(client, istioNamespace, detected.istiodService) : {};
+        const istioVersion = args["istio-version"] ?? mesh.istioVersion?.value;
+        const meshProxyConfig = proxyConfig ?? mesh.proxyConfig;
         const meshId = args["mesh-id"] ?? mesh.meshId;
         const network = args.network ?? mesh.network;
         workload = {
@@ -163,7 +187,15 @@ export function clusterEnvCommand(
           ...(network === undefined ? {} : { network }),
           ...(args["workload-name"] === undefined ? {} : { workloadName: args["workload-name"] }),
           canonicalRevision: args["canonical-revision"],
+          ...(istioVersion === undefined ? {} : { istioVersion }),
+          ...(meshProxyConfig === undefined ? {} : { proxyConfig: meshProxyConfig }),
         };
+        if (istioVersion === undefined) {
+          rt.err(
+            "warning: the mesh's Istio version was not found (no istiod Deployment image tag or version label); " +
+              "ISTIO_VERSION is not written and istiod will treat the VM as the newest proxy. Pass --istio-version.\n",
+          );
+        }
       }
       const input = {
         profile: detected.profile,

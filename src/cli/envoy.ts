@@ -6,6 +6,8 @@
 import { hostname } from "node:os";
 import type { Argv, CommandModule } from "yargs";
 import { loadConfig, requireValid } from "../config/load.js";
+import type { ConfigValues } from "../config/registry.js";
+import type { BootstrapJson } from "../envoy/bootstrap.js";
 import { bootstrapPath, discoverySan, renderBootstrap, serializeBootstrap, serviceNode } from "../envoy/bootstrap.js";
 import { envoyCommand } from "../envoy/command-line.js";
 import { UsageError } from "../platform/errors.js";
@@ -14,6 +16,24 @@ import type { CommandRuntime } from "./context.js";
 
 interface EnvoyArgs {
   epoch?: number;
+}
+
+/** What istiod keys on, in one glance: node.cluster, ISTIO_VERSION, where PROXY_CONFIG came from. */
+function nodeSummary(config: ConfigValues, bootstrap: BootstrapJson): string[] {
+  const node = bootstrap["node"] as { cluster: string; metadata: Record<string, unknown> };
+  if (config.ISTIO_CONTROL_PLANE === "legacy") return [`# node.cluster ${node.cluster} (ISTIO_SERVICE)`];
+  const version = node.metadata["ISTIO_VERSION"];
+  const layers = [
+    Object.keys(config.PROXY_CONFIG).length > 0 ? "PROXY_CONFIG" : "",
+    Object.keys(config.ISTIO_VM_PROXY_CONFIG).length > 0 ? "ISTIO_VM_PROXY_CONFIG" : "",
+  ].filter((l) => l !== "");
+  return [
+    `# node.cluster ${node.cluster} (${config.ISTIO_SERVICE === "" ? "Istio's rule: app label, else workload name, else istio-proxy; .<namespace>" : "ISTIO_SERVICE"})`,
+    typeof version === "string"
+      ? `# ISTIO_VERSION ${version}`
+      : "# ISTIO_VERSION not set: istiod treats this VM as the newest proxy (istio-vm cluster-env writes it)",
+    `# PROXY_CONFIG: Istio's defaults${layers.map((l) => ` + ${l}`).join("")} + this agent's addresses and ports`,
+  ];
 }
 
 function bootstrapCommand(runtime: () => CommandRuntime): CommandModule<object, EnvoyArgs> {
@@ -60,6 +80,7 @@ function bootstrapCommand(runtime: () => CommandRuntime): CommandModule<object, 
             (config.CONTROL_PLANE_AUTH_POLICY === "MUTUAL_TLS"
               ? `over mTLS (certificates in ${config.OUTPUT_CERTS}, server ${san.type} SAN ${san.value})`
               : "in plain text (CONTROL_PLANE_AUTH_POLICY=NONE)"),
+          ...nodeSummary(config, bootstrap),
           "# --json prints the bootstrap alone.",
           "",
         ].join("\n"),

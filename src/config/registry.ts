@@ -170,6 +170,29 @@ export const VARIABLES = {
     group: "mesh",
     home: "cluster.env",
   }),
+  ISTIO_VERSION: v({
+    type: t.text,
+    default: "",
+    description:
+      "the mesh's Istio version, sent as node metadata ISTIO_VERSION (istiod gates features on it); empty: not sent",
+    group: "mesh",
+    home: "cluster.env",
+  }),
+  PROXY_CONFIG: v({
+    type: t.jsonObject,
+    default: "",
+    description:
+      "ProxyConfig (JSON) over Istio's defaults: the mesh's defaultConfig, as `istio-vm cluster-env` writes it",
+    group: "mesh",
+    home: "cluster.env",
+  }),
+  ISTIO_VM_PROXY_CONFIG: v({
+    type: t.jsonObject,
+    default: "",
+    description: "per-VM ProxyConfig (JSON) merged over PROXY_CONFIG as pilot-agent merges proxy.istio.io/config",
+    group: "mesh",
+    home: "sidecar.env",
+  }),
   CANONICAL_SERVICE: v({
     type: t.text,
     default: "",
@@ -230,8 +253,8 @@ export const VARIABLES = {
   }),
   ISTIO_SERVICE: v({
     type: t.text,
-    default: (get) => (isLegacy(get) ? "rawvm" : `rawvm.${get("POD_NAMESPACE")}`),
-    description: "service cluster of this VM's Envoy (--service-cluster, node.cluster)",
+    default: (get) => (isLegacy(get) ? "rawvm" : ""),
+    description: "node.cluster (--service-cluster); istiod profile, empty: Istio's rule (<app label>.<ns>, …)",
     group: "identity",
     home: "sidecar.env",
   }),
@@ -399,6 +422,14 @@ export const VARIABLES = {
     type: t.integer(0, 65535),
     default: "15090",
     description: "Envoy's Prometheus listener (/stats/prometheus on all addresses, as Istio's 15090); 0: none",
+    group: "envoy",
+    home: "sidecar.env",
+  }),
+  ENVOY_STATUS_PORT: v({
+    type: t.integer(0, 65535),
+    default: (get) => (isLegacy(get) ? "0" : "15021"),
+    description:
+      "istiod: Envoy's health listener (/healthz/ready → the agent's STATUS_PORT, as Istio's 15021); 0: none",
     group: "envoy",
     home: "sidecar.env",
   }),

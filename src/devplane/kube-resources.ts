@@ -47,6 +47,17 @@ export const RESOURCES: readonly ResourceDefinition[] = [
     subresources: ["token"],
   },
   {
+    group: "apps",
+    version: "v1",
+    name: "deployments",
+    singular: "deployment",
+    kind: "Deployment",
+    namespaced: true,
+    shortNames: ["deploy"],
+    categories: ["all"],
+    subresources: ["status"],
+  },
+  {
     group: "networking.k8s.io",
     version: "v1",
     name: "servicecidrs",

@@ -14,6 +14,7 @@
  */
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { ProxyConnection } from "./pilot-xds.js";
 import type { ObjectStore } from "./store.js";
 import type { MeshService, ServiceInstance } from "./pilot-registry.js";
 import { findService, instancesOf, listServices } from "./pilot-registry.js";
@@ -76,12 +77,15 @@ export interface StartPilotRestOptions {
    * that are not this server's own (e.g. `stream-reset` for the ADS server).
    */
   readonly onFaultSwitch?: (names: readonly string[]) => string | undefined;
+  /** Enables `GET /istio-vm-dev/proxies`: the proxies connected to the ADS servers, with the node each sent. */
+  readonly connectedProxies?: () => readonly ProxyConnection[];
   readonly host?: string;
   readonly port?: number;
 }
 
 const REGISTRATION = "/v1/registration";
 export const FAULT_PATH = "/istio-vm-dev/fault";
+export const PROXIES_PATH = "/istio-vm-dev/proxies";
 
 export async function startPilotRest(options: StartPilotRestOptions): Promise<PilotRestServer> {
   let fault: PilotRestFault = "none";
@@ -122,6 +126,10 @@ export async function startPilotRest(options: StartPilotRestOptions): Promise<Pi
         fault = own;
         send(200, `faults: ${names.join(",") || "none"}\n`);
       });
+      return;
+    }
+    if (path === PROXIES_PATH && req.method === "GET" && options.connectedProxies !== undefined) {
+      send(200, { proxies: options.connectedProxies() });
       return;
     }
     if (req.method !== "GET") {

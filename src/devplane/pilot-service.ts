@@ -8,6 +8,9 @@
  * Faults: `ISTIO_VM_DEV_PILOT_FAULT=registry-unavailable,stream-reset` at start, or later
  * `POST http://<pilot-http>/istio-vm-dev/fault` with the names (`none` clears). `registry-unavailable`: the REST API
  * answers 503; `stream-reset`: the ADS servers reset every stream at its next request.
+ *
+ * `GET http://<pilot-http>/istio-vm-dev/proxies` lists the proxies connected to the ADS servers: the node each sent
+ * (id, cluster, metadata) and the identity it proved. The ADS servers check that identity as istiod does.
  */
 import { isIP } from "node:net";
 import type { DevPlaneContext, DevService } from "./dev-plane.js";
@@ -15,6 +18,7 @@ import type { PilotRestServer } from "./pilot-rest.js";
 import { startPilotRest } from "./pilot-rest.js";
 import type { PilotXdsServer } from "./pilot-xds.js";
 import { startPilotXds } from "./pilot-xds.js";
+import { DEFAULT_TOKEN_AUDIENCE } from "./sa-tokens.js";
 import type { KubeObject } from "./store.js";
 
 export const PILOT_FAULTS = ["registry-unavailable", "stream-reset"] as const;
@@ -91,6 +95,14 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
         for (const s of xds) s.setFault(names.includes("stream-reset") ? "stream-reset" : "none");
         return undefined;
       };
+      const xdsLogger = ctx.logger.child("pilot-xds");
+      const verifyToken = (token: string): { namespace: string; serviceAccount: string } | undefined => {
+        try {
+          return ctx.tokens.verify(token, DEFAULT_TOKEN_AUDIENCE);
+        } catch {
+          return undefined;
+        }
+      };
       try {
         for (const host of ctx.listenHosts) {
           const restPort = ctx.ports.get("pilot-http");
@@ -102,10 +114,16 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
               host,
               ...(restPort === undefined ? {} : { port: restPort }),
               onFaultSwitch: setXdsFault,
+              connectedProxies: () => xds.flatMap((s) => s.connections()),
             }),
           );
           xds.push(
-            await startPilotXds({ store: ctx.store, host, ...(grpcPort === undefined ? {} : { port: grpcPort }) }),
+            await startPilotXds({
+              store: ctx.store,
+              host,
+              ...(grpcPort === undefined ? {} : { port: grpcPort }),
+              logger: xdsLogger,
+            }),
           );
           xds.push(
             await startPilotXds({
@@ -113,6 +131,9 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
               host,
               ...(tlsPort === undefined ? {} : { port: tlsPort }),
               tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ctx.meshCa.rootCertPem },
+              verifyToken,
+              trustDomain: ctx.trustDomain,
+              logger: xdsLogger,
             }),
           );
         }

@@ -2,8 +2,10 @@ import { beforeAll, describe, expect, it } from "vitest";
 import * as grpc from "@grpc/grpc-js";
 import { AdsProbeError, probeAds } from "../xds/ads-client.js";
 import type { DiscoveryRequest, DiscoveryResponse, XdsNode } from "../xds/protos.js";
+import type { LogFields, Logger } from "../platform/logger.js";
 import {
   ADS_METHOD,
+  CLUSTER_TYPE_URL,
   ENDPOINT_TYPE_URL,
   decodeDiscoveryResponse,
   encodeDiscoveryRequest,
@@ -11,7 +13,9 @@ import {
 } from "../xds/protos.js";
 import type { IssuedKeyPair, MeshCa } from "./mesh-ca.js";
 import { createMeshCa } from "./mesh-ca.js";
-import { loadAssignment, startPilotXds } from "./pilot-xds.js";
+import { startPilotRest } from "./pilot-rest.js";
+import { loadAssignment, matchingIdentity, startPilotXds } from "./pilot-xds.js";
+import { createServiceAccountTokens } from "./sa-tokens.js";
 import { ObjectStore } from "./store.js";
 
 const node: XdsNode = {
@@ -241,3 +245,169 @@ describe("dev Pilot ADS server, EDS and NACK over the wire", () => {
     }
   });
 });
+
+describe("dev Pilot ADS server: istiod's authentication and identity check, and the connected proxies", () => {
+  let ca: MeshCa;
+  let serving: IssuedKeyPair;
+  let client: IssuedKeyPair;
+  const tokens = createServiceAccountTokens();
+  const verifyToken = (token: string): { namespace: string; serviceAccount: string } | undefined => {
+    try {
+      return tokens.verify(token, "istio-ca");
+    } catch {
+      return undefined;
+    }
+  };
+  beforeAll(async () => {
+    ca = await createMeshCa();
+    serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
+    client = await ca.issueKeyPair({ identity: ca.spiffeId("default", "vm") });
+  });
+
+  it("TLS without a certificate: a service-account token authenticates, nothing gives UNAUTHENTICATED", async () => {
+    const lines: string[] = [];
+    const xds = await startPilotXds({
+      store: seed(),
+      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem },
+      verifyToken,
+      trustDomain: "cluster.local",
+      logger: recordingLogger(lines),
+    });
+    const tls = { rootPem: ca.rootCertPem, servername: "istiod.istio-system.svc" };
+    const token = (sa: string, audience = "istio-ca"): string =>
+      tokens.issue({ namespace: "default", serviceAccount: sa, audiences: [audience], expirationSeconds: 600 }).token;
+    try {
+      const ok = await probeAds({ target: xds.address, tls, token: token("vm"), node, timeoutMs: 5000 });
+      expect(ok.clusters.length).toBe(2);
+      expect(xds.events.find((e) => e.kind === "request")?.peerIdentities).toEqual([
+        "spiffe://cluster.local/ns/default/sa/vm",
+      ]);
+
+      const none = (await probeAds({ target: xds.address, tls, node, timeoutMs: 5000 }).catch((e: unknown) => e)) as
+        AdsProbeError | undefined;
+      expect(none).toBeInstanceOf(AdsProbeError);
+      expect(none?.grpcCode).toBe(grpc.status.UNAUTHENTICATED);
+      expect(none?.details).toContain("no client certificate with a SPIFFE identity and no bearer token");
+
+      const wrongAudience = (await probeAds({
+        target: xds.address,
+        tls,
+        token: token("vm", "https://kubernetes.default.svc.cluster.local"),
+        node,
+        timeoutMs: 5000,
+      }).catch((e: unknown) => e)) as AdsProbeError;
+      expect(wrongAudience.grpcCode).toBe(grpc.status.UNAUTHENTICATED);
+      expect(wrongAudience.details).toContain("not a valid service-account token");
+
+      const otherSa = (await probeAds({ target: xds.address, tls, token: token("web"), node, timeoutMs: 5000 }).catch(
+        (e: unknown) => e,
+      )) as AdsProbeError;
+      expect(otherSa.grpcCode).toBe(grpc.status.PERMISSION_DENIED);
+      expect(otherSa.details).toBe(
+        "authorization failed: no identities (spiffe://cluster.local/ns/default/sa/web) matched the node's " +
+          "NAMESPACE=default SERVICE_ACCOUNT=vm",
+      );
+      expect(lines.filter((l) => l.startsWith("warn xDS stream refused"))).toHaveLength(3);
+    } finally {
+      await xds.close();
+    }
+  });
+
+  it("the identity check follows istiod's: an empty node value matches any, the id's namespace stands in", () => {
+    const ids = ["spiffe://cluster.local/ns/shop/sa/cart"];
+    const base = { id: "sidecar~10.0.0.5~vm1.shop~shop.svc.cluster.local", cluster: "c" };
+    expect(matchingIdentity({ ...base, metadata: { SERVICE_ACCOUNT: "cart" } }, ids)).toBe(ids[0]);
+    expect(matchingIdentity({ ...base, metadata: { NAMESPACE: "shop" } }, ids)).toBe(ids[0]);
+    expect(matchingIdentity({ ...base, metadata: { NAMESPACE: "default", SERVICE_ACCOUNT: "cart" } }, ids)).toBe(
+      undefined,
+    );
+    expect(matchingIdentity({ ...base, metadata: {} }, ["not-a-spiffe-id"])).toBeUndefined();
+  });
+
+  it("lists each connected proxy's node and identity while its stream is open, and serves it on /istio-vm-dev/proxies", async () => {
+    const lines: string[] = [];
+    const store = seed();
+    const xds = await startPilotXds({
+      store,
+      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem },
+      logger: recordingLogger(lines),
+    });
+    const rest = await startPilotRest({ store, connectedProxies: () => xds.connections() });
+    const grpcClient = new grpc.Client(
+      xds.address,
+      grpc.credentials.createSsl(Buffer.from(ca.rootCertPem), Buffer.from(client.keyPem), Buffer.from(client.chainPem)),
+      {
+        "grpc.ssl_target_name_override": "istiod.istio-system.svc",
+        "grpc.default_authority": "istiod.istio-system.svc",
+      },
+    );
+    const call = grpcClient.makeBidiStreamRequest<DiscoveryRequest, DiscoveryResponse>(
+      ADS_METHOD,
+      encodeDiscoveryRequest,
+      decodeDiscoveryResponse,
+      new grpc.Metadata(),
+      { deadline: Date.now() + 10_000 },
+    );
+    call.on("error", () => undefined);
+    const sent: XdsNode = {
+      ...node,
+      cluster: "mysql.default",
+      metadata: {
+        ...node.metadata,
+        ISTIO_VERSION: "1.24.2",
+        LABELS: { app: "mysql" },
+        PROXY_CONFIG: { concurrency: 2 },
+      },
+    };
+    try {
+      const first = new Promise<DiscoveryResponse>((resolve) => call.once("data", resolve));
+      call.write({ version_info: "", node: sent, resource_names: [], type_url: CLUSTER_TYPE_URL, response_nonce: "" });
+      await first;
+      const expected = {
+        tls: true,
+        authenticatedBy: "certificate",
+        identities: [ca.spiffeId("default", "vm")],
+        node: { id: sent.id, cluster: "mysql.default", metadata: sent.metadata },
+        subscribed: [CLUSTER_TYPE_URL],
+      };
+      expect(xds.connections()).toMatchObject([expected]);
+      const response = await fetch(`${rest.url}/istio-vm-dev/proxies`);
+      expect(response.status).toBe(200);
+      expect(await response.json()).toMatchObject({ proxies: [expected] });
+      const connectedLine = lines.find((l) => l.startsWith("info proxy connected"));
+      expect(connectedLine).toContain(`node=${sent.id}`);
+      expect(connectedLine).toContain('"ISTIO_VERSION":"1.24.2"');
+
+      call.end();
+      for (let i = 0; i < 200 && xds.connections().length > 0; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      expect(xds.connections()).toEqual([]);
+    } finally {
+      call.cancel();
+      grpcClient.close();
+      await rest.close();
+      await xds.close();
+    }
+  });
+});
+
+/** A Logger that keeps `<level> <message> k=v …` lines. */
+function recordingLogger(lines: string[]): Logger {
+  const emit =
+    (level: string) =>
+    (message: string, fields: LogFields = {}): void => {
+      const rendered = Object.entries(fields)
+        .filter(([, v]) => v !== undefined)
+        .map(([k, v]) => `${k}=${String(v)}`);
+      lines.push([level, message, ...rendered].join(" "));
+    };
+  const logger: Logger = {
+    error: emit("error"),
+    warn: emit("warn"),
+    info: emit("info"),
+    debug: emit("debug"),
+    child: () => logger,
+  };
+  return logger;
+}

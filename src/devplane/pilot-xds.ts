@@ -12,8 +12,16 @@
  * Protocol (docs/protocols.md, "xDS"): the first request on a stream carries the Node; a request with an empty nonce
  * subscribes; one echoing the last nonce of its type is an ACK (or a NACK when it carries error_detail) and gets no
  * reply unless its resource names changed; a stale nonce is ignored. Subscribed streams get a new response on every
- * store change. With a verified client certificate, the SPIFFE identity's namespace and service account must equal
- * the node metadata NAMESPACE and SERVICE_ACCOUNT (istiod's XDS identity check), else PERMISSION_DENIED.
+ * store change.
+ * Authentication and authorization as istiod does them (istio/istio 1.24 pilot/pkg/xds/auth.go, XDS_AUTH and
+ * PILOT_ENABLE_XDS_IDENTITY_CHECK on): on the TLS port a stream must present a client certificate with a SPIFFE URI
+ * or a service-account JWT (`authorization: Bearer`, audience istio-ca), else it ends with UNAUTHENTICATED before any
+ * request; the plain-text port (15010) authenticates nobody. The first request's node must then match one of the
+ * identities (checkConnectionIdentity: the node's NAMESPACE, else the namespace in its id, and SERVICE_ACCOUNT; an
+ * empty value matches any), else the stream ends with PERMISSION_DENIED and a message naming both sides.
+ *
+ * Every connected proxy's node (id, cluster, metadata) and identity is logged when it connects and listed by
+ * `connections()`, which the dev Pilot serves as `GET /istio-vm-dev/proxies` (istiod's /debug/connections).
  */
 import { randomBytes } from "node:crypto";
 import { constants as h2, createSecureServer, createServer } from "node:http2";
@@ -36,11 +44,19 @@ import {
   packCluster,
   packClusterLoadAssignment,
 } from "../xds/protos.js";
+import type { Logger } from "../platform/logger.js";
 import type { ObjectStore } from "./store.js";
 import { findService, instancesOf, listServices } from "./pilot-registry.js";
 
 /** gRPC status codes used here (google.rpc.Code). */
-const GRPC = { OK: 0, INVALID_ARGUMENT: 3, PERMISSION_DENIED: 7, UNIMPLEMENTED: 12, INTERNAL: 13 } as const;
+const GRPC = {
+  OK: 0,
+  INVALID_ARGUMENT: 3,
+  PERMISSION_DENIED: 7,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAUTHENTICATED: 16,
+} as const;
 
 export type PilotXdsFault = "none" | "stream-reset";
 
@@ -110,6 +126,23 @@ export interface XdsEvent {
   readonly detail?: string;
 }
 
+/** A proxy with an open ADS stream: what it sent as its node, and who it proved to be. */
+export interface ProxyConnection {
+  readonly stream: number;
+  /** The ADS server it is connected to (`host:port`), and whether over TLS. */
+  readonly server: string;
+  readonly tls: boolean;
+  readonly peerAddress: string;
+  readonly authenticatedBy: "certificate" | "token" | "none";
+  readonly identities: readonly string[];
+  readonly node: XdsNode;
+  /** Type URLs the stream subscribed to. */
+  readonly subscribed: readonly string[];
+}
+
+/** Checks a service-account JWT (audience istio-ca), as istiod does through TokenReview. */
+export type XdsTokenVerifier = (token: string) => { namespace: string; serviceAccount: string } | undefined;
+
 export interface PilotXdsServer {
   readonly host: string;
   readonly port: number;
@@ -117,6 +150,8 @@ export interface PilotXdsServer {
   readonly address: string;
   readonly tls: boolean;
   readonly events: readonly XdsEvent[];
+  /** The proxies connected now (streams past their first request), oldest first. */
+  connections(): ProxyConnection[];
   setFault(fault: PilotXdsFault): void;
   close(): Promise<void>;
 }
@@ -131,9 +166,41 @@ export interface StartPilotXdsOptions {
     readonly keyPem: string;
     /** Roots that client certificates must chain to (the mesh root). */
     readonly caPem: string;
-    /** Refuse clients without a certificate (istiod accepts a bearer token instead; the dev plane has none). */
+    /** Refuse clients without a certificate at the TLS handshake (istiod accepts a bearer token instead). */
     readonly requireClientCert?: boolean;
   };
+  /** Verifies bearer tokens on the TLS port; without it only client certificates authenticate. */
+  readonly verifyToken?: XdsTokenVerifier;
+  /** Trust domain of identities made from tokens (`spiffe://<td>/ns/<ns>/sa/<sa>`); default cluster.local. */
+  readonly trustDomain?: string;
+  readonly logger?: Logger;
+}
+
+function bearerToken(headers: IncomingHttpHeaders): string | undefined {
+  const value = headers["authorization"];
+  const m = typeof value === "string" ? /^Bearer\s+(\S+)$/i.exec(value) : null;
+  return m?.[1];
+}
+
+function metadataText(node: XdsNode, key: string): string {
+  const value = node.metadata[key];
+  return typeof value === "string" ? value : "";
+}
+
+/**
+ * istiod's checkConnectionIdentity (pilot/pkg/xds/auth.go, 1.24): the first identity whose SPIFFE namespace and
+ * service account equal the node's (an empty node value matches any), or undefined. The node's namespace is its
+ * NAMESPACE metadata, else the `<name>.<ns>` part of its id (model.ParseServiceNodeWithMetadata).
+ */
+export function matchingIdentity(node: XdsNode, identities: readonly string[]): string | undefined {
+  const idNamespace = (node.id.split("~")[2] ?? "").split(".")[1] ?? "";
+  const namespace = metadataText(node, "NAMESPACE") || idNamespace;
+  const serviceAccount = metadataText(node, "SERVICE_ACCOUNT");
+  return identities.find((raw) => {
+    const m = /^spiffe:\/\/[^/]+\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(raw);
+    if (m === null) return false;
+    return (namespace === "" || m[1] === namespace) && (serviceAccount === "" || m[2] === serviceAccount);
+  });
 }
 
 /** gRPC's percent-encoding of grpc-message: only '%' and bytes outside printable ASCII (grpc-js decodes with decodeURI). */
@@ -174,12 +241,26 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
   const { store } = options;
   let fault: PilotXdsFault = "none";
   const events: XdsEvent[] = [];
+  const connections = new Map<number, ProxyConnection>();
+  let listening = "";
+  const address = (): string => listening;
   const active = new Set<() => void>();
   let streamIds = 0;
 
-  const handleAds = (stream: ServerHttp2Stream): void => {
+  const handleAds = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void => {
     const id = ++streamIds;
-    const peerIdentities = spiffeIdentities(stream);
+    const certificateIdentities = spiffeIdentities(stream);
+    const token = options.tls === undefined || certificateIdentities.length > 0 ? undefined : bearerToken(headers);
+    const fromToken = token === undefined ? undefined : options.verifyToken?.(token);
+    const peerIdentities =
+      fromToken === undefined
+        ? certificateIdentities
+        : [
+            `spiffe://${options.trustDomain ?? "cluster.local"}/ns/${fromToken.namespace}/sa/${fromToken.serviceAccount}`,
+          ];
+    const authenticatedBy =
+      certificateIdentities.length > 0 ? "certificate" : fromToken !== undefined ? "token" : "none";
+    const peerAddress = `${stream.session?.socket.remoteAddress ?? "?"}:${stream.session?.socket.remotePort ?? "?"}`;
     const subscriptions = new Map<string, Subscription>();
     let node: XdsNode | undefined;
     let finished = false;
@@ -194,6 +275,18 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
       status = { code, message };
       stream.end();
     };
+    if (options.tls !== undefined && authenticatedBy === "none") {
+      // istiod's authenticate(): on a TLS connection every authenticator failed.
+      const detail =
+        token === undefined
+          ? "authentication failure: no client certificate with a SPIFFE identity and no bearer token"
+          : "authentication failure: the bearer token is not a valid service-account token for audience istio-ca";
+      events.push({ stream: id, kind: "denied", detail });
+      options.logger?.warn("xDS stream refused", { stream: id, peer: peerAddress, reason: detail });
+      stream.on("error", () => undefined);
+      finish(GRPC.UNAUTHENTICATED, detail);
+      return;
+    }
     const send = (typeUrl: string, names: readonly string[]): void => {
       if (finished || stream.destroyed) return;
       const resources =
@@ -227,17 +320,37 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
           return;
         }
         node = request.node;
-        if (peerIdentities.length > 0) {
-          const ns = JSON.stringify(node.metadata["NAMESPACE"] ?? "").replaceAll('"', "");
-          const sa = JSON.stringify(node.metadata["SERVICE_ACCOUNT"] ?? "").replaceAll('"', "");
-          const allowed = peerIdentities.some((uri) => uri.endsWith(`/ns/${ns}/sa/${sa}`));
-          if (!allowed) {
-            const detail = `authenticated identity ${peerIdentities.join(",")} does not match node metadata NAMESPACE=${ns} SERVICE_ACCOUNT=${sa}`;
-            events.push({ stream: id, kind: "denied", nodeId: node.id, detail, peerIdentities });
-            finish(GRPC.PERMISSION_DENIED, detail);
-            return;
-          }
+        if (peerIdentities.length > 0 && matchingIdentity(node, peerIdentities) === undefined) {
+          const ns = metadataText(node, "NAMESPACE");
+          const sa = metadataText(node, "SERVICE_ACCOUNT");
+          const detail =
+            `authorization failed: no identities (${peerIdentities.join(", ")}) matched the node's ` +
+            `NAMESPACE=${ns} SERVICE_ACCOUNT=${sa}`;
+          events.push({ stream: id, kind: "denied", nodeId: node.id, detail, peerIdentities });
+          options.logger?.warn("xDS stream refused", { stream: id, node: node.id, peer: peerAddress, reason: detail });
+          finish(GRPC.PERMISSION_DENIED, detail);
+          return;
         }
+        const connected = node;
+        connections.set(id, {
+          stream: id,
+          server: address(),
+          tls: options.tls !== undefined,
+          peerAddress,
+          authenticatedBy,
+          identities: peerIdentities,
+          node: connected,
+          get subscribed() {
+            return [...subscriptions.keys()];
+          },
+        });
+        options.logger?.info("proxy connected", {
+          stream: id,
+          node: connected.id,
+          cluster: connected.cluster,
+          identity: peerIdentities.join(",") || "none",
+          metadata: JSON.stringify(connected.metadata),
+        });
       }
       const current = subscriptions.get(request.type_url);
       const common = {
@@ -295,6 +408,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
     });
     stream.on("close", () => {
       active.delete(push);
+      if (connections.delete(id)) options.logger?.info("proxy disconnected", { stream: id, node: node?.id });
       events.push({ stream: id, kind: "closed" });
     });
     stream.on("error", () => undefined);
@@ -319,7 +433,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
       );
       return;
     }
-    handleAds(stream);
+    handleAds(stream, headers);
   };
 
   const server: Http2Server | Http2SecureServer =
@@ -351,12 +465,15 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
     });
   });
   const info = server.address() as AddressInfo;
+  listening = info.address.includes(":") ? `[${info.address}]:${info.port}` : `${info.address}:${info.port}`;
   return {
     host: info.address,
     port: info.port,
-    address: info.address.includes(":") ? `[${info.address}]:${info.port}` : `${info.address}:${info.port}`,
+    address: listening,
     tls: options.tls !== undefined,
     events,
+    connections: () =>
+      [...connections.values()].map((c) => ({ ...c, subscribed: [...c.subscribed], identities: [...c.identities] })),
     setFault: (f) => {
       fault = f;
     },

@@ -7,7 +7,7 @@
  *   istio-pilot-ilb, mixer-ilb, istio-ca-ilb (istio-system) and dns-ilb (kube-system), with their service accounts
  *   (the controllers give each an `istio.<sa>` secret).
  * - istiod: istio-system with istiod (15010/15012/443/15014), the east-west gateway (LoadBalancer) and the
- *   ConfigMaps istioctl reads (istio, istio-sidecar-injector).
+ *   ConfigMaps istioctl reads (istio, istio-sidecar-injector), and the istiod Deployment (its image tag is the version).
  * Load-balancer addresses are pinned from a base in a fixed order, so generated files are predictable: legacy
  * dns-ilb = base, mixer-ilb = base+1, istio-pilot-ilb = base+2, istio-ca-ilb = base+3 (the reference's example
  * 10.128.0.6–9); istiod istio-eastwestgateway = base.
@@ -21,6 +21,8 @@ export type Profile = "legacy" | "istiod" | "none";
 export const PROFILES: readonly Profile[] = ["legacy", "istiod", "none"];
 
 export const ISTIO_NAMESPACE = "istio-system";
+/** The Istio release the dev plane stands in for (its istiod Deployment's image tag). */
+export const DEV_ISTIO_VERSION = "1.24.2";
 const ILB_ANNOTATIONS = {
   "cloud.google.com/load-balancer-type": "internal",
   "networking.gke.io/load-balancer-type": "Internal",
@@ -249,10 +251,40 @@ export function seedObjects(
         object: {
           apiVersion: "v1",
           kind: "ConfigMap",
-          metadata: { name: "istio", namespace: ISTIO_NAMESPACE },
+          metadata: { name: "istio", namespace: ISTIO_NAMESPACE, labels: { "istio.io/rev": "default" } },
           data: {
-            mesh: `defaultConfig:\n  discoveryAddress: ${discovery}\ntrustDomain: ${options.trustDomain}\n`,
+            // As `istioctl install` writes it: the proxies' defaults under defaultConfig (cluster-env copies them
+            // into cluster.env as PROXY_CONFIG).
+            mesh:
+              `defaultConfig:\n  discoveryAddress: ${discovery}\n  holdApplicationUntilProxyStarts: true\n` +
+              `  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: "true"\n  tracing:\n    sampling: 1\n` +
+              `enablePrometheusMerge: true\nrootNamespace: ${ISTIO_NAMESPACE}\ntrustDomain: ${options.trustDomain}\n`,
             meshNetworks: "networks: {}\n",
+          },
+        },
+      },
+      {
+        // istiod itself does not run in the dev plane (its protocols do); the Deployment is what cluster-env reads the
+        // mesh's version from, as on a real cluster.
+        resource: "deployments",
+        object: {
+          apiVersion: "apps/v1",
+          kind: "Deployment",
+          metadata: {
+            name: "istiod",
+            namespace: ISTIO_NAMESPACE,
+            labels: { app: "istiod", istio: "pilot", "istio.io/rev": "default" },
+          },
+          spec: {
+            replicas: 1,
+            selector: { matchLabels: { app: "istiod", "istio.io/rev": "default" } },
+            template: {
+              metadata: { labels: { app: "istiod", istio: "pilot", "istio.io/rev": "default" } },
+              spec: {
+                serviceAccountName: "istiod",
+                containers: [{ name: "discovery", image: `docker.io/istio/pilot:${DEV_ISTIO_VERSION}` }],
+              },
+            },
           },
         },
       },

@@ -21,7 +21,8 @@ async function input(cluster: string, sidecar: string, env: NodeJS.ProcessEnv = 
 const ISTIOD_CLUSTER =
   "ISTIO_CONTROL_PLANE=istiod\nISTIO_META_CLUSTER_ID=Kubernetes\nISTIO_META_MESH_ID=mesh1\n" +
   'ISTIO_META_NETWORK=vm-network\nISTIO_META_WORKLOAD_NAME=vm-app\nISTIO_METAJSON_LABELS=\'{"app":"vm-app","version":"v1"}\'\n' +
-  "POD_NAMESPACE=vm-ns\nSERVICE_ACCOUNT=vm-sa\nISTIO_META_ISTIO_VERSION=1.24.2\nISTIO_META_AUTO_REGISTER_GROUP=vm-app\n";
+  "POD_NAMESPACE=vm-ns\nSERVICE_ACCOUNT=vm-sa\nISTIO_VERSION=1.24.2\nISTIO_META_AUTO_REGISTER_GROUP=vm-app\n" +
+  `PROXY_CONFIG='{"holdApplicationUntilProxyStarts":true,"proxyMetadata":{"ISTIO_META_OWNER":"mesh-default"}}'\n`;
 const LEGACY_CLUSTER = "ISTIO_CONTROL_PLANE=legacy\nISTIO_SYSTEM_NAMESPACE=istio-system\n";
 const VM = "ISTIO_SVC_IP=10.150.0.5\n";
 
@@ -92,7 +93,7 @@ describe("renderBootstrap", () => {
     expect(serviceNode(i)).toBe("sidecar~10.150.0.5~demo-vm-1.vm-ns~vm-ns.svc.cluster.local");
     expect(renderBootstrap(i)["node"]).toMatchObject({
       id: "sidecar~10.150.0.5~demo-vm-1.vm-ns~vm-ns.svc.cluster.local",
-      cluster: "rawvm.vm-ns",
+      cluster: "vm-app.vm-ns",
       metadata: {
         NAMESPACE: "vm-ns",
         SERVICE_ACCOUNT: "vm-sa",
@@ -108,10 +109,17 @@ describe("renderBootstrap", () => {
     });
   });
 
-  it("passes every other ISTIO_META_* / ISTIO_METAJSON_* through, prefix removed, JSON parsed", async () => {
+  it("istiod: passes every other ISTIO_META_* through; an ISTIO_METAJSON_* object merges at the top, as pilot-agent does", async () => {
     const i = await input(ISTIOD_CLUSTER, VM, { ISTIO_META_OWNER: "team-a", ISTIO_METAJSON_EXTRA: '{"k":[1,2]}' });
     const metadata = (renderBootstrap(i)["node"] as { metadata: Record<string, unknown> }).metadata;
     expect(metadata["OWNER"]).toBe("team-a");
+    expect(metadata["k"]).toEqual([1, 2]);
+    expect(metadata["EXTRA"]).toBeUndefined();
+  });
+
+  it("legacy: ISTIO_METAJSON_<K> stays under <K>, as the 0.8 golden has always had it", async () => {
+    const i = await input(LEGACY_CLUSTER, VM, { ISTIO_METAJSON_EXTRA: '{"k":[1,2]}' });
+    const metadata = (renderBootstrap(i)["node"] as { metadata: Record<string, unknown> }).metadata;
     expect(metadata["EXTRA"]).toEqual({ k: [1, 2] });
   });
 

@@ -2,15 +2,16 @@
  * The Envoy v3 bootstrap the agent writes as `envoy-rev<N>.json` (pure: configuration in, JSON value out).
  *
  * What is in it, and why:
- * - `node`: the id Pilot/istiod expect from a VM (`sidecar~<ip>~<name>.<ns>~<ns>.svc.cluster.local`, four parts or
- *   Pilot answers 404), `cluster` = ISTIO_SERVICE, and the metadata current Istio's agent sends (docs/protocols.md).
+ * - `node`: id, cluster and metadata as src/xds/node-block.ts builds them (what pilot-agent sends for the same
+ *   settings; the agent's own xDS streams send the same node).
  * - `admin` on 127.0.0.1 only: /ready, /drain_listeners and /quitquitquit are how the agent drives Envoy, and nothing
  *   off the machine may reach them.
  * - one static cluster `xds-grpc` to DISCOVERY_ADDRESS, HTTP/2 (gRPC), mTLS from the workload files in OUTPUT_CERTS
  *   with the control plane's SAN checked (or plain text under CONTROL_PLANE_AUTH_POLICY=NONE); everything else
  *   (listeners, clusters, routes, endpoints) comes over ADS, so the bootstrap depends only on configuration and
  *   certificates, never on Pilot's data.
- * - optionally Istio's Prometheus listener (ENVOY_STATS_PORT, 15090) that serves the admin's /stats/prometheus.
+ * - optionally Istio's Prometheus listener (ENVOY_STATS_PORT, 15090) that serves the admin's /stats/prometheus, and
+ *   (istiod profile) Istio's health listener (ENVOY_STATUS_PORT, 15021) that serves the agent's /healthz/ready.
  *
  * Certificate files are referenced by path, not inlined: Envoy reads them when the epoch starts, and a renewal makes
  * the supervisor start a new epoch (hot restart), as pilot-agent did.
@@ -18,6 +19,8 @@
 import { isIP } from "node:net";
 import { join } from "node:path";
 import type { ConfigValues } from "../config/registry.js";
+import type { NodeBlockConfig, NodeBlockInput } from "../xds/node-block.js";
+import { buildNodeBlock, nodeId } from "../xds/node-block.js";
 import type { StructValue } from "../xds/protos.js";
 
 /** The JSON value of a bootstrap: plain data, so it can be hashed, diffed, written and validated. */
@@ -26,43 +29,15 @@ type BootstrapValue = string | number | boolean | null | readonly BootstrapValue
 
 export const XDS_CLUSTER = "xds-grpc";
 export const PROMETHEUS_CLUSTER = "prometheus_stats";
+export const AGENT_CLUSTER = "agent";
 export const CERT_FILES = { chain: "cert-chain.pem", key: "key.pem", root: "root-cert.pem" } as const;
 
 /** The parts of the configuration the bootstrap depends on. */
-export type BootstrapConfig = Pick<
-  ConfigValues,
-  | "ISTIO_CONTROL_PLANE"
-  | "ISTIO_SYSTEM_NAMESPACE"
-  | "DISCOVERY_ADDRESS"
-  | "CONTROL_PLANE_AUTH_POLICY"
-  | "ISTIOD_SAN"
-  | "TRUST_DOMAIN"
-  | "ISTIO_SVC_IP"
-  | "POD_NAME"
-  | "POD_NAMESPACE"
-  | "SERVICE_ACCOUNT"
-  | "ISTIO_SERVICE"
-  | "ISTIO_META_CLUSTER_ID"
-  | "ISTIO_META_MESH_ID"
-  | "ISTIO_META_NETWORK"
-  | "ISTIO_META_WORKLOAD_NAME"
-  | "ISTIO_META_AUTO_REGISTER_GROUP"
-  | "ISTIO_METAJSON_LABELS"
-  | "ISTIO_INBOUND_INTERCEPTION_MODE"
-  | "ENVOY_ADMIN_PORT"
-  | "ENVOY_STATS_PORT"
-  | "OUTPUT_CERTS"
->;
+export type BootstrapConfig = NodeBlockConfig &
+  Pick<ConfigValues, "ISTIO_SYSTEM_NAMESPACE" | "TRUST_DOMAIN" | "OUTPUT_CERTS">;
 
-export interface BootstrapInput {
+export interface BootstrapInput extends NodeBlockInput {
   readonly config: BootstrapConfig;
-  /**
-   * `ISTIO_META_*` / `ISTIO_METAJSON_*` variables outside the registry (LoadedConfig.metadata), by variable name:
-   * they pass through as node metadata with the prefix removed (JSON ones parsed), e.g. ISTIO_META_ISTIO_VERSION.
-   */
-  readonly extraMetadata: Readonly<Record<string, string>>;
-  /** The machine's host name: its first label stands in for an empty POD_NAME. */
-  readonly hostname: string;
 }
 
 /**
@@ -79,57 +54,14 @@ export function discoverySan(config: BootstrapConfig): { readonly type: "DNS" | 
   return { type: "URI", value: `spiffe://${config.TRUST_DOMAIN}/ns/${ns}/sa/istio-pilot-service-account` };
 }
 
-function parseJsonMetadata(raw: string): StructValue | undefined {
-  try {
-    return JSON.parse(raw) as StructValue;
-  } catch {
-    // `istio-vm config` reports invalid JSON metadata as a configuration problem; the bootstrap leaves it out.
-    return undefined;
-  }
-}
-
-/** Node metadata as current Istio's agent sends it (docs/protocols.md); legacy 0.8 added `istio: sidecar`. */
-export function nodeMetadata(input: BootstrapInput): Record<string, StructValue> {
-  const { config } = input;
-  const metadata: Record<string, StructValue> = {};
-  for (const name of Object.keys(input.extraMetadata).sort()) {
-    const raw = input.extraMetadata[name] ?? "";
-    if (name.startsWith("ISTIO_METAJSON_")) {
-      const value = parseJsonMetadata(raw);
-      if (value !== undefined) metadata[name.slice("ISTIO_METAJSON_".length)] = value;
-    } else if (name.startsWith("ISTIO_META_") && raw !== "") {
-      metadata[name.slice("ISTIO_META_".length)] = raw;
-    }
-  }
-  const set = (key: string, value: string): void => {
-    if (value !== "") metadata[key] = value;
-  };
-  set("NAME", nodeName(input));
-  set("NAMESPACE", config.POD_NAMESPACE);
-  set("SERVICE_ACCOUNT", config.SERVICE_ACCOUNT);
-  set("INSTANCE_IPS", config.ISTIO_SVC_IP);
-  set("INTERCEPTION_MODE", config.ISTIO_INBOUND_INTERCEPTION_MODE);
-  set("CLUSTER_ID", config.ISTIO_META_CLUSTER_ID);
-  set("MESH_ID", config.ISTIO_META_MESH_ID);
-  set("NETWORK", config.ISTIO_META_NETWORK);
-  set("WORKLOAD_NAME", config.ISTIO_META_WORKLOAD_NAME);
-  set("AUTO_REGISTER_GROUP", config.ISTIO_META_AUTO_REGISTER_GROUP);
-  if (config.ENVOY_STATS_PORT !== 0) set("ENVOY_PROMETHEUS_PORT", String(config.ENVOY_STATS_PORT));
-  if (Object.keys(config.ISTIO_METAJSON_LABELS).length > 0) {
-    metadata["LABELS"] = config.ISTIO_METAJSON_LABELS as { [key: string]: StructValue };
-  }
-  if (config.ISTIO_CONTROL_PLANE === "legacy") metadata["istio"] = "sidecar";
-  return metadata;
-}
-
-function nodeName(input: BootstrapInput): string {
-  return input.config.POD_NAME === "" ? (input.hostname.split(".")[0] ?? input.hostname) : input.config.POD_NAME;
+/** Node metadata: see src/xds/node-block.ts, which builds the node for the bootstrap and the agent's xDS streams. */
+export function nodeMetadata(input: BootstrapInput): Readonly<Record<string, StructValue>> {
+  return buildNodeBlock(input).metadata;
 }
 
 /** `--service-node`: the node id, also in the bootstrap (Envoy takes the command line's when both are set). */
 export function serviceNode(input: BootstrapInput): string {
-  const { ISTIO_SVC_IP: ip, POD_NAMESPACE: ns } = input.config;
-  return `sidecar~${ip}~${nodeName(input)}.${ns}~${ns}.svc.cluster.local`;
+  return nodeId(input.config, input.hostname);
 }
 
 function socketAddress(address: string, port: number): BootstrapJson {
@@ -200,15 +132,51 @@ function xdsCluster(config: BootstrapConfig): BootstrapJson {
   };
 }
 
-function prometheusCluster(config: BootstrapConfig): BootstrapJson {
+function localCluster(name: string, port: number): BootstrapJson {
   return {
-    name: PROMETHEUS_CLUSTER,
+    name,
     type: "STATIC",
     connect_timeout: "0.250s",
     lb_policy: "ROUND_ROBIN",
     load_assignment: {
-      cluster_name: PROMETHEUS_CLUSTER,
-      endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress("127.0.0.1", config.ENVOY_ADMIN_PORT) } }] }],
+      cluster_name: name,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress("127.0.0.1", port) } }] }],
+    },
+  };
+}
+
+/**
+ * Istio's 15021 listener (istiod profile, ENVOY_STATUS_PORT): GET /healthz/ready, answered by the agent's readiness
+ * endpoint on STATUS_PORT, as pilot-agent's bootstrap routes it; load balancers and istiod's health checks probe it.
+ */
+function statusListener(config: BootstrapConfig): BootstrapJson {
+  return {
+    name: "status",
+    address: socketAddress("0.0.0.0", config.ENVOY_STATUS_PORT),
+    filter_chains: [
+      {
+        filters: [
+          httpConnectionManager("agent", [{ match: { prefix: "/healthz/ready" }, route: { cluster: AGENT_CLUSTER } }]),
+        ],
+      },
+    ],
+  };
+}
+
+function httpConnectionManager(statPrefix: string, routes: readonly BootstrapJson[]): BootstrapJson {
+  return {
+    name: "envoy.filters.network.http_connection_manager",
+    typed_config: {
+      "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+      stat_prefix: statPrefix,
+      codec_type: "AUTO",
+      route_config: { virtual_hosts: [{ name: "backend", domains: ["*"], routes }] },
+      http_filters: [
+        {
+          name: "envoy.filters.http.router",
+          typed_config: { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+        },
+      ],
     },
   };
 }
@@ -221,35 +189,9 @@ function prometheusListener(config: BootstrapConfig): BootstrapJson {
     filter_chains: [
       {
         filters: [
-          {
-            name: "envoy.filters.network.http_connection_manager",
-            typed_config: {
-              "@type":
-                "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-              stat_prefix: "stats",
-              codec_type: "AUTO",
-              route_config: {
-                virtual_hosts: [
-                  {
-                    name: "backend",
-                    domains: ["*"],
-                    routes: [
-                      {
-                        match: { prefix: "/stats/prometheus" },
-                        route: { cluster: PROMETHEUS_CLUSTER },
-                      },
-                    ],
-                  },
-                ],
-              },
-              http_filters: [
-                {
-                  name: "envoy.filters.http.router",
-                  typed_config: { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
-                },
-              ],
-            },
-          },
+          httpConnectionManager("stats", [
+            { match: { prefix: "/stats/prometheus" }, route: { cluster: PROMETHEUS_CLUSTER } },
+          ]),
         ],
       },
     ],
@@ -259,13 +201,11 @@ function prometheusListener(config: BootstrapConfig): BootstrapJson {
 export function renderBootstrap(input: BootstrapInput): BootstrapJson {
   const { config } = input;
   const stats = config.ENVOY_STATS_PORT !== 0;
+  const status = config.ISTIO_CONTROL_PLANE === "istiod" && config.ENVOY_STATUS_PORT !== 0;
   const ads = { ads: {}, resource_api_version: "V3" };
+  const node = buildNodeBlock(input);
   return {
-    node: {
-      id: serviceNode(input),
-      cluster: config.ISTIO_SERVICE,
-      metadata: nodeMetadata(input) as BootstrapJson,
-    },
+    node: { id: node.id, cluster: node.cluster, metadata: node.metadata as BootstrapJson },
     admin: { address: socketAddress("127.0.0.1", config.ENVOY_ADMIN_PORT) },
     dynamic_resources: {
       lds_config: ads,
@@ -278,8 +218,12 @@ export function renderBootstrap(input: BootstrapInput): BootstrapJson {
       },
     },
     static_resources: {
-      clusters: [xdsCluster(config), ...(stats ? [prometheusCluster(config)] : [])],
-      listeners: stats ? [prometheusListener(config)] : [],
+      clusters: [
+        xdsCluster(config),
+        ...(stats ? [localCluster(PROMETHEUS_CLUSTER, config.ENVOY_ADMIN_PORT)] : []),
+        ...(status ? [localCluster(AGENT_CLUSTER, config.STATUS_PORT)] : []),
+      ],
+      listeners: [...(stats ? [prometheusListener(config)] : []), ...(status ? [statusListener(config)] : [])],
     },
     layered_runtime: {
       layers: [

@@ -9,6 +9,7 @@ const CONFIG: EnvoyCommandConfig = {
   ENVOY_LOG_LEVEL: "warning",
   ISTIO_AGENT_FLAGS: "",
   ISTIO_SERVICE: "istio-proxy",
+  ISTIO_CONTROL_PLANE: "legacy",
 };
 const NODE = "sidecar~10.150.0.5~demo-vm-1.default~default.svc.cluster.local";
 
@@ -25,6 +26,17 @@ describe("envoyCommand", () => {
         `--service-cluster istio-proxy --service-node ${NODE} --base-id 0 -l warning --log-format [%l][%n] [%g:%#] %v`,
     );
     expect(c.warnings).toEqual([]);
+  });
+
+  it("istiod profile: no --service-cluster, so the bootstrap's node.cluster (Istio's rules) is the one Envoy uses", () => {
+    const c = envoyCommand({
+      config: { ...CONFIG, ISTIO_CONTROL_PLANE: "istiod", ISTIO_SERVICE: "" },
+      epoch: 0,
+      bootstrapPath: "/b.json",
+      serviceNode: NODE,
+    });
+    expect(c.args).not.toContain("--service-cluster");
+    expect(c.args).toContain("--service-node");
   });
 
   it("rounds durations up to whole seconds and keeps the parent alive past its drain", () => {

@@ -1,7 +1,7 @@
 /**
  * Envoy's command line for one hot-restart epoch (pure), as pilot-agent built it (docs/protocols.md):
  * `-c <dir>/envoy-rev<N>.json --restart-epoch N --drain-time-s D --parent-shutdown-time-s P --service-cluster C
- * --service-node ID --base-id B -l LEVEL --log-format F`.
+ * --service-node ID --base-id B -l LEVEL --log-format F` (`--service-cluster` on the legacy profile only).
  */
 import type { ConfigValues } from "../config/registry.js";
 
@@ -13,6 +13,7 @@ export type EnvoyCommandConfig = Pick<
   | "ENVOY_LOG_LEVEL"
   | "ISTIO_AGENT_FLAGS"
   | "ISTIO_SERVICE"
+  | "ISTIO_CONTROL_PLANE"
 >;
 
 export interface EnvoyCommandInput {
@@ -87,8 +88,10 @@ export function envoyCommand(input: EnvoyCommandInput): EnvoyCommand {
     String(drainSeconds),
     "--parent-shutdown-time-s",
     String(parentShutdownSeconds),
-    "--service-cluster",
-    config.ISTIO_SERVICE,
+    // pilot-agent 0.x passed the service cluster on the command line; Istio 1.x puts it only in the bootstrap's
+    // node.cluster (pkg/envoy/proxy.go), where Istio's rules derive it (src/xds/node-block.ts), and a flag would
+    // override that.
+    ...(config.ISTIO_CONTROL_PLANE === "legacy" ? ["--service-cluster", config.ISTIO_SERVICE] : []),
     "--service-node",
     input.serviceNode,
     "--base-id",

@@ -7,6 +7,7 @@ import {
   discoverServiceCidr,
   parseValidRange,
   planClusterEnv,
+  istioVersionFrom,
   readMeshSettings,
   trustDomainFromMeshConfig,
 } from "./cluster-env.js";
@@ -200,14 +201,79 @@ describe("readMeshSettings", () => {
       meshId: "mesh1",
       network: "vm-net",
       trustDomain: "example.org",
+      proxyConfig: { discoveryAddress: "istiod.istio-system.svc:15012" },
+      istioVersion: { value: "1.24.2", source: "deployment/istiod image docker.io/istio/pilot:1.24.2" },
     });
+  });
+  it("finds the version in a label or the revision when the image tag says nothing; a revision has its own ConfigMap", async () => {
+    const client = new FakeKubeClient();
+    client.store.create("deployments", {
+      apiVersion: "apps/v1",
+      kind: "Deployment",
+      metadata: { name: "istiod-1-23-1", namespace: "istio-system" },
+      spec: { template: { spec: { containers: [{ name: "discovery", image: "registry.local/pilot@sha256:abc" }] } } },
+    });
+    client.store.create("configmaps", {
+      apiVersion: "v1",
+      kind: "ConfigMap",
+      metadata: { name: "istio-1-23-1", namespace: "istio-system", labels: { "istio.io/rev": "1-23-1" } },
+      data: {
+        mesh: "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: 'true'\n  holdApplicationUntilProxyStarts: true\n",
+      },
+    });
+    await expect(readMeshSettings(client, "istio-system", "istiod-1-23-1")).resolves.toEqual({
+      proxyConfig: { proxyMetadata: { ISTIO_META_DNS_CAPTURE: "true" }, holdApplicationUntilProxyStarts: true },
+      istioVersion: { value: "1.23.1", source: "configmap/istio-1-23-1 label istio.io/rev=1-23-1" },
+    });
+  });
+  it("a mesh config that is not YAML is an error naming the ConfigMap", async () => {
+    const client = new FakeKubeClient();
+    client.store.create("configmaps", {
+      apiVersion: "v1",
+      kind: "ConfigMap",
+      metadata: { name: "istio", namespace: "istio-system" },
+      data: { mesh: "defaultConfig: [unclosed\n" },
+    });
+    await expect(readMeshSettings(client, "istio-system")).rejects.toMatchObject({ code: "MESH_CONFIG_INVALID" });
+  });
+  it("versions from image tags and revisions", () => {
+    expect(istioVersionFrom("docker.io/istio/pilot:1.24.2-distroless", "image")).toBe("1.24.2");
+    expect(istioVersionFrom("gcr.io/istio-release/pilot:1.25.0-beta.1@sha256:ff", "image")).toBe("1.25.0-beta.1");
+    expect(istioVersionFrom("localhost:5000/pilot", "image")).toBeUndefined();
+    expect(istioVersionFrom("docker.io/istio/pilot:latest", "image")).toBeUndefined();
+    expect(istioVersionFrom("1-24-2", "revision")).toBe("1.24.2");
+    expect(istioVersionFrom("default", "revision")).toBeUndefined();
+  });
+  it("cluster.env carries ISTIO_VERSION and the mesh's defaultConfig as PROXY_CONFIG JSON, which the agent loads", async () => {
+    const text = planClusterEnv({
+      profile: "istiod",
+      serviceCidr: "10.96.0.0/12",
+      systemNamespace: "istio-system",
+      authPolicy: "MUTUAL_TLS",
+      workload: {
+        namespace: "shop",
+        serviceAccount: "sa",
+        trustDomain: "cluster.local",
+        clusterId: "Kubernetes",
+        istioVersion: "1.24.2",
+        proxyConfig: { holdApplicationUntilProxyStarts: true, proxyMetadata: { A: "it's" } },
+      },
+    });
+    expect(text).toContain("ISTIO_VERSION='1.24.2'\n");
+    const loaded = await loadConfig({
+      env: {},
+      fs: new MemoryFileSystem({ "/var/lib/istio/envoy/cluster.env": text }),
+    });
+    expect(loaded.problems).toEqual([]);
+    expect(loaded.values.ISTIO_VERSION).toBe("1.24.2");
+    expect(loaded.values.PROXY_CONFIG).toEqual({ holdApplicationUntilProxyStarts: true, proxyMetadata: { A: "it's" } });
   });
   it("leaves everything unset when the ConfigMaps are missing", async () => {
     await expect(readMeshSettings(new FakeKubeClient(), "istio-system")).resolves.toEqual({});
   });
-  it("reads only a top-level trustDomain", () => {
-    expect(trustDomainFromMeshConfig("defaultConfig:\n  trustDomain: nested\n")).toBeUndefined();
-    expect(trustDomainFromMeshConfig('trustDomain: "td.example" # comment\n')).toBe("td.example");
+  it("reads only a top-level trustDomain", async () => {
+    expect(await trustDomainFromMeshConfig("defaultConfig:\n  trustDomain: nested\n")).toBeUndefined();
+    expect(await trustDomainFromMeshConfig('trustDomain: "td.example" # comment\n')).toBe("td.example");
   });
 });
 

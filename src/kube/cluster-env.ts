@@ -2,7 +2,8 @@
  * `cluster.env`: the per-cluster settings every VM of the cluster shares. The original (setupMeshEx.sh
  * generateClusterEnv) read the service CIDR from `gcloud container clusters describe`, so it worked on GKE only; here
  * it comes from the Kubernetes API of any cluster. `planClusterEnv` is pure (values in, file text out);
- * `discoverServiceCidr` and `readMeshSettings` are the few API reads.
+ * `discoverServiceCidr` and `readMeshSettings` are the few API reads. The mesh config is YAML, read with the `yaml`
+ * library; what cluster.env carries of it (PROXY_CONFIG) is JSON, which the agent parses without it.
  */
 import { AgentError } from "../platform/errors.js";
 import { renderEnvFile } from "../config/env-file.js";
@@ -149,10 +150,24 @@ export interface MeshSettings {
   readonly meshId?: string;
   readonly network?: string;
   readonly trustDomain?: string;
+  /** The mesh's Istio version (ISTIO_VERSION), and what it was read from. */
+  readonly istioVersion?: { readonly value: string; readonly source: string };
+  /** The mesh config's `defaultConfig` (PROXY_CONFIG), as a JSON value. */
+  readonly proxyConfig?: Readonly<Record<string, unknown>>;
 }
 
 interface ConfigMapObject {
+  readonly metadata?: { readonly labels?: Readonly<Record<string, string>> };
   readonly data?: Readonly<Record<string, string>>;
+}
+
+interface DeploymentObject {
+  readonly metadata?: { readonly labels?: Readonly<Record<string, string>> };
+  readonly spec?: {
+    readonly template?: {
+      readonly spec?: { readonly containers?: readonly { readonly name?: string; readonly image?: string }[] };
+    };
+  };
 }
 
 interface InjectorValues {
@@ -167,28 +182,143 @@ function nonEmpty(value: unknown): string | undefined {
   return typeof value === "string" && value !== "" ? value : undefined;
 }
 
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+/**
+ * The parts of the mesh config (ConfigMap `istio`, key `mesh`, YAML) cluster.env carries: the top-level
+ * `trustDomain` and `defaultConfig`. Text that is not a YAML mapping is an error naming the ConfigMap.
+ */
+export async function parseMeshConfig(mesh: string): Promise<{
+  readonly trustDomain?: string;
+  readonly defaultConfig?: Readonly<Record<string, unknown>>;
+}> {
+  const { parse: parseYaml } = await loadYaml();
+  let doc: unknown;
+  try {
+    doc = parseYaml(mesh);
+  } catch (error) {
+    throw new AgentError({
+      code: "MESH_CONFIG_INVALID",
+      message: `the mesh config (ConfigMap istio, key mesh) is not valid YAML: ${(error as Error).message.split("\n")[0] ?? ""}`,
+      subject: "configmap/istio",
+      hint: "check it with kubectl -n istio-system get configmap istio -o jsonpath='{.data.mesh}'",
+    });
+  }
+  if (doc === null || doc === undefined) return {};
+  if (!isRecord(doc)) {
+    throw new AgentError({
+      code: "MESH_CONFIG_INVALID",
+      message: "the mesh config (ConfigMap istio, key mesh) is not a YAML mapping",
+      subject: "configmap/istio",
+      hint: "it should be MeshConfig YAML (trustDomain:, defaultConfig:, …)",
+    });
+  }
+  const trustDomain = nonEmpty(doc["trustDomain"]);
+  const defaultConfig = doc["defaultConfig"];
+  return {
+    ...(trustDomain === undefined ? {} : { trustDomain }),
+    ...(isRecord(defaultConfig) ? { defaultConfig } : {}),
+  };
+}
+
+/** The YAML library, loaded only by the commands that read mesh config (STYLE: pay at start for what is used). */
+function loadYaml(): Promise<typeof import("yaml")> {
+  return import("yaml");
+}
+
+/** `--proxy-config`: a ProxyConfig as JSON or YAML (JSON is YAML), which must be a mapping. */
+export async function parseProxyConfigFlag(text: string): Promise<Readonly<Record<string, unknown>>> {
+  const { parse: parseYaml } = await loadYaml();
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (error) {
+    doc = error;
+  }
+  if (!isRecord(doc) || doc instanceof Error) {
+    throw new AgentError({
+      code: "USAGE",
+      message: `--proxy-config: not a ProxyConfig mapping${doc instanceof Error ? ` (${doc.message.split("\n")[0] ?? ""})` : ""}`,
+      subject: text,
+      kind: "usage",
+      hint: `give JSON or YAML, e.g. --proxy-config '{"holdApplicationUntilProxyStarts":true}'`,
+    });
+  }
+  return doc;
+}
+
 /** `trustDomain:` at the top level of the mesh config YAML (ConfigMap `istio`, key `mesh`). */
-export function trustDomainFromMeshConfig(mesh: string): string | undefined {
-  const match = /^trustDomain:[ \t]*["']?([^"'\s#]+)["']?[ \t]*(?:#.*)?$/m.exec(mesh);
-  return match?.[1];
+export async function trustDomainFromMeshConfig(mesh: string): Promise<string | undefined> {
+  return (await parseMeshConfig(mesh)).trustDomain;
+}
+
+/**
+ * An Istio version from an image reference (`docker.io/istio/pilot:1.24.2-distroless`, digests dropped) or a
+ * revision name (`1-24-2`, as `istioctl install --revision 1-24-2` names it); undefined for `latest`, `default`, ….
+ */
+export function istioVersionFrom(text: string, kind: "image" | "revision"): string | undefined {
+  if (kind === "revision") {
+    const m = /^(\d+)-(\d+)(?:-(\d+))?$/.exec(text);
+    return m === null ? undefined : [m[1], m[2], m[3]].filter((p) => p !== undefined).join(".");
+  }
+  const withoutDigest = text.split("@")[0] ?? "";
+  const slash = withoutDigest.lastIndexOf("/");
+  const colon = withoutDigest.lastIndexOf(":");
+  if (colon <= slash) return undefined;
+  const m = /^(\d+\.\d+(?:\.\d+)?(?:-(?:alpha|beta|rc)\.\d+)?)(?:-[a-z]+)?$/.exec(withoutDigest.slice(colon + 1));
+  return m?.[1];
+}
+
+/**
+ * The mesh's version, from (first found): the istiod Deployment's `discovery` container image tag, its
+ * `app.kubernetes.io/version` / `operator.istio.io/version` label, the mesh ConfigMap's `istio.io/rev` label when the
+ * revision is a version (`1-24-2`).
+ */
+function meshVersion(
+  deployment: DeploymentObject | undefined,
+  deploymentName: string,
+  meshMap: ConfigMapObject | undefined,
+  meshMapName: string,
+): { value: string; source: string } | undefined {
+  const containers = deployment?.spec?.template?.spec?.containers ?? [];
+  const container = containers.find((c) => c.name === "discovery") ?? containers[0];
+  const fromImage = container?.image === undefined ? undefined : istioVersionFrom(container.image, "image");
+  if (fromImage !== undefined)
+    return { value: fromImage, source: `deployment/${deploymentName} image ${container?.image ?? ""}` };
+  for (const label of ["app.kubernetes.io/version", "operator.istio.io/version"]) {
+    const value = nonEmpty(deployment?.metadata?.labels?.[label]);
+    if (value !== undefined) return { value, source: `deployment/${deploymentName} label ${label}` };
+  }
+  const rev = meshMap?.metadata?.labels?.["istio.io/rev"];
+  const fromRev = rev === undefined ? undefined : istioVersionFrom(rev, "revision");
+  if (fromRev !== undefined)
+    return { value: fromRev, source: `configmap/${meshMapName} label istio.io/rev=${rev ?? ""}` };
+  return undefined;
 }
 
 /**
  * What istioctl reads for `cluster.env`: cluster ID, mesh ID and network from ConfigMap `istio-sidecar-injector`
- * (`values` JSON, as installed by istioctl/helm), the trust domain from ConfigMap `istio` (`mesh`). Missing or
- * unreadable ConfigMaps leave the values unset (the caller's defaults apply). Two GETs.
+ * (`values` JSON, as installed by istioctl/helm), the trust domain and `defaultConfig` from ConfigMap `istio`
+ * (`mesh`), and the mesh's version from the istiod Deployment (apps/v1) or that ConfigMap's revision label.
+ * Missing or unreadable objects leave the values unset (the caller's defaults apply). Three GETs.
  */
-export async function readMeshSettings(client: KubeClient, istioNamespace: string): Promise<MeshSettings> {
+export async function readMeshSettings(
+  client: KubeClient,
+  istioNamespace: string,
+  istiodService = "istiod",
+): Promise<MeshSettings> {
   const settings: { -readonly [K in keyof MeshSettings]: MeshSettings[K] } = {};
-  const optional = async (name: string): Promise<ConfigMapObject | undefined> => {
+  const optional = async <T>(path: string): Promise<T | undefined> => {
     try {
-      return await getIfExists<ConfigMapObject>(client, corePath("configmaps", istioNamespace, name));
+      return await getIfExists<T>(client, path);
     } catch (error) {
       if (error instanceof KubeApiError && error.status === 403) return undefined;
       throw error;
     }
   };
-  const injector = await optional("istio-sidecar-injector");
+  const injector = await optional<ConfigMapObject>(corePath("configmaps", istioNamespace, "istio-sidecar-injector"));
   const valuesText = injector?.data?.["values"];
   if (valuesText !== undefined) {
     try {
@@ -203,9 +333,20 @@ export async function readMeshSettings(client: KubeClient, istioNamespace: strin
       // Not JSON (an older or hand-made injector config): fall back to the flags' defaults.
     }
   }
-  const mesh = (await optional("istio"))?.data?.["mesh"];
-  const trustDomain = mesh === undefined ? undefined : trustDomainFromMeshConfig(mesh);
-  if (trustDomain !== undefined) settings.trustDomain = trustDomain;
+  // A revisioned control plane (Service istiod-<rev>) keeps its mesh config in ConfigMap istio-<rev>.
+  const meshMapName = istiodService === "istiod" ? "istio" : `istio-${istiodService.slice("istiod-".length)}`;
+  const meshMap = await optional<ConfigMapObject>(corePath("configmaps", istioNamespace, meshMapName));
+  const mesh = meshMap?.data?.["mesh"];
+  if (mesh !== undefined) {
+    const parsed = await parseMeshConfig(mesh);
+    if (parsed.trustDomain !== undefined) settings.trustDomain = parsed.trustDomain;
+    if (parsed.defaultConfig !== undefined) settings.proxyConfig = parsed.defaultConfig;
+  }
+  const deployment = await optional<DeploymentObject>(
+    groupPath("apps/v1", "deployments", istioNamespace, istiodService),
+  );
+  const version = meshVersion(deployment, istiodService, meshMap, meshMapName);
+  if (version !== undefined) settings.istioVersion = version;
   return settings;
 }
 
@@ -222,6 +363,10 @@ export interface IstiodWorkload {
   /** WorkloadGroup-style name: sets ISTIO_META_WORKLOAD_NAME, ISTIO_SERVICE, CANONICAL_* and the app label. */
   readonly workloadName?: string;
   readonly canonicalRevision?: string;
+  /** ISTIO_VERSION: the mesh's Istio version. */
+  readonly istioVersion?: string;
+  /** PROXY_CONFIG: the mesh config's `defaultConfig`, written as JSON. */
+  readonly proxyConfig?: Readonly<Record<string, unknown>>;
 }
 
 export interface ClusterEnvInput {
@@ -274,6 +419,12 @@ export function clusterEnvEntries(input: ClusterEnvInput): EnvEntry[] {
       { key: "DISCOVERY_ADDRESS", value: `${host}:${input.authPolicy === "NONE" ? 15010 : 15012}` },
       { key: "ISTIOD_SAN", value: host },
     );
+  }
+  if (w.istioVersion !== undefined && w.istioVersion !== "") {
+    entries.push({ key: "ISTIO_VERSION", value: w.istioVersion });
+  }
+  if (w.proxyConfig !== undefined && Object.keys(w.proxyConfig).length > 0) {
+    entries.push({ key: "PROXY_CONFIG", value: JSON.stringify(w.proxyConfig) });
   }
   if (w.meshId !== undefined) entries.push({ key: "ISTIO_META_MESH_ID", value: w.meshId });
   if (w.network !== undefined) entries.push({ key: "ISTIO_META_NETWORK", value: w.network });

@@ -59,7 +59,7 @@ export async function sourcesFromCluster(client: KubeClient, options: ClusterSou
     ...(detected.istiodService === "istiod" ? {} : { istiodService: detected.istiodService }),
   };
   if (profile === "istiod") {
-    const mesh = await readMeshSettings(client, options.istioNamespace);
+    const mesh = await readMeshSettings(client, options.istioNamespace, detected.istiodService);
     input = {
       ...input,
       workload: {
@@ -70,6 +70,8 @@ export async function sourcesFromCluster(client: KubeClient, options: ClusterSou
         ...(mesh.meshId === undefined ? {} : { meshId: mesh.meshId }),
         ...(mesh.network === undefined ? {} : { network: mesh.network }),
         ...(options.workloadName === undefined ? {} : { workloadName: options.workloadName }),
+        ...(mesh.istioVersion === undefined ? {} : { istioVersion: mesh.istioVersion.value }),
+        ...(mesh.proxyConfig === undefined ? {} : { proxyConfig: mesh.proxyConfig }),
       },
     };
   }

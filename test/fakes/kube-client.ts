@@ -361,6 +361,12 @@ export async function seedIstiodCluster(store: ObjectStore, options: SeedOptions
     metadata: { name: "istio", namespace: "istio-system" },
     data: { mesh: "defaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\ntrustDomain: example.org\n" },
   });
+  store.create("deployments", {
+    apiVersion: "apps/v1",
+    kind: "Deployment",
+    metadata: { name: "istiod", namespace: "istio-system", labels: { app: "istiod" } },
+    spec: { template: { spec: { containers: [{ name: "discovery", image: "docker.io/istio/pilot:1.24.2" }] } } },
+  });
   const cidrs = options.serviceCidrs === undefined ? ["10.96.0.0/12", "fd00:10:96::/112"] : options.serviceCidrs;
   if (cidrs !== null) seedServiceCidr(store, cidrs);
   return ca;

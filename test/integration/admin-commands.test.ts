@@ -227,6 +227,48 @@ describe("admin commands against an istiod (Istio 1.x) dev cluster", () => {
     expect(text).toContain("SERVICE_ACCOUNT='default'\n");
     expect(text).toContain("ISTIO_SERVICE='vm.default'\n");
     expect(text).not.toContain("ISTIO_INBOUND_PORTS");
+    // The mesh's version (the istiod Deployment's image tag) and its defaultConfig, read from the dev API.
+    expect(text).toContain("ISTIO_VERSION='1.24.2'\n");
+    expect(text).toMatch(
+      /^PROXY_CONFIG='\{"discoveryAddress":"istiod.istio-system.svc:15012","holdApplicationUntilProxyStarts":true,/m,
+    );
+    // What the VM's Envoy then presents to istiod.
+    const bootstrap = await runCli(["envoy", "bootstrap", "--json"], {
+      env: {
+        PATH: process.env["PATH"] ?? "/usr/bin:/bin",
+        ISTIO_VM_ROOT: c().dir,
+        ISTIO_CLUSTER_CONFIG: out,
+        ISTIO_SVC_IP: "10.0.0.9",
+      },
+    });
+    expect(bootstrap.code, bootstrap.stderr).toBe(0);
+    const node = (JSON.parse(bootstrap.stdout) as { node: { cluster: string; metadata: Record<string, unknown> } })
+      .node;
+    expect(node.cluster).toBe("vm.default");
+    expect(node.metadata).toMatchObject({
+      ISTIO_VERSION: "1.24.2",
+      CLUSTER_ID: "east",
+      WORKLOAD_NAME: "vm",
+      PROXY_CONFIG: { holdApplicationUntilProxyStarts: true, serviceCluster: "vm.default", tracing: { sampling: 1 } },
+    });
+  });
+
+  it("cluster-env: --istio-version and --proxy-config override what the cluster says; a bad --proxy-config exits 2", async () => {
+    const result = await c().cli([
+      "cluster-env",
+      "-n",
+      "default",
+      "--istio-version",
+      "1.23.0",
+      "--proxy-config",
+      "concurrency: 3",
+    ]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toContain("ISTIO_VERSION='1.23.0'\n");
+    expect(result.stdout).toContain(`PROXY_CONFIG='{"concurrency":3}'\n`);
+    const bad = await c().cli(["cluster-env", "-n", "default", "--proxy-config", "[1, 2]"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--proxy-config: not a ProxyConfig mapping");
   });
 
   it("dnsmasq points istiod's names at the east-west gateway", async () => {

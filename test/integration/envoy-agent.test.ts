@@ -77,6 +77,7 @@ async function startAgent(): Promise<Agent> {
       `ENVOY_BINARY=${FAKE_ENVOY}`,
       `ENVOY_ADMIN_PORT=${await freePort()}`,
       "ENVOY_STATS_PORT=0",
+      "ENVOY_STATUS_PORT=0",
       "ENVOY_USER=root",
       "ENVOY_DRAIN_DURATION=1s",
       // Long enough that both epochs are alive after a hot restart, when the agent gets SIGKILLed.

@@ -1,4 +1,7 @@
 /** `istio-vm envoy bootstrap` as the built CLI: what an operator sees, and the --json bootstrap Envoy would accept. */
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { runCli } from "../support/cli.js";
 import { checkAgainstProto } from "../support/envoy-proto.js";
@@ -32,6 +35,36 @@ describe("istio-vm envoy bootstrap", () => {
     expect(r.code).toBe(0);
     expect(r.stdout).not.toContain("transport_socket");
     expect(r.stdout).toContain('"port_value": 15010');
+  });
+
+  it("istiod profile: ISTIO_VERSION, PROXY_CONFIG over Istio's defaults and node.cluster by Istio's rule", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "istio-vm-envoy-cli-"));
+    try {
+      const clusterEnv = join(dir, "cluster.env");
+      await writeFile(
+        clusterEnv,
+        "ISTIO_CONTROL_PLANE='istiod'\nPOD_NAMESPACE='default'\nISTIO_VERSION='1.24.2'\n" +
+          `ISTIO_METAJSON_LABELS='{"app":"mysql"}'\nPROXY_CONFIG='{"holdApplicationUntilProxyStarts":true}'\n`,
+      );
+      const env = { ...ENV, ISTIO_CLUSTER_CONFIG: clusterEnv, ISTIO_SVC_IP: "10.1.2.3" };
+      const json = await runCli(["envoy", "bootstrap", "--json"], { env });
+      expect(json.code, json.stderr).toBe(0);
+      const node = (JSON.parse(json.stdout) as { node: { cluster: string; metadata: Record<string, unknown> } }).node;
+      expect(node.cluster).toBe("mysql.default");
+      expect(node.metadata["ISTIO_VERSION"]).toBe("1.24.2");
+      expect(node.metadata["PROXY_CONFIG"]).toMatchObject({
+        holdApplicationUntilProxyStarts: true,
+        serviceCluster: "istio-proxy",
+        discoveryAddress: "istiod.istio-system.svc:15012",
+      });
+      const text = await runCli(["envoy", "bootstrap"], { env });
+      expect(text.stdout).toContain("# node.cluster mysql.default (Istio's rule");
+      expect(text.stdout).toContain("# ISTIO_VERSION 1.24.2\n");
+      expect(text.stdout).toContain("# PROXY_CONFIG: Istio's defaults + PROXY_CONFIG + this agent's");
+      expect(text.stdout).not.toContain("--service-cluster");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("exits 2 without ISTIO_SVC_IP and for a bad --epoch", async () => {

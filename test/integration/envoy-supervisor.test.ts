@@ -140,6 +140,7 @@ async function makeVm(
       `ENVOY_BINARY=${FAKE_ENVOY}`,
       `ENVOY_ADMIN_PORT=${adminPort}`,
       "ENVOY_STATS_PORT=0",
+      "ENVOY_STATUS_PORT=0",
       "ENVOY_USER=root",
       "ENVOY_DRAIN_DURATION=1s",
       "ENVOY_PARENT_SHUTDOWN_DURATION=2s",
@@ -204,7 +205,8 @@ describe("Envoy supervisor with the stand-in", () => {
     expect(record?.pgid).toBe(record?.pid);
     expect(record?.pgid).not.toBe(process.pid);
     const path = bootstrapPath(vm.proxyDir, 0);
-    expect(record?.argv.slice(0, 14)).toEqual([
+    // istiod profile: no --service-cluster; Envoy takes node.cluster from the bootstrap (Istio's rule).
+    expect(record?.argv.slice(0, 12)).toEqual([
       "-c",
       path,
       "--restart-epoch",
@@ -213,16 +215,15 @@ describe("Envoy supervisor with the stand-in", () => {
       "1",
       "--parent-shutdown-time-s",
       "2",
-      "--service-cluster",
-      "rawvm.default",
       "--service-node",
       "sidecar~10.0.0.5~vm-1.default~default.svc.cluster.local",
       "--base-id",
       "0",
     ]);
     expect(statSync(path).mode & 0o777).toBe(0o600);
-    const info = JSON.parse((await adminGet(vm, "/server_info")).body) as { node: { id: string } };
+    const info = JSON.parse((await adminGet(vm, "/server_info")).body) as { node: { id: string; cluster: string } };
     expect(info.node.id).toBe("sidecar~10.0.0.5~vm-1.default~default.svc.cluster.local");
+    expect(info.node.cluster).toBe("istio-proxy.default");
     // Envoy's output reaches the agent's log tagged with its epoch, at the priority of its level.
     expect(vm.lines.some((l) => l.startsWith("<6>envoy[epoch 0]: [info][main]"))).toBe(true);
   });
