@@ -17,6 +17,7 @@ import { AdsProbeError, grpcStatusName, probeAds } from "../xds/ads-client.js";
 import type { AdsProbeOptions, AdsProbeResult } from "../xds/ads-client.js";
 import { nodeId } from "../xds/node-block.js";
 import { probeNode } from "../xds/node.js";
+import { XDS_API_HEADER } from "../xds/protos.js";
 import type { Check, CheckDeps, CheckResult } from "./check.js";
 import { certPaths, fail, pass, splitHostPort } from "./check.js";
 
@@ -354,6 +355,9 @@ async function istiodCheck(deps: CheckDeps, signal: AbortSignal, prober: AdsProb
         : {}),
       ...(token === undefined ? {} : { token: token.trim() }),
       clusterId: v.ISTIO_META_CLUSTER_ID,
+      // This probe speaks v3 and says so: the dev Pilot of the legacy profile serves v3 only when asked
+      // (src/devplane/pilot-xds.ts); istiod ignores the header.
+      headers: { [XDS_API_HEADER]: "v3" },
       node,
       timeoutMs: deps.timeoutMs,
       signal,

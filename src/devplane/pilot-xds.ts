@@ -39,12 +39,12 @@ import {
   ADS_METHOD,
   CLUSTER_TYPE_URL,
   ENDPOINT_TYPE_URL,
+  XDS_API_HEADER,
   decodeDiscoveryRequest,
   encodeDiscoveryResponse,
   packCluster,
   packClusterLoadAssignment,
 } from "../xds/protos.js";
-import { XDS_API_HEADER } from "../envoy/bootstrap.js";
 import type { Logger } from "../platform/logger.js";
 import type { ObjectStore } from "./store.js";
 import { findService, instancesOf, listServices } from "./pilot-registry.js";

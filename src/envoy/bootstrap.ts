@@ -22,14 +22,13 @@ import type { ConfigValues } from "../config/registry.js";
 import type { NodeBlockConfig, NodeBlockInput } from "../xds/node-block.js";
 import { buildNodeBlock, nodeId } from "../xds/node-block.js";
 import type { StructValue } from "../xds/protos.js";
+import { XDS_API_HEADER } from "../xds/protos.js";
 
 /** The JSON value of a bootstrap: plain data, so it can be hashed, diffed, written and validated. */
 export type BootstrapJson = { readonly [key: string]: BootstrapValue };
 type BootstrapValue = string | number | boolean | null | readonly BootstrapValue[] | BootstrapJson;
 
 export const XDS_CLUSTER = "xds-grpc";
-/** The gRPC request header with which a legacy-profile Envoy asks the dev Pilot for xDS v3 (src/devplane/pilot-xds.ts). */
-export const XDS_API_HEADER = "istio-vm-xds-api";
 export const PROMETHEUS_CLUSTER = "prometheus_stats";
 export const AGENT_CLUSTER = "agent";
 export const CERT_FILES = { chain: "cert-chain.pem", key: "key.pem", root: "root-cert.pem" } as const;

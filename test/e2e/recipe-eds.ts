@@ -5,7 +5,7 @@
  * listens (Node cannot enter a network namespace itself).
  */
 import * as grpc from "@grpc/grpc-js";
-import { XDS_API_HEADER } from "../../src/envoy/bootstrap.js";
+import { XDS_API_HEADER } from "../../src/xds/protos.js";
 import type { DiscoveryRequest, DiscoveryResponse } from "../../src/xds/protos.js";
 import {
   ADS_METHOD,

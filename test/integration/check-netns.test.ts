@@ -330,7 +330,10 @@ describe.skipIf(missing !== undefined)(
       // The cluster name came from the dev kube-dns through dnsmasq's server= line: the kubernetes Service's IP.
       const kubernetes = names.find((n) => n.name === "kubernetes.default.svc.cluster.local");
       expect(kubernetes?.direct.addresses).toEqual(["10.96.0.1"]);
-      expect(json.checks[1]?.summary).toMatch(
+      // ENVOY_XDS_API=v1 (the legacy default): this node's CDS and LDS from Pilot's v1 API.
+      expect(json.checks[1]?.summary).toMatch(/^pilot ok \(v1: \d+ clusters, \d+ listeners\)$/);
+      const v2 = await check(["--only", "discovery"], { ENVOY_XDS_API: "v2" });
+      expect(v2.json.checks[0]?.summary).toMatch(
         /^pilot ok \(1 host for istio-pilot\.istio-system\.svc\.cluster\.local\|http-discovery\)$/,
       );
       expect(json.checks[2]?.summary).toContain("is istio-ca, chain ok");
@@ -354,9 +357,7 @@ describe.skipIf(missing !== undefined)(
         expect(code).toBe(1);
         expect(json.checks[0]?.summary).toBe("Pilot answered HTTP 503 (service registry unavailable)");
         expect(json.checks[0]?.hint).toMatch(/cannot read its service registry/);
-        expect(json.checks[0]?.details[0]).toContain(
-          "/v1/registration/istio-pilot.istio-system.svc.cluster.local%7Chttp-discovery",
-        );
+        expect(json.checks[0]?.details.join("\n")).toContain(`/v1/clusters/rawvm/sidecar~${VM_IP}~`);
       } finally {
         await setPilotFault("none");
       }
