@@ -135,10 +135,10 @@ describe("legacy discovery check (Pilot v1 REST)", () => {
     const store = pilotStore();
     const pilot = await startPilotRest({ store });
     try {
-      // ENVOY_XDS_API=v2/v3 on legacy: the registration request of the original recipe's docs.
+      // ENVOY_XDS_API=v3 on legacy: the registration request of the original recipe's docs.
       const d = await deps({
         ISTIO_CONTROL_PLANE: "legacy",
-        ENVOY_XDS_API: "v2",
+        ENVOY_XDS_API: "v3",
         PILOT_ADDRESS: `127.0.0.1:${pilot.port}`,
       });
       const ok = await discoveryCheck(d).run(signal);

@@ -332,7 +332,7 @@ describe.skipIf(missing !== undefined)(
       expect(kubernetes?.direct.addresses).toEqual(["10.96.0.1"]);
       // ENVOY_XDS_API=v1 (the legacy default): this node's CDS and LDS from Pilot's v1 API.
       expect(json.checks[1]?.summary).toMatch(/^pilot ok \(v1: \d+ clusters, \d+ listeners\)$/);
-      const v2 = await check(["--only", "discovery"], { ENVOY_XDS_API: "v2" });
+      const v2 = await check(["--only", "discovery"], { ENVOY_XDS_API: "v3" });
       expect(v2.json.checks[0]?.summary).toMatch(
         /^pilot ok \(1 host for istio-pilot\.istio-system\.svc\.cluster\.local\|http-discovery\)$/,
       );
