@@ -1,5 +1,6 @@
 /**
- * Pilot as a dev service of `istio-vm dev`: the v1 REST registration API (port name `pilot-http`, legacy 8080), the
+ * Pilot as a dev service of `istio-vm dev`: the v1 REST API (registration, clusters, listeners, routes; port name
+ * `pilot-http`, legacy 8080, and on the legacy profile also over mTLS, `pilot-http-tls`, Pilot's 15003), the
  * ADS server in plain text (`pilot-grpc`, 15010) and over TLS (`pilot-grpc-tls`, istiod 15012 / legacy 15011) with a
  * serving certificate from the dev mesh CA for Pilot's and istiod's names. Like a running Pilot pod, it publishes its
  * own Endpoints (`istio-pilot` or `istiod` in istio-system), so the registration check of the original recipe

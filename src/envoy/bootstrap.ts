@@ -1,7 +1,9 @@
 /**
- * The Envoy v3 bootstrap the agent writes as `envoy-rev<N>.json` (pure: configuration in, JSON value out).
+ * The Envoy configuration the agent writes as `envoy-rev<N>.json` (pure: configuration in, JSON value out), in the
+ * API ENVOY_XDS_API names: `v1` (the legacy profile's default) is the JSON configuration pilot-agent 0.2–0.7 wrote,
+ * see renderV1Bootstrap below; `v3` is the bootstrap described here (v2 is refused by the configuration for now).
  *
- * What is in it, and why:
+ * What is in the v3 bootstrap, and why:
  * - `node`: id, cluster and metadata as src/xds/node-block.ts builds them (what pilot-agent sends for the same
  *   settings; the agent's own xDS streams send the same node).
  * - `admin` on 127.0.0.1 only: /ready, /drain_listeners and /quitquitquit are how the agent drives Envoy, and nothing
