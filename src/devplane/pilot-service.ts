@@ -81,6 +81,11 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
         }
       }
       const serving = await ctx.meshCa.issueKeyPair({
+        // Legacy Pilot's certificate names its service account: v1 Envoy checks it (verify_subject_alt_name), as do
+        // the 0.8 bootstrap and the legacy v3 one (src/envoy/bootstrap.ts discoverySan).
+        ...(ctx.profile === "legacy"
+          ? { identity: `spiffe://${ctx.trustDomain}/ns/${ISTIO_NAMESPACE}/sa/istio-pilot-service-account` }
+          : {}),
         dnsNames: pilotServerNames(ISTIO_NAMESPACE),
         ipAddresses: ctx.listenHosts.filter((h) => isIP(h) !== 0 && h !== "0.0.0.0" && h !== "::"),
         subject: { commonName: "istio-vm dev pilot" },

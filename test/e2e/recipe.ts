@@ -485,7 +485,15 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       if (props["ActiveState"] !== "active") throw new Error(`istio-vm-agent is ${props["ActiveState"] ?? "?"}`);
       // Who runs Envoy (the stand-in), and in which cgroup: the unit's, so stopping the unit stops it.
       const processes = await (vm as DebianMachine).run(["ps", "-eo", "user:32,args"]);
-      const cgroup = await (vm as DebianMachine).run(["systemd-cgls", "--no-pager", "-u", "istio-vm-agent.service"]);
+      // --full: without a terminal systemd-cgls ellipsizes lines at 80 columns, which cut the stand-in's command
+      // line when the PID or the tree's indent was long enough, and the process looked outside the unit.
+      const cgroup = await (vm as DebianMachine).run([
+        "systemd-cgls",
+        "--no-pager",
+        "--full",
+        "-u",
+        "istio-vm-agent.service",
+      ]);
       const envoys = {
         stdout: processes.stdout
           .split("\n")
@@ -497,6 +505,10 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
           .join("\n"),
       };
       show("[vm] Envoy processes: user and cgroup", envoys.stdout);
+      if (envoys.stdout.includes("outside the unit")) {
+        show("[vm] ps -eo user:32,args", processes.stdout);
+        show("[vm] systemd-cgls -u istio-vm-agent.service", cgroup.stdout);
+      }
       s.data["envoyProcesses"] = envoys.stdout;
       s.saw.push(
         `istio-vm-agent ${props["ActiveState"] ?? ""}/${props["SubState"] ?? ""}, ${props["UnitFileState"] ?? ""}: ${props["StatusText"] ?? ""}`,
