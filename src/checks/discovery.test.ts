@@ -66,12 +66,81 @@ async function closedPort(): Promise<number> {
   return port;
 }
 
+describe("legacy discovery check, ENVOY_XDS_API=v1 (Pilot's v1 CDS and LDS for this node)", () => {
+  function meshStore(): ObjectStore {
+    const store = pilotStore();
+    store.create("services", {
+      metadata: { name: "mysqldb", namespace: "default" },
+      spec: { clusterIP: "10.96.0.20", ports: [{ name: "mysql", port: 3306 }] },
+    });
+    return store;
+  }
+
+  it("passes when CDS and LDS answer and the VM's inbound listener for each ISTIO_INBOUND_PORTS port is there", async () => {
+    const store = meshStore();
+    const pilot = await startPilotRest({ store });
+    try {
+      const env = {
+        ISTIO_CONTROL_PLANE: "legacy",
+        PILOT_ADDRESS: `127.0.0.1:${pilot.port}`,
+        ISTIO_INBOUND_PORTS: "3306",
+        POD_NAME: "vm1",
+      };
+      const node = "sidecar~10.0.0.5~vm1.default~default.svc.cluster.local";
+      // Not registered yet: Pilot has clusters and listeners, but none for this VM's 3306.
+      const missing = await discoveryCheck(await deps(env)).run(signal);
+      expect(missing.status).toBe("fail");
+      expect(missing.summary).toBe("Pilot has no inbound listener for 10.0.0.5:3306 (ISTIO_INBOUND_PORTS)");
+      expect(missing.hint).toContain("istio-vm register <service> 10.0.0.5 <port>");
+      expect(pilot.requests).toContain(`/v1/clusters/rawvm/${node}`);
+      expect(pilot.requests).toContain(`/v1/listeners/rawvm/${node}`);
+      store.create("endpoints", {
+        metadata: { name: "mysqldb", namespace: "default" },
+        subsets: [{ addresses: [{ ip: "10.0.0.5" }], ports: [{ name: "mysql", port: 3306 }] }],
+      });
+      const ok = await discoveryCheck(await deps(env)).run(signal);
+      expect(ok.status).toBe("pass");
+      expect(ok.summary).toBe("pilot ok (v1: 3 clusters, 4 listeners, inbound 3306)");
+      expect(ok.data).toMatchObject({
+        clusters: [
+          "in.3306",
+          "out.istio-pilot.istio-system.svc.cluster.local|http-discovery",
+          "out.mysqldb.default.svc.cluster.local|mysql",
+        ],
+        // Pilot's http-discovery port is HTTP: one outbound listener per port, routes by RDS "8080".
+        listeners: ["virtual", "http_0.0.0.0_8080", "tcp_10.0.0.5_3306", "tcp_10.96.0.20_3306"],
+      });
+      pilot.setFault("registry-unavailable");
+      const down = await discoveryCheck(await deps(env)).run(signal);
+      expect(down.summary).toBe("Pilot answered HTTP 503 (service registry unavailable)");
+    } finally {
+      await pilot.close();
+    }
+  });
+
+  it("a node id Pilot cannot parse is a 404 with a hint about the node's parts", async () => {
+    const pilot = await startPilotRest({ store: meshStore() });
+    try {
+      const res = await fetch(`${pilot.url}/v1/clusters/rawvm/sidecar~10.0.0.5~vm1.default`);
+      expect(res.status).toBe(404);
+      expect(await res.text()).toBe("missing parts in the service node\n");
+    } finally {
+      await pilot.close();
+    }
+  });
+});
+
 describe("legacy discovery check (Pilot v1 REST)", () => {
   it("passes with hosts, fails with the HTTP status and a hint on 503 and on no hosts", async () => {
     const store = pilotStore();
     const pilot = await startPilotRest({ store });
     try {
-      const d = await deps({ ISTIO_CONTROL_PLANE: "legacy", PILOT_ADDRESS: `127.0.0.1:${pilot.port}` });
+      // ENVOY_XDS_API=v3 on legacy: the registration request of the original recipe's docs.
+      const d = await deps({
+        ISTIO_CONTROL_PLANE: "legacy",
+        ENVOY_XDS_API: "v3",
+        PILOT_ADDRESS: `127.0.0.1:${pilot.port}`,
+      });
       const ok = await discoveryCheck(d).run(signal);
       expect(ok.status).toBe("pass");
       expect(ok.summary).toBe("pilot ok (1 host for istio-pilot.istio-system.svc.cluster.local|http-discovery)");

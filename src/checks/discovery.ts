@@ -1,7 +1,8 @@
 /**
  * The discovery check: can this VM get its configuration from Pilot?
  *
- * - legacy: Pilot's v1 REST registration API, `GET /v1/registration/istio-pilot.<ns>.svc.cluster.local|http-discovery`
+ * - legacy, ENVOY_XDS_API=v1: what v1 Envoy fetches for this node, CDS and LDS (see v1Check below).
+ * - legacy, v2/v3: Pilot's v1 REST registration API, `GET /v1/registration/istio-pilot.<ns>.svc.cluster.local|http-discovery`
  *   (the `|` sent as %7C) on PILOT_ADDRESS, which must answer 200 with a non-empty `hosts` list: the request the
  *   original recipe told people to `curl`.
  * - istiod: an ADS stream to DISCOVERY_ADDRESS (TLS with root-cert.pem, server name ISTIOD_SAN, the workload
@@ -14,7 +15,9 @@ import { controlPlaneUsesTls } from "../config/load.js";
 import { HttpError } from "../platform/http.js";
 import { AdsProbeError, grpcStatusName, probeAds } from "../xds/ads-client.js";
 import type { AdsProbeOptions, AdsProbeResult } from "../xds/ads-client.js";
+import { nodeId } from "../xds/node-block.js";
 import { probeNode } from "../xds/node.js";
+import { XDS_API_HEADER } from "../xds/protos.js";
 import type { Check, CheckDeps, CheckResult } from "./check.js";
 import { certPaths, fail, pass, splitHostPort } from "./check.js";
 
@@ -113,6 +116,159 @@ async function legacyCheck(deps: CheckDeps, signal: AbortSignal): Promise<CheckR
   );
 }
 
+type PilotGet = { ok: true; body: unknown } | { ok: false; result: CheckResult };
+
+/** GET one v1 URL of Pilot's: the parsed JSON of a 200, or the failed check (unreachable, 503, other status, not JSON). */
+async function getPilotJson(
+  deps: CheckDeps,
+  signal: AbortSignal,
+  url: string,
+  text: string,
+  host: string,
+  resolved: string,
+  details: string[],
+): Promise<PilotGet> {
+  let response;
+  try {
+    response = await deps.http.request({ url, timeoutMs: deps.timeoutMs, signal });
+  } catch (error) {
+    const code = error instanceof HttpError ? error.code : "ERROR";
+    return {
+      ok: false,
+      result: fail(
+        DISCOVERY_CHECK,
+        `Pilot at ${text} unreachable (${code})`,
+        connectHint(code, `Pilot at ${text}`, host, resolved),
+        [...details, (error as Error).message],
+        { url, code },
+      ),
+    };
+  }
+  details.push(`GET ${url}: HTTP ${response.status}`);
+  const body = response.body.toString("utf8");
+  const ns = deps.values.ISTIO_SYSTEM_NAMESPACE;
+  if (response.status === 503) {
+    return {
+      ok: false,
+      result: fail(
+        DISCOVERY_CHECK,
+        `Pilot answered HTTP 503 (service registry unavailable)`,
+        `Pilot cannot read its service registry (the Kubernetes API): \`kubectl -n ${ns} logs deploy/istio-pilot\`; Envoy keeps serving its cached configuration meanwhile`,
+        [...details, body.trim()].filter((l) => l !== ""),
+        { url, status: 503 },
+      ),
+    };
+  }
+  if (response.status === 404 && /missing parts in the service node/.test(body)) {
+    return {
+      ok: false,
+      result: fail(
+        DISCOVERY_CHECK,
+        `Pilot rejected this VM's service node (HTTP 404)`,
+        `the node id must be sidecar~<ISTIO_SVC_IP>~<POD_NAME>.<POD_NAMESPACE>~<POD_NAMESPACE>.svc.cluster.local: check ISTIO_SVC_IP, POD_NAME and POD_NAMESPACE in sidecar.env`,
+        [...details, body.trim()],
+        { url, status: 404 },
+      ),
+    };
+  }
+  if (response.status !== 200) {
+    return {
+      ok: false,
+      result: fail(
+        DISCOVERY_CHECK,
+        `Pilot answered HTTP ${response.status}`,
+        `${text} is not Pilot's v1 REST port, or this Pilot has no v1 API (Istio ≥ 1.0 removed it: use ISTIO_CONTROL_PLANE=istiod)`,
+        [...details, body.trim().slice(0, 200)].filter((l) => l !== ""),
+        { url, status: response.status },
+      ),
+    };
+  }
+  try {
+    return { ok: true, body: JSON.parse(body) as unknown };
+  } catch (error) {
+    return {
+      ok: false,
+      result: fail(
+        DISCOVERY_CHECK,
+        `Pilot's answer is not JSON`,
+        `${text} answers HTTP 200 but not Pilot's JSON (${(error as Error).message}): is PILOT_ADDRESS Pilot's port 8080?`,
+        details,
+        { url, status: 200 },
+      ),
+    };
+  }
+}
+
+/**
+ * ENVOY_XDS_API=v1: what v1 Envoy itself fetches, for this VM's node: CDS `/v1/clusters/<ISTIO_SERVICE>/<node>` and
+ * LDS `/v1/listeners/<ISTIO_SERVICE>/<node>` on PILOT_ADDRESS, both non-empty, and among the listeners the VM's own
+ * inbound listener (`tcp_|http_<ISTIO_SVC_IP>_<port>`) for each port of ISTIO_INBOUND_PORTS (a list; `*` names none):
+ * Pilot builds those only when `istio-vm register` put ISTIO_SVC_IP in the service's Endpoints.
+ */
+async function v1Check(deps: CheckDeps, signal: AbortSignal): Promise<CheckResult> {
+  const v = deps.values;
+  const { host, text } = splitHostPort(v.PILOT_ADDRESS);
+  const node = nodeId(v, deps.hostname);
+  const cluster = v.ISTIO_SERVICE === "" ? "istio-proxy" : v.ISTIO_SERVICE;
+  const resolved = await resolvedNote(deps, host);
+  const details = [resolved, `service cluster ${cluster}, node ${node}`];
+  const base = `http://${text}/v1`;
+  const cdsUrl = `${base}/clusters/${encodeURIComponent(cluster)}/${encodeURIComponent(node)}`;
+  const cds = await getPilotJson(deps, signal, cdsUrl, text, host, resolved, details);
+  if (!cds.ok) return cds.result;
+  const ldsUrl = `${base}/listeners/${encodeURIComponent(cluster)}/${encodeURIComponent(node)}`;
+  const lds = await getPilotJson(deps, signal, ldsUrl, text, host, resolved, details);
+  if (!lds.ok) return lds.result;
+  const clusters = (cds.body as { clusters?: unknown }).clusters;
+  const listeners = (lds.body as { listeners?: unknown }).listeners;
+  if (!Array.isArray(clusters) || !Array.isArray(listeners)) {
+    return fail(
+      DISCOVERY_CHECK,
+      `Pilot's answers are not CDS/LDS ({"clusters": […]}, {"listeners": […]})`,
+      `${text} answers HTTP 200 but not Pilot's v1 discovery: is PILOT_ADDRESS Pilot's port 8080?`,
+      details,
+      { cds: cdsUrl, lds: ldsUrl },
+    );
+  }
+  const clusterNames = clusters.map((c) => String((c as { name?: unknown }).name));
+  const listenerNames = listeners.map((l) => String((l as { name?: unknown }).name));
+  details.push(
+    `clusters ${clusterNames.slice(0, 5).join(", ")}${clusterNames.length > 5 ? ", …" : ""}`,
+    `listeners ${listenerNames.slice(0, 5).join(", ")}${listenerNames.length > 5 ? ", …" : ""}`,
+  );
+  const data = { cds: cdsUrl, lds: ldsUrl, clusters: clusterNames, listeners: listenerNames };
+  if (clusterNames.length === 0 || listenerNames.length === 0) {
+    return fail(
+      DISCOVERY_CHECK,
+      `Pilot has ${clusterNames.length === 0 ? "no clusters" : "no listeners"} for this VM`,
+      `Pilot knows no services: check \`kubectl get services,endpoints -A\` and Pilot's logs`,
+      details,
+      data,
+    );
+  }
+  const inbound = v.ISTIO_INBOUND_PORTS === "*" ? [] : v.ISTIO_INBOUND_PORTS;
+  const missing = inbound.filter(
+    (port) =>
+      !listenerNames.includes(`tcp_${v.ISTIO_SVC_IP}_${port}`) &&
+      !listenerNames.includes(`http_${v.ISTIO_SVC_IP}_${port}`),
+  );
+  if (missing.length > 0) {
+    return fail(
+      DISCOVERY_CHECK,
+      `Pilot has no inbound listener for ${missing.map((p) => `${v.ISTIO_SVC_IP}:${p}`).join(", ")} (ISTIO_INBOUND_PORTS)`,
+      `Pilot builds a VM's inbound listeners from the Endpoints that hold ISTIO_SVC_IP=${v.ISTIO_SVC_IP}: run \`istio-vm register <service> ${v.ISTIO_SVC_IP} <port>\` (the IP must be this one), and check the port`,
+      details,
+      { ...data, missingInbound: missing },
+    );
+  }
+  return pass(
+    DISCOVERY_CHECK,
+    `pilot ok (v1: ${clusterNames.length} cluster${clusterNames.length === 1 ? "" : "s"}, ${listenerNames.length} listener${listenerNames.length === 1 ? "" : "s"}${inbound.length > 0 ? `, inbound ${inbound.join(",")}` : ""})`,
+    details,
+    data,
+  );
+}
+
 function adsHint(error: AdsProbeError, deps: CheckDeps, target: string, resolved: string, tls: boolean): string {
   const v = deps.values;
   const d = error.details;
@@ -199,6 +355,9 @@ async function istiodCheck(deps: CheckDeps, signal: AbortSignal, prober: AdsProb
         : {}),
       ...(token === undefined ? {} : { token: token.trim() }),
       clusterId: v.ISTIO_META_CLUSTER_ID,
+      // This probe speaks v3 and says so: the dev Pilot of the legacy profile serves v3 only when asked
+      // (src/devplane/pilot-xds.ts); istiod ignores the header.
+      headers: { [XDS_API_HEADER]: "v3" },
       node,
       timeoutMs: deps.timeoutMs,
       signal,
@@ -234,8 +393,13 @@ async function istiodCheck(deps: CheckDeps, signal: AbortSignal, prober: AdsProb
 export function discoveryCheck(deps: CheckDeps, prober: AdsProber = probeAds): Check {
   return {
     name: DISCOVERY_CHECK,
-    description: "Pilot answers: legacy v1 /v1/registration with hosts, or istiod ADS with ≥ 1 cluster (ACKed)",
+    description:
+      "Pilot answers: legacy v1 CDS and LDS for this node (ENVOY_XDS_API=v1) or /v1/registration with hosts, or istiod ADS with ≥ 1 cluster (ACKed)",
     run: (signal) =>
-      deps.values.ISTIO_CONTROL_PLANE === "legacy" ? legacyCheck(deps, signal) : istiodCheck(deps, signal, prober),
+      deps.values.ISTIO_CONTROL_PLANE !== "legacy"
+        ? istiodCheck(deps, signal, prober)
+        : deps.values.ENVOY_XDS_API === "v1"
+          ? v1Check(deps, signal)
+          : legacyCheck(deps, signal),
   };
 }

@@ -8,7 +8,14 @@ import type { Argv, CommandModule } from "yargs";
 import { loadConfig, requireValid } from "../config/load.js";
 import type { ConfigValues } from "../config/registry.js";
 import type { BootstrapJson } from "../envoy/bootstrap.js";
-import { bootstrapPath, discoverySan, renderBootstrap, serializeBootstrap, serviceNode } from "../envoy/bootstrap.js";
+import {
+  bootstrapPath,
+  discoverySan,
+  renderBootstrap,
+  serializeBootstrap,
+  serviceNode,
+  xdsApiReason,
+} from "../envoy/bootstrap.js";
 import { envoyCommand } from "../envoy/command-line.js";
 import { UsageError } from "../platform/errors.js";
 import { formatCommand } from "../platform/process.js";
@@ -21,6 +28,11 @@ interface EnvoyArgs {
 
 /** What istiod keys on, in one glance: node.cluster, ISTIO_VERSION, where PROXY_CONFIG came from. */
 function nodeSummary(config: ConfigValues, bootstrap: BootstrapJson): string[] {
+  if (config.ENVOY_XDS_API === "v1") {
+    return [
+      `# node: --service-cluster ${config.ISTIO_SERVICE} (ISTIO_SERVICE) and --service-node (v1 has no node block)`,
+    ];
+  }
   const node = bootstrap["node"] as { cluster: string; metadata: Record<string, unknown> };
   if (config.ISTIO_CONTROL_PLANE === "legacy") return [`# node.cluster ${node.cluster} (ISTIO_SERVICE)`];
   const version = node.metadata["ISTIO_VERSION"];
@@ -81,6 +93,7 @@ function bootstrapCommand(runtime: () => CommandRuntime): CommandModule<object, 
             (config.CONTROL_PLANE_AUTH_POLICY === "MUTUAL_TLS"
               ? `over mTLS (certificates in ${config.OUTPUT_CERTS}, server ${san.type} SAN ${san.value})`
               : "in plain text (CONTROL_PLANE_AUTH_POLICY=NONE)"),
+          `# API ${xdsApiReason(config, loaded.variables.ENVOY_XDS_API.source.kind !== "default")}`,
           ...nodeSummary(config, bootstrap),
           "# --json prints the bootstrap alone.",
           "",

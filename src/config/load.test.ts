@@ -25,9 +25,31 @@ describe("loadConfig", () => {
     const fs = new MemoryFileSystem({ [CLUSTER]: "ISTIO_CONTROL_PLANE=legacy\nISTIO_SYSTEM_NAMESPACE=mesh\n" });
     const { values } = await loadConfig({ env: {}, fs });
     expect(values.PILOT_ADDRESS).toEqual({ host: "istio-pilot.mesh", port: 8080 });
-    expect(values.DISCOVERY_ADDRESS).toEqual({ host: "istio-pilot.mesh", port: 15011 });
+    // ENVOY_XDS_API defaults to v1 there: Envoy polls Pilot's v1 REST API, over its mTLS front 15003.
+    expect(values.ENVOY_XDS_API).toBe("v1");
+    expect(values.DISCOVERY_ADDRESS).toEqual({ host: "istio-pilot.mesh", port: 15003 });
     expect(values.CA_ADDR).toEqual({ host: "istio-ca", port: 8060 });
     expect(values.ISTIOD_SAN).toBe("istio-ca");
+    const plain = await loadConfig({ env: { CONTROL_PLANE_AUTH_POLICY: "NONE" }, fs });
+    expect(plain.values.DISCOVERY_ADDRESS).toEqual({ host: "istio-pilot.mesh", port: 8080 });
+    const v3 = await loadConfig({ env: { ENVOY_XDS_API: "v3" }, fs });
+    expect(v3.values.DISCOVERY_ADDRESS).toEqual({ host: "istio-pilot.mesh", port: 15011 });
+    // v2 (Istio 0.8's bootstrap) is refused until it is rendered, rather than written as v3.
+    const v2 = await loadConfig({ env: { ENVOY_XDS_API: "v2" }, fs });
+    expect(v2.problems.map((p) => `${p.subject}: ${p.message}`)).toEqual([
+      "ENVOY_XDS_API: v2 (Istio 0.8's ADS bootstrap) is not implemented yet; use v1 (Pilot 0.2–0.7) or v3",
+    ]);
+  });
+
+  it("ENVOY_XDS_API: v3 on istiod by default; v1 or v2 there is a configuration error (istiod serves v3 only)", async () => {
+    const fs = new MemoryFileSystem({});
+    expect((await loadConfig({ env: {}, fs })).values.ENVOY_XDS_API).toBe("v3");
+    const bad = await loadConfig({ env: { ENVOY_XDS_API: "v1" }, fs });
+    expect(bad.problems.map((p) => `${p.subject}: ${p.message}`)).toEqual([
+      "ENVOY_XDS_API: v1 is not served by istiod (xDS v3 only); use v3, or ISTIO_CONTROL_PLANE=legacy",
+    ]);
+    const typo = await loadConfig({ env: { ENVOY_XDS_API: "v4" }, fs });
+    expect(typo.problems.map((p) => p.subject)).toEqual(["ENVOY_XDS_API"]);
   });
 
   it("precedence: environment > sidecar.env > cluster.env > default, with the source of each value", async () => {

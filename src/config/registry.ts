@@ -95,15 +95,26 @@ export const VARIABLES = {
     group: "mesh",
     home: "cluster.env",
   }),
+  ENVOY_XDS_API: v({
+    type: t.oneOf(["v1", "v2", "v3"] as const),
+    default: (get) => (isLegacy(get) ? "v1" : "v3"),
+    description:
+      "Envoy configuration API the bootstrap uses: v1 (JSON config + Pilot's v1 REST, Istio 0.2–0.7, Envoy ≤ 1.7), v3 (ADS, istiod, current Envoy); v2 (Istio 0.8, Envoy ≤ 1.16) is not implemented yet",
+    group: "envoy",
+    home: "cluster.env",
+  }),
   DISCOVERY_ADDRESS: v({
     type: t.hostPort,
     default: (get) => {
       const ns = get("ISTIO_SYSTEM_NAMESPACE");
       const plain = get("CONTROL_PLANE_AUTH_POLICY") === "NONE";
+      // v1: Pilot's REST port 8080 in plain text, 15003 (its mTLS front, Istio 0.4–0.6; 0.7 moved it to 15005).
+      if (isLegacy(get) && get("ENVOY_XDS_API") === "v1") return `istio-pilot.${ns}:${plain ? "8080" : "15003"}`;
       if (isLegacy(get)) return `istio-pilot.${ns}:${plain ? "15010" : "15011"}`;
       return plain ? `istiod.${ns}.svc:15010` : get("PILOT_ADDRESS");
     },
-    description: "xDS (ADS over gRPC) address Envoy's bootstrap dials (legacy Pilot 15010/15011, istiod 15012)",
+    description:
+      "address Envoy's bootstrap dials for discovery: legacy v1 REST (8080 plain, 15003 mTLS), legacy v2/v3 ADS (15010/15011), istiod (15012)",
     group: "mesh",
     home: "cluster.env",
   }),

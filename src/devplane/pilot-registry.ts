@@ -18,6 +18,8 @@ export interface MeshService {
   readonly name: string;
   /** `<name>.<namespace>.svc.cluster.local` */
   readonly hostname: string;
+  /** The cluster IP ("" for a headless service). */
+  readonly address: string;
   readonly ports: readonly ServicePort[];
 }
 
@@ -27,7 +29,10 @@ export interface ServiceInstance {
 }
 
 interface ServiceObject extends KubeObject {
-  readonly spec?: { readonly ports?: readonly { name?: string; port: number; protocol?: string }[] };
+  readonly spec?: {
+    readonly clusterIP?: string;
+    readonly ports?: readonly { name?: string; port: number; protocol?: string }[];
+  };
 }
 
 interface EndpointsObject extends KubeObject {
@@ -43,6 +48,7 @@ function toService(object: ServiceObject): MeshService {
     namespace,
     name: object.metadata.name,
     hostname: `${object.metadata.name}.${namespace}.svc.${CLUSTER_DOMAIN}`,
+    address: object.spec?.clusterIP === undefined || object.spec.clusterIP === "None" ? "" : object.spec.clusterIP,
     ports: (object.spec?.ports ?? []).map((p) => ({ name: p.name ?? "", port: p.port, protocol: p.protocol ?? "TCP" })),
   };
 }

@@ -8,17 +8,27 @@
  *   single unnamed port is keyed by its host name alone. Labels are accepted and ignored: the dev store's
  *   endpoints carry no pod labels to select by.
  * - `GET /v1/registration`: every service port, `[{"service-key": …, "hosts": […]}]`.
+ * - `GET /v1/clusters/…`, `/v1/listeners/…`, `/v1/routes/…`: CDS, LDS and RDS for a node (src/devplane/pilot-v1.ts),
+ *   404 `missing parts in the service node` for a node id without four parts.
  * - 503 with a message when the registry fails (Envoy kept its cached hosts); here by fault injection.
+ * - `GET /cache_stats`, `POST /cache_stats_delete`: answers are cached per URL, as Pilot cached them, and the cache is
+ *   flushed on every change to the store (services, endpoints); the stats count hits and misses per URL.
+ *
+ * With `tls`, the same API over mTLS (client certificate required, from the mesh CA): Pilot's 15003 front of 0.4–0.6
+ * (15005 in 0.7), which v1 Envoy dials under CONTROL_PLANE_AUTH_POLICY=MUTUAL_TLS.
  *
  * Bodies are indented JSON as Go's MarshalIndent wrote them.
  */
 import { createServer } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import type { ProxyConnection } from "./pilot-xds.js";
 import type { ObjectStore } from "./store.js";
 import type { MeshService, ServiceInstance } from "./pilot-registry.js";
 import { findService, instancesOf, listServices } from "./pilot-registry.js";
 import { FAULT_SPEC_MAX_BYTES, NOT_LOOPBACK_MESSAGE, isLoopbackPeer, readFaultSpec } from "./fault-switch.js";
+import { v1Discovery } from "./pilot-v1.js";
 
 export type PilotRestFault = "none" | "registry-unavailable";
 
@@ -64,6 +74,7 @@ export interface PilotRestServer {
   readonly port: number;
   /** `http://host:port` */
   readonly url: string;
+  readonly tls: boolean;
   /** Requests served so far, by path (decoded), for tests and the dev plane's log. */
   readonly requests: readonly string[];
   setFault(fault: PilotRestFault): void;
@@ -74,24 +85,33 @@ export interface StartPilotRestOptions {
   readonly store: ObjectStore;
   /**
    * Enables the dev plane's fault switch, `POST /istio-vm-dev/fault` with a body of fault names (comma-separated;
-   * `none` clears): tests that run `istio-vm dev` as a subprocess flip faults without a restart. Receives the names
-   * that are not this server's own (e.g. `stream-reset` for the ADS server).
+   * `none` clears): tests that run `istio-vm dev` as a subprocess flip faults without a restart. Receives every name
+   * (this server applies `registry-unavailable` itself; the callback applies the rest, e.g. `stream-reset`).
    */
   readonly onFaultSwitch?: (names: readonly string[]) => string | undefined;
   /** Enables `GET /istio-vm-dev/proxies`: the proxies connected to the ADS servers, with the node each sent. */
   readonly connectedProxies?: () => readonly ProxyConnection[];
   readonly host?: string;
   readonly port?: number;
+  /** Serve over TLS and require a client certificate that chains to `caPem`. */
+  readonly tls?: { readonly certPem: string; readonly keyPem: string; readonly caPem: string };
 }
 
 const REGISTRATION = "/v1/registration";
 export const FAULT_PATH = "/istio-vm-dev/fault";
 export const PROXIES_PATH = "/istio-vm-dev/proxies";
+const CACHE_STATS = "/cache_stats";
+const CACHE_STATS_DELETE = "/cache_stats_delete";
 
 export async function startPilotRest(options: StartPilotRestOptions): Promise<PilotRestServer> {
   let fault: PilotRestFault = "none";
   const requests: string[] = [];
-  const server = createServer((req, res) => {
+  const cache = new Map<string, { status: number; body: unknown }>();
+  const cacheStats = new Map<string, { hit: number; miss: number }>();
+  const unwatch = options.store.watch(() => {
+    cache.clear();
+  });
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
     const send = (status: number, body: unknown): void => {
       const text = typeof body === "string" ? body : `${JSON.stringify(body, null, "  ")}\n`;
       res
@@ -127,7 +147,7 @@ export async function startPilotRest(options: StartPilotRestOptions): Promise<Pi
             .map((n) => n.trim())
             .filter((n) => n !== "");
           const own = names.includes("registry-unavailable") ? "registry-unavailable" : "none";
-          const problem = onFaultSwitch(names.filter((n) => n !== "registry-unavailable"));
+          const problem = onFaultSwitch(names);
           if (problem !== undefined) {
             send(400, `${problem}\n`);
             return;
@@ -141,6 +161,12 @@ export async function startPilotRest(options: StartPilotRestOptions): Promise<Pi
       );
       return;
     }
+    if (path === CACHE_STATS_DELETE && req.method === "POST") {
+      cache.clear();
+      cacheStats.clear();
+      send(200, "Cache stats deleted\n");
+      return;
+    }
     if (path === PROXIES_PATH && req.method === "GET" && options.connectedProxies !== undefined) {
       send(200, { proxies: options.connectedProxies() });
       return;
@@ -150,20 +176,58 @@ export async function startPilotRest(options: StartPilotRestOptions): Promise<Pi
       send(405, "method not allowed\n");
       return;
     }
-    if (path !== REGISTRATION && !path.startsWith(`${REGISTRATION}/`)) {
-      send(404, `not found: the dev Pilot serves ${REGISTRATION} and ${REGISTRATION}/<service-key>\n`);
+    if (path === CACHE_STATS) {
+      send(200, { cache_stats: Object.fromEntries(cacheStats) });
+      return;
+    }
+    const discovery = path.startsWith("/v1/") && !path.startsWith(`${REGISTRATION}/`) && path !== REGISTRATION;
+    if (!discovery && path !== REGISTRATION && !path.startsWith(`${REGISTRATION}/`)) {
+      send(
+        404,
+        `not found: the dev Pilot serves ${REGISTRATION}[/<service-key>], /v1/clusters, /v1/listeners and /v1/routes\n`,
+      );
       return;
     }
     if (fault === "registry-unavailable") {
       send(503, "service registry unavailable (fault injected by istio-vm dev)\n");
       return;
     }
-    if (path === REGISTRATION || path === `${REGISTRATION}/`) {
-      send(200, allRegistrations(options.store));
+    const stats = cacheStats.get(path) ?? { hit: 0, miss: 0 };
+    cacheStats.set(path, stats);
+    const cached = cache.get(path);
+    if (cached !== undefined) {
+      stats.hit++;
+      send(cached.status, cached.body);
       return;
     }
-    send(200, registrationFor(options.store, path.slice(REGISTRATION.length + 1)));
-  });
+    stats.miss++;
+    let answer: { status: number; body: unknown };
+    if (path === REGISTRATION || path === `${REGISTRATION}/`)
+      answer = { status: 200, body: allRegistrations(options.store) };
+    else if (!discovery)
+      answer = { status: 200, body: registrationFor(options.store, path.slice(REGISTRATION.length + 1)) };
+    else {
+      answer = v1Discovery(options.store, path) ?? {
+        status: 404,
+        body: `not found: ${path} (the v1 API has /v1/registration, /v1/clusters, /v1/listeners, /v1/routes)\n`,
+      };
+    }
+    if (answer.status === 200) cache.set(path, answer);
+    send(answer.status, answer.body);
+  };
+  const server =
+    options.tls === undefined
+      ? createServer(handler)
+      : createHttpsServer(
+          {
+            cert: options.tls.certPem,
+            key: options.tls.keyPem,
+            ca: options.tls.caPem,
+            requestCert: true,
+            rejectUnauthorized: true,
+          },
+          handler,
+        );
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(options.port ?? 0, options.host ?? "127.0.0.1", () => {
@@ -176,13 +240,15 @@ export async function startPilotRest(options: StartPilotRestOptions): Promise<Pi
   return {
     host,
     port: info.port,
-    url: `http://${host.includes(":") ? `[${host}]` : host}:${info.port}`,
+    url: `${options.tls === undefined ? "http" : "https"}://${host.includes(":") ? `[${host}]` : host}:${info.port}`,
+    tls: options.tls !== undefined,
     requests,
     setFault: (f) => {
       fault = f;
     },
     close: () =>
       new Promise<void>((resolve) => {
+        unwatch();
         server.closeAllConnections();
         server.close(() => {
           resolve();

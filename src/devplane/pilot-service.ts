@@ -1,5 +1,6 @@
 /**
- * Pilot as a dev service of `istio-vm dev`: the v1 REST registration API (port name `pilot-http`, legacy 8080), the
+ * Pilot as a dev service of `istio-vm dev`: the v1 REST API (registration, clusters, listeners, routes; port name
+ * `pilot-http`, legacy 8080, and on the legacy profile also over mTLS, `pilot-http-tls`, Pilot's 15003), the
  * ADS server in plain text (`pilot-grpc`, 15010) and over TLS (`pilot-grpc-tls`, istiod 15012 / legacy 15011) with a
  * serving certificate from the dev mesh CA for Pilot's and istiod's names. Like a running Pilot pod, it publishes its
  * own Endpoints (`istio-pilot` or `istiod` in istio-system), so the registration check of the original recipe
@@ -80,19 +81,26 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
         }
       }
       const serving = await ctx.meshCa.issueKeyPair({
+        // Legacy Pilot's certificate names its service account: v1 Envoy checks it (verify_subject_alt_name), as do
+        // the 0.8 bootstrap and the legacy v3 one (src/envoy/bootstrap.ts discoverySan).
+        ...(ctx.profile === "legacy"
+          ? { identity: `spiffe://${ctx.trustDomain}/ns/${ISTIO_NAMESPACE}/sa/istio-pilot-service-account` }
+          : {}),
         dnsNames: pilotServerNames(ISTIO_NAMESPACE),
         ipAddresses: ctx.listenHosts.filter((h) => isIP(h) !== 0 && h !== "0.0.0.0" && h !== "::"),
         subject: { commonName: "istio-vm dev pilot" },
       });
       const rest: PilotRestServer[] = [];
+      const restTls: PilotRestServer[] = [];
       const xds: PilotXdsServer[] = [];
       const closeAll = async (): Promise<void> => {
-        await Promise.all([...rest, ...xds].map((s) => s.close()));
+        await Promise.all([...rest, ...restTls, ...xds].map((s) => s.close()));
       };
       const setXdsFault = (names: readonly string[]): string | undefined => {
         const unknown = names.filter((n) => n !== "none" && !(PILOT_FAULTS as readonly string[]).includes(n));
         if (unknown.length > 0) return `unknown fault ${unknown.join(", ")} (known: ${PILOT_FAULTS.join(", ")}, none)`;
         for (const s of xds) s.setFault(names.includes("stream-reset") ? "stream-reset" : "none");
+        for (const s of restTls) s.setFault(names.includes("registry-unavailable") ? "registry-unavailable" : "none");
         return undefined;
       };
       const xdsLogger = ctx.logger.child("pilot-xds");
@@ -117,12 +125,25 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
               connectedProxies: () => xds.flatMap((s) => s.connections()),
             }),
           );
+          if (ctx.profile === "legacy") {
+            // Pilot's v1 API over mTLS (15003 in Istio 0.4–0.6), what v1 Envoy dials under MUTUAL_TLS.
+            const restTlsPort = ctx.ports.get("pilot-http-tls");
+            restTls.push(
+              await startPilotRest({
+                store: ctx.store,
+                host,
+                ...(restTlsPort === undefined ? {} : { port: restTlsPort }),
+                tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ctx.meshCa.rootCertPem },
+              }),
+            );
+          }
           xds.push(
             await startPilotXds({
               store: ctx.store,
               host,
               ...(grpcPort === undefined ? {} : { port: grpcPort }),
               logger: xdsLogger,
+              v3OnlyWhenAsked: ctx.profile === "legacy",
             }),
           );
           xds.push(
@@ -134,6 +155,7 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
               verifyToken,
               trustDomain: ctx.trustDomain,
               logger: xdsLogger,
+              v3OnlyWhenAsked: ctx.profile === "legacy",
             }),
           );
         }
@@ -141,7 +163,9 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
         await closeAll();
         throw error;
       }
-      for (const s of rest) s.setFault(initial.includes("registry-unavailable") ? "registry-unavailable" : "none");
+      for (const s of [...rest, ...restTls]) {
+        s.setFault(initial.includes("registry-unavailable") ? "registry-unavailable" : "none");
+      }
       setXdsFault(initial);
       const first = ctx.listenHosts.find((h) => h !== "0.0.0.0" && h !== "::") ?? "127.0.0.1";
       const index = ctx.listenHosts.indexOf(first);
@@ -158,7 +182,8 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
       return {
         name: "pilot",
         addresses: [
-          ...rest.map((s) => ({ name: "http (v1 REST /v1/registration)", address: s.url })),
+          ...rest.map((s) => ({ name: "http (v1 REST: registration, clusters, listeners, routes)", address: s.url })),
+          ...restTls.map((s) => ({ name: "https+mTLS (v1 REST)", address: s.url })),
           ...xds.map((s) => ({ name: s.tls ? "grpc+tls (xDS ADS)" : "grpc (xDS ADS)", address: s.address })),
         ],
         close: closeAll,

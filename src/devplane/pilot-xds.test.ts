@@ -18,7 +18,7 @@ import {
 import type { IssuedKeyPair, MeshCa } from "./mesh-ca.js";
 import { createMeshCa } from "./mesh-ca.js";
 import { startPilotRest } from "./pilot-rest.js";
-import { loadAssignment, matchingIdentity, startPilotXds } from "./pilot-xds.js";
+import { XDS_API_HEADER, loadAssignment, matchingIdentity, startPilotXds } from "./pilot-xds.js";
 import { createServiceAccountTokens } from "./sa-tokens.js";
 import { ObjectStore } from "./store.js";
 
@@ -80,6 +80,26 @@ describe("dev Pilot ADS server", () => {
       expect(ack?.nonce).toBe(result.nonce);
       expect(xds.events.find((e) => e.kind === "request")?.nodeId).toBe(node.id);
       expect(xds.events.find((e) => e.kind === "request")?.metadata).toEqual(node.metadata);
+    } finally {
+      await xds.close();
+    }
+  });
+
+  it("legacy profile: refuses a v3 stream with UNIMPLEMENTED (no Pilot of 0.2–0.8 served v3) unless it asks for v3", async () => {
+    const xds = await startPilotXds({ store: seed(), v3OnlyWhenAsked: true });
+    try {
+      const refused = await probeAds({ target: xds.address, node, timeoutMs: 5000 }).catch((e: unknown) => e);
+      expect(refused).toBeInstanceOf(AdsProbeError);
+      expect((refused as AdsProbeError).grpcCode).toBe(grpc.status.UNIMPLEMENTED);
+      expect((refused as AdsProbeError).message).toContain("legacy Pilot (Istio 0.2–0.8) serves no xDS v3");
+      expect(xds.events.find((e) => e.kind === "request")).toBeUndefined();
+      const asked = await probeAds({
+        target: xds.address,
+        node,
+        timeoutMs: 5000,
+        headers: { [XDS_API_HEADER]: "v3" },
+      });
+      expect(asked.clusters.length).toBeGreaterThan(0);
     } finally {
       await xds.close();
     }

@@ -39,6 +39,7 @@ import {
   ADS_METHOD,
   CLUSTER_TYPE_URL,
   ENDPOINT_TYPE_URL,
+  XDS_API_HEADER,
   decodeDiscoveryRequest,
   encodeDiscoveryResponse,
   packCluster,
@@ -193,7 +194,15 @@ export interface StartPilotXdsOptions {
   /** Trust domain of identities made from tokens (`spiffe://<td>/ns/<ns>/sa/<sa>`); default cluster.local. */
   readonly trustDomain?: string;
   readonly logger?: Logger;
+  /**
+   * The legacy profile's ADS servers: Istio 0.8's Pilot served xDS v2 and nothing before it served ADS at all, so
+   * a v3 stream is answered only when it asks for v3 explicitly, with the request header `XDS_API_HEADER: v3`
+   * (the legacy ENVOY_XDS_API=v3 bootstrap sends it as gRPC initial metadata); any other ends with UNIMPLEMENTED.
+   */
+  readonly v3OnlyWhenAsked?: boolean;
 }
+
+export { XDS_API_HEADER };
 
 function bearerToken(headers: IncomingHttpHeaders): string | undefined {
   const value = headers["authorization"];
@@ -304,6 +313,16 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
       options.logger?.warn("xDS stream refused", { stream: id, peer: peerAddress, reason: detail });
       stream.on("error", () => undefined);
       finish(GRPC.UNAUTHENTICATED, detail);
+      return;
+    }
+    if (options.v3OnlyWhenAsked === true && headers[XDS_API_HEADER] !== "v3") {
+      const detail =
+        "legacy Pilot (Istio 0.2–0.8) serves no xDS v3: 0.2–0.7 serve the v1 REST API (ENVOY_XDS_API=v1), 0.8 xDS v2; " +
+        `send the header ${XDS_API_HEADER}: v3 to be served v3 by this dev Pilot anyway`;
+      events.push({ stream: id, kind: "denied", detail });
+      options.logger?.warn("xDS stream refused", { stream: id, peer: peerAddress, reason: detail });
+      stream.on("error", () => undefined);
+      finish(GRPC.UNIMPLEMENTED, detail);
       return;
     }
     const send = (typeUrl: string, names: readonly string[]): void => {

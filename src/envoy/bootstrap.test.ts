@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { checkAgainstProto } from "../../test/support/envoy-proto.js";
+import { checkAgainstV1Schema } from "../../test/support/envoy-v1-schema.js";
 import { loadConfig } from "../config/load.js";
 import type { BootstrapInput } from "./bootstrap.js";
 import { discoverySan, renderBootstrap, serializeBootstrap, serviceNode } from "./bootstrap.js";
@@ -29,9 +30,85 @@ const VM = "ISTIO_SVC_IP=10.150.0.5\n";
 const PROFILES = {
   "istiod-mtls": () => input(ISTIOD_CLUSTER, VM),
   "istiod-plain": () => input(ISTIOD_CLUSTER + "CONTROL_PLANE_AUTH_POLICY=NONE\n", `${VM}ENVOY_STATS_PORT=0\n`),
-  "legacy-mtls": () => input(LEGACY_CLUSTER, `${VM}POD_NAME=demo-vm-1\n`),
-  "legacy-plain": () => input(`${LEGACY_CLUSTER}CONTROL_PLANE_AUTH_POLICY=NONE\n`, VM),
+  "legacy-v3-mtls": () => input(`${LEGACY_CLUSTER}ENVOY_XDS_API=v3\n`, `${VM}POD_NAME=demo-vm-1\n`),
+  "legacy-v3-plain": () => input(`${LEGACY_CLUSTER}CONTROL_PLANE_AUTH_POLICY=NONE\nENVOY_XDS_API=v3\n`, VM),
 };
+
+/** ENVOY_XDS_API=v1 (the legacy profile's default): the JSON configuration pilot-agent 0.2–0.7 wrote. */
+const V1_PROFILES = {
+  "legacy-v1-mtls": () => input(LEGACY_CLUSTER, `${VM}POD_NAME=demo-vm-1\n`),
+  "legacy-v1-plain": () => input(`${LEGACY_CLUSTER}CONTROL_PLANE_AUTH_POLICY=NONE\n`, VM),
+};
+
+describe("renderBootstrap, v1", () => {
+  for (const [name, make] of Object.entries(V1_PROFILES)) {
+    it(`${name}: matches its golden file`, async () => {
+      await expect(serializeBootstrap(renderBootstrap(await make()))).toMatchFileSnapshot(
+        `__golden__/bootstrap-${name}.json.golden`,
+      );
+    });
+
+    it(`${name}: Envoy's v1 schemas (TOP_LEVEL, LDS config, CLUSTER_MANAGER, CLUSTER, ssl_context) accept it`, async () => {
+      expect(checkAgainstV1Schema("bootstrap", renderBootstrap(await make()))).toEqual([]);
+    });
+  }
+
+  it("is the legacy profile's default, and is what pilot-agent 0.2 wrote: four discovery clusters to Pilot, 1 s polling", async () => {
+    const i = await input(LEGACY_CLUSTER, VM);
+    expect(i.config.ENVOY_XDS_API).toBe("v1");
+    expect(i.config.DISCOVERY_ADDRESS).toEqual({ host: "istio-pilot.istio-system", port: 15003 });
+    const b = renderBootstrap(i) as Record<string, unknown>;
+    expect(b["listeners"]).toEqual([]);
+    expect(b["lds"]).toEqual({ cluster: "lds", refresh_delay_ms: 1000 });
+    expect(b["admin"]).toEqual({ access_log_path: "/dev/stdout", address: "tcp://127.0.0.1:15000" });
+    const cm = b["cluster_manager"] as {
+      clusters: { name: string; hosts: unknown; ssl_context: { verify_subject_alt_name: string[] } }[];
+      sds: { cluster: { name: string }; refresh_delay_ms: number };
+      cds: { cluster: { name: string }; refresh_delay_ms: number };
+    };
+    expect(cm.clusters.map((c) => c.name)).toEqual(["rds", "lds"]);
+    expect([cm.sds.cluster.name, cm.cds.cluster.name, cm.sds.refresh_delay_ms]).toEqual(["sds", "cds", 1000]);
+    for (const c of [...cm.clusters, cm.sds.cluster, cm.cds.cluster]) {
+      expect(c).toMatchObject({
+        connect_timeout_ms: 1000,
+        type: "strict_dns",
+        lb_type: "round_robin",
+        hosts: [{ url: "tcp://istio-pilot.istio-system:15003" }],
+        ssl_context: {
+          cert_chain_file: "/etc/certs/cert-chain.pem",
+          private_key_file: "/etc/certs/key.pem",
+          ca_cert_file: "/etc/certs/root-cert.pem",
+          verify_subject_alt_name: ["spiffe://cluster.local/ns/istio-system/sa/istio-pilot-service-account"],
+        },
+      });
+    }
+    const plain = await input(`${LEGACY_CLUSTER}CONTROL_PLANE_AUTH_POLICY=NONE\n`, VM);
+    expect(plain.config.DISCOVERY_ADDRESS.port).toBe(8080);
+    expect(JSON.stringify(renderBootstrap(plain))).not.toContain("ssl_context");
+  });
+
+  it("the v1 schema check rejects what Envoy 1.x rejected: unknown keys, v3 shapes, bad enums, missing fields", () => {
+    const errors = checkAgainstV1Schema("bootstrap", {
+      listeners: [],
+      lds: { cluster: "lds", refresh_delay_ms: 0 },
+      admin: { address: { socket_address: { address: "127.0.0.1", port_value: 15000 } } },
+      cluster_manager: {
+        clusters: [{ name: "rds", connect_timeout_ms: 1000, type: "STRICT_DNS", lb_type: "round_robin", hosts: [] }],
+        sds: { cluster: { name: "sds", connect_timeout_ms: 1000, type: "sds", lb_type: "round_robin" } },
+        cds: { cluster: { name: "cds", connect_timeout: "1s", type: "strict_dns", lb_type: "round_robin" } },
+      },
+      node: { id: "x" },
+    }).join("\n");
+    expect(errors).toContain("(top): must NOT have additional properties 'node'");
+    expect(errors).toContain("/lds/refresh_delay_ms: must be > 0");
+    expect(errors).toContain("/admin: must have required property 'access_log_path'");
+    expect(errors).toContain("/admin/address: must be string");
+    expect(errors).toMatch(/clusters\/0\/type: must be equal to one of the allowed values/);
+    expect(errors).toContain("/cluster_manager/clusters/0/hosts: must NOT have fewer than 1 items");
+    expect(errors).toContain("/cluster_manager/sds: must have required property 'refresh_delay_ms'");
+    expect(errors).toContain("/cluster_manager/cds/cluster: must have required property 'connect_timeout_ms'");
+  });
+});
 
 describe("renderBootstrap", () => {
   for (const [name, make] of Object.entries(PROFILES)) {
@@ -118,7 +195,7 @@ describe("renderBootstrap", () => {
   });
 
   it("legacy: ISTIO_METAJSON_<K> stays under <K>, as the 0.8 golden has always had it", async () => {
-    const i = await input(LEGACY_CLUSTER, VM, { ISTIO_METAJSON_EXTRA: '{"k":[1,2]}' });
+    const i = await input(LEGACY_CLUSTER, VM, { ENVOY_XDS_API: "v3", ISTIO_METAJSON_EXTRA: '{"k":[1,2]}' });
     const metadata = (renderBootstrap(i)["node"] as { metadata: Record<string, unknown> }).metadata;
     expect(metadata["EXTRA"]).toEqual({ k: [1, 2] });
   });

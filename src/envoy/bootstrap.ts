@@ -1,7 +1,9 @@
 /**
- * The Envoy v3 bootstrap the agent writes as `envoy-rev<N>.json` (pure: configuration in, JSON value out).
+ * The Envoy configuration the agent writes as `envoy-rev<N>.json` (pure: configuration in, JSON value out), in the
+ * API ENVOY_XDS_API names: `v1` (the legacy profile's default) is the JSON configuration pilot-agent 0.2–0.7 wrote,
+ * see renderV1Bootstrap below; `v3` is the bootstrap described here (v2 is refused by the configuration for now).
  *
- * What is in it, and why:
+ * What is in the v3 bootstrap, and why:
  * - `node`: id, cluster and metadata as src/xds/node-block.ts builds them (what pilot-agent sends for the same
  *   settings; the agent's own xDS streams send the same node).
  * - `admin` on 127.0.0.1 only: /ready, /drain_listeners and /quitquitquit are how the agent drives Envoy, and nothing
@@ -22,6 +24,7 @@ import type { ConfigValues } from "../config/registry.js";
 import type { NodeBlockConfig, NodeBlockInput } from "../xds/node-block.js";
 import { buildNodeBlock, nodeId } from "../xds/node-block.js";
 import type { StructValue } from "../xds/protos.js";
+import { XDS_API_HEADER } from "../xds/protos.js";
 
 /** The JSON value of a bootstrap: plain data, so it can be hashed, diffed, written and validated. */
 export type BootstrapJson = { readonly [key: string]: BootstrapValue };
@@ -34,7 +37,7 @@ export const CERT_FILES = { chain: "cert-chain.pem", key: "key.pem", root: "root
 
 /** The parts of the configuration the bootstrap depends on. */
 export type BootstrapConfig = NodeBlockConfig &
-  Pick<ConfigValues, "ISTIO_SYSTEM_NAMESPACE" | "TRUST_DOMAIN" | "OUTPUT_CERTS">;
+  Pick<ConfigValues, "ISTIO_SYSTEM_NAMESPACE" | "TRUST_DOMAIN" | "OUTPUT_CERTS" | "ENVOY_XDS_API">;
 
 export interface BootstrapInput extends NodeBlockInput {
   readonly config: BootstrapConfig;
@@ -198,7 +201,82 @@ function prometheusListener(config: BootstrapConfig): BootstrapJson {
   };
 }
 
+/**
+ * pilot-agent's v1 settings, fixed by its flag defaults (istio/pilot 0.2 `cmd/pilot-agent`, docs/protocols.md):
+ * `--discoveryRefreshDelay 1s` (how often Envoy polls LDS, CDS, SDS and RDS) and `--connectTimeout 1s`.
+ */
+export const V1_REFRESH_DELAY_MS = 1000;
+export const V1_CONNECT_TIMEOUT_MS = 1000;
+/** The v1 discovery clusters, named as pilot-agent named them (proxy/envoy/config.go: RDSName, LDSName, SDSName, CDSName). */
+export const V1_CLUSTERS = { lds: "lds", rds: "rds", sds: "sds", cds: "cds" } as const;
+
+/** A v1 discovery cluster: strict_dns, round_robin, `tcp://<discovery address>`, mTLS to Pilot's SPIFFE id. */
+function v1DiscoveryCluster(config: BootstrapConfig, name: string): BootstrapJson {
+  const { host, port } = config.DISCOVERY_ADDRESS;
+  const url = `tcp://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  return {
+    name,
+    connect_timeout_ms: V1_CONNECT_TIMEOUT_MS,
+    type: "strict_dns",
+    lb_type: "round_robin",
+    hosts: [{ url }],
+    ...(config.CONTROL_PLANE_AUTH_POLICY === "MUTUAL_TLS"
+      ? {
+          ssl_context: {
+            cert_chain_file: join(config.OUTPUT_CERTS, CERT_FILES.chain),
+            private_key_file: join(config.OUTPUT_CERTS, CERT_FILES.key),
+            ca_cert_file: join(config.OUTPUT_CERTS, CERT_FILES.root),
+            verify_subject_alt_name: [discoverySan(config).value],
+          },
+        }
+      : {}),
+  };
+}
+
+/**
+ * ENVOY_XDS_API=v1: the JSON configuration pilot-agent 0.2–0.7 wrote as `envoy-rev<N>.json` (istio/pilot
+ * `proxy/envoy/config.go` buildConfig; golden `proxy/envoy/testdata/envoy-sidecar-auth.json.golden`): no static
+ * listeners, LDS from cluster `lds`, the cluster manager with `rds` and `lds` and the SDS and CDS discovery clusters,
+ * all four pointing at Pilot's v1 REST API, admin on 127.0.0.1. The node is not in the file: Envoy of that era takes
+ * it from `--service-cluster` and `--service-node` (src/envoy/command-line.ts). Checked against Envoy's v1 JSON
+ * schemas in src/envoy/bootstrap-v1.test.ts.
+ */
+export function renderV1Bootstrap(input: BootstrapInput): BootstrapJson {
+  const { config } = input;
+  return {
+    listeners: [],
+    lds: { cluster: V1_CLUSTERS.lds, refresh_delay_ms: V1_REFRESH_DELAY_MS },
+    admin: { access_log_path: "/dev/stdout", address: `tcp://127.0.0.1:${config.ENVOY_ADMIN_PORT}` },
+    cluster_manager: {
+      clusters: [v1DiscoveryCluster(config, V1_CLUSTERS.rds), v1DiscoveryCluster(config, V1_CLUSTERS.lds)],
+      sds: { cluster: v1DiscoveryCluster(config, V1_CLUSTERS.sds), refresh_delay_ms: V1_REFRESH_DELAY_MS },
+      cds: { cluster: v1DiscoveryCluster(config, V1_CLUSTERS.cds), refresh_delay_ms: V1_REFRESH_DELAY_MS },
+    },
+  };
+}
+
+/** Why the bootstrap has the API it has, for `istio-vm envoy bootstrap` and the agent's log. */
+export function xdsApiReason(
+  config: Pick<ConfigValues, "ENVOY_XDS_API" | "ISTIO_CONTROL_PLANE">,
+  explicit: boolean,
+): string {
+  const what = {
+    v1: "Envoy v1 JSON configuration, polling Pilot's v1 REST API (/v1/listeners, /v1/clusters, /v1/routes, /v1/registration): Istio 0.2–0.7, Envoy ≤ 1.7",
+    v2: "xDS v2 over ADS: Istio 0.8 Pilot, Envoy ≤ 1.16",
+    v3: "xDS v3 over ADS: istiod, current Envoy",
+  }[config.ENVOY_XDS_API];
+  const why = explicit
+    ? "set by ENVOY_XDS_API"
+    : `the ${config.ISTIO_CONTROL_PLANE} profile's default (ENVOY_XDS_API unset)`;
+  return `${config.ENVOY_XDS_API}: ${what}; ${why}`;
+}
+
 export function renderBootstrap(input: BootstrapInput): BootstrapJson {
+  if (input.config.ENVOY_XDS_API === "v1") return renderV1Bootstrap(input);
+  return renderAdsBootstrap(input);
+}
+
+function renderAdsBootstrap(input: BootstrapInput): BootstrapJson {
   const { config } = input;
   const stats = config.ENVOY_STATS_PORT !== 0;
   const status = config.ISTIO_CONTROL_PLANE === "istiod" && config.ENVOY_STATUS_PORT !== 0;
@@ -214,7 +292,16 @@ export function renderBootstrap(input: BootstrapInput): BootstrapJson {
         api_type: "GRPC",
         transport_api_version: "V3",
         set_node_on_first_message_only: true,
-        grpc_services: [{ envoy_grpc: { cluster_name: XDS_CLUSTER } }],
+        grpc_services: [
+          {
+            envoy_grpc: { cluster_name: XDS_CLUSTER },
+            // Legacy profile with ENVOY_XDS_API=v3: no Pilot of that era serves v3; the header asks the dev Pilot
+            // (istio-vm dev) for it explicitly, and is ignored by any other server.
+            ...(config.ISTIO_CONTROL_PLANE === "legacy"
+              ? { initial_metadata: [{ key: XDS_API_HEADER, value: "v3" }] }
+              : {}),
+          },
+        ],
       },
     },
     static_resources: {

@@ -10,6 +10,7 @@ const CONFIG: EnvoyCommandConfig = {
   ISTIO_AGENT_FLAGS: "",
   ISTIO_SERVICE: "istio-proxy",
   ISTIO_CONTROL_PLANE: "legacy",
+  ENVOY_XDS_API: "v3",
 };
 const NODE = "sidecar~10.150.0.5~demo-vm-1.default~default.svc.cluster.local";
 
@@ -26,6 +27,19 @@ describe("envoyCommand", () => {
         `--service-cluster istio-proxy --service-node ${NODE} --base-id 0 -l warning --log-format [%l][%n] [%g:%#] %v`,
     );
     expect(c.warnings).toEqual([]);
+  });
+
+  it("v1: the command line pilot-agent 0.3+ ran, with --max-obj-name-len 189 and no --log-format (Envoy < 1.6 rejects it)", () => {
+    const c = envoyCommand({
+      config: { ...CONFIG, ENVOY_XDS_API: "v1" },
+      epoch: 1,
+      bootstrapPath: "/etc/istio/proxy/envoy-rev1.json",
+      serviceNode: NODE,
+    });
+    expect(c.args.join(" ")).toBe(
+      "-c /etc/istio/proxy/envoy-rev1.json --restart-epoch 1 --drain-time-s 2 --parent-shutdown-time-s 3 " +
+        `--service-cluster istio-proxy --service-node ${NODE} --max-obj-name-len 189 --base-id 0 -l warning`,
+    );
   });
 
   it("istiod profile: no --service-cluster, so the bootstrap's node.cluster (Istio's rules) is the one Envoy uses", () => {

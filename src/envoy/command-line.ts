@@ -14,6 +14,7 @@ export type EnvoyCommandConfig = Pick<
   | "ISTIO_AGENT_FLAGS"
   | "ISTIO_SERVICE"
   | "ISTIO_CONTROL_PLANE"
+  | "ENVOY_XDS_API"
 >;
 
 export interface EnvoyCommandInput {
@@ -94,12 +95,15 @@ export function envoyCommand(input: EnvoyCommandInput): EnvoyCommand {
     ...(config.ISTIO_CONTROL_PLANE === "legacy" ? ["--service-cluster", config.ISTIO_SERVICE] : []),
     "--service-node",
     input.serviceNode,
+    // v1 cluster names carry Pilot's service keys (`out.<host>|<port names>`): pilot-agent 0.3+ raised Envoy's
+    // 60-character limit to 189, the length Pilot truncates names to (proxy/envoy/config.go MaxClusterNameLength).
+    ...(config.ENVOY_XDS_API === "v1" ? ["--max-obj-name-len", "189"] : []),
     "--base-id",
     String(config.ENVOY_BASE_ID),
     "-l",
     logLevel,
-    "--log-format",
-    ENVOY_LOG_FORMAT,
+    // --log-format came with Envoy 1.6; the v1 configuration also runs on older Envoy, which rejects unknown flags.
+    ...(config.ENVOY_XDS_API === "v1" ? [] : ["--log-format", ENVOY_LOG_FORMAT]),
   ];
   return { args, drainSeconds, parentShutdownSeconds, logLevel, warnings };
 }

@@ -31,6 +31,8 @@ export interface AdsProbeOptions {
   readonly token?: string;
   /** `clusterid` request metadata (multi-cluster istiod). */
   readonly clusterId?: string;
+  /** Further request metadata (e.g. the dev Pilot's `istio-vm-xds-api: v3`). */
+  readonly headers?: Readonly<Record<string, string>>;
   readonly node: XdsNode;
   readonly timeoutMs: number;
   readonly signal?: AbortSignal;
@@ -85,6 +87,7 @@ export function probeAds(options: AdsProbeOptions): Promise<AdsProbeResult> {
   const metadata = new grpc.Metadata();
   if (options.token !== undefined) metadata.set("authorization", `Bearer ${options.token}`);
   if (options.clusterId !== undefined && options.clusterId !== "") metadata.set("clusterid", options.clusterId);
+  for (const [key, value] of Object.entries(options.headers ?? {})) metadata.set(key, value);
 
   return new Promise<AdsProbeResult>((resolve, reject) => {
     const call = client.makeBidiStreamRequest<DiscoveryRequest, DiscoveryResponse>(

@@ -196,3 +196,9 @@ export const ADS_SERVICE: ServiceDefinition = {
     responseDeserialize: (bytes: Buffer) => decodeDiscoveryResponse(bytes),
   },
 };
+
+/**
+ * The gRPC request header with which a client asks the dev Pilot of the legacy profile for xDS v3 explicitly (no
+ * Pilot of Istio 0.2–0.8 served v3; src/devplane/pilot-xds.ts). Any other server ignores it.
+ */
+export const XDS_API_HEADER = "istio-vm-xds-api";

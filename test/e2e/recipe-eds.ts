@@ -5,6 +5,7 @@
  * listens (Node cannot enter a network namespace itself).
  */
 import * as grpc from "@grpc/grpc-js";
+import { XDS_API_HEADER } from "../../src/xds/protos.js";
 import type { DiscoveryRequest, DiscoveryResponse } from "../../src/xds/protos.js";
 import {
   ADS_METHOD,
@@ -14,13 +15,20 @@ import {
   unpackClusterLoadAssignment,
 } from "../../src/xds/protos.js";
 
+function xdsApiMetadata(): grpc.Metadata {
+  const metadata = new grpc.Metadata();
+  metadata.set(XDS_API_HEADER, "v3");
+  return metadata;
+}
+
 function askEds(address: string, cluster: string): Promise<string[]> {
   const client = new grpc.Client(address, grpc.credentials.createInsecure());
   const call = client.makeBidiStreamRequest<DiscoveryRequest, DiscoveryResponse>(
     ADS_METHOD,
     encodeDiscoveryRequest,
     decodeDiscoveryResponse,
-    new grpc.Metadata(),
+    // A v3 client asking for v3 explicitly: the legacy profile's dev Pilot serves v3 only then (Istio 0.8 served v2).
+    xdsApiMetadata(),
     { deadline: Date.now() + 10_000 },
   );
   return new Promise<string[]>((resolve, reject) => {

@@ -65,6 +65,7 @@ describe.skipIf(missing !== undefined).each(PROFILES)(
           "register",
           "dns",
           "pilot",
+          ...(profile === "legacy" ? ["envoy-v1"] : []),
           "capture",
         ].map((id) => [id, "ok"]),
       );
@@ -117,6 +118,18 @@ describe.skipIf(missing !== undefined).each(PROFILES)(
       expect(pilot.data["registration"]).toEqual([{ ip_address: vmIp, port: 3306 }]);
       expect(pilot.data["eds"]).toEqual([`${vmIp}:3306`]);
     });
+
+    it.runIf(profile === "legacy")(
+      "legacy (ENVOY_XDS_API=v1): the VM's Envoy got its inbound listener for 3306 and the out.mysqldb cluster from Pilot's v1 LDS/CDS",
+      () => {
+        const envoy = step("envoy-v1");
+        const vmIp = String(step("network").data["vmIp"]);
+        expect(envoy.data["listeners"]).toContain(`tcp_${vmIp}_3306`);
+        expect(envoy.data["listeners"]).toContain("virtual");
+        expect(envoy.data["clusters"]).toContain("out.mysqldb.default.svc.cluster.local|mysql");
+        expect(envoy.data["clusters"]).toContain("in.3306");
+      },
+    );
 
     it("a connection from the cluster to the VM's 3306 arrives at the capture port, not at the service", () => {
       const capture = step("capture");

@@ -337,7 +337,14 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       print("   istio-vm dev is a TEST DOUBLE of a cluster with Istio: Kubernetes API, kube-dns, Pilot, the CA.\n");
       const ports =
         profile === "legacy"
-          ? ["kube-dns=53", "pilot-http=8080", "ca=8060", "pilot-grpc=15010", "pilot-grpc-tls=15011"]
+          ? [
+              "kube-dns=53",
+              "pilot-http=8080",
+              "pilot-http-tls=15003",
+              "ca=8060",
+              "pilot-grpc=15010",
+              "pilot-grpc-tls=15011",
+            ]
           : ["kube-dns=53", "pilot-http=8080", "pilot-grpc=15010", "pilot-grpc-tls=15012", "ca=15013"];
       dev = await startDev(clusterNs, [
         "--listen",
@@ -442,7 +449,10 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       print(
         "   Envoy is not shipped (docs/not-supported.md). The VM gets test/fixtures/fake-envoy.mjs as ENVOY_BINARY: it takes\n" +
           "   Envoy's flags and bootstrap, serves the admin API and listens on the capture port, but it is NOT a\n" +
-          "   proxy: it accepts captured connections and forwards nothing. It runs on the pinned Node copied in.\n",
+          "   proxy: it accepts captured connections and forwards nothing. It runs on the pinned Node copied in.\n" +
+          (profile === "legacy"
+            ? "   Legacy profile (ENVOY_XDS_API=v1): it polls Pilot's v1 LDS and CDS as Envoy 1.x did and shows what it holds.\n"
+            : ""),
       );
       const machine = vm as DebianMachine;
       await machine.copyIn(VM_NODE, "/usr/local/bin/node");
@@ -453,7 +463,8 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       );
       await chmod(join(machine.root, "usr/local/bin/node"), 0o755);
       await chmod(join(machine.root, STAND_IN.slice(1)), 0o755);
-      // Real Envoy learns its capture listener over LDS; the stand-in has no xDS client, so it is told here.
+      // Real Envoy binds its capture listener from LDS; the stand-in binds nothing from xDS (on the legacy profile it
+      // polls v1 LDS and CDS and shows what it got, below), so its capture port is told here.
       const capture = profile === "legacy" ? "0.0.0.0:15001" : "0.0.0.0:15006,0.0.0.0:15001";
       const dropIn = join(machine.root, "etc/systemd/system/istio-vm-agent.service.d/recipe-stand-in.conf");
       await mkdir(join(dropIn, ".."), { recursive: true });
@@ -502,7 +513,15 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       if (props["ActiveState"] !== "active") throw new Error(`istio-vm-agent is ${props["ActiveState"] ?? "?"}`);
       // Who runs Envoy (the stand-in), and in which cgroup: the unit's, so stopping the unit stops it.
       const processes = await (vm as DebianMachine).run(["ps", "-eo", "user:32,args"]);
-      const cgroup = await (vm as DebianMachine).run(["systemd-cgls", "--no-pager", "-u", "istio-vm-agent.service"]);
+      // --full: without a terminal systemd-cgls ellipsizes lines at 80 columns, which cut the stand-in's command
+      // line when the PID or the tree's indent was long enough, and the process looked outside the unit.
+      const cgroup = await (vm as DebianMachine).run([
+        "systemd-cgls",
+        "--no-pager",
+        "--full",
+        "-u",
+        "istio-vm-agent.service",
+      ]);
       const envoys = {
         stdout: processes.stdout
           .split("\n")
@@ -514,6 +533,10 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
           .join("\n"),
       };
       show("[vm] Envoy processes: user and cgroup", envoys.stdout);
+      if (envoys.stdout.includes("outside the unit")) {
+        show("[vm] ps -eo user:32,args", processes.stdout);
+        show("[vm] systemd-cgls -u istio-vm-agent.service", cgroup.stdout);
+      }
       s.data["envoyProcesses"] = envoys.stdout;
       s.saw.push(
         `istio-vm-agent ${props["ActiveState"] ?? ""}/${props["SubState"] ?? ""}, ${props["UnitFileState"] ?? ""}: ${props["StatusText"] ?? ""}`,
@@ -627,6 +650,37 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
         s.saw.push(`EDS ${cluster}: ${endpoints.join(", ")}`);
       },
     );
+
+    if (profile === "legacy") {
+      await step(
+        "envoy-v1",
+        "On the VM: the Envoy stand-in polled Pilot's v1 LDS and CDS (ENVOY_XDS_API=v1, over mTLS to istio-pilot:15003)",
+        async (s) => {
+          // Envoy 1.x polls every second; the VM's own inbound listener appears once register put its IP in the
+          // Endpoints. The stand-in serves what it holds on its admin API (it still forwards nothing).
+          const listener = `tcp_${vmIp}_${String(SERVICE_PORT)}`;
+          const cluster = `out.${FQDN}|mysql`;
+          const read = `/usr/local/bin/node -e "Promise.all(['listeners','clusters'].map(p=>fetch('http://127.0.0.1:15000/'+p).then(r=>r.text()))).then(([l,c])=>console.log(JSON.stringify({listeners:JSON.parse(l).map(x=>x.name),clusters:c.trim().split('\\n').map(x=>x.split('::')[0])})))"`;
+          let held: { listeners: string[]; clusters: string[] } = { listeners: [], clusters: [] };
+          for (let i = 0; i < 60; i++) {
+            const result = await (vm as DebianMachine).run(["sh", "-c", read]);
+            if (result.code === 0) held = JSON.parse(result.stdout) as typeof held;
+            if (held.listeners.includes(listener) && held.clusters.includes(cluster)) break;
+            await sleep(500);
+          }
+          show(
+            "[vm] the stand-in's admin: GET 127.0.0.1:15000/listeners and /clusters",
+            `listeners: ${held.listeners.join(" ")}\nclusters: ${held.clusters.join(" ")}`,
+          );
+          s.data["listeners"] = held.listeners;
+          s.data["clusters"] = held.clusters;
+          if (!held.listeners.includes(listener)) throw new Error(`the stand-in holds no listener ${listener}`);
+          if (!held.clusters.includes(cluster)) throw new Error(`the stand-in holds no cluster ${cluster}`);
+          s.saw.push(`LDS gave the VM's inbound listener ${listener} (ISTIO_INBOUND_PORTS=${String(SERVICE_PORT)})`);
+          s.saw.push(`CDS gave ${cluster}; the stand-in holds them and forwards nothing`);
+        },
+      );
+    }
 
     await step(
       "capture",

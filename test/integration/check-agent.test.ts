@@ -83,9 +83,8 @@ describe("istio-vm agent discovery watch", () => {
 
     await notify.waitFor("READY", "1");
     const ready = await notify.waitForStatus(/^ready: /);
-    expect(ready["STATUS"], stderr).toContain(
-      "pilot ok (1 host for istio-pilot.istio-system.svc.cluster.local|http-discovery)",
-    );
+    // The legacy profile's ENVOY_XDS_API=v1: the check fetches this node's CDS and LDS, as v1 Envoy does.
+    expect(ready["STATUS"], stderr).toContain("pilot ok (v1: 1 cluster, 2 listeners)");
     const ok = await readiness(statusPort);
     expect(ok.status).toBe(200);
     expect(ok.body).toContain("discovery: ready: pilot ok");

@@ -331,7 +331,10 @@ describe.skipIf(missing !== undefined)(
       // The cluster name came from the dev kube-dns through dnsmasq's server= line: the kubernetes Service's IP.
       const kubernetes = names.find((n) => n.name === "kubernetes.default.svc.cluster.local");
       expect(kubernetes?.direct.addresses).toEqual(["10.96.0.1"]);
-      expect(json.checks[1]?.summary).toMatch(
+      // ENVOY_XDS_API=v1 (the legacy default): this node's CDS and LDS from Pilot's v1 API.
+      expect(json.checks[1]?.summary).toMatch(/^pilot ok \(v1: \d+ clusters, \d+ listeners\)$/);
+      const v2 = await check(["--only", "discovery"], { ENVOY_XDS_API: "v3" });
+      expect(v2.json.checks[0]?.summary).toMatch(
         /^pilot ok \(1 host for istio-pilot\.istio-system\.svc\.cluster\.local\|http-discovery\)$/,
       );
       expect(json.checks[2]?.summary).toContain("is istio-ca, chain ok");
@@ -355,9 +358,7 @@ describe.skipIf(missing !== undefined)(
         expect(code).toBe(1);
         expect(json.checks[0]?.summary).toBe("Pilot answered HTTP 503 (service registry unavailable)");
         expect(json.checks[0]?.hint).toMatch(/cannot read its service registry/);
-        expect(json.checks[0]?.details[0]).toContain(
-          "/v1/registration/istio-pilot.istio-system.svc.cluster.local%7Chttp-discovery",
-        );
+        expect(json.checks[0]?.details.join("\n")).toContain(`/v1/clusters/rawvm/sidecar~${VM_IP}~`);
       } finally {
         await setPilotFault("none");
       }
@@ -367,7 +368,10 @@ describe.skipIf(missing !== undefined)(
       // istio-ca:15011 is Pilot's TLS port: a certificate from the same mesh root, for istiod/istio-pilot, not istio-ca.
       const { code, json } = await check(["--only", "ca"], { CA_ADDR: "istio-ca:15011" });
       expect(code).toBe(1);
-      expect(json.checks[0]?.summary).toMatch(/^the server at istio-ca:15011 presents DNS:istiod.*, not istio-ca$/);
+      // Legacy Pilot's certificate names its service account first, then its DNS names.
+      expect(json.checks[0]?.summary).toMatch(
+        /^the server at istio-ca:15011 presents URI:spiffe:\/\/cluster\.local\/ns\/istio-system\/sa\/istio-pilot-service-account, DNS:istiod.*, not istio-ca$/,
+      );
       expect(json.checks[0]?.hint).toMatch(/not the mesh CA/);
     });
 

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { runCli } from "../support/cli.js";
 import { checkAgainstProto } from "../support/envoy-proto.js";
+import { checkAgainstV1Schema } from "../support/envoy-v1-schema.js";
 
 const ENV = { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ISTIO_VM_ROOT: "/nonexistent-vm-root" };
 
@@ -26,6 +27,33 @@ describe("istio-vm envoy bootstrap", () => {
     expect(r.stdout).toContain("/nonexistent-vm-root/etc/istio/proxy/envoy-rev3.json (mode 0600, owner istio-proxy)");
     expect(r.stdout).toMatch(/^# {3}\/usr\/local\/bin\/envoy -c \S+envoy-rev3\.json --restart-epoch 3 /m);
     expect(r.stdout).toContain("server DNS SAN istiod.istio-system.svc");
+  });
+
+  it("says which API the bootstrap uses and why: legacy defaults to v1 (schema-valid), istiod to v3", async () => {
+    const legacy = await runCli(["envoy", "bootstrap"], {
+      env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3", ISTIO_CONTROL_PLANE: "legacy" },
+    });
+    expect(legacy.code).toBe(0);
+    expect(legacy.stdout).toContain(
+      "# API v1: Envoy v1 JSON configuration, polling Pilot's v1 REST API (/v1/listeners, /v1/clusters, /v1/routes, /v1/registration): Istio 0.2–0.7, Envoy ≤ 1.7; the legacy profile's default (ENVOY_XDS_API unset)",
+    );
+    expect(legacy.stdout).toContain("--max-obj-name-len 189");
+    expect(legacy.stdout).toContain("# discovery: istio-pilot.istio-system:15003 over mTLS");
+    const json = await runCli(["envoy", "bootstrap", "--json"], {
+      env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3", ISTIO_CONTROL_PLANE: "legacy" },
+    });
+    expect(checkAgainstV1Schema("bootstrap", JSON.parse(json.stdout))).toEqual([]);
+    const v3 = await runCli(["envoy", "bootstrap"], {
+      env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3", ISTIO_CONTROL_PLANE: "legacy", ENVOY_XDS_API: "v3" },
+    });
+    expect(v3.stdout).toContain("# API v3: xDS v3 over ADS: istiod, current Envoy; set by ENVOY_XDS_API");
+    const istiod = await runCli(["envoy", "bootstrap"], { env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3" } });
+    expect(istiod.stdout).toContain("# API v3: xDS v3 over ADS: istiod, current Envoy; the istiod profile's default");
+    const bad = await runCli(["envoy", "bootstrap"], {
+      env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3", ENVOY_XDS_API: "v1" },
+    });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("ENVOY_XDS_API");
   });
 
   it("plain text under CONTROL_PLANE_AUTH_POLICY=NONE: no TLS in the bootstrap", async () => {
