@@ -18,8 +18,9 @@ import type { CommandContext, CommandRuntime } from "./cli/context.js";
 import { installCommand } from "./cli/install.js";
 import { iptablesCommand } from "./cli/iptables.js";
 import { setupCommand } from "./cli/setup.js";
+import { commandTrail, recordArguments, usageHint, withFlagValues } from "./cli/flag-values.js";
 import { systemClock } from "./platform/clock.js";
-import { AgentError, UsageError, describeError } from "./platform/errors.js";
+import { AgentError, ConfigError, UsageError, describeError } from "./platform/errors.js";
 import { nodeFileSystem } from "./platform/fs.js";
 import type { LogLevel } from "./platform/logger.js";
 import { LOG_LEVELS, createLogger, redact, stderrIsJournal } from "./platform/logger.js";
@@ -58,25 +59,51 @@ function exitCodeFor(error: unknown): number {
   return EXIT_FAILURE;
 }
 
-function renderError(error: unknown, json: boolean): string {
-  if (json) {
+/** yargs' own messages, said the way ours are. */
+function usageMessage(message: string): string {
+  const missing = /^Not enough arguments following: (\S+)$/.exec(message);
+  if (missing?.[1] !== undefined) {
+    const flag = missing[1].length === 1 ? `-${missing[1]}` : `--${missing[1]}`;
+    return `${flag} needs a value`;
+  }
+  return message.replace(/\n\s*/g, " ");
+}
+
+function renderError(error: unknown, options: { json: boolean; debug: boolean }): string {
+  if (options.json) {
     const e =
       error instanceof AgentError
-        ? { code: error.code, message: error.message, subject: error.subject, hint: error.hint }
+        ? {
+            code: error.code,
+            message: error.message,
+            subject: error.subject,
+            hint: error.hint,
+            ...(error instanceof ConfigError ? { problems: error.problems } : {}),
+          }
         : { code: "INTERNAL", message: describeError(error) };
     return redact(JSON.stringify({ error: e }, null, 2)) + "\n";
   }
   let text = `istio-vm: ${describeError(error)}\n`;
   if (error instanceof AgentError && error.hint !== undefined) text += `  hint: ${error.hint}\n`;
-  if (!(error instanceof AgentError) && error instanceof Error && error.stack !== undefined) {
-    text += `${error.stack}\n`;
-  }
+  // A stack trace helps whoever debugs istio-vm, never the user who made a mistake: only on request.
+  if (!(error instanceof AgentError)) text += "  hint: run again with --log-level debug for the details\n";
+  if (options.debug && error instanceof Error && error.stack !== undefined) text += `${error.stack}\n`;
   return redact(text);
+}
+
+/** `--version`, also as JSON; handled before yargs so that it works with any command and any other flag. */
+function versionRequested(argv: readonly string[]): boolean {
+  const end = argv.indexOf("--");
+  return (end === -1 ? argv : argv.slice(0, end)).includes("--version");
 }
 
 export async function main(argv: readonly string[], context: CommandContext): Promise<number> {
   let runtime: CommandRuntime | undefined;
-  const wantsJson = argv.includes("--json");
+  const wantsJson = argv.includes("--json") || argv.includes("--json=true");
+  if (versionRequested(argv)) {
+    context.out(wantsJson ? JSON.stringify({ version: programVersion() }) + "\n" : `${programVersion()}\n`);
+    return EXIT_OK;
+  }
   const getRuntime = (): CommandRuntime => {
     if (runtime === undefined) throw new Error("command runtime used before the arguments were parsed");
     return runtime;
@@ -107,29 +134,48 @@ export async function main(argv: readonly string[], context: CommandContext): Pr
         exitCode: EXIT_OK,
       };
     });
-  for (const factory of COMMANDS) parser = parser.command(factory(getRuntime));
+  recordArguments(parser, argv);
+  const modules = COMMANDS.map((factory) => factory(getRuntime));
+  const known = new Set(modules.map((m) => String(m.command).split(" ")[0] ?? ""));
+  for (const module of modules) parser = parser.command(withFlagValues(module));
   // `istio-vm completion` prints yargs' bash script; the script asks `istio-vm --get-yargs-completions …`.
   parser = parser.completion("completion", "print a bash completion script (the package installs it)");
   parser = parser
     .demandCommand(1, "name a command")
     .strict()
     .recommendCommands()
-    .version(programVersion())
+    .version(false)
+    .option("version", { type: "boolean", global: false, describe: "show the version (with --json: as JSON)" })
     .help()
     .alias("h", "help")
     .wrap(Math.min(120, process.stdout.columns || 100))
     .exitProcess(false)
     .fail((message: string | null, error: Error | undefined) => {
-      throw error ?? new UsageError(message ?? "invalid usage", "run `istio-vm --help` for the list of commands");
+      if (error instanceof AgentError) throw error;
+      // yargs reports its own validation failures either as a message or as a YError (e.g. a flag without value).
+      if (error === undefined || error.name === "YError") {
+        const text = usageMessage(message ?? error?.message ?? "invalid usage");
+        const trail = commandTrail(parser);
+        throw new UsageError(text, usageHint(trail.length > 0 ? trail.join(" ") : argv.find((a) => known.has(a))));
+      }
+      throw error;
     });
   try {
     await parser.parseAsync();
     return runtime?.exitCode ?? EXIT_OK;
   } catch (error) {
     const json = runtime?.options.json ?? wantsJson;
-    (json ? context.out : context.err)(renderError(error, json));
+    const debug = (runtime?.options.logLevel ?? logLevelIn(argv)) === "debug";
+    (json ? context.out : context.err)(renderError(error, { json, debug }));
     return exitCodeFor(error);
   }
+}
+
+/** `--log-level debug` as given, for errors raised before yargs has parsed the arguments. */
+function logLevelIn(argv: readonly string[]): string | undefined {
+  const i = argv.indexOf("--log-level");
+  if (i !== -1) return argv[i + 1];
+  return argv.find((a) => a.startsWith("--log-level="))?.slice("--log-level=".length);
 }
 
 /** The real outside world. */

@@ -16,6 +16,7 @@ import { connectKube, profileFor, parseDurationFlag, withProfileOptions } from "
 import { certsRenewCommand } from "./certs-renew.js";
 import { certsStatusCommand } from "./certs-status.js";
 import type { CommandRuntime } from "./context.js";
+import { withFlagValues } from "./flag-values.js";
 import type { KubeArgs } from "./kube-options.js";
 import { KUBE_OPTIONS_EPILOGUE, withKubeOptions } from "./kube-options.js";
 import { renderJson } from "./render.js";
@@ -66,7 +67,7 @@ export function certsCommand(
     describe: "Fetch and verify a VM's bootstrap credentials (legacy: istio.<sa> PEMs; istiod: root cert + token)",
     builder: (y) => {
       let parser: Argv = y;
-      for (const factory of CERTS_SUBCOMMANDS) parser = parser.command(factory(runtime));
+      for (const factory of CERTS_SUBCOMMANDS) parser = parser.command(withFlagValues(factory(runtime)));
       return withProfileOptions(withKubeOptions(parser as Argv<object>))
         .positional("sa", { type: "string", describe: 'service account (default "default")' })
         .positional("ns", { type: "string", describe: "its namespace (default: -n, else the context's namespace)" })

@@ -11,6 +11,7 @@ import { envoyCommand } from "../envoy/command-line.js";
 import { UsageError } from "../platform/errors.js";
 import { formatCommand } from "../platform/process.js";
 import type { CommandRuntime } from "./context.js";
+import { withFlagValues } from "./flag-values.js";
 
 interface EnvoyArgs {
   epoch?: number;
@@ -75,7 +76,7 @@ export function envoyCommandModule(runtime: () => CommandRuntime): CommandModule
     describe: "Envoy as the agent runs it: the bootstrap it writes (Envoy itself is not shipped)",
     builder: (y) =>
       (y as unknown as Argv<EnvoyArgs>)
-        .command(bootstrapCommand(runtime))
+        .command(withFlagValues(bootstrapCommand(runtime)))
         .demandCommand(1, "name an envoy command: bootstrap")
         .example("$0 envoy bootstrap", "the bootstrap for this VM, with the Envoy command line as comments")
         .example(

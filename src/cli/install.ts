@@ -9,6 +9,7 @@ import { loadConfig } from "../config/load.js";
 import { nodeDnsClient } from "../platform/dns.js";
 import { describeError } from "../platform/errors.js";
 import { nodeHttpClient } from "../platform/http.js";
+import { checkBundleFile } from "../provision/bundle-file.js";
 import { nodeTlsProber } from "../platform/tls.js";
 import { parseSettingFlags } from "../provision/bundle.js";
 import type { InstallReport } from "../provision/install.js";
@@ -126,6 +127,7 @@ export function installCommand(runtime: () => CommandRuntime): CommandModule<obj
         .example("$0 install vm.bundle.tgz --dry-run", "verify the bundle and show the plan"),
     handler: async (args) => {
       const rt = runtime();
+      await checkBundleFile(rt.fs, args.bundle, "bundle");
       const report = await runInstall(
         {
           bundlePath: args.bundle,

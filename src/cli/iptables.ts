@@ -14,6 +14,7 @@ import type { PlanDiff } from "../intercept/show.js";
 import { diffWithPlan } from "../intercept/show.js";
 import { describeError } from "../platform/errors.js";
 import type { CommandRuntime } from "./context.js";
+import { withFlagValues } from "./flag-values.js";
 import { renderJson } from "./render.js";
 
 interface IptablesArgs {
@@ -251,7 +252,7 @@ export function iptablesCommand(runtime: () => CommandRuntime): CommandModule<ob
     describe: "Plan, apply, remove and show the traffic capture rules (replaces istio-iptables.sh)",
     builder: (y) => {
       let parser = y as unknown as Argv<IptablesArgs>;
-      for (const sub of subcommands(runtime)) parser = parser.command(sub);
+      for (const sub of subcommands(runtime)) parser = parser.command(withFlagValues(sub));
       return parser
         .demandCommand(1, "name an iptables command: plan, apply, clean or show")
         .epilogue(SEMANTICS)

@@ -12,7 +12,9 @@ import { readBundle, sha256 } from "../provision/bundle.js";
 import { exceededLimits, renderCloudInit } from "../provision/cloud-init.js";
 import { redraw, renderFrame, renderPlainLine } from "../provision/progress.js";
 import type { HostResult, HostStatus, SetupSettings } from "../provision/setup.js";
-import { runSetup } from "../provision/setup.js";
+import { parseHost, parseLogin, runSetup } from "../provision/setup.js";
+import { readUserText } from "../platform/user-file.js";
+import { checkBundleFile } from "../provision/bundle-file.js";
 import { programVersion } from "../version.js";
 import type { KubeConnector } from "./admin-options.js";
 import { connectKube, parseDurationFlag } from "./admin-options.js";
@@ -49,15 +51,24 @@ export function splitCommand(flag: string, raw: string): string[] {
   return words;
 }
 
+/** A hosts file of a few hundred thousand lines; more is not a hosts file. */
+const HOSTS_FILE_MAX_BYTES = 16 * 1024 * 1024;
+
 async function hostList(rt: CommandRuntime, args: SetupArgs): Promise<string[]> {
   const hosts = [...args.hosts];
-  if (args["hosts-file"] !== undefined) {
-    const text = await rt.fs.readTextIfExists(args["hosts-file"]);
+  const hostsFile = args["hosts-file"];
+  if (hostsFile !== undefined) {
+    const text = await readUserText(rt.fs, hostsFile, {
+      what: "hosts file",
+      maxBytes: HOSTS_FILE_MAX_BYTES,
+      code: "HOSTS_FILE",
+      hint: "--hosts-file takes a text file with one [user@]host per line (# starts a comment)",
+    });
     if (text === undefined) {
       throw new AgentError({
         code: "HOSTS_FILE_MISSING",
-        message: `--hosts-file ${args["hosts-file"]} does not exist`,
-        subject: args["hosts-file"],
+        message: `--hosts-file ${hostsFile} does not exist`,
+        subject: hostsFile,
         kind: "usage",
       });
     }
@@ -68,9 +79,8 @@ async function hostList(rt: CommandRuntime, args: SetupArgs): Promise<string[]> 
   }
   const duplicates = hosts.filter((h, i) => hosts.indexOf(h) !== i);
   if (duplicates.length > 0) throw new UsageError(`host given twice: ${[...new Set(duplicates)].join(", ")}`);
-  for (const host of hosts) {
-    if (host.startsWith("-") || /\s/.test(host)) throw new UsageError(`'${host}' is not a host name`);
-  }
+  for (const host of hosts) parseHost(host);
+  if (args.user !== undefined) parseLogin(args.user);
   return hosts;
 }
 
@@ -84,6 +94,7 @@ interface LoadedBundle {
 async function loadOrBuild(rt: CommandRuntime, args: SetupArgs, connect: KubeConnector): Promise<LoadedBundle> {
   const given = args.bundle;
   if (given !== undefined) {
+    await checkBundleFile(rt.fs, given, "--bundle");
     const bytes = await rt.fs.readFile(given).catch((error: unknown) => {
       throw new AgentError({
         code: "BUNDLE_NOT_FOUND",

@@ -38,6 +38,7 @@ import type { Logger } from "../platform/logger.js";
 import { silentLogger } from "../platform/logger.js";
 import type { MeshCa } from "./mesh-ca.js";
 import { createMeshCa } from "./mesh-ca.js";
+import { FAULT_SPEC_MAX_BYTES, NOT_LOOPBACK_MESSAGE, isLoopbackPeer } from "./fault-switch.js";
 
 export type CaFaultKind = "deny" | "delay" | "unavailable" | "garbage" | "wrong-identity" | "expired" | "foreign-chain";
 
@@ -421,9 +422,12 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
 
   /** The admin method for tests driving a dev CA in another process; loopback callers only. */
   const setFault = (call: grpc.ServerUnaryCall<string, object>, callback: grpc.sendUnaryData<object>): void => {
-    const peer = call.getPeer();
-    if (!/^(127\.|\[::1\]|::1|\[::ffff:127\.)/.test(peer)) {
-      callback({ code: grpc.status.PERMISSION_DENIED, details: "fault injection is allowed from loopback only" });
+    if (!isLoopbackPeer(call.getPeer())) {
+      callback({ code: grpc.status.PERMISSION_DENIED, details: NOT_LOOPBACK_MESSAGE });
+      return;
+    }
+    if (Buffer.byteLength(call.request) > FAULT_SPEC_MAX_BYTES) {
+      callback({ code: grpc.status.INVALID_ARGUMENT, details: `a fault is at most ${FAULT_SPEC_MAX_BYTES} bytes` });
       return;
     }
     try {

@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { PilotRestServer } from "./pilot-rest.js";
-import { startPilotRest } from "./pilot-rest.js";
+import { FAULT_PATH, startPilotRest } from "./pilot-rest.js";
+import { FAULT_SPEC_MAX_BYTES } from "./fault-switch.js";
 import { ObjectStore } from "./store.js";
 
 function seed(): ObjectStore {
@@ -99,5 +100,25 @@ describe("dev Pilot v1 REST registration API", () => {
     expect(res.status).toBe(503);
     pilot.setFault("none");
     expect((await fetch(`${pilot.url}/v1/registration/hello.default.svc.cluster.local`)).status).toBe(200);
+  });
+
+  it("the fault switch reads a short body only, like the dev CA's: a longer one is refused with 413", async () => {
+    await pilot.close();
+    const switched: string[][] = [];
+    pilot = await startPilotRest({
+      store,
+      onFaultSwitch: (names) => {
+        switched.push([...names]);
+        return undefined;
+      },
+    });
+    const ok = await fetch(`${pilot.url}${FAULT_PATH}`, { method: "POST", body: "registry-unavailable,stream-reset" });
+    expect(ok.status).toBe(200);
+    expect(switched).toEqual([["stream-reset"]]);
+    const big = await fetch(`${pilot.url}${FAULT_PATH}`, { method: "POST", body: "x,".repeat(FAULT_SPEC_MAX_BYTES) });
+    expect(big.status).toBe(413);
+    expect(await big.text()).toContain(`at most ${FAULT_SPEC_MAX_BYTES} bytes`);
+    expect(switched).toHaveLength(1);
+    expect((await fetch(`${pilot.url}/v1/registration/hello.default.svc.cluster.local`)).status).toBe(503);
   });
 });

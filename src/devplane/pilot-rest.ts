@@ -17,6 +17,7 @@ import type { AddressInfo } from "node:net";
 import type { ObjectStore } from "./store.js";
 import type { MeshService, ServiceInstance } from "./pilot-registry.js";
 import { findService, instancesOf, listServices } from "./pilot-registry.js";
+import { FAULT_SPEC_MAX_BYTES, NOT_LOOPBACK_MESSAGE, isLoopbackPeer, readFaultSpec } from "./fault-switch.js";
 
 export type PilotRestFault = "none" | "registry-unavailable";
 
@@ -106,22 +107,34 @@ export async function startPilotRest(options: StartPilotRestOptions): Promise<Pi
     requests.push(path);
     if (path === FAULT_PATH && req.method === "POST" && options.onFaultSwitch !== undefined) {
       const onFaultSwitch = options.onFaultSwitch;
-      let body = "";
-      req.on("data", (c: Buffer) => (body += c.toString("utf8")));
-      req.on("end", () => {
-        const names = body
-          .split(",")
-          .map((n) => n.trim())
-          .filter((n) => n !== "");
-        const own = names.includes("registry-unavailable") ? "registry-unavailable" : "none";
-        const problem = onFaultSwitch(names.filter((n) => n !== "registry-unavailable"));
-        if (problem !== undefined) {
-          send(400, `${problem}\n`);
-          return;
-        }
-        fault = own;
-        send(200, `faults: ${names.join(",") || "none"}\n`);
-      });
+      if (!isLoopbackPeer(req.socket.remoteAddress)) {
+        send(403, `${NOT_LOOPBACK_MESSAGE}\n`);
+        return;
+      }
+      void readFaultSpec(req).then(
+        (body) => {
+          if (body === undefined) {
+            res.setHeader("connection", "close");
+            send(413, `a fault list is at most ${FAULT_SPEC_MAX_BYTES} bytes\n`);
+            return;
+          }
+          const names = body
+            .split(",")
+            .map((n) => n.trim())
+            .filter((n) => n !== "");
+          const own = names.includes("registry-unavailable") ? "registry-unavailable" : "none";
+          const problem = onFaultSwitch(names.filter((n) => n !== "registry-unavailable"));
+          if (problem !== undefined) {
+            send(400, `${problem}\n`);
+            return;
+          }
+          fault = own;
+          send(200, `faults: ${names.join(",") || "none"}\n`);
+        },
+        () => {
+          req.destroy();
+        },
+      );
       return;
     }
     if (req.method !== "GET") {

@@ -13,6 +13,7 @@ import { homedir } from "node:os";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { AgentError } from "../platform/errors.js";
 import type { FileSystem } from "../platform/fs.js";
+import { readUserText } from "../platform/user-file.js";
 import { YamlError, parseYaml } from "./kubeconfig-yaml.js";
 
 export interface ExecConfig {
@@ -258,6 +259,12 @@ export function kubeconfigPaths(options: {
   return { paths: [resolve(home, ".kube", "config")], explicit: false, origin: "~/.kube/config" };
 }
 
+/**
+ * Larger files are refused. Real kubeconfigs are kilobytes (a few hundred clusters with embedded certificates stay
+ * under a few MiB); the limit stops a wrong path (/dev/zero, a disk image) before it fills memory.
+ */
+export const KUBECONFIG_MAX_BYTES = 16 * 1024 * 1024;
+
 export async function loadKubeconfig(options: {
   readonly kubeconfig?: string | undefined;
   readonly env: NodeJS.ProcessEnv;
@@ -267,7 +274,12 @@ export async function loadKubeconfig(options: {
   const { paths, explicit, origin } = kubeconfigPaths(options);
   const files: { path: string; parsed: KubeconfigFile }[] = [];
   for (const path of paths) {
-    const text = await options.fs.readTextIfExists(path);
+    const text = await readUserText(options.fs, path, {
+      what: "kubeconfig",
+      maxBytes: KUBECONFIG_MAX_BYTES,
+      code: "KUBECONFIG",
+      hint: `check the ${origin} path; a kubeconfig is a YAML file (\`kubectl config view\` shows what kubectl reads)`,
+    });
     if (text === undefined) {
       if (explicit) {
         throw configError(

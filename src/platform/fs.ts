@@ -31,6 +31,11 @@ export interface FileSystem {
   /** Reads a file, or returns undefined when it does not exist (other errors still throw). */
   readTextIfExists(path: string): Promise<string | undefined>;
   /**
+   * The first `limit` bytes of a file (all of it when shorter). Never reads more, so it is safe on a file a user
+   * names: /dev/zero, a FIFO, a huge log.
+   */
+  readPrefix(path: string, limit: number): Promise<Buffer>;
+  /**
    * Replaces `path` so that a reader sees either the old or the new content, never a mix or a truncated file,
    * also after a crash: write a temporary file in the same directory, set mode and owner, fsync, rename, fsync the
    * directory.
@@ -90,6 +95,24 @@ export const nodeFileSystem: FileSystem = {
     } catch (error) {
       if (isNotFound(error)) return undefined;
       throw error;
+    }
+  },
+  async readPrefix(path, limit) {
+    const handle = await fsp.open(path, "r");
+    try {
+      // Chunk by chunk: the limit is a bound, not a size to allocate.
+      const chunks: Buffer[] = [];
+      let total = 0;
+      while (total < limit) {
+        const chunk = Buffer.alloc(Math.min(1 << 20, limit - total));
+        const { bytesRead } = await handle.read(chunk, 0, chunk.length, null);
+        if (bytesRead === 0) break;
+        chunks.push(chunk.subarray(0, bytesRead));
+        total += bytesRead;
+      }
+      return Buffer.concat(chunks, total);
+    } finally {
+      await handle.close();
     }
   },
   writeFileAtomic,

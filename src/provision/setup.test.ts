@@ -3,7 +3,7 @@ import type { Clock } from "../platform/clock.js";
 import type { ProcessRunner, RunResult } from "../platform/process.js";
 import { renderFrame, renderPlainLine } from "./progress.js";
 import type { HostStatus, SetupSettings } from "./setup.js";
-import { backoffMs, copyCommand, parseHost, remoteScript, runCommand, runSetup } from "./setup.js";
+import { backoffMs, copyCommand, parseHost, parseLogin, remoteScript, runCommand, runSetup } from "./setup.js";
 
 const settings: SetupSettings = {
   ssh: { ssh: ["ssh", "-F", "cfg"], scp: ["scp"], user: "admin", port: 2222, identity: "id", connectTimeoutS: 5 },
@@ -66,6 +66,7 @@ describe("setup commands", () => {
         "-i",
         "id",
         "-q",
+        "--",
         "/tmp/b.tgz",
         "admin@10.0.0.5:.istio-vm-bundle-abc-10.0.0.5.tgz",
       ],
@@ -87,8 +88,56 @@ describe("setup commands", () => {
       "-l",
       "admin",
     ]);
-    expect(ssh.args.slice(12, 14)).toEqual(["10.0.0.5", "--"]);
+    expect(ssh.args.slice(12, 14)).toEqual(["--", "10.0.0.5"]);
+    expect(ssh.args).toHaveLength(15);
+    expect(ssh.args[14]).toMatch(/^sh -c /);
     expect(parseHost("a@b@host")).toEqual({ user: "a@b", host: "host" });
+  });
+
+  it("accepts login names, host names, IPv4 and IPv6 (bracketed or not, with a zone)", () => {
+    expect(parseHost("vm1")).toEqual({ user: undefined, host: "vm1" });
+    expect(parseHost("admin@vm-1.example.org.")).toEqual({ user: "admin", host: "vm-1.example.org." });
+    expect(parseHost("first.last@my_alias")).toEqual({ user: "first.last", host: "my_alias" });
+    expect(parseHost("jdoe@corp.example@10.0.0.5")).toEqual({ user: "jdoe@corp.example", host: "10.0.0.5" });
+    expect(parseHost("MACHINE$@10.0.0.5")).toEqual({ user: "MACHINE$", host: "10.0.0.5" });
+    expect(parseHost("root@fd00::5")).toEqual({ user: "root", host: "fd00::5" });
+    expect(parseHost("root@[fd00::5]")).toEqual({ user: "root", host: "fd00::5" });
+    expect(parseHost("[fe80::1%eth0]")).toEqual({ user: undefined, host: "fe80::1%eth0" });
+  });
+
+  it.each([
+    ["x@-oBogusOption=1", "'-oBogusOption=1' is not a host name"],
+    ["-oProxyCommand=sh", "'-oProxyCommand=sh' is not a host name"],
+    ["-lroot@vm1", "'-lroot' is not a login name"],
+    ["@vm1", "'' is not a login name"],
+    ["vm1@", "'' is not a host name"],
+    ["user@vm1:22", "'vm1:22' is not a host name"],
+    ["vm 1", "'vm 1' is not a host name"],
+    ["vm1;reboot", "'vm1;reboot' is not a host name"],
+    ["[vm1]", "'vm1' in brackets is not an IPv6 address"],
+    ["[fe80::1%eth0;x]", "in brackets is not an IPv6 address"],
+    ["a..b", "'a..b' is not a host name"],
+    ["-vm1.example.org", "is not a host name"],
+    ["vm1.-x", "is not a host name"],
+    ["x".repeat(64), "is not a host name"],
+  ])("refuses %j: %s", (raw, message) => {
+    expect(() => parseHost(raw)).toThrow(message);
+  });
+
+  it("refuses a --user that ssh or scp could read as an option", () => {
+    expect(parseLogin("admin")).toBe("admin");
+    expect(() => parseLogin("-oProxyCommand=sh")).toThrow("--user '-oProxyCommand=sh' is not a login name");
+    expect(() => parseLogin("a:b")).toThrow("is not a login name");
+  });
+
+  it("puts every host after `--`, on the scp and on the ssh command line", () => {
+    for (const host of ["vm1", "admin@10.0.0.5", "root@[fd00::5]", "fe80::1%eth0"]) {
+      const scp = copyCommand(settings, host).args;
+      expect(scp.indexOf("--")).toBe(scp.length - 3);
+      const ssh = runCommand(settings, host).args;
+      expect(ssh.indexOf("--")).toBe(ssh.length - 3);
+      expect(ssh.at(-2)).toBe(parseHost(host).host);
+    }
   });
 
   it("bootstraps the .deb only when istio-vm is missing, checks it against SHA256SUMS, passes the host's IP", () => {

@@ -12,6 +12,7 @@
 import { isIP } from "node:net";
 import type { Clock } from "../platform/clock.js";
 import type { ProcessRunner } from "../platform/process.js";
+import { UsageError } from "../platform/errors.js";
 import { formatCommand } from "../platform/process.js";
 
 export interface SshSettings {
@@ -86,12 +87,53 @@ export interface HostAddress {
   readonly host: string;
 }
 
-/** `[user@]host`; an IPv6 literal may be bracketed. */
+/**
+ * A login name as POSIX allows it (letters, digits, `.`, `_`, `-`, not starting with `-`), plus `@` inside it for
+ * directory users (`jdoe@corp.example`, SSSD/AD), and a trailing `$` (Samba machine accounts).
+ */
+const LOGIN_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.@-]*\$?$/;
+/** A host name or ~/.ssh/config alias: dot-separated labels of letters, digits, `-` and `_`, no label starts with `-`. */
+const HOST_NAME =
+  /^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/;
+/** An IPv6 literal with an optional zone (fe80::1%eth0): isIP accepts the zone, whose name is kept to safe characters. */
+const IPV6_ZONE = /^[^%]+(?:%[A-Za-z0-9_.-]+)?$/;
+
+/** The login name given with --user (ssh -l), checked as the user part of a host is. */
+export function parseLogin(user: string): string {
+  if (user.length > 256 || !LOGIN_NAME.test(user)) {
+    throw new UsageError(
+      `--user '${user}' is not a login name`,
+      "letters, digits, '.', '_', '-' (not starting with '-'), e.g. --user admin",
+    );
+  }
+  return user;
+}
+
+function hostError(raw: string, message: string): UsageError {
+  return new UsageError(
+    `'${raw}' is not a host: ${message}`,
+    "give [user@]host, where host is a host name, an IPv4 address or an IPv6 address (bracketed or not)",
+  );
+}
+
+/**
+ * `[user@]host`, validated: the user a login name, the host a host name, an IPv4 address, or an IPv6 address (also
+ * `[v6]`). Whatever passes can never be read by ssh or scp as an option (nothing starts with `-`), and the command
+ * lines put it after `--` all the same.
+ */
 export function parseHost(raw: string): HostAddress {
   const at = raw.lastIndexOf("@");
-  const user = at > 0 ? raw.slice(0, at) : undefined;
-  let host = at > 0 ? raw.slice(at + 1) : raw;
-  if (host.startsWith("[") && host.endsWith("]")) host = host.slice(1, -1);
+  const user = at === -1 ? undefined : raw.slice(0, at);
+  let host = at === -1 ? raw : raw.slice(at + 1);
+  if (user !== undefined && (user.length > 256 || !LOGIN_NAME.test(user))) {
+    throw hostError(raw, `'${user}' is not a login name (letters, digits, '.', '_', '-'; not starting with '-')`);
+  }
+  const bracketed = host.startsWith("[") && host.endsWith("]");
+  if (bracketed) host = host.slice(1, -1);
+  if (isIP(host) === 6 && IPV6_ZONE.test(host)) return { user, host };
+  if (bracketed) throw hostError(raw, `'${host}' in brackets is not an IPv6 address`);
+  if (isIP(host) === 4) return { user, host };
+  if (!HOST_NAME.test(host)) throw hostError(raw, `'${host}' is not a host name or IP address`);
   return { user, host };
 }
 
@@ -125,7 +167,8 @@ export function copyCommand(settings: SetupSettings, rawHost: string): { command
   const login = user ?? settings.ssh.user;
   const target = `${login === undefined ? "" : `${login}@`}${isIP(host) === 6 ? `[${host}]` : host}:${remoteBundleName(settings, rawHost)}`;
   const [command = "scp", ...pre] = settings.ssh.scp;
-  return { command, args: [...pre, ...commonArgs(settings.ssh, "-P"), "-q", settings.bundlePath, target] };
+  // `--`: neither the bundle path nor the target can be read as an option, whatever they look like.
+  return { command, args: [...pre, ...commonArgs(settings.ssh, "-P"), "-q", "--", settings.bundlePath, target] };
 }
 
 /** The remote shell script run after the copy (pure). */
@@ -178,8 +221,11 @@ export function runCommand(settings: SetupSettings, rawHost: string): { command:
       ...pre,
       ...commonArgs(settings.ssh, "-p"),
       ...(login === undefined ? [] : ["-l", login]),
-      host,
+      // `--` ends ssh's options: the host is never read as one. After it, OpenSSH (ssh.c, opt_terminated) takes the
+      // host and then the command verbatim; older versions parse options again after the host, which the command
+      // word (it starts with `sh`) never looks like.
       "--",
+      host,
       `sh -c ${shellQuote(remoteScript(settings, rawHost))}`,
     ],
   };

@@ -28,6 +28,13 @@ export class MemoryFileSystem implements FileSystem {
   async readText(path: string): Promise<string> {
     return (await this.readFile(path)).toString("utf8");
   }
+  readPrefix(path: string, limit: number): Promise<Buffer> {
+    if (this.dirs.has(path)) {
+      const error = new Error(`EISDIR: illegal operation on a directory, read`);
+      return Promise.reject(Object.assign(error, { code: "EISDIR" }));
+    }
+    return this.readFile(path).then((data) => data.subarray(0, limit));
+  }
   readTextIfExists(path: string): Promise<string | undefined> {
     return Promise.resolve(this.files.get(path)?.data.toString("utf8"));
   }
