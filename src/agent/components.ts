@@ -3,24 +3,22 @@
  * docs/architecture.md ("The agent"): configuration → certificates valid → interception applied → Envoy started and
  * ready → READY=1.
  * ISTIO_AGENT_COMPONENTS selects a subset (interception is also left out with ISTIO_CUSTOM_IP_TABLES=true).
+ * A component's module loads only when it is configured: an agent without the discovery check never loads gRPC and
+ * the xDS types, one without certificates never loads the CA clients and X.509 code (memory and start-up).
  */
-import { certificateComponent } from "../certs/component.js";
-import { discoveryCheckComponent } from "../checks/component.js";
-import { envoyComponent } from "../envoy/component.js";
-import { interceptionComponent } from "../intercept/component.js";
-import type { ComponentFactory } from "./component.js";
+import type { ComponentFactory, ComponentLoader } from "./component.js";
 
 type ComponentName = "certificates" | "interception" | "envoy" | "discovery";
 
-const ORDERED: readonly [ComponentName, ComponentFactory][] = [
-  ["certificates", certificateComponent],
-  ["interception", interceptionComponent],
-  ["envoy", envoyComponent],
-  ["discovery", discoveryCheckComponent],
+const ORDERED: readonly [ComponentName, () => Promise<ComponentFactory>][] = [
+  ["certificates", async () => (await import("../certs/component.js")).certificateComponent],
+  ["interception", async () => (await import("../intercept/component.js")).interceptionComponent],
+  ["envoy", async () => (await import("../envoy/component.js")).envoyComponent],
+  ["discovery", async () => (await import("../checks/component.js")).discoveryCheckComponent],
 ];
 
-export const AGENT_COMPONENTS: readonly ComponentFactory[] = ORDERED.map(
-  ([name, factory]): ComponentFactory =>
-    (deps) =>
-      deps.config.ISTIO_AGENT_COMPONENTS.includes(name) ? factory(deps) : undefined,
+export const AGENT_COMPONENTS: readonly ComponentLoader[] = ORDERED.map(
+  ([name, load]): ComponentLoader =>
+    async (deps) =>
+      deps.config.ISTIO_AGENT_COMPONENTS.includes(name) ? (await load())(deps) : undefined,
 );
