@@ -8,23 +8,40 @@ export interface Clock {
   monotonic(): number;
 }
 
+/**
+ * The longest delay a Node timer takes: a longer one (a renewal months away) fires after 1 ms instead, with a
+ * TimeoutOverflowWarning (Node's lib/internal/timers.js, TIMEOUT_MAX = 2^31 - 1), so `sleep` waits in steps of at most
+ * this. Without that an agent holding a year-long certificate spun on its renewal timer.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+function timer(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal?.aborted === true) {
+      reject(signal.reason as Error);
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(handle);
+      reject(signal?.reason as Error);
+    };
+    const handle = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
 export const systemClock: Clock = {
   now: () => Date.now(),
   monotonic: () => performance.now(),
-  sleep: (ms, signal) =>
-    new Promise<void>((resolve, reject) => {
-      if (signal?.aborted === true) {
-        reject(signal.reason as Error);
-        return;
-      }
-      const onAbort = (): void => {
-        clearTimeout(timer);
-        reject(signal?.reason as Error);
-      };
-      const timer = setTimeout(() => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      }, ms);
-      signal?.addEventListener("abort", onAbort, { once: true });
-    }),
+  sleep: async (ms, signal) => {
+    let left = ms;
+    do {
+      const step = Math.min(left, MAX_TIMER_MS);
+      await timer(step, signal);
+      left -= step;
+    } while (left > 0);
+  },
 };
