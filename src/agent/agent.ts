@@ -47,6 +47,8 @@ export interface AgentOptions {
   readonly version: string;
   /** Host of the status endpoint; loopback unless a test needs otherwise. */
   readonly statusHost?: string;
+  /** Called with every problem when the configuration is invalid at start (the agent then exits 2). */
+  readonly onInvalidConfig?: (problems: readonly ConfigProblem[]) => void;
   /** Called with the status endpoint's address once it listens (tests, the demo). */
   readonly onListening?: (address: string) => void;
 }
@@ -85,6 +87,7 @@ export async function runAgent(options: AgentOptions): Promise<number> {
   const problems = [...loaded.problems, ...agentProblems(loaded)];
   if (problems.length > 0) {
     logProblems(logger, problems);
+    options.onInvalidConfig?.(problems);
     await notifier.notify({ STATUS: `invalid configuration: ${summarizeProblems(problems)}` });
     return EXIT_CONFIG;
   }

@@ -2,6 +2,7 @@
  * Options and output handling shared by the admin generators (cluster-env, dnsmasq, certs, register): the
  * control-plane namespace and profile, and writing one generated file atomically or printing it.
  */
+import { dirname, join } from "node:path";
 import type { Argv } from "yargs";
 import { AgentError } from "../platform/errors.js";
 import type { FileSystem } from "../platform/fs.js";
@@ -74,6 +75,27 @@ export function parseDurationFlag(flag: string, raw: string): number {
 }
 
 /**
+ * Checks, before any work, that a file can be written at `path`: not a directory, and its directory exists. A wrong
+ * -o is then a usage error naming it, not an errno after minutes of work (or after a server started).
+ */
+export async function checkOutputPath(fs: FileSystem, path: string, flag: string): Promise<void> {
+  const usage = (code: string, message: string, hint: string): AgentError =>
+    new AgentError({ code, message: `${flag} ${path}: ${message}`, subject: path, kind: "usage", hint });
+  const existing = await fs.stat(path);
+  if (existing?.isDirectory === true) {
+    throw usage("OUTPUT_IS_DIRECTORY", "is a directory", `give a file name, e.g. ${flag} ${join(path, "out")}`);
+  }
+  const parent = await fs.stat(dirname(path));
+  if (parent?.isDirectory !== true) {
+    throw usage(
+      "OUTPUT_DIRECTORY_MISSING",
+      `${dirname(path)} is not a directory`,
+      "create the directory first, or write somewhere else",
+    );
+  }
+}
+
+/**
  * Writes a generated public file (0644) atomically to `path`, refusing a directory; "-" or no path prints it instead.
  * Returns the path written, or undefined when printed.
  */
@@ -87,16 +109,7 @@ export async function emitFile(
     return undefined;
   }
   const fs = options.fs ?? runtime.fs;
-  const existing = await fs.stat(path);
-  if (existing?.isDirectory === true) {
-    throw new AgentError({
-      code: "OUTPUT_IS_DIRECTORY",
-      message: `${path} is a directory`,
-      subject: path,
-      kind: "usage",
-      hint: "give a file name, e.g. -o out/cluster.env",
-    });
-  }
+  await checkOutputPath(fs, path, "-o");
   try {
     await fs.writeFileAtomic(path, content, { mode: 0o644 });
   } catch (error) {

@@ -1,7 +1,8 @@
 import type { CommandModule } from "yargs";
 import { processSignals, runAgent } from "../agent/agent.js";
 import { AGENT_COMPONENTS } from "../agent/components.js";
-import { describeError } from "../platform/errors.js";
+import type { ConfigProblem } from "../platform/errors.js";
+import { ConfigError, describeError } from "../platform/errors.js";
 import { programVersion } from "../version.js";
 import type { CommandRuntime } from "./context.js";
 
@@ -31,6 +32,7 @@ export function agentCommand(runtime: () => CommandRuntime): CommandModule<objec
       process.on("uncaughtException", onCrash);
       process.on("unhandledRejection", onCrash);
       const notifier = rt.notifier();
+      let invalid: readonly ConfigProblem[] | undefined;
       try {
         rt.exitCode = await runAgent({
           env: rt.env,
@@ -42,11 +44,16 @@ export function agentCommand(runtime: () => CommandRuntime): CommandModule<objec
           signals: processSignals,
           components: AGENT_COMPONENTS,
           version: programVersion(),
+          onInvalidConfig: (problems) => {
+            invalid = problems;
+          },
         });
       } finally {
         process.off("uncaughtException", onCrash);
         process.off("unhandledRejection", onCrash);
       }
+      // The journal has every problem already; --json callers get them as the one JSON document on stdout.
+      if (invalid !== undefined && rt.options.json) throw new ConfigError(invalid);
     },
   };
 }

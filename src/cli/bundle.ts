@@ -11,7 +11,7 @@ import type { BundleSources } from "../provision/generate.js";
 import { sourcesFromCluster, sourcesFromDirectory } from "../provision/generate.js";
 import { programVersion } from "../version.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
-import { connectKube, parseDurationFlag, profileFor, withProfileOptions } from "./admin-options.js";
+import { checkOutputPath, connectKube, parseDurationFlag, profileFor, withProfileOptions } from "./admin-options.js";
 import type { CommandRuntime } from "./context.js";
 import type { KubeArgs } from "./kube-options.js";
 import { KUBE_OPTIONS_EPILOGUE, withKubeOptions } from "./kube-options.js";
@@ -262,18 +262,9 @@ export function bundleCommand(
         ),
     handler: async (args) => {
       const rt = runtime();
+      await checkOutputPath(rt.fs, args.output, "-o");
       const built = await buildBundle(rt, args, connect);
       for (const warning of built.sources.warnings) rt.err(`warning: ${warning}\n`);
-      const existing = await rt.fs.stat(args.output);
-      if (existing?.isDirectory === true) {
-        throw new AgentError({
-          code: "OUTPUT_IS_DIRECTORY",
-          message: `${args.output} is a directory`,
-          subject: args.output,
-          kind: "usage",
-          hint: "give a file name, e.g. -o vm.bundle.tgz",
-        });
-      }
       await rt.fs.writeFileAtomic(args.output, built.archive, { mode: 0o600 });
       if (rt.options.json) {
         rt.out(renderJson({ path: args.output, bytes: built.archive.length, sha256: built.sha256, ...built.info }));

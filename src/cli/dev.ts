@@ -13,7 +13,8 @@ import { parseCidr } from "../devplane/ip-allocator.js";
 import { PROFILES } from "../devplane/seed.js";
 import type { Profile } from "../devplane/seed.js";
 import { DEFAULT_TRUST_DOMAIN } from "../devplane/mesh-ca.js";
-import { UsageError } from "../platform/errors.js";
+import { AgentError, UsageError } from "../platform/errors.js";
+import { checkOutputPath } from "./admin-options.js";
 import type { CommandRuntime } from "./context.js";
 
 const DEFAULT_PROFILE: Profile = "istiod";
@@ -142,6 +143,44 @@ function untilSignal(): Promise<NodeJS.Signals> {
   });
 }
 
+/**
+ * startDevPlane, with the errors of binding a port said for a user: which address and port, who may hold it, what to
+ * do (Node's own error is `listen EADDRINUSE: address already in use 127.0.0.1:6443` and a stack).
+ */
+async function listening(args: DevArgs, options: Parameters<typeof startDevPlane>[0]): Promise<DevPlane> {
+  try {
+    return await startDevPlane(options);
+  } catch (error) {
+    const e = error as NodeJS.ErrnoException & { address?: string; port?: number };
+    if (e.code !== "EADDRINUSE" && e.code !== "EACCES" && e.code !== "EADDRNOTAVAIL") throw error;
+    const where =
+      e.address === undefined
+        ? "the address"
+        : `${e.address.includes(":") ? `[${e.address}]` : e.address}:${e.port ?? "?"}`;
+    const apiPort = e.port === args.port;
+    const hint =
+      e.code === "EADDRINUSE"
+        ? `another program holds it${apiPort ? " (another `istio-vm dev`?)" : ""}: stop it, or ${apiPort ? "use --port 0 for any free port (the URLs are printed, and written with --write-kubeconfig)" : "choose another port with --service-port NAME=PORT, or leave it out for any free port"}`
+        : e.code === "EACCES"
+          ? "ports below 1024 need root or CAP_NET_BIND_SERVICE; use a higher port, or --port 0"
+          : "the address is not one of this machine's; check --listen";
+    const what =
+      e.code === "EADDRINUSE"
+        ? "is already in use"
+        : e.code === "EACCES"
+          ? "may not be bound (permission denied)"
+          : "is not available here";
+    throw new AgentError({
+      code: `DEV_LISTEN_${e.code}`,
+      message: `cannot listen on ${where}: it ${what}`,
+      subject: where,
+      hint,
+      kind: "usage",
+      cause: error,
+    });
+  }
+}
+
 export function devCommand(runtime: () => CommandRuntime): CommandModule<object, DevArgs> {
   return {
     command: "dev",
@@ -226,7 +265,10 @@ export function devCommand(runtime: () => CommandRuntime): CommandModule<object,
       if (listen.length === 0) throw new UsageError("--listen: give at least one address");
       const lbIp = args["lb-ip"];
       if (isIP(lbIp) === 0) throw new UsageError(`--lb-ip: "${lbIp}" is not an IP address`);
-      const plane = await startDevPlane({
+      if (args["write-kubeconfig"] !== undefined) {
+        await checkOutputPath(rt.fs, args["write-kubeconfig"], "--write-kubeconfig");
+      }
+      const plane = await listening(args, {
         profile: args.profile,
         listen,
         serviceCidrs: parseServiceCidrs(args["service-cidr"]),

@@ -94,6 +94,7 @@ describe("generated files", () => {
     const client = new FakeKubeClient();
     await seedLegacyCluster(client.store);
     const fs = new MemoryFileSystem();
+    fs.dirs.add("/out");
     await run(
       clusterEnvCommand as Factory,
       ["cluster-env", "-o", "/out/cluster.env", "--service-cidr", "10.0.0.0/16"],
@@ -102,7 +103,6 @@ describe("generated files", () => {
     );
     expect(fs.files.get("/out/cluster.env")?.mode).toBe(0o644);
     expect(fs.files.get("/out/cluster.env")?.data.toString()).toContain("ISTIO_SERVICE_CIDR=10.0.0.0/16\n");
-    fs.dirs.add("/out");
     await expect(
       run(clusterEnvCommand as Factory, ["cluster-env", "-o", "/out", "--service-cidr", "10.0.0.0/16"], client, fs),
     ).rejects.toMatchObject({ code: "OUTPUT_IS_DIRECTORY" });

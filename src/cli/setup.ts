@@ -17,7 +17,7 @@ import { readUserText } from "../platform/user-file.js";
 import { checkBundleFile } from "../provision/bundle-file.js";
 import { programVersion } from "../version.js";
 import type { KubeConnector } from "./admin-options.js";
-import { connectKube, parseDurationFlag } from "./admin-options.js";
+import { checkOutputPath, connectKube, parseDurationFlag } from "./admin-options.js";
 import type { BundleArgs } from "./bundle.js";
 import { buildBundle, withBundleOptions } from "./bundle.js";
 import type { CommandRuntime } from "./context.js";
@@ -228,6 +228,7 @@ export function setupCommand(
       if (args["cloud-init"]) {
         if (hosts.length > 0)
           throw new UsageError("--cloud-init takes no hosts", "drop the hosts, or drop --cloud-init");
+        if (args.output !== undefined) await checkOutputPath(rt.fs, args.output, "-o");
       } else {
         if (hosts.length === 0) throw new UsageError("name at least one host (or --hosts-file, or --cloud-init)");
         if (args.output !== undefined) throw new UsageError("-o/--output is for --cloud-init");

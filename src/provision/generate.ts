@@ -13,6 +13,7 @@ import type { ControlPlaneProfile, DetectedProfile } from "../kube/profile.js";
 import type { Clock } from "../platform/clock.js";
 import { AgentError } from "../platform/errors.js";
 import type { FileSystem } from "../platform/fs.js";
+import { readUserText } from "../platform/user-file.js";
 import type { CredentialName } from "./bundle.js";
 import { CREDENTIAL_NAMES } from "./bundle.js";
 
@@ -112,6 +113,9 @@ export async function sourcesFromCluster(client: KubeClient, options: ClusterSou
 }
 
 /** The files `cluster-env -o`, `dnsmasq -o` and `certs -o` wrote into one directory. */
+/** cluster.env, kubedns, PEM files and a token are kilobytes; 16 MiB is not one of them. */
+const FROM_FILE_MAX_BYTES = 16 * 1024 * 1024;
+
 export async function sourcesFromDirectory(fs: FileSystem, dir: string): Promise<BundleSources> {
   const stat = await fs.stat(dir);
   if (stat?.isDirectory !== true) {
@@ -123,7 +127,14 @@ export async function sourcesFromDirectory(fs: FileSystem, dir: string): Promise
       hint: "give the directory where cluster-env, dnsmasq and certs wrote their files",
     });
   }
-  const read = async (name: string): Promise<string | undefined> => fs.readTextIfExists(join(dir, name));
+  // Files a user put there (or linked): bounded, and a directory or a binary in their place is a clear error.
+  const read = (name: string): Promise<string | undefined> =>
+    readUserText(fs, join(dir, name), {
+      what: name,
+      maxBytes: FROM_FILE_MAX_BYTES,
+      code: "BUNDLE_INPUT",
+      hint: `make it again with the command that writes ${name} (see \`istio-vm bundle --help\`)`,
+    });
   const clusterEnv = await read("cluster.env");
   const kubedns = await read("kubedns");
   const missing = [clusterEnv === undefined ? "cluster.env" : "", kubedns === undefined ? "kubedns" : ""].filter(

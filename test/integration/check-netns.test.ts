@@ -157,8 +157,9 @@ describe.skipIf(missing !== undefined)(
     };
 
     const setPilotFault = async (faults: string): Promise<void> => {
-      const script = `fetch("http://istio-pilot.istio-system:8080/istio-vm-dev/fault",{method:"POST",body:${JSON.stringify(faults)}}).then(async r=>{process.stdout.write(await r.text());process.exit(r.ok?0:1)})`;
-      const r = await runIn(VM_NS, process.execPath, ["-e", script]);
+      // From the cluster's own loopback: the dev plane's fault switches refuse other callers.
+      const script = `fetch("http://127.0.0.1:8080/istio-vm-dev/fault",{method:"POST",body:${JSON.stringify(faults)}}).then(async r=>{process.stdout.write(await r.text());process.exit(r.ok?0:1)})`;
+      const r = await runIn(CLUSTER_NS, process.execPath, ["-e", script]);
       expect(r.code, r.stdout + r.stderr).toBe(0);
     };
 

@@ -5,7 +5,9 @@
  * are read from the built CLI's --help, so a new command or option is covered without touching this file; a new
  * command without a bad-value case below fails the test until it gets one.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -31,6 +33,8 @@ const GLOBAL_OPTIONS = new Set(["json", "log-level", "version", "help"]);
 
 interface OptionInfo {
   readonly name: string;
+  /** The option's whole help entry: the same text in two commands is the same definition (a shared helper). */
+  readonly entry: string;
   /** boolean, string, number, array, or choices. */
   readonly type: string;
   readonly required: boolean;
@@ -54,7 +58,7 @@ function section(help: string, title: string): string {
 }
 
 /** The options of one --help page: an entry starts with `  -x, --name` or `      --name` and runs to the next. */
-export function parseOptions(help: string): OptionInfo[] {
+function parseOptions(help: string): OptionInfo[] {
   const entries = section(help, "Options").split(/\n(?= {2}(?:-\w, | {4})--[\w-]+)/);
   const options: OptionInfo[] = [];
   for (const entry of entries) {
@@ -62,7 +66,7 @@ export function parseOptions(help: string): OptionInfo[] {
     if (name === undefined || GLOBAL_OPTIONS.has(name)) continue;
     const type = /\[(boolean|string|number|array|choices)\b/.exec(entry)?.[1];
     if (type === undefined) throw new Error(`no type in the help of --${name}: ${entry}`);
-    options.push({ name, type, required: /\[required\]/.test(entry) });
+    options.push({ name, type, required: /\[required\]/.test(entry), entry: entry.replace(/\s+/g, " ").trim() });
   }
   return options;
 }
@@ -110,6 +114,7 @@ function badValues(files: {
   readonly zero: string;
   readonly dir: string;
   readonly junk: string;
+  readonly fromZero: string;
 }): Record<string, readonly Case[]> {
   const kubeconfigs = (args: readonly string[]): Case[] => [
     { args: [...args, "--kubeconfig", files.zero] },
@@ -135,9 +140,22 @@ function badValues(files: {
     "certs renew": [{ args: [], env: badCidr }],
     register: [...kubeconfigs(["svc", "10.0.0.1", "80"]), { args: ["svc", "not-an-ip", "80"] }],
     deregister: [...kubeconfigs(["svc", "10.0.0.1"]), { args: ["svc", "not-an-ip"] }],
-    dev: [{ args: ["--lb-ip", "nope"] }, { args: ["--port", "70000"] }, { args: ["--service-cidr", "nope"] }],
+    dev: [
+      { args: ["--port", "0", "--write-kubeconfig", files.dir] },
+      { args: ["--port", "0", "--write-kubeconfig", join(root, "no-such-dir", "kubeconfig")] },
+      { args: ["--lb-ip", "nope"] },
+      { args: ["--port", "70000"] },
+      { args: ["--service-cidr", "nope"] },
+    ],
     check: [{ args: ["--only", "nosuch"] }, { args: ["--timeout", "soon"] }],
-    bundle: [...kubeconfigs(["-o", join(root, "b.tgz")]), { args: ["-o", join(root, "b.tgz"), "--from", files.zero] }],
+    bundle: [
+      ...kubeconfigs(["-o", join(root, "b.tgz")]),
+      { args: ["-o", join(root, "b.tgz"), "--from", files.zero] },
+      { args: ["-o", join(root, "b.tgz"), "--from", files.fromZero, "--no-deb"] },
+      { args: ["-o", files.dir, "--from", files.fromZero, "--no-deb"] },
+    ],
+    // Commands without value flags: a value no flag takes, and an unknown log level.
+    uninstall: [{ args: ["extra-argument"] }, { args: ["--log-level", "loud"] }],
     install: [{ args: [files.zero] }, { args: [files.dir] }, { args: [files.junk] }],
     setup: [
       { args: ["x@-oBogusOption=1", "--bundle", files.junk] },
@@ -153,7 +171,12 @@ interface Run {
   readonly env: NodeJS.ProcessEnv;
 }
 
-function casesFor(command: CommandInfo, bad: Record<string, readonly Case[]>): Run[] {
+/**
+ * The cases of one command. An option defined once and shared by several commands (the kube options, the bundle
+ * options) is given without value and with a wrong value in the first command that has it only: the same yargs
+ * definition answers the same way everywhere, and each run costs a Node start.
+ */
+function casesFor(command: CommandInfo, bad: Record<string, readonly Case[]>, seen: Set<string>): Run[] {
   const id = command.path.join(" ");
   const placeholders = command.requiredPositionals.map((p) => (p === "ip" ? "10.0.0.1" : p === "ports" ? "80" : p));
   const requiredOptions = command.options.filter((o) => o.required).flatMap((o) => [`--${o.name}`, join(root, "x")]);
@@ -163,7 +186,8 @@ function casesFor(command: CommandInfo, bad: Record<string, readonly Case[]>): R
   }
   cases.push({ name: "unknown flag", args: [...command.path, ...placeholders, "--no-such-flag"] });
   for (const option of command.options) {
-    if (option.type === "boolean") continue;
+    if (option.type === "boolean" || seen.has(option.entry)) continue;
+    seen.add(option.entry);
     cases.push({
       name: `--${option.name} without value`,
       args: [...command.path, ...placeholders, `--${option.name}`],
@@ -216,8 +240,16 @@ function violation(run: Run, result: CliResult): string | undefined {
   return undefined;
 }
 
-const files = { zero: "/dev/zero", dir: join(root, "a-directory"), junk: join(root, "junk.bin") };
+const files = {
+  zero: "/dev/zero",
+  dir: join(root, "a-directory"),
+  junk: join(root, "junk.bin"),
+  fromZero: join(root, "from-zero"),
+};
 mkdirSync(files.dir);
+// A --from directory whose cluster.env is /dev/zero and whose kubedns is a directory.
+mkdirSync(join(files.fromZero, "kubedns"), { recursive: true });
+symlinkSync("/dev/zero", join(files.fromZero, "cluster.env"));
 mkdirSync(env["HOME"] ?? "", { recursive: true });
 writeFileSync(files.junk, Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) % 256)));
 const bad = badValues(files);
@@ -235,9 +267,10 @@ describe("the CLI's error contract, for every command", () => {
   });
 
   // Commands run one after the other, the cases of one command a few at a time (the machine has few cores).
-  describe.each(commands.map((c) => ({ id: c.path.join(" "), command: c })))("istio-vm $id", ({ command }) => {
+  const seen = new Set<string>();
+  const table = commands.map((c) => ({ id: c.path.join(" "), runs: casesFor(c, bad, seen) }));
+  describe.each(table)("istio-vm $id", ({ runs }) => {
     it("no arguments, a flag without value, an unknown flag, a bad value: exit 2, no stack, JSON under --json", async () => {
-      const runs = casesFor(command, bad);
       const results = await mapLimited(runs, 4, (run) =>
         runCli(run.args, { env: run.env, timeoutMs: 30_000, cwd: root }),
       );
@@ -250,5 +283,30 @@ describe("the CLI's error contract, for every command", () => {
       });
       expect(failures, `${failures.length} of ${runs.length} runs broke the contract`).toEqual([]);
     });
+  });
+
+  it("dev on a port in use: exit 2, names the address and port, suggests --port 0", async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (holder.address() as AddressInfo).port;
+      const text = await runCli(["dev", "--port", String(port)], { env, timeoutMs: 30_000 });
+      expect(text.code).toBe(2);
+      expect(text.stderr).toContain(`istio-vm: cannot listen on 127.0.0.1:${port}: it is already in use`);
+      expect(text.stderr).toContain("another `istio-vm dev`");
+      expect(text.stderr).toContain("--port 0");
+      expect(text.stderr).not.toMatch(/^\s+at /m);
+      const json = await runCli(["dev", "--port", String(port), "--json"], { env, timeoutMs: 30_000 });
+      expect(json.code).toBe(2);
+      expect(JSON.parse(json.stdout)).toMatchObject({ error: { code: "DEV_LISTEN_EADDRINUSE" } });
+    } finally {
+      await new Promise((resolve) => holder.close(resolve));
+    }
+  });
+
+  it("--version --json is JSON", async () => {
+    const result = await runCli(["--version", "--json"], { env });
+    expect(result.code).toBe(0);
+    expect(JSON.parse(result.stdout)).toEqual({ version: expect.stringMatching(/^\d+\.\d+\.\d+/) as unknown });
   });
 });
