@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import * as fsp from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
@@ -66,6 +65,8 @@ async function fsyncDirectory(path: string): Promise<void> {
 
 export async function writeFileAtomic(path: string, data: string | Uint8Array, options: WriteOptions): Promise<void> {
   const dir = dirname(path);
+  // node:crypto loads on first use: `istio-vm --version` and `config` never write a file.
+  const { randomBytes } = await import("node:crypto");
   const tmp = join(dir, `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
   // O_EXCL: never follow or reuse a file someone planted under the temporary name.
   const handle = await fsp.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, options.mode);

@@ -1,4 +1,3 @@
-import { spawn } from "node:child_process";
 import { AgentError } from "./errors.js";
 
 export interface RunOptions {
@@ -30,7 +29,9 @@ export function formatCommand(command: string, args: readonly string[]): string 
 }
 
 export const nodeProcessRunner: ProcessRunner = {
-  run(command, args, options = {}) {
+  async run(command, args, options = {}) {
+    // node:child_process loads on first use, not with every command's start.
+    const { spawn } = await import("node:child_process");
     return new Promise<RunResult>((resolve, reject) => {
       const child = spawn(command, args, {
         env: options.env ?? process.env,
