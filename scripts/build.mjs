@@ -60,6 +60,10 @@ const text = readFileSync(tmpfile, "utf8").replace(/^\s*(\/\/|\/\*|\*).*$/gm, (l
 );
 const nonAscii = /^.*[^\x00-\x7f].*$/m.exec(text);
 if (nonAscii !== null) throw new Error(`the bundle has a non-ASCII character outside a comment: ${nonAscii[0]}`);
+// esbuild keeps import() of what it does not bundle (node:… built-ins); the launcher's vm.Script has no module
+// loader for it on Node 20, so such a load must be a require() (src/platform/fs.ts: loadBuiltin).
+const external = /^.*\bimport\(\s*["'`].*$/m.exec(text);
+if (external !== null) throw new Error(`the bundle imports a module with import(): ${external[0].trim()}`);
 writeFileSync(tmpfile, text, { mode: 0o755 });
 
 // The last line of the bundle names the build: the SHA-256 of everything above it. The cache file starts with the

@@ -1,6 +1,14 @@
+import type * as Crypto from "node:crypto";
 import { constants } from "node:fs";
 import * as fsp from "node:fs/promises";
+import { createRequire } from "node:module";
 import { basename, dirname, join } from "node:path";
+
+/**
+ * Built-in modules loaded on first use. require(), not import(): inside the bundle esbuild leaves `import("node:…")`
+ * as it is, and the launcher's vm.Script has no module loader for it under Node 20.
+ */
+export const loadBuiltin = createRequire(import.meta.url);
 
 export interface FileOwner {
   readonly uid: number;
@@ -66,7 +74,7 @@ async function fsyncDirectory(path: string): Promise<void> {
 export async function writeFileAtomic(path: string, data: string | Uint8Array, options: WriteOptions): Promise<void> {
   const dir = dirname(path);
   // node:crypto loads on first use: `istio-vm --version` and `config` never write a file.
-  const { randomBytes } = await import("node:crypto");
+  const { randomBytes } = loadBuiltin("node:crypto") as typeof Crypto;
   const tmp = join(dir, `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
   // O_EXCL: never follow or reuse a file someone planted under the temporary name.
   const handle = await fsp.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, options.mode);

@@ -1,4 +1,6 @@
+import type * as ChildProcess from "node:child_process";
 import { AgentError } from "./errors.js";
+import { loadBuiltin } from "./fs.js";
 
 export interface RunOptions {
   readonly input?: string | Uint8Array;
@@ -29,9 +31,9 @@ export function formatCommand(command: string, args: readonly string[]): string 
 }
 
 export const nodeProcessRunner: ProcessRunner = {
-  async run(command, args, options = {}) {
+  run(command, args, options = {}) {
     // node:child_process loads on first use, not with every command's start.
-    const { spawn } = await import("node:child_process");
+    const { spawn } = loadBuiltin("node:child_process") as typeof ChildProcess;
     return new Promise<RunResult>((resolve, reject) => {
       const child = spawn(command, args, {
         env: options.env ?? process.env,
