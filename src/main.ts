@@ -2,24 +2,11 @@
  * The composition root: argv → command. Builds the real adapters (file system, processes, clock, notify socket),
  * and is the only place that maps errors to exit codes: 0 ok, 1 failure, 2 usage or configuration error.
  */
-import yargs from "yargs";
 import type { CommandModule } from "yargs";
-import { agentCommand } from "./cli/agent.js";
-import { bundleCommand } from "./cli/bundle.js";
-import { certsCommand } from "./cli/certs.js";
-import { checkCommand } from "./cli/check.js";
-import { clusterEnvCommand } from "./cli/cluster-env.js";
-import { configCommand } from "./cli/config.js";
-import { devCommand } from "./cli/dev.js";
-import { dnsmasqCommand } from "./cli/dnsmasq.js";
-import { envoyCommandModule } from "./cli/envoy.js";
-import { deregisterCommand, registerCommand } from "./cli/register.js";
+import type { CommandEntry } from "./cli/commands.js";
+import { COMMANDS, commandName, requestedCommand } from "./cli/commands.js";
 import type { CommandContext, CommandRuntime } from "./cli/context.js";
-import { installCommand } from "./cli/install.js";
-import { iptablesCommand } from "./cli/iptables.js";
-import { setupCommand } from "./cli/setup.js";
 import { commandTrail, recordArguments, usageHint, withFlagValues } from "./cli/flag-values.js";
-import { uninstallCommand } from "./cli/uninstall.js";
 import { systemClock } from "./platform/clock.js";
 import { AgentError, ConfigError, UsageError, describeError } from "./platform/errors.js";
 import { nodeFileSystem } from "./platform/fs.js";
@@ -33,28 +20,30 @@ export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 
-// Each factory has its own argument type; yargs only needs the module shape here.
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- heterogeneous command argument types
-type CommandFactory = (runtime: () => CommandRuntime) => CommandModule<object, any>;
+/**
+ * What --help lists for a command that is not running: its name and description. Its options, handler and imports
+ * stay unloaded (`requestedCommand` picks the one command whose module is loaded).
+ */
+function listedOnly(entry: CommandEntry): CommandModule<object, object> {
+  return {
+    command: entry.command,
+    describe: entry.describe,
+    handler: () => {
+      throw new Error(`command ${commandName(entry)} ran without its module`);
+    },
+  };
+}
 
-/** Every implemented command; a command appears in --help only once it works. */
-const COMMANDS: readonly CommandFactory[] = [
-  agentCommand,
-  configCommand,
-  iptablesCommand,
-  envoyCommandModule,
-  clusterEnvCommand,
-  dnsmasqCommand,
-  certsCommand,
-  registerCommand,
-  deregisterCommand,
-  devCommand,
-  checkCommand,
-  bundleCommand,
-  installCommand,
-  uninstallCommand,
-  setupCommand,
-];
+/**
+ * yargs 17 renders the running command's whole help text right after starting its handler (`cacheHelpMessage`, for
+ * showing it on a later failure): a fifth of `istio-vm config`'s own time. istio-vm never shows help on a failure
+ * (`.fail` below turns every failure into one line and a hint), so that text is never used; --help renders its own.
+ */
+function skipHelpCache(parser: object): void {
+  const internals = parser as { getInternalMethods?: () => { getUsageInstance(): { cacheHelpMessage?: unknown } } };
+  const usage = internals.getInternalMethods?.().getUsageInstance();
+  if (usage !== undefined && typeof usage.cacheHelpMessage === "function") usage.cacheHelpMessage = () => undefined;
+}
 
 function exitCodeFor(error: unknown): number {
   if (error instanceof AgentError) return error.kind === "failure" ? EXIT_FAILURE : EXIT_USAGE;
@@ -110,6 +99,8 @@ export async function main(argv: readonly string[], context: CommandContext): Pr
     if (runtime === undefined) throw new Error("command runtime used before the arguments were parsed");
     return runtime;
   };
+  const requested = requestedCommand(argv);
+  const [{ default: yargs }, factory] = await Promise.all([import("yargs"), requested?.load()]);
   let parser = yargs([...argv])
     .scriptName("istio-vm")
     .usage(
@@ -137,9 +128,12 @@ export async function main(argv: readonly string[], context: CommandContext): Pr
       };
     });
   recordArguments(parser, argv);
-  const modules = COMMANDS.map((factory) => factory(getRuntime));
-  const known = new Set(modules.map((m) => String(m.command).split(" ")[0] ?? ""));
-  for (const module of modules) parser = parser.command(withFlagValues(module));
+  const known = new Set(COMMANDS.map(commandName));
+  for (const entry of COMMANDS) {
+    parser = parser.command(
+      entry === requested && factory !== undefined ? withFlagValues(factory(getRuntime)) : listedOnly(entry),
+    );
+  }
   // The bash script comes from yargs, and asks `istio-vm --get-yargs-completions …` for each completion. yargs' own
   // completion command prints the script whatever else is on the line (even an unknown flag), so it is registered
   // hidden under another name, and `completion` is an ordinary strict command that prints the same script.
@@ -154,6 +148,7 @@ export async function main(argv: readonly string[], context: CommandContext): Pr
       );
     },
   });
+  skipHelpCache(parser);
   parser = parser
     .demandCommand(1, "name a command")
     .strict()

@@ -22,7 +22,7 @@ import type { ProcessRunner } from "../platform/process.js";
 import type { LoadedConfig } from "../config/load.js";
 import { agentProblems, loadConfig } from "../config/load.js";
 import type { ConfigValues } from "../config/registry.js";
-import type { AgentComponent, AgentDeps, ComponentFactory } from "./component.js";
+import type { AgentComponent, AgentDeps, ComponentLoader } from "./component.js";
 import { createAgentEvents } from "./events.js";
 import { MetricsRegistry } from "./metrics.js";
 import { registerProcessMetrics } from "./process-metrics.js";
@@ -51,7 +51,7 @@ export interface AgentOptions {
   readonly logger: Logger;
   readonly notifier: Notifier;
   readonly signals: SignalSource;
-  readonly components: readonly ComponentFactory[];
+  readonly components: readonly ComponentLoader[];
   readonly version: string;
   /** Host of the status endpoint; loopback unless a test needs otherwise. */
   readonly statusHost?: string;
@@ -270,7 +270,7 @@ export async function runAgent(options: AgentOptions): Promise<number> {
     try {
       for (const factory of options.components) {
         if (stopReason !== undefined) return;
-        const component = factory(depsFor());
+        const component = await factory(depsFor());
         if (component === undefined) continue;
         logger.info(`starting ${component.name}`);
         starting = component;

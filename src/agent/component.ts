@@ -67,3 +67,6 @@ export interface AgentComponent {
 }
 
 export type ComponentFactory = (deps: AgentDeps) => AgentComponent | undefined;
+
+/** What the agent is given: a factory, or one that first loads the component's module (src/agent/components.ts). */
+export type ComponentLoader = (deps: AgentDeps) => AgentComponent | undefined | Promise<AgentComponent | undefined>;

@@ -23,7 +23,12 @@ async function names(sidecar: string): Promise<string[]> {
     events: createAgentEvents(),
     env: {},
   };
-  return AGENT_COMPONENTS.map((factory) => factory(deps)?.name).filter((n): n is string => n !== undefined);
+  const names: string[] = [];
+  for (const factory of AGENT_COMPONENTS) {
+    const component = await factory(deps);
+    if (component !== undefined) names.push(component.name);
+  }
+  return names;
 }
 
 describe("the agent's components", () => {

@@ -3,28 +3,25 @@
  * docs/architecture.md ("The agent"): configuration → READY=1 → certificates valid → interception applied → Envoy
  * started and ready (src/agent/agent.ts).
  * ISTIO_AGENT_COMPONENTS selects a subset (interception is also left out with ISTIO_CUSTOM_IP_TABLES=true).
+ * A component's module loads only when it is configured: an agent without the discovery check never loads gRPC and
+ * the xDS types, one without certificates never loads the CA clients and X.509 code (memory and start-up).
  */
-import { certificateComponent } from "../certs/component.js";
-import { discoveryCheckComponent } from "../checks/component.js";
 import { hostname } from "node:os";
-import { dnsProxyComponentFor } from "../dns/component.js";
-import { envoyComponent } from "../envoy/component.js";
-import { interceptionComponent } from "../intercept/component.js";
-import type { ComponentFactory } from "./component.js";
+import type { ComponentFactory, ComponentLoader } from "./component.js";
 
 type ComponentName = "certificates" | "dns" | "interception" | "envoy" | "discovery";
 
-const ORDERED: readonly [ComponentName, ComponentFactory][] = [
-  ["certificates", certificateComponent],
+const ORDERED: readonly [ComponentName, () => Promise<ComponentFactory>][] = [
+  ["certificates", async () => (await import("../certs/component.js")).certificateComponent],
   // Before interception: the capture rules send the VM's DNS to the proxy, which must already listen.
-  ["dns", dnsProxyComponentFor(hostname())],
-  ["interception", interceptionComponent],
-  ["envoy", envoyComponent],
-  ["discovery", discoveryCheckComponent],
+  ["dns", async () => (await import("../dns/component.js")).dnsProxyComponentFor(hostname())],
+  ["interception", async () => (await import("../intercept/component.js")).interceptionComponent],
+  ["envoy", async () => (await import("../envoy/component.js")).envoyComponent],
+  ["discovery", async () => (await import("../checks/component.js")).discoveryCheckComponent],
 ];
 
-export const AGENT_COMPONENTS: readonly ComponentFactory[] = ORDERED.map(
-  ([name, factory]): ComponentFactory =>
-    (deps) =>
-      deps.config.ISTIO_AGENT_COMPONENTS.includes(name) ? factory(deps) : undefined,
+export const AGENT_COMPONENTS: readonly ComponentLoader[] = ORDERED.map(
+  ([name, load]): ComponentLoader =>
+    async (deps) =>
+      deps.config.ISTIO_AGENT_COMPONENTS.includes(name) ? (await load())(deps) : undefined,
 );

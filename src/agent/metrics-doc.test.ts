@@ -12,7 +12,7 @@ import { systemClock } from "../platform/clock.js";
 import { silentLogger } from "../platform/logger.js";
 import { nodeProcessRunner } from "../platform/process.js";
 import { runAgent } from "./agent.js";
-import type { ComponentFactory } from "./component.js";
+import type { ComponentLoader } from "./component.js";
 import { AGENT_COMPONENTS } from "./components.js";
 import type { MetricDescription, MetricsRegistry } from "./metrics.js";
 
@@ -53,9 +53,14 @@ async function scrape(): Promise<{ served: Map<string, string>; declared: Metric
   let registry: MetricsRegistry | undefined;
   // Each real component is constructed (registering its metrics) but not started: starting needs a CA, iptables
   // and Envoy, and the metrics do not depend on it.
-  const components: ComponentFactory[] = AGENT_COMPONENTS.map((factory) => (deps) => {
+  // Components load their modules first (src/agent/components.ts): /metrics is read once all of them were built.
+  let built = 0;
+  let allBuilt: () => void = () => undefined;
+  const constructed = new Promise<void>((resolve) => (allBuilt = resolve));
+  const components: ComponentLoader[] = AGENT_COMPONENTS.map((factory) => async (deps) => {
     registry = deps.metrics;
-    expect(factory(deps), "every component is configured by default").toBeDefined();
+    expect(await factory(deps), "every component is configured by default").toBeDefined();
+    if (++built === AGENT_COMPONENTS.length) allBuilt();
     return undefined;
   });
   const signals = new ManualSignals();
@@ -74,6 +79,7 @@ async function scrape(): Promise<{ served: Map<string, string>; declared: Metric
     onListening: setAddress,
   });
   try {
+    await constructed;
     const text = await (await fetch(`http://${await address}/metrics`)).text();
     const served = new Map<string, string>();
     for (const match of text.matchAll(/^# TYPE (\S+) (\S+)$/gm)) served.set(match[1] ?? "", match[2] ?? "");

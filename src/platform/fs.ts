@@ -1,7 +1,14 @@
-import { randomBytes } from "node:crypto";
+import type * as Crypto from "node:crypto";
 import { constants } from "node:fs";
 import * as fsp from "node:fs/promises";
+import { createRequire } from "node:module";
 import { basename, dirname, join } from "node:path";
+
+/**
+ * Built-in modules loaded on first use. require(), not import(): inside the bundle esbuild leaves `import("node:…")`
+ * as it is, and the launcher's vm.Script has no module loader for it under Node 20.
+ */
+export const loadBuiltin = createRequire(import.meta.url);
 
 export interface FileOwner {
   readonly uid: number;
@@ -68,6 +75,8 @@ export async function fsyncDirectory(path: string): Promise<void> {
 
 /** A name beside `path` for the new version before it is renamed over `path`: unique per process and call. */
 export function temporaryName(path: string): string {
+  // node:crypto loads on first use: `istio-vm --version` and `config` never write a file.
+  const { randomBytes } = loadBuiltin("node:crypto") as typeof Crypto;
   return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`);
 }
 

@@ -1,6 +1,7 @@
-import { spawn } from "node:child_process";
+import type * as ChildProcess from "node:child_process";
 import { AgentError } from "./errors.js";
 import { timerDelay } from "./clock.js";
+import { loadBuiltin } from "./fs.js";
 
 export interface RunOptions {
   readonly input?: string | Uint8Array;
@@ -32,6 +33,8 @@ export function formatCommand(command: string, args: readonly string[]): string 
 
 export const nodeProcessRunner: ProcessRunner = {
   run(command, args, options = {}) {
+    // node:child_process loads on first use, not with every command's start.
+    const { spawn } = loadBuiltin("node:child_process") as typeof ChildProcess;
     return new Promise<RunResult>((resolve, reject) => {
       const child = spawn(command, args, {
         env: options.env ?? process.env,

@@ -13,12 +13,32 @@ export const CLUSTER_TYPE_URL = "type.googleapis.com/envoy.config.cluster.v3.Clu
 export const ENDPOINT_TYPE_URL = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 export const ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
-const root = protobuf.Root.fromJSON(descriptor.root as protobuf.INamespace);
+interface XdsTypes {
+  readonly DiscoveryRequest: protobuf.Type;
+  readonly DiscoveryResponse: protobuf.Type;
+  readonly Cluster: protobuf.Type;
+  readonly ClusterLoadAssignment: protobuf.Type;
+}
 
-const DiscoveryRequestType = root.lookupType("envoy.service.discovery.v3.DiscoveryRequest");
-const DiscoveryResponseType = root.lookupType("envoy.service.discovery.v3.DiscoveryResponse");
-const ClusterType = root.lookupType("envoy.config.cluster.v3.Cluster");
-const ClusterLoadAssignmentType = root.lookupType("envoy.config.endpoint.v3.ClusterLoadAssignment");
+let built: XdsTypes | undefined;
+
+/**
+ * The Root is built on first use, not at import: building it (protobufjs resolves every type of the descriptor) is
+ * the largest module initialiser of the bundle, and most commands, the agent without a discovery check included,
+ * never encode an xDS message.
+ */
+function xdsTypes(): XdsTypes {
+  if (built === undefined) {
+    const root = protobuf.Root.fromJSON(descriptor.root as protobuf.INamespace);
+    built = {
+      DiscoveryRequest: root.lookupType("envoy.service.discovery.v3.DiscoveryRequest"),
+      DiscoveryResponse: root.lookupType("envoy.service.discovery.v3.DiscoveryResponse"),
+      Cluster: root.lookupType("envoy.config.cluster.v3.Cluster"),
+      ClusterLoadAssignment: root.lookupType("envoy.config.endpoint.v3.ClusterLoadAssignment"),
+    };
+  }
+  return built;
+}
 
 /** A protobuf Struct value as plain JSON (google.protobuf.Struct is encoded by protobufjs from this shape). */
 export type StructValue = string | number | boolean | null | StructValue[] | { [key: string]: StructValue };
@@ -126,11 +146,14 @@ export function encodeDiscoveryRequest(request: DiscoveryRequest): Buffer {
     resource_names: [...request.resource_names],
     ...(request.node === undefined ? {} : { node: { ...request.node, metadata: toStruct(request.node.metadata) } }),
   };
-  return Buffer.from(DiscoveryRequestType.encode(DiscoveryRequestType.fromObject(plain)).finish());
+  return Buffer.from(xdsTypes().DiscoveryRequest.encode(xdsTypes().DiscoveryRequest.fromObject(plain)).finish());
 }
 
 export function decodeDiscoveryRequest(bytes: Buffer): DiscoveryRequest {
-  const object = DiscoveryRequestType.toObject(DiscoveryRequestType.decode(bytes), CONVERT) as Record<string, unknown>;
+  const object = xdsTypes().DiscoveryRequest.toObject(xdsTypes().DiscoveryRequest.decode(bytes), CONVERT) as Record<
+    string,
+    unknown
+  >;
   const node = object["node"] as (Omit<XdsNode, "metadata"> & { metadata?: { fields?: never } }) | null | undefined;
   const error = object["error_detail"] as RpcStatus | null | undefined;
   return {
@@ -144,11 +167,11 @@ export function decodeDiscoveryRequest(bytes: Buffer): DiscoveryRequest {
 }
 
 export function encodeDiscoveryResponse(response: DiscoveryResponse): Buffer {
-  return Buffer.from(DiscoveryResponseType.encode(DiscoveryResponseType.fromObject(response)).finish());
+  return Buffer.from(xdsTypes().DiscoveryResponse.encode(xdsTypes().DiscoveryResponse.fromObject(response)).finish());
 }
 
 export function decodeDiscoveryResponse(bytes: Buffer): DiscoveryResponse {
-  const object = DiscoveryResponseType.toObject(DiscoveryResponseType.decode(bytes), CONVERT) as Record<
+  const object = xdsTypes().DiscoveryResponse.toObject(xdsTypes().DiscoveryResponse.decode(bytes), CONVERT) as Record<
     string,
     unknown
   >;
@@ -163,23 +186,26 @@ export function decodeDiscoveryResponse(bytes: Buffer): DiscoveryResponse {
 }
 
 export function packCluster(cluster: ClusterResource): AnyResource {
-  return { type_url: CLUSTER_TYPE_URL, value: ClusterType.encode(ClusterType.fromObject(cluster)).finish() };
+  return {
+    type_url: CLUSTER_TYPE_URL,
+    value: xdsTypes().Cluster.encode(xdsTypes().Cluster.fromObject(cluster)).finish(),
+  };
 }
 
 export function unpackCluster(resource: AnyResource): ClusterResource {
-  return ClusterType.toObject(ClusterType.decode(resource.value), CONVERT) as ClusterResource;
+  return xdsTypes().Cluster.toObject(xdsTypes().Cluster.decode(resource.value), CONVERT) as ClusterResource;
 }
 
 export function packClusterLoadAssignment(assignment: ClusterLoadAssignmentResource): AnyResource {
   return {
     type_url: ENDPOINT_TYPE_URL,
-    value: ClusterLoadAssignmentType.encode(ClusterLoadAssignmentType.fromObject(assignment)).finish(),
+    value: xdsTypes().ClusterLoadAssignment.encode(xdsTypes().ClusterLoadAssignment.fromObject(assignment)).finish(),
   };
 }
 
 export function unpackClusterLoadAssignment(resource: AnyResource): ClusterLoadAssignmentResource {
-  return ClusterLoadAssignmentType.toObject(
-    ClusterLoadAssignmentType.decode(resource.value),
+  return xdsTypes().ClusterLoadAssignment.toObject(
+    xdsTypes().ClusterLoadAssignment.decode(resource.value),
     CONVERT,
   ) as ClusterLoadAssignmentResource;
 }
