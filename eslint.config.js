@@ -20,6 +20,8 @@ export default tseslint.config(
           paths: [
             { name: "node:child_process", message: "Spawn processes through src/platform (the process port)." },
             { name: "child_process", message: "Spawn processes through src/platform (the process port)." },
+            { name: "node:timers", message: "Wait through the Clock port (src/platform/clock.ts)." },
+            { name: "node:timers/promises", message: "Wait through the Clock port (src/platform/clock.ts)." },
           ],
         },
       ],
@@ -32,6 +34,29 @@ export default tseslint.config(
   {
     files: ["src/cli/**"],
     rules: { "no-console": "off" },
+  },
+  {
+    // Every wait goes through the Clock port (src/platform/clock.ts): a raw setTimeout above 2^31-1 ms fires after
+    // 1 ms, and a raw timer is invisible to the fake clock.
+    files: ["src/**"],
+    ignores: ["src/platform/**", "src/devplane/**", "src/**/*.test.ts"],
+    rules: {
+      "no-restricted-globals": [
+        "error",
+        ...["setTimeout", "setInterval", "setImmediate"].map((name) => ({
+          name,
+          message: "Wait through the Clock port (clock.sleep, scheduleOnce in src/platform/clock.ts).",
+        })),
+      ],
+      "no-restricted-properties": [
+        "error",
+        ...["setTimeout", "setInterval"].map((property) => ({
+          object: "globalThis",
+          property,
+          message: "Wait through the Clock port (clock.sleep, scheduleOnce in src/platform/clock.ts).",
+        })),
+      ],
+    },
   },
   { files: ["eslint.config.js"], ...tseslint.configs.disableTypeChecked },
 );

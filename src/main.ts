@@ -142,7 +142,6 @@ export function realContext(): CommandContext {
     notifier: () =>
       createNotifier({
         env: process.env,
-        runner: nodeProcessRunner,
         logger: createLogger({ level: "warn", format: "plain", write: (s) => process.stderr.write(s) }),
       }),
     out: (text) => process.stdout.write(text),

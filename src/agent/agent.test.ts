@@ -86,10 +86,12 @@ describe("runAgent", () => {
     expect(h.notifier.messages.some((m) => m["READY"] !== undefined)).toBe(false);
   });
 
-  it("starts components in order, READY=1 after the last, serves health and metrics, stops in reverse on SIGTERM", async () => {
+  it("READY=1 first, then the components in order; serves health and metrics, stops in reverse on SIGTERM", async () => {
     const events: string[] = [];
     const h = start(VALID, [recording("certificates", events), recording("interception", events)]);
-    const ready = await h.notifier.waitFor("READY", "1");
+    const first = await h.notifier.waitFor("READY", "1");
+    expect(first["STATUS"]).toMatch(/^starting: /);
+    const ready = await h.notifier.waitForStatus(/^ready: /);
     expect(events).toEqual(["start certificates", "start interception"]);
     expect(ready["STATUS"]).toBe(
       "ready: istiod mesh, VM 10.0.0.5 as spiffe://cluster.local/ns/default/sa/default; certificates ok; interception ok",
@@ -111,7 +113,7 @@ describe("runAgent", () => {
 
   it("health is 503 while a component is not ready, and STATUS says degraded", async () => {
     const h = start(VALID, [recording("envoy", [], false)]);
-    await h.notifier.waitFor("READY", "1");
+    await h.notifier.waitForStatus(/^degraded: /);
     const health = await fetch(`http://${await h.address}/healthz/ready`);
     expect(health.status).toBe(503);
     expect(await health.text()).toContain("envoy: not ready: envoy ok");
@@ -150,7 +152,7 @@ describe("runAgent", () => {
     expect(await h.run).toBe(0);
   });
 
-  it("a component that fails to start: the started ones are stopped, exit 1, no READY", async () => {
+  it("a component that fails to start: the started ones are stopped, exit 1, STATUS says why", async () => {
     const events: string[] = [];
     const failing: ComponentFactory = () => ({
       name: "interception",
@@ -164,8 +166,13 @@ describe("runAgent", () => {
     const h = start(VALID, [recording("certificates", events), failing]);
     expect(await h.run).toBe(1);
     expect(events).toEqual(["start certificates", "stop interception", "stop certificates"]);
-    expect(h.notifier.messages.some((m) => m["READY"] !== undefined)).toBe(false);
-    expect(h.logs.join("")).toContain('agent start failed error="iptables-restore: line 3 failed"');
+    expect(h.notifier.messages.filter((m) => m["STATUS"]?.startsWith("ready") === true)).toEqual([]);
+    expect(
+      h.notifier.messages.some((m) => /start failed: iptables-restore: line 3 failed/.test(m["STATUS"] ?? "")),
+    ).toBe(true);
+    expect(h.logs.join("")).toContain(
+      'agent start failed component=interception error="iptables-restore: line 3 failed"',
+    );
   });
 
   it("a fatal component error stops everything and exits 1 (systemd restarts the unit)", async () => {
@@ -178,10 +185,112 @@ describe("runAgent", () => {
       return recording("envoy", events)(deps);
     };
     const h = start(VALID, [fatal]);
-    await h.notifier.waitFor("READY", "1");
+    await h.notifier.waitForStatus(/^ready: /);
     raise(new Error("Envoy restart budget exhausted"));
     expect(await h.run).toBe(1);
     expect(events).toEqual(["start envoy", "stop envoy"]);
+  });
+
+  it("READY=1 does not wait for a component that waits (a CA down at boot): STATUS= says what for, health is 503", async () => {
+    const events: string[] = [];
+    let finish: () => void = () => undefined;
+    let waitingSummary = "no certificate: CA 127.0.0.1:15012: UNAVAILABLE: connect ECONNREFUSED; fix: check CA_ADDR";
+    const waiting: ComponentFactory = () => ({
+      name: "certificates",
+      start: () => {
+        events.push("start certificates");
+        return new Promise<void>((resolve) => {
+          finish = () => {
+            waitingSummary = "cert spiffe://… expires later";
+            resolve();
+          };
+        });
+      },
+      stop: () => {
+        events.push("stop certificates");
+        return Promise.resolve();
+      },
+      status: () => ({ ready: waitingSummary.startsWith("cert "), summary: waitingSummary }),
+    });
+    const h = start(VALID, [waiting, recording("interception", events)]);
+    await h.notifier.waitFor("READY", "1");
+    const status = await h.notifier.waitForStatus(/^waiting for a certificate: /);
+    expect(status["STATUS"]).toBe(
+      "waiting for a certificate: no certificate: CA 127.0.0.1:15012: UNAVAILABLE: connect ECONNREFUSED; fix: check CA_ADDR; " +
+        "istiod mesh, VM 10.0.0.5 as spiffe://cluster.local/ns/default/sa/default",
+    );
+    expect(events).toEqual(["start certificates"]);
+    const base = `http://${await h.address}`;
+    const waitingHealth = await fetch(`${base}/healthz/ready`);
+    expect(waitingHealth.status).toBe(503);
+    expect(await waitingHealth.text()).toBe(
+      "not ready\ncertificates: not ready: no certificate: CA 127.0.0.1:15012: UNAVAILABLE: connect ECONNREFUSED; fix: check CA_ADDR\n" +
+        "(the components after certificates start once it is ready)\n",
+    );
+    expect(await (await fetch(`${base}/metrics`)).text()).toContain("istio_vm_agent_ready 0");
+    finish();
+    await h.notifier.waitForStatus(/^ready: /);
+    expect(events).toEqual(["start certificates", "start interception"]);
+    expect((await fetch(`${base}/healthz/ready`)).status).toBe(200);
+    h.signals.raise("SIGTERM");
+    expect(await h.run).toBe(0);
+    expect(events).toEqual(["start certificates", "start interception", "stop interception", "stop certificates"]);
+  });
+
+  it("SIGHUP while a component waits reaches it, and the components after it start with the new configuration", async () => {
+    const events: string[] = [];
+    let finish: () => void = () => undefined;
+    const waiting: ComponentFactory = () => ({
+      name: "certificates",
+      start: () =>
+        new Promise<void>((resolve) => {
+          finish = resolve;
+        }),
+      stop: () => Promise.resolve(),
+      reload: (config) => {
+        events.push(`reload certificates ${config.ISTIO_SVC_IP}`);
+        return Promise.resolve();
+      },
+      status: () => ({ ready: true, summary: "certificates" }),
+    });
+    const later: ComponentFactory = (deps) => {
+      events.push(`build envoy ${deps.config.ISTIO_SVC_IP}`);
+      return recording("envoy", events)(deps);
+    };
+    const h = start(VALID, [waiting, later]);
+    await h.notifier.waitForStatus(/^waiting for a certificate: /);
+    await h.fs.writeFileAtomic(SIDECAR, (VALID[SIDECAR] ?? "").replace("10.0.0.5", "10.0.0.6"), { mode: 0o644 });
+    h.signals.raise("SIGHUP");
+    await expect.poll(() => events).toContain("reload certificates 10.0.0.6");
+    finish();
+    await h.notifier.waitForStatus(/^ready: .*VM 10\.0\.0\.6/);
+    expect(events).toEqual(["reload certificates 10.0.0.6", "build envoy 10.0.0.6", "start envoy"]);
+    h.signals.raise("SIGTERM");
+    expect(await h.run).toBe(0);
+  });
+
+  it("SIGTERM while a component waits ends its start and stops it: exit 0", async () => {
+    const events: string[] = [];
+    const waiting: ComponentFactory = () => ({
+      name: "certificates",
+      start: (signal) =>
+        new Promise<void>((_, reject) => {
+          signal.addEventListener("abort", () => {
+            events.push("start aborted");
+            reject(signal.reason as Error);
+          });
+        }),
+      stop: () => {
+        events.push("stop certificates");
+        return Promise.resolve();
+      },
+      status: () => ({ ready: false, summary: "waiting" }),
+    });
+    const h = start(VALID, [waiting, recording("envoy", events)]);
+    await h.notifier.waitForStatus(/^waiting for a certificate: /);
+    h.signals.raise("SIGTERM");
+    expect(await h.run).toBe(0);
+    expect(events).toEqual(["start aborted", "stop certificates"]);
   });
 
   it("pings the watchdog at half the interval systemd asked for", async () => {

@@ -1,12 +1,20 @@
 /**
- * The daemon frame of `istio-vm agent`: configuration → components started in order → READY=1; SIGHUP reloads;
- * SIGTERM/SIGINT stop the components in reverse order and exit 0. It owns sd_notify (READY, STATUS, WATCHDOG,
- * RELOADING, STOPPING), the status endpoint (/healthz/ready, /metrics on 127.0.0.1:STATUS_PORT) and the order;
- * the components (certificates, interception, Envoy, discovery checks) own everything else.
+ * The daemon frame of `istio-vm agent`: configuration → the agent's own loops (status endpoint, signals, watchdog)
+ * → READY=1 → components started in order (certificates valid → interception applied → Envoy ready → discovery);
+ * SIGHUP reloads; SIGTERM/SIGINT stop the components in reverse order and exit 0. It owns sd_notify (READY, STATUS,
+ * WATCHDOG, RELOADING, STOPPING), the status endpoint (/healthz/ready, /metrics on 127.0.0.1:STATUS_PORT) and the
+ * order; the components own everything else.
+ *
+ * The readiness contract (docs/architecture.md): READY=1 means the agent runs, not that the VM is in the mesh, so
+ * systemd's start never waits on the network (a CA unreachable at boot must not end in a start timeout and a
+ * restart loop). Until every component is started and ready, STATUS= begins with "waiting for …" (or "degraded: …"
+ * afterwards) and says what is missing and how to fix it, and /healthz/ready answers 503. Scripts wait for the mesh
+ * with `istio-vm check --wait` (or /healthz/ready), not for the unit's start.
  */
 import type { ConfigProblem } from "../platform/errors.js";
 import { describeError } from "../platform/errors.js";
 import type { Clock } from "../platform/clock.js";
+import { scheduleOnce } from "../platform/clock.js";
 import type { FileSystem } from "../platform/fs.js";
 import type { Logger } from "../platform/logger.js";
 import type { Notifier } from "../platform/notify.js";
@@ -69,6 +77,14 @@ function logProblems(logger: Logger, problems: readonly ConfigProblem[]): void {
   }
 }
 
+/** What STATUS= says the agent waits for while a component starts ("waiting for a certificate: …"). */
+const WAITING_FOR: Readonly<Record<string, string>> = {
+  certificates: "a certificate",
+  interception: "traffic capture",
+  envoy: "Envoy",
+  discovery: "discovery",
+};
+
 function summarizeProblems(problems: readonly ConfigProblem[]): string {
   const first = problems[0];
   if (first === undefined) return "";
@@ -98,7 +114,6 @@ export async function runAgent(options: AgentOptions): Promise<number> {
     "profile",
   ]);
   info.set(1, { version: options.version, profile: config.ISTIO_CONTROL_PLANE });
-  const readyGauge = metrics.gauge("istio_vm_agent_ready", "1 when every component of the agent is ready.");
   const reloads = metrics.counter("istio_vm_agent_reloads_total", "Configuration reloads (SIGHUP) by result.", [
     "result",
   ]);
@@ -106,7 +121,11 @@ export async function runAgent(options: AgentOptions): Promise<number> {
 
   const events = createAgentEvents();
   const abort = new AbortController();
+  /** Components whose start began, in order (the last may still be starting). */
   const started: AgentComponent[] = [];
+  /** The component whose start is in progress; undefined before the first and once all are started. */
+  let starting: AgentComponent | undefined;
+  let allStarted = false;
   let phase: "starting" | "running" | "reloading" | "stopping" = "starting";
   let note: string | undefined;
 
@@ -115,18 +134,44 @@ export async function runAgent(options: AgentOptions): Promise<number> {
       const s = c.status();
       return `${c.name}: ${s.ready ? "ready" : "not ready"}: ${s.summary}`;
     });
-    const ready = phase === "running" && started.every((c) => c.status().ready);
-    readyGauge.set(ready ? 1 : 0);
+    if (!allStarted && phase !== "stopping") {
+      details.push(
+        starting === undefined
+          ? "(components not started yet)"
+          : `(the components after ${starting.name} start once it is ready)`,
+      );
+    }
+    const ready = phase === "running" && allStarted && started.every((c) => c.status().ready);
     return { ready, details };
   };
+  // Computed at each scrape, like /healthz/ready: a certificate expires without anyone asking.
+  metrics.gaugeFn("istio_vm_agent_ready", "1 when every component of the agent is ready.", () =>
+    readiness().ready ? 1 : 0,
+  );
   const statusLine = (): string => {
     const base = `${config.ISTIO_CONTROL_PLANE} mesh, VM ${config.ISTIO_SVC_IP} as ${identityOf(config)}`;
+    const tail = note === undefined ? [] : [note];
+    if (phase === "running" && !allStarted && starting === undefined) return `starting: ${base}`;
+    if (phase === "running" && !allStarted && starting !== undefined) {
+      // What is awaited comes first: it is what `systemctl status` users need to read.
+      const waited = starting;
+      const others = started.filter((c) => c !== waited).map((c) => c.status().summary);
+      const what = WAITING_FOR[waited.name] ?? waited.name;
+      return [`waiting for ${what}: ${waited.status().summary}`, base, ...others, ...tail]
+        .filter((s) => s !== "")
+        .join("; ");
+    }
     const parts = started.map((c) => c.status().summary).filter((s) => s !== "");
     const prefix = phase === "running" ? (readiness().ready ? "ready" : "degraded") : phase;
-    return [`${prefix}: ${base}`, ...parts, ...(note === undefined ? [] : [note])].join("; ");
+    return [`${prefix}: ${base}`, ...parts, ...tail].join("; ");
   };
+  let lastStatus: string | undefined;
   const sendStatus = async (): Promise<void> => {
-    await notifier.notify({ STATUS: statusLine() });
+    const line = statusLine();
+    // Components raise status-changed freely; systemd needs only the changes.
+    if (line === lastStatus) return;
+    lastStatus = line;
+    await notifier.notify({ STATUS: line });
   };
 
   let server: StatusServer;
@@ -185,19 +230,26 @@ export async function runAgent(options: AgentOptions): Promise<number> {
     }),
   ];
 
-  let watchdogTimer: NodeJS.Timeout | undefined;
+  // The watchdog runs from before READY=1 until the end, on the clock port like every other wait.
+  // It keeps pinging while the components stop (Envoy's drain can take longer than WatchdogSec).
+  const watchdogEnd = new AbortController();
+  let watchdog: Promise<void> = Promise.resolve();
   if (notifier.watchdogUsec !== undefined) {
     const intervalMs = Math.max(1, Math.floor(notifier.watchdogUsec / 2000));
-    watchdogTimer = setInterval(() => {
-      watchdogPings.inc();
-      void notifier.notify({ WATCHDOG: "1" });
-    }, intervalMs);
+    watchdog = (async () => {
+      while (!watchdogEnd.signal.aborted) {
+        watchdogPings.inc();
+        await notifier.notify({ WATCHDOG: "1" });
+        await options.clock.sleep(intervalMs, watchdogEnd.signal).catch(() => undefined);
+      }
+    })();
     logger.debug("watchdog enabled", { intervalMs });
   }
 
-  const deps: AgentDeps = {
+  let exitCode = EXIT_OK;
+  const depsFor = (): AgentDeps => ({
     config,
-    loaded,
+    loaded: currentLoaded,
     fs: options.fs,
     runner: options.runner,
     clock: options.clock,
@@ -205,36 +257,49 @@ export async function runAgent(options: AgentOptions): Promise<number> {
     metrics,
     events,
     env: options.env,
-  };
+  });
 
-  let exitCode = EXIT_OK;
-  try {
-    await sendStatus();
-    for (const factory of options.components) {
-      if (stopReason !== undefined) break;
-      const component = factory(deps);
-      if (component === undefined) continue;
-      logger.info(`starting ${component.name}`);
+  /**
+   * Starts the components in order, after READY=1. Each is built when its turn comes, from the configuration in
+   * force then (a SIGHUP while the agent waits for a certificate reaches the components that start later).
+   */
+  const startComponents = async (): Promise<void> => {
+    try {
+      for (const factory of options.components) {
+        if (stopReason !== undefined) return;
+        const component = factory(depsFor());
+        if (component === undefined) continue;
+        logger.info(`starting ${component.name}`);
+        starting = component;
+        started.push(component);
+        const run = component.start(abort.signal);
+        await sendStatus();
+        await run;
+        logger.info(`${component.name} started`, { status: component.status().summary });
+      }
+      starting = undefined;
+      allStarted = true;
+      const { ready } = readiness();
+      logger.info(ready ? "agent ready" : "agent running, not ready", { status: statusLine() });
       await sendStatus();
-      started.push(component);
-      await component.start(abort.signal);
-      logger.info(`${component.name} started`, { status: component.status().summary });
+    } catch (error) {
+      if (stopReason === undefined) {
+        const message = describeError(error);
+        logger.error("agent start failed", { component: starting?.name, error: message });
+        note = `start failed: ${message}`;
+        exitCode = EXIT_FAILURE;
+        await sendStatus();
+        requestStop("start failed");
+      }
     }
-  } catch (error) {
-    if (stopReason === undefined) {
-      const message = describeError(error);
-      logger.error("agent start failed", { error: message });
-      note = `start failed: ${message}`;
-      exitCode = EXIT_FAILURE;
-      requestStop("start failed");
-    }
-  }
+  };
 
   let reloadChain = Promise.resolve();
   const reload = async (): Promise<void> => {
     if (phase !== "running") return;
     phase = "reloading";
     await notifier.notify({ RELOADING: "1", STATUS: "reloading configuration" });
+    lastStatus = undefined;
     logger.info("reloading configuration (SIGHUP)");
     try {
       const next = await loadConfig({ env: options.env, fs: options.fs });
@@ -247,7 +312,8 @@ export async function runAgent(options: AgentOptions): Promise<number> {
         const changed = (Object.keys(next.variables) as (keyof typeof next.variables)[]).filter(
           (name) => next.variables[name].raw !== currentLoaded.variables[name].raw,
         );
-        for (const component of started) await component.reload?.(next.values);
+        // The component still starting gets it too: a CA_ADDR fixed while the agent waits for a certificate.
+        for (const component of started) await component.reload?.(next.values, next);
         config = next.values;
         currentLoaded = next;
         note = undefined;
@@ -261,7 +327,8 @@ export async function runAgent(options: AgentOptions): Promise<number> {
     } finally {
       if (stopReason === undefined) {
         phase = "running";
-        await notifier.notify({ READY: "1", STATUS: statusLine() });
+        lastStatus = statusLine();
+        await notifier.notify({ READY: "1", STATUS: lastStatus });
       }
     }
   };
@@ -271,11 +338,13 @@ export async function runAgent(options: AgentOptions): Promise<number> {
     }),
   );
 
+  let startup: Promise<void> = Promise.resolve();
   if (stopReason === undefined) {
     phase = "running";
-    readiness();
-    await notifier.notify({ READY: "1", STATUS: statusLine() });
-    logger.info("agent ready", { status: statusLine() });
+    lastStatus = statusLine();
+    await notifier.notify({ READY: "1", STATUS: lastStatus });
+    logger.info("agent running; starting the components", { status: lastStatus });
+    startup = startComponents();
     await stopped;
   }
 
@@ -284,29 +353,40 @@ export async function runAgent(options: AgentOptions): Promise<number> {
   await notifier.notify({ STOPPING: "1", STATUS: `stopping (${stopReason ?? "unknown"})` });
   logger.info("agent stopping", { reason: stopReason });
   await reloadChain;
+  // The component still starting sees the abort; its stop below ends it in any case.
+  const startupEnded = await withDeadline(options.clock, startup, COMPONENT_STOP_TIMEOUT_MS);
+  if (!startupEnded) logger.warn("a component did not end its start on abort; stopping it anyway");
   for (const component of [...started].reverse()) {
     try {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        component.stop(),
-        new Promise<void>((_, reject) => {
-          timer = setTimeout(() => {
-            reject(new Error(`did not stop within ${COMPONENT_STOP_TIMEOUT_MS / 1000}s`));
-          }, COMPONENT_STOP_TIMEOUT_MS);
-        }),
-      ]).finally(() => {
-        clearTimeout(timer);
-      });
+      if (!(await withDeadline(options.clock, component.stop(), COMPONENT_STOP_TIMEOUT_MS))) {
+        throw new Error(`did not stop within ${COMPONENT_STOP_TIMEOUT_MS / 1000}s`);
+      }
       logger.info(`${component.name} stopped`);
     } catch (error) {
       logger.error(`${component.name} failed to stop cleanly`, { error: describeError(error) });
       exitCode = EXIT_FAILURE;
     }
   }
-  if (watchdogTimer !== undefined) clearInterval(watchdogTimer);
+  watchdogEnd.abort();
+  await watchdog;
   for (const unsubscribe of unsubscribers) unsubscribe();
   await server.close();
   if (fatalError !== undefined) exitCode = EXIT_FAILURE;
   logger.info("agent stopped", { exitCode });
   return exitCode;
+}
+
+/** True when `work` settled within `ms` (its rejection is passed on); false when the deadline came first. */
+async function withDeadline(clock: Clock, work: Promise<void>, ms: number): Promise<boolean> {
+  let cancel: () => void = () => undefined;
+  const late = new Promise<false>((resolve) => {
+    cancel = scheduleOnce(clock, ms, () => {
+      resolve(false);
+    });
+  });
+  try {
+    return await Promise.race([work.then(() => true as const), late]);
+  } finally {
+    cancel();
+  }
 }

@@ -50,14 +50,19 @@ export interface AgentComponent {
   readonly name: string;
   /**
    * Brings the component to its working state and resolves once it is there (certificates valid, rules applied,
-   * Envoy ready). Long-running work (renewal loop, supervision) keeps running after `start` resolves, under
-   * `signal`. Throwing aborts the agent's start; the frame then stops the components already started.
+   * Envoy ready); the next component starts only then. The frame has sent READY=1 before the first start, so a
+   * start may wait as long as it must (a CA down at boot): meanwhile `status()` says what it waits for, and it
+   * ends when `signal` aborts. Long-running work (renewal loop, supervision) keeps running after `start` resolves,
+   * under `signal`. Throwing fails the agent (exit 1); the frame then stops the components already started.
    */
   start(signal: AbortSignal): Promise<void>;
   /** Undoes `start`, awaiting any background work. Called on every stop path, in reverse order. Never throws. */
   stop(): Promise<void>;
-  /** SIGHUP with a re-read, valid configuration. Optional: components without it keep running as they are. */
-  reload?(config: ConfigValues): Promise<void>;
+  /**
+   * SIGHUP with a re-read, valid configuration (`loaded` carries where each value came from). Optional: components
+   * without it keep running as they are. Also called on the component whose `start` is still in progress.
+   */
+  reload?(config: ConfigValues, loaded: LoadedConfig): Promise<void>;
   status(): ComponentStatus;
 }
 

@@ -1,7 +1,7 @@
 /**
  * The agent's components in start order; stop order is the reverse. Start order is the contract of
- * docs/architecture.md ("The agent"): configuration → certificates valid → interception applied → Envoy started and
- * ready → READY=1.
+ * docs/architecture.md ("The agent"): configuration → READY=1 → certificates valid → interception applied → Envoy
+ * started and ready (src/agent/agent.ts).
  * ISTIO_AGENT_COMPONENTS selects a subset (interception is also left out with ISTIO_CUSTOM_IP_TABLES=true).
  */
 import { certificateComponent } from "../certs/component.js";

@@ -25,8 +25,12 @@ import { splitPemCertificates } from "./verify.js";
 
 export type CaProtocol = "legacy" | "istiod";
 
+/**
+ * `untrusted`: the CA's serving certificate does not verify against root-cert.pem or is not for the expected name
+ * (grpc-js reports it as UNAVAILABLE, like a CA that is down; it is not one: retrying will not fix it).
+ */
 export type CaFailureReason =
-  "unavailable" | "deadline" | "unauthenticated" | "denied" | "invalid-response" | "cancelled" | "error";
+  "unavailable" | "untrusted" | "deadline" | "unauthenticated" | "denied" | "invalid-response" | "cancelled" | "error";
 
 export class CaCallError extends Error {
   readonly reason: CaFailureReason;
@@ -91,12 +95,19 @@ const REASONS: Partial<Record<grpc.status, CaFailureReason>> = {
   [grpc.status.CANCELLED]: "cancelled",
 };
 
+/** OpenSSL's verification failures as Node words them (`tls` errors), which grpc-js folds into UNAVAILABLE. */
+const UNTRUSTED =
+  /self[- ]signed certificate|unable to (get local issuer|verify the first|get issuer) certificate|certificate (has expired|is not yet valid|signature failure|chain too long)|does not match certificate's altnames|invalid CA certificate|ERR_TLS_CERT/i;
+
 function callError(error: grpc.ServiceError, address: string): CaCallError {
   let reason = REASONS[error.code] ?? "error";
   // grpc-js reports an answer our decoder rejects as INTERNAL "Response message parsing error".
   if (error.code === grpc.status.INTERNAL && /parsing error/i.test(error.details)) reason = "invalid-response";
+  if (error.code === grpc.status.UNAVAILABLE && UNTRUSTED.test(error.details)) reason = "untrusted";
   const name = grpc.status[error.code] as string | undefined;
-  return new CaCallError(reason, `CA ${address}: ${name ?? String(error.code)}: ${error.details || "no details"}`);
+  // grpc-js appends an empty "Resolution note:" to connection errors.
+  const details = error.details.replace(/\.?\s*Resolution note:\s*$/, "").trim();
+  return new CaCallError(reason, `CA ${address}: ${name ?? String(error.code)}: ${details || "no details"}`);
 }
 
 interface UnaryCall<Req, Res> {

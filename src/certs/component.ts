@@ -1,7 +1,9 @@
 /** The certificate loop as a component of `istio-vm agent` (wired by src/agent/components.ts). */
 import { randomBytes } from "node:crypto";
-import type { ComponentFactory } from "../agent/component.js";
+import type { AgentComponent, ComponentFactory } from "../agent/component.js";
+import type { LoadedConfig } from "../config/load.js";
 import { nodeLinkFileSystem } from "../platform/links.js";
+import type { CertificateLoopSettings } from "./loop.js";
 import { CertificateLoop } from "./loop.js";
 import { DEFAULT_BACKOFF } from "./schedule.js";
 import { createRenewContext, renewalPolicy, reprovisionHint } from "./setup.js";
@@ -11,21 +13,41 @@ export function cryptoRandom(): number {
   return randomBytes(6).readUIntBE(0, 6) / 2 ** 48;
 }
 
-export const certificateComponent: ComponentFactory = (deps) =>
-  new CertificateLoop({
-    context: () =>
-      createRenewContext(deps.loaded, {
+export const certificateComponent: ComponentFactory = (deps) => {
+  // The configuration in force; SIGHUP replaces it and the loop re-reads its settings from it.
+  let loaded: LoadedConfig = deps.loaded;
+  const settings = async (): Promise<CertificateLoopSettings> => {
+    const config = loaded.values;
+    return {
+      context: await createRenewContext(loaded, {
         fs: deps.fs,
         links: nodeLinkFileSystem,
         runner: deps.runner,
         clock: deps.clock,
         uid: process.getuid?.(),
       }),
-    renewal: renewalPolicy(deps.config),
+      renewal: renewalPolicy(config),
+      reprovisionHint: reprovisionHint(config),
+      caAddress: loaded.variables.CA_ADDR.raw,
+    };
+  };
+  const loop = new CertificateLoop({
+    settings,
     backoff: DEFAULT_BACKOFF,
     random: cryptoRandom,
     logger: deps.logger.child("certs"),
     metrics: deps.metrics,
     events: deps.events,
-    reprovisionHint: reprovisionHint(deps.config),
   });
+  const component: AgentComponent = {
+    name: loop.name,
+    start: (signal) => loop.start(signal),
+    stop: () => loop.stop(),
+    status: () => loop.status(),
+    reload: (_config, next) => {
+      loaded = next;
+      return loop.reload();
+    },
+  };
+  return component;
+};

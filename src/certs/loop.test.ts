@@ -16,7 +16,12 @@ import type { CaFaultKind } from "../devplane/ca-server.js";
 import { CA_FAULT_KINDS } from "../devplane/ca-server.js";
 import type { LogFields, Logger } from "../platform/logger.js";
 import type { CaProtocol } from "./ca-client.js";
+import type { CertificateLoopSettings } from "./loop.js";
 import { CertificateLoop } from "./loop.js";
+import { createCaClient } from "./ca-client.js";
+import { createMeshCa } from "../devplane/mesh-ca.js";
+import { MAX_TIMER_DELAY_MS, systemClock } from "../platform/clock.js";
+import { freePort } from "../../test/support/net.js";
 import type { BackoffPolicy } from "./schedule.js";
 import { maxBackoffStep, nextRenewalAt } from "./schedule.js";
 
@@ -69,6 +74,8 @@ interface Harness {
   logger: RawLogger;
   /** Fake times at which certificates-changed was emitted. */
   changes: number[];
+  /** What the loop reads at start and on reload(); tests replace `current` to change the configuration. */
+  settings: { current: CertificateLoopSettings };
   controller: AbortController;
 }
 
@@ -84,13 +91,14 @@ afterEach(async () => {
 
 async function setUp(options: {
   protocol: CaProtocol;
+  clock?: FakeClock | typeof systemClock;
   lifetimeMs: number;
   token?: boolean;
   timeoutMs?: number;
   install?: boolean;
 }): Promise<Harness> {
   // Whole seconds: X.509 validity has one-second resolution.
-  const clock = new FakeClock(Math.floor(Date.now() / 1000) * 1000);
+  const clock = (options.clock ?? new FakeClock(Math.floor(Date.now() / 1000) * 1000)) as FakeClock;
   const fixture = await createCertFixture({
     protocol: options.protocol,
     clock,
@@ -112,18 +120,24 @@ async function setUp(options: {
     },
     on: () => () => undefined,
   } as unknown as AgentEvents;
+  const settings: { current: CertificateLoopSettings } = {
+    current: {
+      context: fixture.context,
+      renewal: { graceRatio: 0.5, graceJitter: 0 },
+      reprovisionHint:
+        "on the admin host run `istio-vm certs vm-sa vmns --all`, copy the files to this VM and run `istio-vm install`",
+      caAddress: `127.0.0.1:${fixture.server.port}`,
+    },
+  };
   const loop = new CertificateLoop({
-    context: () => Promise.resolve(fixture.context),
-    renewal: { graceRatio: 0.5, graceJitter: 0 },
+    settings: () => Promise.resolve(settings.current),
     backoff: BACKOFF,
     random: seeded(42),
     logger,
     metrics,
     events,
-    reprovisionHint:
-      "on the admin host run `istio-vm certs vm-sa vmns --all`, copy the files to this VM and run `istio-vm install`",
   });
-  harness = { fixture, clock, loop, metrics, logger, changes, controller: new AbortController() };
+  harness = { fixture, clock, loop, metrics, logger, changes, settings, controller: new AbortController() };
   return harness;
 }
 
@@ -258,7 +272,7 @@ describe("CA outage longer than the renewal window", () => {
     // Expired at start + 240 s: degraded, not ready, and the status says how to get out of it.
     expect(h.loop.status().ready).toBe(false);
     expect(h.loop.status().summary).toMatch(
-      /^DEGRADED: certificate expired at .*istio-vm certs vm-sa vmns --all.*istio-vm install.*new service-account token/,
+      /^certificate expired at .*: CA 127\.0\.0\.1:\d+: UNAVAILABLE: .*; fix: check CA_ADDR \(127\.0\.0\.1:\d+\) and the network/,
     );
     expect(Number(metric(h, "istio_vm_cert_expiry_seconds")[0]?.split(" ")[1])).toBeLessThan(0);
     h.fixture.server.fault = undefined;
@@ -327,10 +341,160 @@ describe("start and stop", () => {
     await h.clock.runToNextTimer();
     await h.clock.nextTimer();
     expect(started).toBe(false);
-    expect(h.loop.status().summary).toMatch(/^DEGRADED: no certificate.*istio-vm certs/);
+    expect(h.loop.status().summary).toMatch(/^no certificate: .*no token in .*; fix: re-provision: .*istio-vm certs/);
     await h.loop.stop();
     await starting;
     expect(started).toBe(false);
     expect(h.clock.pending).toBe(0);
+  });
+});
+
+const DAY = 24 * 3600_000;
+
+describe("long certificates (90 days, the legacy bootstrap's lifetime)", () => {
+  it("fake clock: the loop waits 45 days in timers the real setTimeout honours, then renews once", async () => {
+    const h = await setUp({ protocol: "legacy", lifetimeMs: 90 * DAY });
+    const start = h.clock.now();
+    await h.loop.start(h.controller.signal);
+    // NotBefore = start − 60 s: renewal at start − 60 s + 45 days.
+    const renewAt = start - 60_000 + 45 * DAY;
+    let wakes = 0;
+    while (h.clock.now() < renewAt) {
+      await h.clock.runToNextTimer();
+      wakes++;
+    }
+    // 45 days are two steps of 2^31−1 ms (~24.8 days), and nothing happened before the renewal time.
+    expect(wakes).toBe(2);
+    expect(h.clock.delays.every((d) => d <= MAX_TIMER_DELAY_MS)).toBe(true);
+    expect(h.clock.delays.slice(0, 2)).toEqual([MAX_TIMER_DELAY_MS, renewAt - start - MAX_TIMER_DELAY_MS]);
+    expect(h.logger.lines.filter((l) => l.startsWith("info certificate valid"))).toHaveLength(1);
+    await h.clock.nextTimer();
+    expect(h.fixture.server.calls).toHaveLength(1);
+  });
+
+  it("real clock: the loop goes to sleep once and stays asleep (it spun when setTimeout got 45 days)", async () => {
+    const h = await setUp({ protocol: "legacy", lifetimeMs: 90 * DAY, clock: systemClock });
+    await h.loop.start(h.controller.signal);
+    // A short real observation: a spinning loop logs thousands of lines in this time.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(h.logger.lines.filter((l) => l.startsWith("info certificate valid"))).toHaveLength(1);
+    expect(h.fixture.server.calls).toHaveLength(0);
+  });
+});
+
+describe("readiness follows NotAfter, not the loop's schedule", () => {
+  it("a certificate that expires while a retry sleeps is not ready from that instant, and STATUS= is told", async () => {
+    // Lifetime 300 s: renewal due at +90 s, expiry at +240 s; the CA is down throughout.
+    const h = await setUp({ protocol: "legacy", lifetimeMs: 300_000 });
+    const start = h.clock.now();
+    const notAfter = start - 60_000 + 300_000;
+    let statusChanges = 0;
+    const loop = new CertificateLoop({
+      settings: () => Promise.resolve(h.settings.current),
+      backoff: { initialMs: 100_000, maxMs: 100_000, jitter: 0 },
+      random: () => 0.5,
+      logger: h.logger,
+      metrics: new MetricsRegistry(),
+      events: {
+        emit: (event: string) => {
+          if (event === "status-changed") statusChanges++;
+        },
+      },
+    });
+    await h.loop.stop();
+    h.loop = loop;
+    h.fixture.server.fault = { kind: "unavailable" };
+    await loop.start(h.controller.signal);
+    await h.clock.runToNextTimer(); // renewal due at +90 s: fails, retry at +190 s
+    await h.clock.runToNextTimer(); // fails again, retry at +290 s: after NotAfter
+    await h.clock.nextTimer();
+    expect(loop.status()).toMatchObject({ ready: true });
+    expect(loop.status().summary).toMatch(/renewal failing \(unavailable\)/);
+    // Time passes NotAfter by one second; nothing of the loop has run yet: readiness must already say no.
+    h.clock.advanceTo(notAfter + 1000);
+    expect(loop.status().ready).toBe(false);
+    expect(loop.status().summary).toMatch(/EXPIRED at /);
+    // The loop woke at NotAfter to tell the frame (STATUS=), and is degraded with the fix.
+    const before = statusChanges;
+    await h.clock.nextTimer();
+    expect(statusChanges).toBeGreaterThan(before);
+    expect(loop.status()).toMatchObject({ ready: false });
+    expect(loop.status().summary).toMatch(/^certificate expired at .*fix: check CA_ADDR/);
+    expect(h.logger.lines.some((l) => l.startsWith("error certificate expired while renewal was failing"))).toBe(true);
+  });
+});
+
+describe("a CA whose serving certificate is signed by an unknown root", () => {
+  it("counts reason=untrusted (not unavailable) and says so", async () => {
+    const h = await setUp({ protocol: "istiod", lifetimeMs: 100_000 });
+    const other = await createMeshCa();
+    h.settings.current = {
+      ...h.settings.current,
+      context: {
+        ...h.fixture.context,
+        connect: () =>
+          createCaClient("istiod", {
+            address: { host: "127.0.0.1", port: h.fixture.server.port },
+            serverName: "istiod.istio-system.svc",
+            rootPem: other.rootCertPem,
+            timeoutMs: 2000,
+          }),
+      },
+    };
+    // Renewal is due at once (lifetime 100 s, NotBefore 60 s ago): the first attempt fails, the pair stays.
+    await h.loop.start(h.controller.signal);
+    await h.clock.nextTimer();
+    expect(metric(h, "istio_vm_cert_renewal_failures_total")).toEqual([
+      'istio_vm_cert_renewal_failures_total{reason="untrusted"} 1',
+    ]);
+    expect(h.loop.status().summary).toMatch(/renewal failing \(untrusted\)/);
+    // Once the pair has expired, the status names the fix.
+    while (h.loop.status().ready) await h.clock.runToNextTimer();
+    await h.clock.nextTimer();
+    expect(h.loop.status().summary).toMatch(/is not trusted by .*root-cert\.pem/);
+  });
+});
+
+describe("reload re-reads the settings", () => {
+  it("a CA_ADDR fixed while the loop fails is used at once; a new SECRET_TTL and key type apply to that renewal", async () => {
+    const h = await setUp({ protocol: "legacy", lifetimeMs: 3600_000 });
+    const closed = await freePort();
+    const good = h.settings.current;
+    h.settings.current = {
+      ...good,
+      caAddress: `127.0.0.1:${closed}`,
+      context: {
+        ...good.context,
+        connect: (rootPem) =>
+          createCaClient("legacy", {
+            address: { host: "127.0.0.1", port: closed },
+            serverName: "istio-ca",
+            rootPem,
+            timeoutMs: 2000,
+          }),
+      },
+    };
+    const start = h.clock.now();
+    await h.loop.start(h.controller.signal);
+    // Renewal due at +29 min: the wrong address refuses.
+    while (h.clock.now() < start + 29 * 60_000) await h.clock.runToNextTimer();
+    await h.clock.nextTimer();
+    expect(metric(h, "istio_vm_cert_renewal_failures_total")).toEqual([
+      'istio_vm_cert_renewal_failures_total{reason="unavailable"} 1',
+    ]);
+    expect(h.fixture.server.calls).toHaveLength(0);
+    // The admin fixes CA_ADDR, sets SECRET_TTL=2h and RSA keys, and reloads: no time passes.
+    h.settings.current = {
+      ...good,
+      context: { ...good.context, ttlMs: 2 * 3600_000, keySpec: { type: "RSA", rsaBits: 2048 } },
+    };
+    const retryAt = await h.clock.nextTimer();
+    await h.loop.reload();
+    while (h.changes.length === 0) await h.clock.nextTimer();
+    expect(h.clock.now()).toBeLessThan(retryAt);
+    const cert = new X509Certificate(await chainOnDisk(h));
+    expect(new Date(cert.validTo).getTime() - new Date(cert.validFrom).getTime()).toBe(2 * 3600_000 + 60_000);
+    expect(cert.publicKey.asymmetricKeyType).toBe("rsa");
+    expect(h.logger.lines.some((l) => /certificate settings reloaded .*"changed":"ca,ttl,keyType"/.test(l))).toBe(true);
   });
 });

@@ -3,9 +3,12 @@
  * (fetching one when it is missing, expired or due), then renews it on schedule for as long as the agent runs.
  *
  * Failures are retried with capped exponential backoff and never given up. While the current certificate is still
- * valid the agent stays ready; once it has expired, the token path (istiod) re-bootstraps it; without one the loop
- * stays up in a degraded state whose status names the command that re-provisions the VM, and keeps re-reading the
- * store, so a pair installed by the admin is picked up without a restart.
+ * valid the component is ready; readiness compares NotAfter with the clock on every answer, so a certificate that
+ * expires while a retry sleeps is reported expired at once (the loop also wakes at NotAfter to say so in STATUS=).
+ * Once it has expired, the token path (istiod) re-bootstraps it; without one the loop stays up in a degraded state
+ * whose status names the fix, and keeps re-reading the store, so a pair installed by the admin is picked up without
+ * a restart. `reload()` (SIGHUP) re-reads the settings (CA_ADDR, SECRET_TTL, key type, grace ratio) and retries at
+ * once when the loop was failing.
  */
 import type { AgentComponent, AgentEvents, ComponentStatus } from "../agent/component.js";
 import type { Counter, MetricsRegistry } from "../agent/metrics.js";
@@ -19,17 +22,24 @@ import { backoffDelay, delayUntil, nextRenewalAt } from "./schedule.js";
 import type { CertificateInfo } from "./verify.js";
 import { describeLeaf } from "./verify.js";
 
-export interface CertificateLoopOptions {
-  /** Builds the renewal context when the loop starts (owner lookup and the like may need I/O). */
-  readonly context: () => Promise<RenewContext>;
+/** What the configuration decides; re-read on `reload()`. */
+export interface CertificateLoopSettings {
+  readonly context: RenewContext;
   readonly renewal: RenewalPolicy;
+  /** What to tell the admin when the VM can no longer renew on its own. */
+  readonly reprovisionHint: string;
+  /** CA_ADDR as written, for messages. */
+  readonly caAddress: string;
+}
+
+export interface CertificateLoopOptions {
+  /** Builds the settings (owner lookup and the like may need I/O): when the loop starts and after each reload. */
+  readonly settings: () => Promise<CertificateLoopSettings>;
   readonly backoff: BackoffPolicy;
   readonly random: Random;
   readonly logger: Logger;
   readonly metrics: MetricsRegistry;
   readonly events: Pick<AgentEvents, "emit">;
-  /** What to tell the admin when the VM can no longer renew on its own. */
-  readonly reprovisionHint: string;
 }
 
 type LoopState =
@@ -57,9 +67,12 @@ export class CertificateLoop implements AgentComponent {
   #state: LoopState = { kind: "starting" };
   /** The leaf on disk as last seen (also when invalid), for the expiry metric and the status line. */
   #info: CertificateInfo | undefined;
+  /** Whether that leaf passed every check when last read; its NotAfter is compared with now on every answer. */
   #valid = false;
   #identity = "";
   #now: () => number = Date.now;
+  #settings: CertificateLoopSettings | undefined;
+  #reloadRequested = false;
   #abort: AbortController | undefined;
   #running: Promise<void> | undefined;
   /** Serial of the pair last seen or written, to notice a pair replaced behind the loop's back. */
@@ -75,7 +88,7 @@ export class CertificateLoop implements AgentComponent {
     );
     this.#failures = options.metrics.counter(
       "istio_vm_cert_renewal_failures_total",
-      "Failed certificate renewals, by reason (unavailable, deadline, denied, unauthenticated, chain, identity, …)",
+      "Failed certificate renewals, by reason (unavailable, untrusted, deadline, denied, unauthenticated, chain, identity, …)",
       ["reason"],
     );
     options.metrics.gaugeFn(
@@ -86,9 +99,10 @@ export class CertificateLoop implements AgentComponent {
   }
 
   async start(signal: AbortSignal): Promise<void> {
-    const context = await this.#options.context();
-    this.#identity = context.identity;
-    this.#now = () => context.clock.now();
+    const settings = await this.#options.settings();
+    this.#settings = settings;
+    this.#identity = settings.context.identity;
+    this.#now = () => settings.context.clock.now();
     const abort = new AbortController();
     this.#abort = abort;
     const onAbort = (): void => {
@@ -101,7 +115,7 @@ export class CertificateLoop implements AgentComponent {
     const ready = new Promise<void>((resolve, reject) => {
       settle = { resolve, reject };
     });
-    this.#running = this.#run(context, abort.signal, () => settle?.resolve()).then(
+    this.#running = this.#run(settings.context.clock, abort.signal, () => settle?.resolve()).then(
       () => settle?.reject(abort.signal.reason ?? new Error("certificate loop stopped before a valid certificate")),
       (error: unknown) => {
         settle?.reject(error);
@@ -120,29 +134,46 @@ export class CertificateLoop implements AgentComponent {
   }
 
   /**
-   * SIGHUP: look at the store again now (e.g. after `istio-vm certs renew` or a re-install wrote a new pair), instead
-   * of at the next scheduled renewal; a pair changed on disk raises certificates-changed.
+   * SIGHUP: re-read the settings (a corrected CA_ADDR, a new SECRET_TTL or key type) and look at the store again now
+   * (e.g. after `istio-vm certs renew` or a re-install wrote a new pair), instead of at the next scheduled renewal. A
+   * failing loop retries at once; a valid pair keeps its schedule (new settings apply from the next renewal). A pair
+   * changed on disk raises certificates-changed.
    */
   reload(): Promise<void> {
+    this.#reloadRequested = true;
     this.#wake.abort();
     return Promise.resolve();
   }
 
+  /** Whether the certificate last read is valid at this moment (not only when it was read). */
+  #validNow(): boolean {
+    return this.#valid && this.#info !== undefined && this.#info.notAfter.getTime() > this.#now();
+  }
+
   status(): ComponentStatus {
     const state = this.#state;
-    const cert = this.#info === undefined ? "" : ` expires ${shortTime(this.#info.notAfter.getTime())}`;
+    const info = this.#info;
+    const expired = this.#valid && info !== undefined && info.notAfter.getTime() <= this.#now();
+    const cert =
+      info === undefined ? "" : ` ${expired ? "EXPIRED at" : "expires"} ${shortTime(info.notAfter.getTime())}`;
     switch (state.kind) {
       case "starting":
-        return { ready: false, summary: `fetching certificate for ${this.#identity}` };
+        return {
+          ready: false,
+          summary: `requesting the certificate of ${this.#identity} from CA ${this.#settings?.caAddress ?? "?"}`,
+        };
       case "valid":
-        return { ready: true, summary: `cert ${this.#identity}${cert}` };
+        return { ready: this.#validNow(), summary: `cert ${this.#identity}${cert}` };
       case "retrying":
         return {
-          ready: this.#valid,
+          ready: this.#validNow(),
           summary: `cert ${this.#identity}${cert}; renewal failing (${state.reason}), retry in ${shortDuration(state.retryAt - this.#now())}`,
         };
       case "degraded":
-        return { ready: false, summary: `DEGRADED: ${state.message}` };
+        return {
+          ready: false,
+          summary: `${state.message} (retry in ${shortDuration(state.retryAt - this.#now())})`,
+        };
     }
   }
 
@@ -158,7 +189,9 @@ export class CertificateLoop implements AgentComponent {
     else this.#info = undefined;
   }
 
-  #degradedMessage(context: RenewContext, current: CurrentPair | undefined, error: RenewError): string {
+  /** "<what is wrong>; <the CA's answer>; fix: <what to do>", for STATUS= and /healthz/ready. */
+  #degradedMessage(settings: CertificateLoopSettings, current: CurrentPair | undefined, error: RenewError): string {
+    const context = settings.context;
     const what =
       current === undefined
         ? "certificate store unreadable"
@@ -169,17 +202,44 @@ export class CertificateLoop implements AgentComponent {
             : "certificate unusable";
     const tokenHint =
       context.protocol === "istiod" ? `, or put a new service-account token in ${context.tokenFile}` : "";
-    return `${what}, renewal failing (${error.reason}); re-provision: ${this.#options.reprovisionHint}${tokenHint}`;
+    const reprovision = `re-provision: ${settings.reprovisionHint}${tokenHint}`;
+    let fix: string;
+    switch (error.reason) {
+      case "unavailable":
+      case "deadline":
+        // The CA cannot be reached: a wrong CA_ADDR, DNS, a firewall, or the CA is down. If the VM still holds a
+        // usable credential (istiod: the token), reaching the CA is all it takes.
+        fix =
+          `check CA_ADDR (${settings.caAddress}) and the network (\`istio-vm check --only dns,ca\`); ` +
+          `then \`systemctl reload istio-vm-agent\`${current?.state === "valid" || context.protocol === "istiod" ? "" : `; if the certificate has expired, ${reprovision}`}`;
+        break;
+      case "untrusted":
+        fix =
+          `the CA at ${settings.caAddress} is not trusted by ${context.store.paths.root} (another mesh, or a rotated ` +
+          `root?): check CA_ADDR and ISTIOD_SAN, or ${reprovision}`;
+        break;
+      default:
+        fix = reprovision;
+    }
+    return `${what}: ${error.message}; fix: ${fix}`;
   }
 
-  async #run(context: RenewContext, signal: AbortSignal, onValid: () => void): Promise<void> {
-    const clock = context.clock;
+  async #run(clock: Clock, signal: AbortSignal, onValid: () => void): Promise<void> {
     const logger = this.#options.logger;
     let failures = 0;
     let scheduled: { serial: string; at: number } | undefined;
     const stopped = (): boolean => signal.aborted;
     while (!stopped()) {
       let current: CurrentPair | undefined;
+      if (this.#reloadRequested) {
+        this.#reloadRequested = false;
+        await this.#reloadSettings();
+        // The renewal time depends on the grace ratio: compute it again.
+        scheduled = undefined;
+      }
+      const settings = this.#settings;
+      if (settings === undefined) return;
+      const context = settings.context;
       try {
         current = await inspectCurrent(context);
         this.#observe(current);
@@ -197,7 +257,7 @@ export class CertificateLoop implements AgentComponent {
           if (scheduled?.serial !== current.info.serialNumber) {
             const at = nextRenewalAt(
               { notBefore: current.info.notBefore.getTime(), notAfter: current.info.notAfter.getTime() },
-              this.#options.renewal,
+              settings.renewal,
               this.#options.random,
             );
             scheduled = { serial: current.info.serialNumber, at };
@@ -242,29 +302,68 @@ export class CertificateLoop implements AgentComponent {
         const delay = backoffDelay(failures, this.#options.backoff, this.#options.random);
         const retryAt = clock.now() + delay;
         const fields = { reason: error.reason, error: error.message, attempt: failures, retryIn: shortDuration(delay) };
-        if (current?.state === "valid" && current.info.notAfter.getTime() > clock.now()) {
+        const notAfter = current?.state === "valid" ? current.info.notAfter.getTime() : undefined;
+        if (notAfter !== undefined && notAfter > clock.now()) {
           logger.warn("certificate renewal failed; the current certificate stays in place", fields);
           this.#setState({ kind: "retrying", reason: error.reason, retryAt });
-          // A valid pair is in place: the agent can start while renewal retries in the background.
+          // A valid pair is in place: the agent can go on while renewal retries in the background.
           onValid();
+          if (notAfter < retryAt) {
+            // It expires before the retry: wake then, so STATUS= and the log say so when it happens.
+            if (!(await this.#sleep(clock, delayUntil(notAfter, clock.now()), signal))) break;
+            if (this.#wokenEarly) continue;
+            this.#valid = false;
+            const message = this.#degradedMessage(settings, current, error);
+            logger.error(`certificate expired while renewal was failing: ${message}`, fields);
+            this.#setState({ kind: "degraded", message, retryAt });
+          }
         } else {
-          const message = this.#degradedMessage(context, current, error);
+          const message = this.#degradedMessage(settings, current, error);
           logger.error(`certificate renewal failed: ${message}`, fields);
           this.#setState({ kind: "degraded", message, retryAt });
         }
-        if (!(await this.#sleep(clock, delay, signal))) break;
+        if (!(await this.#sleep(clock, delayUntil(retryAt, clock.now()), signal))) break;
       }
     }
   }
 
+  async #reloadSettings(): Promise<void> {
+    const logger = this.#options.logger;
+    const before = this.#settings;
+    try {
+      const next = await this.#options.settings();
+      this.#settings = next;
+      this.#identity = next.context.identity;
+      const changes: Record<string, string> = {};
+      if (before?.caAddress !== next.caAddress) changes["ca"] = next.caAddress;
+      if (before?.context.ttlMs !== next.context.ttlMs) changes["ttl"] = shortDuration(next.context.ttlMs);
+      const keyType = (spec: RenewContext["keySpec"]): string =>
+        spec.type === "RSA" ? `RSA-${spec.rsaBits}` : spec.type;
+      if (before === undefined || keyType(before.context.keySpec) !== keyType(next.context.keySpec)) {
+        changes["keyType"] = keyType(next.context.keySpec);
+      }
+      logger.info("certificate settings reloaded", {
+        changed: Object.keys(changes).length === 0 ? "nothing" : Object.keys(changes).join(","),
+        ...changes,
+      });
+    } catch (error) {
+      logger.error("certificate settings not reloaded; keeping the previous ones", { error: describeError(error) });
+    }
+  }
+
+  /** Set by #sleep: the last sleep ended early because of reload(). */
+  #wokenEarly = false;
+
   /** Sleeps on the context's clock until `ms` passed or `reload()` woke it; false when the loop was stopped. */
   async #sleep(clock: Clock, ms: number, signal: AbortSignal): Promise<boolean> {
-    if (this.#wake.signal.aborted) this.#wake = new AbortController();
+    if (this.#wake.signal.aborted && !this.#reloadRequested) this.#wake = new AbortController();
+    this.#wokenEarly = false;
     try {
       await clock.sleep(ms, AbortSignal.any([signal, this.#wake.signal]));
     } catch {
-      // woken or stopped
+      this.#wokenEarly = !signal.aborted;
     }
+    if (this.#wake.signal.aborted) this.#wake = new AbortController();
     return !signal.aborted;
   }
 }

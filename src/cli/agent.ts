@@ -14,9 +14,11 @@ export function agentCommand(runtime: () => CommandRuntime): CommandModule<objec
         .epilogue(
           "Normally started by systemd (`systemctl start istio-vm-agent`). Reads cluster.env and sidecar.env " +
             "(see `istio-vm config`), serves /healthz/ready and /metrics on 127.0.0.1:STATUS_PORT (15020), and " +
-            "talks to systemd over sd_notify: READY=1 once started, STATUS= a one-line summary, WATCHDOG=1, " +
+            "talks to systemd over sd_notify: READY=1 once the agent runs (it does not wait for the certificate, " +
+            "capture or Envoy), STATUS= what it waits for or a one-line summary, WATCHDOG=1, " +
             "RELOADING=1 on SIGHUP (re-reads the configuration), STOPPING=1 on SIGTERM. Exit codes: 0 after a clean " +
-            "stop, 1 on a failure, 2 on an invalid configuration (every problem is logged).",
+            "stop, 1 on a failure, 2 on an invalid configuration (every problem is logged). /healthz/ready answers 200 " +
+            "only once the VM is in the mesh; `istio-vm check --wait` waits for that.",
         )
         .example("$0 agent", "run in the foreground (as systemd does)")
         .example("ISTIO_VM_ROOT=/tmp/vm $0 agent --log-level debug", "run against files under /tmp/vm"),

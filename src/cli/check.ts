@@ -21,6 +21,36 @@ interface CheckArgs {
   only: string[];
   timeout: string;
   verbose: boolean;
+  wait: string | undefined;
+}
+
+/** `--wait` without a value: long enough for a first certificate, capture and Envoy on a slow VM. */
+export const DEFAULT_WAIT_MS = 120_000;
+/** Pause between rounds of `--wait`. */
+export const WAIT_INTERVAL_MS = 1000;
+
+/** `--wait` → how long to keep trying (undefined: run once). Throws a UsageError for a bad duration. */
+export function parseWait(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (value.trim() === "") return DEFAULT_WAIT_MS;
+  let ms: number;
+  try {
+    ms = duration.parse(value.trim());
+  } catch (error) {
+    throw new UsageError(`--wait: ${(error as Error).message}`, "give a duration such as 30s, 2m or 1h");
+  }
+  if (ms <= 0) throw new UsageError("--wait must be more than 0", "give a duration such as 30s, 2m or 1h");
+  return ms;
+}
+
+/** One line for people while `--wait` retries: which checks fail and the first one's summary. */
+export function renderWaiting(results: readonly CheckResult[], leftMs: number): string {
+  const failing = results.filter((r) => !r.ok);
+  const first = failing[0];
+  return (
+    `waiting (${Math.ceil(leftMs / 1000)}s left): ${failing.length} of ${results.length} checks failing ` +
+    `(${failing.map((r) => r.name).join(", ")})${first === undefined ? "" : `: ${first.name}: ${first.summary}`}\n`
+  );
 }
 
 export function parseOnly(values: readonly string[]): string[] {
@@ -71,6 +101,12 @@ export function checkCommand(runtime: () => CommandRuntime): CommandModule<objec
           default: "5s",
           describe: "deadline of each network step (a lookup, a handshake, a request)",
         })
+        .option("wait", {
+          type: "string",
+          describe:
+            "repeat the checks every second until all pass or DURATION has passed (--wait alone: 2m); what scripts " +
+            "use to wait for the VM to be in the mesh after `systemctl start`",
+        })
         .option("verbose", {
           alias: "v",
           type: "boolean",
@@ -84,10 +120,14 @@ export function checkCommand(runtime: () => CommandRuntime): CommandModule<objec
             "system resolver and straight at ISTIO_DNS_SERVER (dnsmasq), and compares both with ISTIO_DNSMASQ_DIR/kubedns. " +
             "The discovery check asks Pilot's v1 registration API (legacy) or opens an ADS stream to istiod with this VM's " +
             "node id (never AUTO_REGISTER_GROUP) and ACKs its CDS answer. Exit codes: 0 all passed, 1 a check failed, " +
-            "2 invalid configuration or usage. The agent runs the discovery check at start and every DISCOVERY_CHECK_INTERVAL.",
+            "2 invalid configuration or usage. The agent runs the discovery check at start and every DISCOVERY_CHECK_INTERVAL.\n\n" +
+            "The agent reports READY to systemd as soon as it runs; the certificate, capture and Envoy follow. " +
+            "`istio-vm check --wait[=DURATION]` waits for them: exit 0 once every check passes, 1 when one still " +
+            "fails at the deadline (the last results are printed), 2 on a usage or configuration error.",
         )
         .example("$0 check", "every check, as a table with a hint under each failure")
         .example("$0 check --only dns,discovery --json", "two checks, as JSON")
+        .example("$0 check --wait=5m", "wait up to 5 minutes for the VM to be in the mesh (scripts, cloud-init)")
         .example("sudo $0 check --only interception", "reading iptables needs CAP_NET_ADMIN"),
     handler: async (args) => {
       const rt = runtime();
@@ -99,6 +139,7 @@ export function checkCommand(runtime: () => CommandRuntime): CommandModule<objec
         throw new UsageError(`--timeout: ${(error as Error).message}`);
       }
       if (timeoutMs <= 0) throw new UsageError("--timeout must be more than 0");
+      const waitMs = parseWait(args.wait);
       const loaded = await loadConfig({ env: rt.env, fs: rt.fs });
       const values = requireValid(loaded);
       const checks = buildChecks(
@@ -118,9 +159,37 @@ export function checkCommand(runtime: () => CommandRuntime): CommandModule<objec
         },
         only,
       );
-      const results = await runChecks(checks, new AbortController().signal);
+      const signal = new AbortController().signal;
+      const startedAt = rt.clock.monotonic();
+      let rounds = 0;
+      let results: CheckResult[];
+      let lastLine = "";
+      for (;;) {
+        results = await runChecks(checks, signal);
+        rounds++;
+        if (waitMs === undefined || results.every((r) => r.ok)) break;
+        const left = waitMs - (rt.clock.monotonic() - startedAt);
+        if (left <= 0) break;
+        const line = renderWaiting(results, left);
+        // One line per change (and not under --json, whose stdout is one document).
+        const what = line.replace(/^waiting \(\d+s left\)/, "");
+        if (what !== lastLine && !rt.options.json) rt.err(line);
+        lastLine = what;
+        await rt.clock.sleep(Math.min(WAIT_INTERVAL_MS, left));
+      }
       const ok = results.every((r) => r.ok);
-      rt.out(rt.options.json ? renderJson({ ok, checks: results }) : renderResults(results, args.verbose));
+      const waited =
+        waitMs === undefined
+          ? undefined
+          : { waitedMs: Math.round(rt.clock.monotonic() - startedAt), rounds, timedOut: !ok };
+      if (rt.options.json) {
+        rt.out(renderJson({ ok, checks: results, ...(waited === undefined ? {} : { wait: waited }) }));
+      } else {
+        rt.out(renderResults(results, args.verbose));
+        if (waited?.timedOut === true) {
+          rt.out(`still failing after waiting ${duration.render(Math.round(waited.waitedMs / 1000) * 1000)}\n`);
+        }
+      }
       rt.exitCode = ok ? 0 : 1;
     },
   };

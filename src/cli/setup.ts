@@ -113,6 +113,8 @@ function progressReporter(rt: CommandRuntime, hosts: readonly string[]) {
     rt.err(redraw(drawn, frame));
     drawn = frame.length;
   };
+  // A terminal animation frame, not a wait: nothing depends on when it fires.
+  // eslint-disable-next-line no-restricted-globals
   const timer = rt.isTty ? setInterval(draw, 120) : undefined;
   return {
     onUpdate: (status: HostStatus): void => {

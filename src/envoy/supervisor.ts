@@ -20,6 +20,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { ConfigValues } from "../config/registry.js";
 import type { Clock } from "../platform/clock.js";
+import { scheduleOnce } from "../platform/clock.js";
 import type { ChildExit, ChildSpawner, GroupChild } from "../platform/child.js";
 import { AgentError, describeError } from "../platform/errors.js";
 import type { FileOwner, FileSystem } from "../platform/fs.js";
@@ -108,9 +109,11 @@ export class EnvoySupervisor {
   #restarts = 0;
   #lastError: string | undefined;
   #nextAttemptAt: number | undefined;
-  #retryTimer: NodeJS.Timeout | undefined;
-  #debounceTimer: NodeJS.Timeout | undefined;
-  #pollTimer: NodeJS.Timeout | undefined;
+  /** Pending timers on the clock port, as cancel functions (any delay is safe there; see src/platform/clock.ts). */
+  #cancelRetry: (() => void) | undefined;
+  #cancelDebounce: (() => void) | undefined;
+  readonly #poll = new AbortController();
+  #polling: Promise<void> | undefined;
   #lastCertHash: string | undefined;
   #pendingReason: RestartReason = "start";
   #stopping = false;
@@ -149,12 +152,7 @@ export class EnvoySupervisor {
     this.#lastCertHash = await this.#certHash();
     this.#enqueue("start");
     const poll = this.#o.certPollMs ?? 5000;
-    if (poll > 0) {
-      this.#pollTimer = setInterval(() => {
-        void this.#pollCertificates();
-      }, poll);
-      this.#pollTimer.unref();
-    }
+    if (poll > 0) this.#polling ??= this.#pollLoop(poll);
     try {
       await ready;
     } finally {
@@ -166,11 +164,13 @@ export class EnvoySupervisor {
   /** New certificates are on disk: a new epoch after the debounce window (if the PEMs really changed). */
   certificatesChanged(): void {
     if (this.#stopping) return;
-    if (this.#debounceTimer !== undefined) return;
-    this.#debounceTimer = setTimeout(() => {
-      this.#debounceTimer = undefined;
+    // Not started yet: start() hashes the files it finds, nothing to restart.
+    if (this.#state === "idle") return;
+    if (this.#cancelDebounce !== undefined) return;
+    this.#cancelDebounce = scheduleOnce(this.#o.clock, this.#o.debounceMs ?? 2000, () => {
+      this.#cancelDebounce = undefined;
       this.#enqueue("certificates");
-    }, this.#o.debounceMs ?? 2000);
+    });
   }
 
   /** A reloaded configuration: a new epoch when the bootstrap or the command line changed. */
@@ -204,8 +204,10 @@ export class EnvoySupervisor {
     if (this.#stopping) return;
     this.#stopping = true;
     this.#setState("stopping");
-    for (const timer of [this.#retryTimer, this.#debounceTimer]) if (timer !== undefined) clearTimeout(timer);
-    if (this.#pollTimer !== undefined) clearInterval(this.#pollTimer);
+    this.#cancelRetry?.();
+    this.#cancelDebounce?.();
+    this.#poll.abort();
+    await this.#polling;
     this.#firstReady?.reject(new Error("Envoy start aborted: the agent is stopping"));
     // Whatever is in flight (a start waiting for readiness) ends as soon as the epochs it waits for are gone.
     await this.#terminateAll();
@@ -239,6 +241,23 @@ export class EnvoySupervisor {
       }
     }
     return hash.digest("hex");
+  }
+
+  /** Hashes the PEM files every `everyMs` until stop (the clock's sleep: the fake clock sees it). */
+  async #pollLoop(everyMs: number): Promise<void> {
+    const signal = this.#poll.signal;
+    while (!signal.aborted) {
+      try {
+        await this.#o.clock.sleep(everyMs, signal);
+      } catch {
+        return;
+      }
+      try {
+        await this.#pollCertificates();
+      } catch (error) {
+        this.#log.warn("could not hash the certificate files", { error: describeError(error) });
+      }
+    }
   }
 
   async #pollCertificates(): Promise<void> {
@@ -421,10 +440,10 @@ export class EnvoySupervisor {
       failures: next.attempt,
       budget: this.#policy.budget,
     });
-    this.#retryTimer = setTimeout(() => {
-      this.#retryTimer = undefined;
+    this.#cancelRetry = scheduleOnce(this.#o.clock, next.delayMs, () => {
+      this.#cancelRetry = undefined;
       this.#enqueue("failure");
-    }, next.delayMs);
+    });
   }
 
   /** Hot-restart races make a survivor useless: every epoch goes, at once (SIGKILL), as pilot-agent did. */

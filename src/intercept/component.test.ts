@@ -67,8 +67,10 @@ describe("interception component", () => {
     runner.restoreFailures.clear();
     await component.start(new AbortController().signal);
     runner.restoreFailures.set("iptables-nft-restore", "bad");
-    const next = requireValid(await loadConfig({ env: { ISTIO_INBOUND_PORTS: "9090" }, fs: d.fs }));
-    await expect(component.reload?.(next)).rejects.toMatchObject({ code: "IPTABLES_RESTORE_FAILED" });
+    const nextLoaded = await loadConfig({ env: { ISTIO_INBOUND_PORTS: "9090" }, fs: d.fs });
+    await expect(component.reload?.(requireValid(nextLoaded), nextLoaded)).rejects.toMatchObject({
+      code: "IPTABLES_RESTORE_FAILED",
+    });
     expect(component.status()).toMatchObject({ ready: true, summary: "capture on (5 rules)" });
   });
 

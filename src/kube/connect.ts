@@ -109,7 +109,8 @@ async function credentialsFor(
       userName: context.userName,
       ...(options.now === undefined ? {} : { now: options.now }),
     });
-    let invalidated = false;
+    const now = options.now ?? Date.now;
+    let invalidatedAt: number | undefined;
     return {
       async get() {
         const status = await source.get();
@@ -126,10 +127,9 @@ async function credentialsFor(
       },
       invalidate() {
         // One re-run per 401 streak: a plugin that keeps returning rejected credentials must not loop.
-        if (invalidated) return false;
-        invalidated = true;
+        if (invalidatedAt !== undefined && now() - invalidatedAt < 10_000) return false;
+        invalidatedAt = now();
         source.invalidate();
-        setTimeout(() => (invalidated = false), 10_000).unref();
         return true;
       },
     };

@@ -4,6 +4,7 @@
  * deadline: node:dns' timeout × tries is not one (dependencies.md), so a timer calls `resolver.cancel()`.
  */
 import { lookup as dnsLookup, promises as dnsPromises } from "node:dns";
+import { timerDelay } from "./clock.js";
 
 export type DnsOutcome =
   | { readonly ok: true; readonly addresses: readonly string[] }
@@ -39,7 +40,7 @@ export const nodeDnsClient: DnsClient = {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         resolve(timeoutOutcome(timeoutMs));
-      }, timeoutMs);
+      }, timerDelay(timeoutMs));
       dnsLookup(name, { all: true, family: 0 }, (error, addresses) => {
         clearTimeout(timer);
         if (error !== null) resolve(failure(error));
@@ -59,7 +60,7 @@ export const nodeDnsClient: DnsClient = {
     const timer = setTimeout(() => {
       deadline.passed = true;
       resolver.cancel();
-    }, timeoutMs);
+    }, timerDelay(timeoutMs));
     try {
       const [v4, v6] = await Promise.allSettled([resolver.resolve4(name), resolver.resolve6(name)]);
       if (deadline.passed) return timeoutOutcome(timeoutMs);

@@ -6,6 +6,7 @@
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import type { IncomingHttpHeaders } from "node:http";
+import { timerDelay } from "./clock.js";
 
 export interface HttpRequest {
   readonly url: string;
@@ -48,7 +49,7 @@ export const nodeHttpClient: HttpClient = {
   request(req) {
     return new Promise((resolve, reject) => {
       const url = new URL(req.url);
-      const deadline = AbortSignal.timeout(req.timeoutMs);
+      const deadline = AbortSignal.timeout(timerDelay(req.timeoutMs));
       const signal = req.signal === undefined ? deadline : AbortSignal.any([deadline, req.signal]);
       const common = {
         method: req.method ?? "GET",

@@ -1,5 +1,4 @@
 import type { Logger } from "./logger.js";
-import type { ProcessRunner } from "./process.js";
 import { UnixDatagramSocket, loadUnixSocketAddon } from "./unix-dgram.js";
 
 /** sd_notify(3) as a port: READY=1, STATUS=…, WATCHDOG=1, RELOADING=1, STOPPING=1. */
@@ -28,14 +27,17 @@ export function watchdogUsecFrom(env: NodeJS.ProcessEnv, pid: number): number | 
 
 export interface NotifierDeps {
   readonly env: NodeJS.ProcessEnv;
-  readonly runner: ProcessRunner;
   readonly logger: Logger;
 }
 
 /**
- * The real notifier. Sends datagrams from this process with the `node-unix-socket` addon (Node has no AF_UNIX
- * datagram sockets), so systemd attributes them to the main PID; without the addon it runs
- * `systemd-notify --pid=<our pid>`, which systemd accepts with `NotifyAccess=all`.
+ * The real notifier: datagrams from this process with the `node-unix-socket` addon (Node has no AF_UNIX datagram
+ * sockets), so systemd attributes them to the main PID, which is all the unit's `NotifyAccess=main` accepts.
+ *
+ * There is no fallback: `systemd-notify` would send from its own PID, which systemd drops under NotifyAccess=main
+ * (`--pid=` is honoured only for a caller with CAP_SYS_ADMIN, which the agent does not have), and widening the unit
+ * to NotifyAccess=all would let Envoy, a child, speak for it. Without the addon the agent says so once, loudly; the
+ * Type=notify unit then fails its start timeout, which names the problem instead of hiding it.
  */
 export function createNotifier(deps: NotifierDeps): Notifier {
   const socketPath = deps.env["NOTIFY_SOCKET"];
@@ -43,26 +45,34 @@ export function createNotifier(deps: NotifierDeps): Notifier {
   if (socketPath === undefined || socketPath === "") {
     return { notify: () => Promise.resolve(), watchdogUsec };
   }
-  const addon = socketPath.startsWith("/") ? loadUnixSocketAddon(deps.env) : undefined;
+  if (!socketPath.startsWith("/")) {
+    // An abstract socket (@…): systemd never hands one to a service; nothing of ours can send to it.
+    deps.logger.error("sd_notify disabled: NOTIFY_SOCKET is not a path", { socket: socketPath });
+    return { notify: () => Promise.resolve(), watchdogUsec };
+  }
+  const addon = loadUnixSocketAddon(deps.env);
   let socket: UnixDatagramSocket | undefined;
+  let problem = "the node-unix-socket addon is missing (/usr/lib/istio-vm/node-unix-socket.node)";
   if (addon !== undefined) {
     try {
       socket = new UnixDatagramSocket(addon);
-    } catch {
-      socket = undefined;
+    } catch (error) {
+      problem = `the node-unix-socket addon failed: ${(error as Error).message}`;
     }
   }
-  const viaCommand = async (fields: Readonly<Record<string, string>>): Promise<void> => {
-    const args = [`--pid=${process.pid}`, ...Object.entries(fields).map(([k, v]) => `${k}=${v.replaceAll("\n", " ")}`)];
-    const result = await deps.runner.run("systemd-notify", args, { timeoutMs: 5000 });
-    if (result.code !== 0) throw new Error(`systemd-notify exited ${result.code}: ${result.stderr.trim()}`);
-  };
+  if (socket === undefined) {
+    deps.logger.error(`sd_notify disabled: ${problem}`, {
+      socket: socketPath,
+      hint: "reinstall the istio-vm-agent package; systemd will not see READY=1",
+    });
+    return { notify: () => Promise.resolve(), watchdogUsec };
+  }
+  const ready = socket;
   return {
     watchdogUsec,
     async notify(fields) {
       try {
-        if (socket !== undefined) await socket.send(socketPath, Buffer.from(renderNotifyMessage(fields)));
-        else await viaCommand(fields);
+        await ready.send(socketPath, Buffer.from(renderNotifyMessage(fields)));
       } catch (error) {
         deps.logger.warn("sd_notify failed", { socket: socketPath, error: (error as Error).message });
       }

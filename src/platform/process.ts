@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process";
 import { AgentError } from "./errors.js";
+import { timerDelay } from "./clock.js";
 
 export interface RunOptions {
   readonly input?: string | Uint8Array;
@@ -47,7 +48,7 @@ export const nodeProcessRunner: ProcessRunner = {
           : setTimeout(() => {
               timedOut = true;
               child.kill("SIGKILL");
-            }, options.timeoutMs);
+            }, timerDelay(options.timeoutMs));
       child.stdout.on("data", (chunk: Buffer) => stdout.push(chunk));
       child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
       child.on("error", (error: NodeJS.ErrnoException) => {

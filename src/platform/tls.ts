@@ -6,6 +6,7 @@ import { connect as netConnect } from "node:net";
 import type { Socket } from "node:net";
 import { checkServerIdentity as tlsCheck, connect as tlsConnect } from "node:tls";
 import type { PeerCertificate } from "node:tls";
+import { timerDelay } from "./clock.js";
 
 export interface TlsProbeRequest {
   readonly host: string;
@@ -75,7 +76,7 @@ function connectTcp(host: string, port: number, timeoutMs: number): Promise<Sock
           code: "ETIMEDOUT",
         }),
       );
-    }, timeoutMs);
+    }, timerDelay(timeoutMs));
     socket.once("connect", () => {
       clearTimeout(timer);
       resolve(socket);
@@ -123,7 +124,7 @@ export const nodeTlsProber: TlsProber = {
           message: `TLS handshake with ${address} timed out`,
           address,
         });
-      }, remaining);
+      }, timerDelay(remaining));
       tls.once("secureConnect", () => {
         clearTimeout(timer);
         const peer = identity(tls.getPeerCertificate()) ?? presented;

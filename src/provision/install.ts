@@ -321,7 +321,7 @@ export function planInstall(input: PlanInput): InstallPlan {
   steps.push({
     id: "ready",
     action: restart ? "wait" : "unchanged",
-    detail: restart ? "wait until the agent reports READY (active/running)" : "the agent is ready",
+    detail: restart ? "wait until the agent runs and has started its components" : "the agent is ready",
     op: restart ? { kind: "wait-ready" } : { kind: "none" },
   });
   return { steps, resolver: kind, notes };
@@ -504,8 +504,10 @@ export async function unitState(runner: ProcessRunner, unit: string = UNIT): Pro
 }
 
 /**
- * Waits for active/running from a new main process: `restart --no-block` only queues the job, so the old process
- * may still look active/running on the first look.
+ * Waits for active/running from a new main process (`restart --no-block` only queues the job, so the old process
+ * may still look active/running on the first look), and then for the agent to have started its components: READY=1
+ * only means the agent runs; while it waits for a certificate, capture or Envoy its STATUS= begins "starting" or
+ * "waiting for", and once every component has started, "ready" or "degraded" (e.g. Pilot not answering yet).
  */
 async function waitReady(ports: InstallPorts, timeoutMs: number, oldPid: string): Promise<UnitState> {
   const started = ports.clock.monotonic();
@@ -513,7 +515,14 @@ async function waitReady(ports: InstallPorts, timeoutMs: number, oldPid: string)
   for (;;) {
     const state = await unitState(ports.runner);
     const fresh = state.MainPID !== oldPid || oldPid === "0";
-    if (fresh && state.ActiveState === "active" && state.SubState === "running") return state;
+    if (
+      fresh &&
+      state.ActiveState === "active" &&
+      state.SubState === "running" &&
+      /^(ready|degraded)\b/.test(state.StatusText)
+    ) {
+      return state;
+    }
     if (
       state.ActiveState === "failed" ||
       (last !== undefined && state.ActiveState === "inactive" && state.Result !== "success")
@@ -533,7 +542,7 @@ async function waitReady(ports: InstallPorts, timeoutMs: number, oldPid: string)
     if (ports.clock.monotonic() - started > timeoutMs) {
       throw new AgentError({
         code: "AGENT_NOT_READY",
-        message: `${UNIT} did not report READY within ${Math.round(timeoutMs / 1000)}s (${state.ActiveState}/${state.SubState}${state.StatusText === "" ? "" : `, "${state.StatusText}"`})`,
+        message: `${UNIT} did not start its components within ${Math.round(timeoutMs / 1000)}s (${state.ActiveState}/${state.SubState}${state.StatusText === "" ? "" : `, "${state.StatusText}"`})`,
         subject: UNIT,
         hint: `see journalctl -u ${UNIT}; a longer --timeout helps if the CA is slow`,
       });

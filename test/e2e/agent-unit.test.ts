@@ -189,6 +189,10 @@ describe.skipIf(missing !== undefined)("istio-vm-agent.service on a booted Debia
       const status = await m.run(["systemctl", "status", "--no-pager", UNIT]);
       expect(status.stdout).toContain(`Status: "${props["StatusText"] ?? ""}"`);
 
+      // READY=1 comes before the components start (systemd's start never waits on the network): readiness is
+      // awaited the way scripts do, with `istio-vm check --wait`.
+      const waited = await m.run(["istio-vm", "check", "--only", "interception", "--wait=30s"]);
+      expect(waited.code, `${waited.stdout}\n${waited.stderr}`).toBe(0);
       const health = await m.check([
         "curl",
         "-sS",

@@ -1,22 +1,34 @@
 /**
- * A Clock whose time moves only when the test says so. `sleep` registers a timer; `advanceTo`/`advance` move time and
- * wake the sleepers that are due, in deadline order. `nextTimer` waits (in real time, on microtasks and I/O) until code
- * under test is asleep, so a test can step a loop that also does real I/O between its sleeps.
+ * A Clock whose time moves only when the test says so. It is the production `clockOn` (src/platform/clock.ts) over a
+ * fake TimerHost, so `sleep` splits long waits exactly as the real clock does, and the fake's timers are as limited
+ * as Node's: a single timer above MAX_TIMER_DELAY_MS throws a RangeError (Node would fire it after 1 ms). A 90-day
+ * sleep is therefore several timers here too, each visible to `nextTimer`.
+ *
+ * `advanceTo`/`advance` move time and fire the timers that are due, in deadline order (a timer armed while firing
+ * fires too when it is due by then). `nextTimer` waits (in real time, on microtasks and I/O) until code under test
+ * is asleep, so a test can step a loop that also does real I/O between its sleeps.
  */
-import type { Clock } from "../../src/platform/clock.js";
+import type { Clock, TimerHost } from "../../src/platform/clock.js";
+import { assertTimerDelay, clockOn } from "../../src/platform/clock.js";
 
-interface Sleeper {
+interface Timer {
   readonly at: number;
-  readonly resolve: () => void;
+  readonly seq: number;
+  readonly fire: () => void;
 }
 
-export class FakeClock implements Clock {
+export class FakeClock implements Clock, TimerHost {
   #now: number;
-  #sleepers: Sleeper[] = [];
+  #timers: Timer[] = [];
+  #seq = 0;
   #waiters: (() => void)[] = [];
+  readonly #clock: Clock;
+  /** Every delay handed to a single timer, in order (what the real setTimeout would have been given). */
+  readonly delays: number[] = [];
 
   constructor(start = Date.UTC(2026, 0, 1)) {
     this.#now = start;
+    this.#clock = clockOn(this);
   }
 
   now(): number {
@@ -28,33 +40,26 @@ export class FakeClock implements Clock {
   }
 
   sleep(ms: number, signal?: AbortSignal): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      if (signal?.aborted === true) {
-        reject(signal.reason as Error);
-        return;
-      }
-      const sleeper: Sleeper = {
-        at: this.#now + Math.max(0, ms),
-        resolve: () => {
-          signal?.removeEventListener("abort", onAbort);
-          resolve();
-        },
-      };
-      const onAbort = (): void => {
-        this.#sleepers = this.#sleepers.filter((s) => s !== sleeper);
-        reject(signal?.reason as Error);
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-      this.#sleepers.push(sleeper);
-      const waiters = this.#waiters;
-      this.#waiters = [];
-      for (const wake of waiters) wake();
-    });
+    return this.#clock.sleep(ms, signal);
   }
 
-  /** Number of pending sleeps. */
+  /** The raw timer, limited as Node's is. */
+  setTimer(ms: number, fire: () => void): () => void {
+    assertTimerDelay(ms);
+    this.delays.push(ms);
+    const timer: Timer = { at: this.#now + ms, seq: this.#seq++, fire };
+    this.#timers.push(timer);
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const wake of waiters) wake();
+    return () => {
+      this.#timers = this.#timers.filter((t) => t !== timer);
+    };
+  }
+
+  /** Number of pending timers. */
   get pending(): number {
-    return this.#sleepers.length;
+    return this.#timers.length;
   }
 
   /**
@@ -63,9 +68,10 @@ export class FakeClock implements Clock {
    */
   async nextTimer(timeoutMs = 15_000): Promise<number> {
     const deadline = Date.now() + timeoutMs;
-    while (this.#sleepers.length === 0) {
+    while (this.#timers.length === 0) {
       if (Date.now() > deadline) throw new Error("FakeClock: nothing went to sleep in time");
       await new Promise<void>((resolve) => {
+        // The test's own real-time poll, outside the clock under test.
         const timer = setTimeout(resolve, 50);
         this.#waiters.push(() => {
           clearTimeout(timer);
@@ -73,22 +79,27 @@ export class FakeClock implements Clock {
         });
       });
     }
-    return Math.min(...this.#sleepers.map((s) => s.at));
+    return Math.min(...this.#timers.map((t) => t.at));
   }
 
-  /** Moves time to `time` (never backwards) and wakes every sleeper due by then. */
+  /** Moves time to `time` (never backwards) and fires every timer due by then, in deadline order. */
   advanceTo(time: number): void {
-    this.#now = Math.max(this.#now, time);
-    const due = this.#sleepers.filter((s) => s.at <= this.#now).sort((a, b) => a.at - b.at);
-    this.#sleepers = this.#sleepers.filter((s) => s.at > this.#now);
-    for (const sleeper of due) sleeper.resolve();
+    const target = Math.max(this.#now, time);
+    for (;;) {
+      const due = this.#timers.filter((t) => t.at <= target).sort((a, b) => a.at - b.at || a.seq - b.seq)[0];
+      if (due === undefined) break;
+      this.#timers = this.#timers.filter((t) => t !== due);
+      this.#now = Math.max(this.#now, due.at);
+      due.fire();
+    }
+    this.#now = target;
   }
 
   advance(ms: number): void {
     this.advanceTo(this.#now + ms);
   }
 
-  /** Waits for the next sleep and jumps to its deadline; returns that time. */
+  /** Waits for the next timer and jumps to its deadline; returns that time. */
   async runToNextTimer(timeoutMs?: number): Promise<number> {
     const at = await this.nextTimer(timeoutMs);
     this.advanceTo(at);

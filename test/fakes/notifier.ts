@@ -1,10 +1,12 @@
 /** Records sd_notify messages; `waitFor` resolves when a message with the given field arrives. */
 import type { Notifier } from "../../src/platform/notify.js";
 
+type Message = Record<string, string>;
+
 export class RecordingNotifier implements Notifier {
-  readonly messages: Record<string, string>[] = [];
+  readonly messages: Message[] = [];
   readonly watchdogUsec: number | undefined;
-  readonly #waiters: { key: string; value: string | undefined; resolve: (m: Record<string, string>) => void }[] = [];
+  #waiters: { match: (m: Message) => boolean; resolve: (m: Message) => void }[] = [];
 
   constructor(watchdogUsec?: number) {
     this.watchdogUsec = watchdogUsec;
@@ -13,20 +15,29 @@ export class RecordingNotifier implements Notifier {
   notify(fields: Readonly<Record<string, string>>): Promise<void> {
     const message = { ...fields };
     this.messages.push(message);
-    for (const waiter of [...this.#waiters]) {
-      if (message[waiter.key] !== undefined && (waiter.value === undefined || message[waiter.key] === waiter.value)) {
-        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
-        waiter.resolve(message);
-      }
-    }
+    this.#waiters = this.#waiters.filter((w) => {
+      if (!w.match(message)) return true;
+      w.resolve(message);
+      return false;
+    });
     return Promise.resolve();
   }
 
-  /** Resolves with the first message (already received or future) carrying `key` (with `value`, if given). */
-  waitFor(key: string, value?: string): Promise<Record<string, string>> {
-    const seen = this.messages.find((m) => m[key] !== undefined && (value === undefined || m[key] === value));
+  /** Resolves with the first message (already received or future) that `match` accepts. */
+  waitUntil(match: (m: Message) => boolean): Promise<Message> {
+    const seen = this.messages.find(match);
     if (seen !== undefined) return Promise.resolve(seen);
-    return new Promise((resolve) => this.#waiters.push({ key, value, resolve }));
+    return new Promise((resolve) => this.#waiters.push({ match, resolve }));
+  }
+
+  /** Resolves with the first message (already received or future) carrying `key` (with `value`, if given). */
+  waitFor(key: string, value?: string): Promise<Message> {
+    return this.waitUntil((m) => m[key] !== undefined && (value === undefined || m[key] === value));
+  }
+
+  /** Resolves with the first message (already received or future) whose STATUS= matches `pattern`. */
+  waitForStatus(pattern: RegExp): Promise<Message> {
+    return this.waitUntil((m) => m["STATUS"] !== undefined && pattern.test(m["STATUS"]));
   }
 
   /** The value of the most recent STATUS= message. */

@@ -68,7 +68,8 @@ describe("istio-vm agent (the built CLI, a real notify socket)", () => {
     const root = vmRoot(`ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${port}\n${FRAME_ONLY}`);
     const agent = startAgent(root, { WATCHDOG_USEC: "200000" });
 
-    const ready = await agent.notify.waitFor("READY", "1");
+    await agent.notify.waitFor("READY", "1");
+    const ready = await agent.notify.waitForStatus(/^ready: /);
     expect(ready["STATUS"]).toBe("ready: istiod mesh, VM 10.0.0.5 as spiffe://cluster.local/ns/default/sa/default");
     await agent.notify.waitFor("WATCHDOG", "1");
 

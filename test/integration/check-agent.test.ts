@@ -81,7 +81,8 @@ describe("istio-vm agent discovery watch", () => {
       notify.close();
     });
 
-    const ready = await notify.waitFor("READY", "1");
+    await notify.waitFor("READY", "1");
+    const ready = await notify.waitForStatus(/^ready: /);
     expect(ready["STATUS"], stderr).toContain(
       "pilot ok (1 host for istio-pilot.istio-system.svc.cluster.local|http-discovery)",
     );

@@ -121,9 +121,10 @@ async function statusGet(agent: Agent, path: string): Promise<{ status: number; 
 }
 
 describe("the agent's Envoy component", () => {
-  it("READY=1 after Envoy is ready; SIGHUP with a new Envoy setting hot-restarts; SIGKILL of the agent leaves no Envoy", async () => {
+  it("STATUS ready: once Envoy is ready; SIGHUP with a new Envoy setting hot-restarts; SIGKILL of the agent leaves no Envoy", async () => {
     const agent = await startAgent();
-    const ready = await agent.notify.waitFor("READY", "1");
+    await agent.notify.waitFor("READY", "1");
+    const ready = await agent.notify.waitForStatus(/^ready: /);
     const [epoch0] = standInPids(agent);
     expect(epoch0).toBeDefined();
     expect(ready["STATUS"]).toMatch(/^ready: .*envoy epoch 0 \(pid \d+\) ready/);
@@ -155,7 +156,7 @@ describe("the agent's Envoy component", () => {
 
   it("SIGTERM: the agent drains and stops Envoy, then exits 0", async () => {
     const agent = await startAgent();
-    await agent.notify.waitFor("READY", "1");
+    await agent.notify.waitForStatus(/^ready: /);
     const pids = standInPids(agent);
     agent.child.kill("SIGTERM");
     expect((await agent.exit).code).toBe(0);

@@ -36,6 +36,14 @@ export class NotifySocket {
     return new Promise((resolve) => this.#waiters.push({ match, resolve }));
   }
 
+  /** The next message (or one already received after index `since`) whose STATUS= matches `pattern`. */
+  waitForStatus(pattern: RegExp, since = 0): Promise<Record<string, string>> {
+    const match = (m: Record<string, string>): boolean => m["STATUS"] !== undefined && pattern.test(m["STATUS"]);
+    const seen = this.messages.slice(since).find(match);
+    if (seen !== undefined) return Promise.resolve(seen);
+    return new Promise((resolve) => this.#waiters.push({ match, resolve }));
+  }
+
   close(): void {
     this.#socket.close();
   }
