@@ -1,6 +1,7 @@
 // Generates src/xds/xds-descriptor.json: the protobuf descriptor (protobufjs JSON) of the Envoy v3 xDS messages the
-// discovery check and the dev Pilot use (ADS, DiscoveryRequest/Response, Cluster, ClusterLoadAssignment and what
-// they reference), from Envoy's own .proto files shipped in @grpc/grpc-js-xds. The .proto files do not travel in the
+// discovery check, the dev Pilot and the agent's SDS server use (ADS, SDS, DiscoveryRequest/Response, Cluster,
+// ClusterLoadAssignment, Secret and what they reference), from Envoy's own .proto files shipped in
+// @grpc/grpc-js-xds. The .proto files do not travel in the
 // esbuild bundle or the single executable; this JSON does. Run after upgrading @grpc/grpc-js-xds; `--check` exits 1
 // when the committed file is stale (a unit test runs it).
 import { createRequire } from "node:module";
@@ -22,6 +23,9 @@ const FILES = [
   "envoy/service/discovery/v3/ads.proto",
   "envoy/config/cluster/v3/cluster.proto",
   "envoy/config/endpoint/v3/endpoint.proto",
+  // SDS: the agent serves the workload certificate to Envoy (src/sds/).
+  "envoy/service/secret/v3/sds.proto",
+  "envoy/extensions/transport_sockets/tls/v3/secret.proto",
 ];
 const OUT = fileURLToPath(new URL("src/xds/xds-descriptor.json", repo));
 

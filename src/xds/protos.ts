@@ -196,3 +196,43 @@ export const ADS_SERVICE: ServiceDefinition = {
     responseDeserialize: (bytes: Buffer) => decodeDiscoveryResponse(bytes),
   },
 };
+
+// ── SDS (envoy.service.secret.v3.SecretDiscoveryService) ──────────────────────────────────────────────────────────
+
+export const SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+export const SDS_METHOD = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+
+const SecretType = root.lookupType("envoy.extensions.transport_sockets.tls.v3.Secret");
+
+/** An Envoy DataSource with inline bytes: how Istio's agent hands over PEM (never a file name). */
+export interface InlineBytes {
+  readonly inline_bytes: Uint8Array;
+}
+
+/** The two shapes of Secret the agent serves: Istio's `default` (key + chain) and `ROOTCA` (trust bundle). */
+export interface SecretResource {
+  readonly name: string;
+  readonly tls_certificate?: { readonly certificate_chain: InlineBytes; readonly private_key: InlineBytes };
+  readonly validation_context?: { readonly trusted_ca: InlineBytes };
+}
+
+export function packSecret(secret: SecretResource): AnyResource {
+  return { type_url: SECRET_TYPE_URL, value: SecretType.encode(SecretType.fromObject(secret)).finish() };
+}
+
+export function unpackSecret(resource: AnyResource): SecretResource {
+  return SecretType.toObject(SecretType.decode(resource.value), { ...CONVERT, defaults: false }) as SecretResource;
+}
+
+/** The SDS service (StreamSecrets only: the agent does not implement delta or fetch), with the encoders above. */
+export const SDS_SERVICE: ServiceDefinition = {
+  StreamSecrets: {
+    path: SDS_METHOD,
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: (value: DiscoveryRequest) => encodeDiscoveryRequest(value),
+    requestDeserialize: (bytes: Buffer) => decodeDiscoveryRequest(bytes),
+    responseSerialize: (value: DiscoveryResponse) => encodeDiscoveryResponse(value),
+    responseDeserialize: (bytes: Buffer) => decodeDiscoveryResponse(bytes),
+  },
+};
