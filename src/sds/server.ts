@@ -26,9 +26,9 @@ import type { Logger } from "../platform/logger.js";
 import type { AnyResource, DiscoveryRequest, DiscoveryResponse, SecretResource } from "../xds/protos.js";
 import { SDS_SERVICE, SECRET_TYPE_URL, packSecret, unpackSecret } from "../xds/protos.js";
 
-/** Istio's names (pilot/pkg/model: SDSDefaultResourceName, SDSRootResourceName). */
-export const WORKLOAD_SECRET = "default";
-export const ROOT_SECRET = "ROOTCA";
+import { ROOT_SECRET, WORKLOAD_SECRET } from "./names.js";
+
+export { ROOT_SECRET, WORKLOAD_SECRET };
 
 export interface SdsSecrets {
   readonly keyPem: string;
