@@ -74,6 +74,9 @@ class SdsComponent implements AgentComponent {
           nacks.inc();
           deps.events.emit("status-changed");
         },
+        streamsChanged: () => {
+          deps.events.emit("status-changed");
+        },
       },
     });
     this.#server = server;

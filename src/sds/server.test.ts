@@ -11,6 +11,7 @@ import type { LogFields } from "../platform/logger.js";
 import { createLogger } from "../platform/logger.js";
 import { SdsTestClient, connectAs, decodeSecret } from "../../test/support/sds-client.js";
 import { requirements } from "../../test/support/requirements.js";
+import { fetchSecrets } from "./client.js";
 import type { SdsSecrets } from "./server.js";
 import { ROOT_SECRET, SdsServer, WORKLOAD_SECRET } from "./server.js";
 
@@ -159,6 +160,19 @@ describe("SDS server", () => {
     expect(lines.some((l) => l.message.includes("NACK") && l.message.includes("Failed to load private key"))).toBe(
       true,
     );
+  });
+
+  it("a client that goes away (cancel, or a one-shot fetch) is forgotten: status counts open streams only", async () => {
+    await startServer();
+    server.update(FIRST);
+    const envoy = client();
+    envoy.request([WORKLOAD_SECRET]);
+    await envoy.next();
+    const fetched = await fetchSecrets(socketPath, [WORKLOAD_SECRET], { timeoutMs: 5000 });
+    expect(fetched.secrets.map((s) => s.name)).toEqual([WORKLOAD_SECRET]);
+    await until(() => server.status().streams === 1);
+    envoy.close();
+    await until(() => server.status().streams === 0);
   });
 
   it("a stale nonce is ignored: it is neither an ACK nor a NACK", async () => {

@@ -56,6 +56,8 @@ export interface SdsObserver {
   pushed?(reason: "request" | "renewal"): void;
   acked?(): void;
   nacked?(): void;
+  /** A stream opened or closed (STATUS= counts them). */
+  streamsChanged?(): void;
 }
 
 export interface SdsServerOptions {
@@ -194,7 +196,10 @@ export class SdsServer {
     const log = this.#o.logger;
     log.debug("SDS stream opened", { stream: stream.id });
     const close = (): void => {
-      if (this.#streams.delete(stream.id)) log.debug("SDS stream closed", { stream: stream.id });
+      if (this.#streams.delete(stream.id)) {
+        log.debug("SDS stream closed", { stream: stream.id });
+        this.#o.observer?.streamsChanged?.();
+      }
     };
     call.on("data", (request: DiscoveryRequest) => {
       this.#request(stream, request);
