@@ -500,6 +500,57 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       s.saw.push("every check passed (exit 0)");
     });
 
+    if (profile === "istiod") {
+      await step(
+        "rotation",
+        "On the VM: a renewal reaches Envoy over SDS, without a restart (istio-vm certs renew; systemctl reload)",
+        async (s) => {
+          print(
+            "   istiod profile: Envoy gets its key and chain from the agent over SDS (a Unix socket in /run/istio-vm),\n" +
+              "   so a new certificate is pushed to the running Envoy: same PID, same hot-restart epoch, new serial.\n",
+          );
+          const adminGet = (path: string): string =>
+            `/usr/local/bin/node -e "fetch('http://127.0.0.1:15000${path}').then(r=>r.text()).then(t=>process.stdout.write(t))"`;
+          const held = async (): Promise<{ serial: string; epoch: number; pids: string }> => {
+            const certs = JSON.parse(must("GET /certs", await inVm(adminGet("/certs"))).stdout) as {
+              certificates: { secret?: string; cert_chain: { serial_number: string }[] }[];
+            };
+            const info = JSON.parse(must("GET /server_info", await inVm(adminGet("/server_info"))).stdout) as {
+              command_line_options: { restart_epoch: number };
+            };
+            const pids = must("pgrep", await inVm("pgrep -f '[-]-restart-epoch' | sort")).stdout.trim();
+            return {
+              serial: certs.certificates.find((c) => c.secret === "default")?.cert_chain[0]?.serial_number ?? "",
+              epoch: info.command_line_options.restart_epoch,
+              pids,
+            };
+          };
+          const before = await held();
+          must("renew", await inVm("istio-vm certs renew && systemctl reload istio-vm-agent"));
+          const storeSerial = async (): Promise<string> =>
+            must(
+              "serial",
+              await inVm(
+                `/usr/local/bin/node -e "process.stdout.write(new (require('crypto').X509Certificate)(require('fs').readFileSync('/etc/certs/cert-chain.pem')).serialNumber.toLowerCase())"`,
+              ),
+            ).stdout.trim();
+          const renewed = await storeSerial();
+          let after = await held();
+          for (let i = 0; i < 50 && after.serial !== renewed; i++) {
+            await sleep(200);
+            after = await held();
+          }
+          s.data["before"] = before;
+          s.data["after"] = after;
+          s.data["store"] = renewed;
+          if (after.serial !== renewed) throw new Error(`the stand-in holds ${after.serial}, the store ${renewed}`);
+          s.saw.push(
+            `serial ${before.serial} → ${after.serial} in the running Envoy; epoch ${String(after.epoch)}, pid ${after.pids} (unchanged)`,
+          );
+        },
+      );
+    }
+
     await step(
       "inbound-ports",
       `On the VM: ISTIO_INBOUND_PORTS=${String(SERVICE_PORT)} in sidecar.env, systemctl reload`,
