@@ -473,18 +473,18 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       s.data["unit"] = props;
       if (props["ActiveState"] !== "active") throw new Error(`istio-vm-agent is ${props["ActiveState"] ?? "?"}`);
       // Who runs Envoy (the stand-in), and in which cgroup: the unit's, so stopping the unit stops it.
-      const processes = await (vm as DebianMachine).run(["ps", "-eo", "user:32,args"]);
-      const cgroup = await (vm as DebianMachine).run(["systemd-cgls", "--no-pager", "-u", "istio-vm-agent.service"]);
-      const envoys = {
-        stdout: processes.stdout
-          .split("\n")
-          .filter((l) => l.includes("--restart-epoch"))
-          .map(
-            (l) =>
-              `${l.trim().split(/\s+/)[0] ?? ""} ${cgroup.stdout.includes(l.trim().split(/\s+/).slice(1, 3).join(" ")) ? "istio-vm-agent.service" : "outside the unit"}`,
-          )
-          .join("\n"),
-      };
+      // Each stand-in's cgroup from /proc/<pid>/cgroup (systemd-cgls' tree was matched by command line, which
+      // missed now and then).
+      const processes = await (vm as DebianMachine).run(["ps", "-eo", "pid=,user:32=,args="]);
+      const lines: string[] = [];
+      for (const l of processes.stdout.split("\n").filter((x) => x.includes("--restart-epoch"))) {
+        const [pid = "", user = ""] = l.trim().split(/\s+/);
+        const cgroup = await (vm as DebianMachine).run(["cat", `/proc/${pid}/cgroup`]);
+        lines.push(
+          `${user} ${cgroup.stdout.includes("/istio-vm-agent.service") ? "istio-vm-agent.service" : "outside the unit"}`,
+        );
+      }
+      const envoys = { stdout: lines.join("\n") };
       show("[vm] Envoy processes: user and cgroup", envoys.stdout);
       s.data["envoyProcesses"] = envoys.stdout;
       s.saw.push(

@@ -155,6 +155,14 @@ describe("SDS: a renewal reaches the stand-in without a restart", () => {
       expect(text).toMatch(/^istio_vm_sds_acks_total [2-9]/m);
       expect(text).not.toMatch(/^istio_vm_sds_nacks_total [1-9]/m);
       expect(text).toMatch(/^istio_vm_sds_streams 2$/m);
+      // Its config dump lists the secrets as Envoy's does, the private key redacted.
+      const dump = await admin<{
+        configs: { "@type": string; dynamic_active_secrets?: { name: string; secret: object }[] }[];
+      }>("/config_dump");
+      const active = dump.configs.find((c) => c["@type"].endsWith("SecretsConfigDump"))?.dynamic_active_secrets ?? [];
+      expect(active.map((a) => a.name).sort()).toEqual(["ROOTCA", "default"]);
+      expect(JSON.stringify(active)).toContain('"private_key":{"inline_string":"[redacted]"}');
+      expect(JSON.stringify(dump)).not.toContain("PRIVATE KEY");
       // No key file is named in what Envoy was started with.
       const bootstrap = readFileSync(join(root, "etc/istio/proxy/envoy-rev0.json"), "utf8");
       expect(bootstrap).not.toContain("key.pem");
