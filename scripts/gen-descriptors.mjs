@@ -1,7 +1,7 @@
 // Generates the protobuf descriptors (protobufjs JSON) the code loads instead of .proto files, which do not travel in
 // the esbuild bundle or the single executable; these JSON files do.
 // - src/xds/xds-descriptor.json: the Envoy v3 xDS messages the discovery check and the dev Pilot use (ADS,
-//   DiscoveryRequest/Response, Cluster, ClusterLoadAssignment and what they reference), from Envoy's own .proto files
+//   DiscoveryRequest/Response, Cluster, ClusterLoadAssignment, SDS and Secret, and what they reference), from Envoy's own .proto files
 //   shipped in @grpc/grpc-js-xds. Run after upgrading @grpc/grpc-js-xds.
 // - src/certs/ca-descriptor.json: the Istio CA messages (proto/istio-ca.proto) and the dev CA's admin message
 //   (proto/dev-ca-admin.proto).
@@ -23,6 +23,9 @@ const XDS_FILES = [
   "envoy/service/discovery/v3/ads.proto",
   "envoy/config/cluster/v3/cluster.proto",
   "envoy/config/endpoint/v3/endpoint.proto",
+  // SDS: the agent serves the workload certificate to Envoy (src/sds/).
+  "envoy/service/secret/v3/sds.proto",
+  "envoy/extensions/transport_sockets/tls/v3/secret.proto",
 ];
 
 const TARGETS = [

@@ -32,16 +32,35 @@ async function names(sidecar: string): Promise<string[]> {
 }
 
 describe("the agent's components", () => {
-  it("start in the order of docs/architecture.md: certificates, interception, Envoy, then the discovery watch", async () => {
-    expect(await names("")).toEqual(["certificates", "interception", "envoy", "discovery"]);
+  it("start in the order of docs/architecture.md: certificates, SDS, interception, Envoy, then the discovery watch", async () => {
+    expect(await names("")).toEqual(["certificates", "sds", "interception", "envoy", "discovery"]);
+  });
+
+  it("the SDS server runs with Envoy on the istiod profile only (legacy Envoy reads the files)", async () => {
+    expect(await names("ISTIO_AGENT_COMPONENTS=certificates\n")).toEqual(["certificates"]);
+    const fs = new MemoryFileSystem({ "/var/lib/istio/envoy/cluster.env": "ISTIO_CONTROL_PLANE=legacy\n" });
+    const loaded = await loadConfig({ env: {}, fs });
+    const deps: AgentDeps = {
+      config: loaded.values,
+      loaded,
+      fs,
+      runner: nodeProcessRunner,
+      clock: systemClock,
+      logger: silentLogger,
+      metrics: new MetricsRegistry(),
+      events: createAgentEvents(),
+      env: {},
+    };
+    const built = await Promise.all(AGENT_COMPONENTS.map((f) => f(deps)));
+    expect(built.map((c) => c?.name).filter((n) => n !== undefined)).not.toContain("sds");
   });
 
   it("ISTIO_AGENT_COMPONENTS selects a subset (the order stays), and an empty value runs the frame alone", async () => {
-    expect(await names("ISTIO_AGENT_COMPONENTS=envoy,certificates\n")).toEqual(["certificates", "envoy"]);
+    expect(await names("ISTIO_AGENT_COMPONENTS=envoy,certificates\n")).toEqual(["certificates", "sds", "envoy"]);
     expect(await names("ISTIO_AGENT_COMPONENTS=\n")).toEqual([]);
   });
 
   it("ISTIO_CUSTOM_IP_TABLES=true leaves capture to the admin", async () => {
-    expect(await names("ISTIO_CUSTOM_IP_TABLES=true\n")).toEqual(["certificates", "envoy", "discovery"]);
+    expect(await names("ISTIO_CUSTOM_IP_TABLES=true\n")).toEqual(["certificates", "sds", "envoy", "discovery"]);
   });
 });

@@ -11,6 +11,7 @@ import { discoveryCheck } from "./discovery.js";
 import { dnsCheck } from "./dns.js";
 import { envoyCheck } from "./envoy.js";
 import { interceptionCheck } from "./interception.js";
+import { sdsCheck } from "./sds.js";
 
 export interface CheckEntry {
   readonly name: string;
@@ -40,6 +41,11 @@ export const CHECKS: readonly CheckEntry[] = [
     name: "interception",
     description: "istio-vm's iptables rules present and equal to the plan",
     factory: interceptionCheck,
+  },
+  {
+    name: "sds",
+    description: "istiod: the agent's SDS socket serves Envoy the chain in cert-chain.pem",
+    factory: sdsCheck,
   },
   { name: "envoy", description: "Envoy's admin /ready answers 200", factory: envoyCheck },
 ];

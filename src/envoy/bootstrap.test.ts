@@ -130,6 +130,25 @@ describe("renderBootstrap", () => {
     });
   }
 
+  it("istiod: no certificate file is named; key, chain and roots come over SDS from the agent's socket (pipe)", async () => {
+    const bootstrap = renderBootstrap(await PROFILES["istiod-mtls"]());
+    const text = JSON.stringify(bootstrap);
+    expect(text).not.toMatch(/"filename"|key\.pem|cert-chain\.pem|root-cert\.pem/);
+    const clusters = (bootstrap["static_resources"] as { clusters: { name: string }[] }).clusters;
+    const sds = clusters.find((c) => c.name === "sds-grpc");
+    expect(JSON.stringify(sds)).toContain('"pipe":{"path":"/run/istio-vm/workload-spiffe-uds/socket"}');
+    const xds = JSON.stringify(clusters.find((c) => c.name === "xds-grpc"));
+    expect(xds).toContain('"tls_certificate_sds_secret_configs":[{"name":"default"');
+    expect(xds).toContain('"validation_context_sds_secret_config":{"name":"ROOTCA"');
+    expect(xds).toContain('"matcher":{"exact":"istiod.istio-system.svc"}');
+  });
+
+  it("legacy: Envoy reads the files in OUTPUT_CERTS (hot restart on renewal), no SDS cluster", async () => {
+    const text = JSON.stringify(renderBootstrap(await PROFILES["legacy-v3-mtls"]()));
+    expect(text).toContain('"private_key":{"filename":"/etc/certs/key.pem"}');
+    expect(text).not.toContain("sds-grpc");
+  });
+
   it("the validator rejects what real Envoy would reject: unknown fields, wrong types, bad enums, typos in @type", () => {
     const bad = {
       node: { id: "x", clusterr: "typo" },

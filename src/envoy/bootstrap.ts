@@ -15,8 +15,14 @@
  * - optionally Istio's Prometheus listener (ENVOY_STATS_PORT, 15090) that serves the admin's /stats/prometheus, and
  *   (istiod profile) Istio's health listener (ENVOY_STATUS_PORT, 15021) that serves the agent's /healthz/ready.
  *
- * Certificate files are referenced by path, not inlined: Envoy reads them when the epoch starts, and a renewal makes
- * the supervisor start a new epoch (hot restart), as pilot-agent did.
+ * Certificates (istiod profile): Envoy gets them from the agent over SDS, as Istio's own bootstrap does (istio/istio
+ * tools/packaging/common/envoy_bootstrap.json): a static cluster `sds-grpc` reaches the agent's Unix socket
+ * (src/sds/socket.ts) as a `pipe`, and every TLS context names Istio's secrets `default` (key and chain) and
+ * `ROOTCA` (trust bundle) there. No file name of a key is in the bootstrap, so Envoy never reads one from disk, and
+ * a renewal is an SDS push: the bootstrap does not change and no epoch starts.
+ *
+ * Legacy profile: the certificate files are referenced by path, not inlined: Envoy reads them when the epoch starts,
+ * and a renewal makes the supervisor start a new epoch (hot restart), as pilot-agent 0.8 did.
  */
 import { isIP } from "node:net";
 import { join } from "node:path";
@@ -25,6 +31,8 @@ import type { NodeBlockConfig, NodeBlockInput } from "../xds/node-block.js";
 import { buildNodeBlock, nodeId } from "../xds/node-block.js";
 import type { StructValue } from "../xds/protos.js";
 import { XDS_API_HEADER } from "../xds/protos.js";
+import { sdsSocketPath, usesSds } from "../sds/socket.js";
+import { ROOT_SECRET, WORKLOAD_SECRET } from "../sds/names.js";
 
 /** The JSON value of a bootstrap: plain data, so it can be hashed, diffed, written and validated. */
 export type BootstrapJson = { readonly [key: string]: BootstrapValue };
@@ -33,11 +41,13 @@ type BootstrapValue = string | number | boolean | null | readonly BootstrapValue
 export const XDS_CLUSTER = "xds-grpc";
 export const PROMETHEUS_CLUSTER = "prometheus_stats";
 export const AGENT_CLUSTER = "agent";
+/** Istio's name for the cluster of the agent's SDS socket; istiod-generated TLS contexts refer to it. */
+export const SDS_CLUSTER = "sds-grpc";
 export const CERT_FILES = { chain: "cert-chain.pem", key: "key.pem", root: "root-cert.pem" } as const;
 
 /** The parts of the configuration the bootstrap depends on. */
 export type BootstrapConfig = NodeBlockConfig &
-  Pick<ConfigValues, "ISTIO_SYSTEM_NAMESPACE" | "TRUST_DOMAIN" | "OUTPUT_CERTS" | "ENVOY_XDS_API">;
+  Pick<ConfigValues, "ISTIO_SYSTEM_NAMESPACE" | "TRUST_DOMAIN" | "OUTPUT_CERTS" | "ENVOY_XDS_API" | "ISTIO_RUN_DIR">;
 
 export interface BootstrapInput extends NodeBlockInput {
   readonly config: BootstrapConfig;
@@ -79,18 +89,74 @@ function tlsTransportSocket(config: BootstrapConfig): BootstrapJson {
       "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
       // istiod behind an east-west gateway is routed by SNI; legacy Pilot's certificate names a SPIFFE URI, no host.
       ...(san.type === "DNS" ? { sni: san.value } : {}),
-      common_tls_context: {
-        alpn_protocols: ["h2"],
-        tls_certificates: [
-          {
-            certificate_chain: { filename: join(config.OUTPUT_CERTS, CERT_FILES.chain) },
-            private_key: { filename: join(config.OUTPUT_CERTS, CERT_FILES.key) },
-          },
-        ],
-        validation_context: {
-          trusted_ca: { filename: join(config.OUTPUT_CERTS, CERT_FILES.root) },
-          match_typed_subject_alt_names: [{ san_type: san.type, matcher: { exact: san.value } }],
-        },
+      common_tls_context: usesSds(config) ? sdsTlsContext(san) : fileTlsContext(config, san),
+    },
+  };
+}
+
+type San = ReturnType<typeof discoverySan>;
+
+/** Legacy: the workload files in OUTPUT_CERTS, read by Envoy when an epoch starts. */
+function fileTlsContext(config: BootstrapConfig, san: San): BootstrapJson {
+  return {
+    alpn_protocols: ["h2"],
+    tls_certificates: [
+      {
+        certificate_chain: { filename: join(config.OUTPUT_CERTS, CERT_FILES.chain) },
+        private_key: { filename: join(config.OUTPUT_CERTS, CERT_FILES.key) },
+      },
+    ],
+    validation_context: {
+      trusted_ca: { filename: join(config.OUTPUT_CERTS, CERT_FILES.root) },
+      match_typed_subject_alt_names: [{ san_type: san.type, matcher: { exact: san.value } }],
+    },
+  };
+}
+
+/** An SDS config source: the agent's socket through the `sds-grpc` cluster (Istio's bootstrap has the same). */
+function sdsConfig(): BootstrapJson {
+  return {
+    api_config_source: {
+      api_type: "GRPC",
+      transport_api_version: "V3",
+      set_node_on_first_message_only: true,
+      grpc_services: [{ envoy_grpc: { cluster_name: SDS_CLUSTER } }],
+    },
+    // 0s: wait for the secret as long as it takes (the agent serves it before Envoy starts).
+    initial_fetch_timeout: "0s",
+    resource_api_version: "V3",
+  };
+}
+
+/** istiod: key and chain (`default`) and trust bundle (`ROOTCA`) over SDS; the SAN is checked in the bootstrap. */
+function sdsTlsContext(san: San): BootstrapJson {
+  return {
+    alpn_protocols: ["h2"],
+    tls_certificate_sds_secret_configs: [{ name: WORKLOAD_SECRET, sds_config: sdsConfig() }],
+    combined_validation_context: {
+      default_validation_context: {
+        match_typed_subject_alt_names: [{ san_type: san.type, matcher: { exact: san.value } }],
+      },
+      validation_context_sds_secret_config: { name: ROOT_SECRET, sds_config: sdsConfig() },
+    },
+  };
+}
+
+/** The agent's SDS socket as a cluster: a Unix socket (`pipe`), HTTP/2 for gRPC. */
+function sdsCluster(config: BootstrapConfig): BootstrapJson {
+  return {
+    name: SDS_CLUSTER,
+    type: "STATIC",
+    connect_timeout: "1s",
+    lb_policy: "ROUND_ROBIN",
+    load_assignment: {
+      cluster_name: SDS_CLUSTER,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path: sdsSocketPath(config) } } } }] }],
+    },
+    typed_extension_protocol_options: {
+      "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        explicit_http_config: { http2_protocol_options: {} },
       },
     },
   };
@@ -307,6 +373,7 @@ function renderAdsBootstrap(input: BootstrapInput): BootstrapJson {
     static_resources: {
       clusters: [
         xdsCluster(config),
+        ...(usesSds(config) ? [sdsCluster(config)] : []),
         ...(stats ? [localCluster(PROMETHEUS_CLUSTER, config.ENVOY_ADMIN_PORT)] : []),
         ...(status ? [localCluster(AGENT_CLUSTER, config.STATUS_PORT)] : []),
       ],

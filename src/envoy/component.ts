@@ -1,8 +1,9 @@
 /**
  * The agent's Envoy component: starts after interception, resolves `start` once Envoy's admin /ready is 200, hot
- * restarts on `certificates-changed` and on a reload that changes the bootstrap, and on stop drains and ends every
- * epoch. When Envoy keeps failing past its restart budget it raises the frame's `fatal` event: the frame stops every
- * component in reverse order and exits 1, and systemd's Restart= takes over. (A failure before the first ready epoch
+ * restarts on `certificates-changed` (legacy profile; istiod gets them over SDS) and on a reload that changes the
+ * bootstrap, and on stop drains and ends every epoch. When Envoy keeps failing past its restart budget it raises the
+ * frame's `fatal` event: the frame stops every component in reverse order and exits 1, and systemd's Restart= takes
+ * over. (A failure before the first ready epoch
  * rejects `start` instead, which the frame handles the same way.)
  */
 import { hostname } from "node:os";

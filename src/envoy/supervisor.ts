@@ -1,7 +1,8 @@
 /**
  * Runs Envoy as pilot-agent's proxy mode did (docs/protocols.md), with what users missed added (docs/decisions.md):
  *
- * - Epochs. The desired state is the bootstrap plus a SHA-256 of the three PEM files. When it differs from the
+ * - Epochs. The desired state is the bootstrap plus (legacy profile only) a SHA-256 of the three PEM files; on the
+ *   istiod profile Envoy gets its certificates over SDS, so a renewal changes no epoch. When it differs from the
  *   newest running epoch's, the next epoch (highest running + 1, or 0 when none runs) gets `envoy-rev<N>.json` and
  *   starts; Envoy's hot restart then retires the parent (it drains for --drain-time-s and exits at
  *   --parent-shutdown-time-s). The supervisor never kills a parent on a hot restart.
@@ -28,6 +29,7 @@ import type { HttpClient } from "../platform/http.js";
 import type { Logger } from "../platform/logger.js";
 import { formatCommand } from "../platform/process.js";
 import { parsePasswd, passwdPath } from "../intercept/settings.js";
+import { usesSds } from "../sds/socket.js";
 import type { BootstrapJson } from "./bootstrap.js";
 import { CERT_FILES, bootstrapPath, renderBootstrap, serializeBootstrap, serviceNode } from "./bootstrap.js";
 import { envoyCommand, envoyLinePriority } from "./command-line.js";
@@ -161,9 +163,13 @@ export class EnvoySupervisor {
     }
   }
 
-  /** New certificates are on disk: a new epoch after the debounce window (if the PEMs really changed). */
+  /**
+   * New certificates are on disk. Legacy profile: a new epoch after the debounce window (if the PEMs really changed).
+   * istiod profile: nothing (SDS pushes them).
+   */
   certificatesChanged(): void {
     if (this.#stopping) return;
+    if (usesSds(this.#config)) return; // pushed over SDS by the agent's sds component, no restart
     // Not started yet: start() hashes the files it finds, nothing to restart.
     if (this.#state === "idle") return;
     if (this.#cancelDebounce !== undefined) return;
@@ -232,6 +238,9 @@ export class EnvoySupervisor {
   }
 
   async #certHash(): Promise<string> {
+    // istiod: Envoy gets its certificates over SDS (src/sds/), so they are no part of an epoch: a renewal is pushed
+    // to the running Envoy and starts nothing.
+    if (usesSds(this.#config)) return "sds";
     const hash = createHash("sha256");
     for (const name of [CERT_FILES.chain, CERT_FILES.key, CERT_FILES.root]) {
       try {

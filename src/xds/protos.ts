@@ -18,6 +18,7 @@ interface XdsTypes {
   readonly DiscoveryResponse: protobuf.Type;
   readonly Cluster: protobuf.Type;
   readonly ClusterLoadAssignment: protobuf.Type;
+  readonly Secret: protobuf.Type;
 }
 
 let built: XdsTypes | undefined;
@@ -35,6 +36,7 @@ function xdsTypes(): XdsTypes {
       DiscoveryResponse: root.lookupType("envoy.service.discovery.v3.DiscoveryResponse"),
       Cluster: root.lookupType("envoy.config.cluster.v3.Cluster"),
       ClusterLoadAssignment: root.lookupType("envoy.config.endpoint.v3.ClusterLoadAssignment"),
+      Secret: root.lookupType("envoy.extensions.transport_sockets.tls.v3.Secret"),
     };
   }
   return built;
@@ -228,3 +230,43 @@ export const ADS_SERVICE: ServiceDefinition = {
  * Pilot of Istio 0.2–0.8 served v3; src/devplane/pilot-xds.ts). Any other server ignores it.
  */
 export const XDS_API_HEADER = "istio-vm-xds-api";
+// ── SDS (envoy.service.secret.v3.SecretDiscoveryService) ──────────────────────────────────────────────────────────
+
+export const SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+export const SDS_METHOD = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+
+/** An Envoy DataSource with inline bytes: how Istio's agent hands over PEM (never a file name). */
+export interface InlineBytes {
+  readonly inline_bytes: Uint8Array;
+}
+
+/** The two shapes of Secret the agent serves: Istio's `default` (key + chain) and `ROOTCA` (trust bundle). */
+export interface SecretResource {
+  readonly name: string;
+  readonly tls_certificate?: { readonly certificate_chain: InlineBytes; readonly private_key: InlineBytes };
+  readonly validation_context?: { readonly trusted_ca: InlineBytes };
+}
+
+export function packSecret(secret: SecretResource): AnyResource {
+  return { type_url: SECRET_TYPE_URL, value: xdsTypes().Secret.encode(xdsTypes().Secret.fromObject(secret)).finish() };
+}
+
+export function unpackSecret(resource: AnyResource): SecretResource {
+  return xdsTypes().Secret.toObject(xdsTypes().Secret.decode(resource.value), {
+    ...CONVERT,
+    defaults: false,
+  }) as SecretResource;
+}
+
+/** The SDS service (StreamSecrets only: the agent does not implement delta or fetch), with the encoders above. */
+export const SDS_SERVICE: ServiceDefinition = {
+  StreamSecrets: {
+    path: SDS_METHOD,
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: (value: DiscoveryRequest) => encodeDiscoveryRequest(value),
+    requestDeserialize: (bytes: Buffer) => decodeDiscoveryRequest(bytes),
+    responseSerialize: (value: DiscoveryResponse) => encodeDiscoveryResponse(value),
+    responseDeserialize: (bytes: Buffer) => decodeDiscoveryResponse(bytes),
+  },
+};

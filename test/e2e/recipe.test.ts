@@ -60,6 +60,7 @@ describe.skipIf(missing !== undefined).each(PROFILES)(
           "stand-in",
           "install",
           "check",
+          ...(profile === "istiod" ? ["rotation"] : []),
           "inbound-ports",
           "service",
           "register",
@@ -101,6 +102,20 @@ describe.skipIf(missing !== undefined).each(PROFILES)(
       expect(check.data["code"]).toBe(0);
       expect(transcript).toContain("Envoy STAND-IN");
     });
+
+    it.runIf(profile === "istiod")(
+      "a renewal reaches the running Envoy over SDS: new serial, same PID and epoch",
+      () => {
+        const rotation = step("rotation");
+        const before = rotation.data["before"] as { serial: string; epoch: number; pids: string };
+        const after = rotation.data["after"] as { serial: string; epoch: number; pids: string };
+        expect(before.serial).toMatch(/^[0-9a-f]+$/);
+        expect(after.serial).toBe(rotation.data["store"]);
+        expect(after.serial).not.toBe(before.serial);
+        expect(after.epoch).toBe(0);
+        expect(after.pids).toBe(before.pids);
+      },
+    );
 
     it("ISTIO_INBOUND_PORTS=3306 and a reload add the inbound capture of 3306", () => {
       expect(step("inbound-ports").data["rules"]).toMatch(

@@ -512,30 +512,21 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       s.data["unit"] = props;
       if (props["ActiveState"] !== "active") throw new Error(`istio-vm-agent is ${props["ActiveState"] ?? "?"}`);
       // Who runs Envoy (the stand-in), and in which cgroup: the unit's, so stopping the unit stops it.
-      const processes = await (vm as DebianMachine).run(["ps", "-eo", "user:32,args"]);
-      // --full: without a terminal systemd-cgls ellipsizes lines at 80 columns, which cut the stand-in's command
-      // line when the PID or the tree's indent was long enough, and the process looked outside the unit.
-      const cgroup = await (vm as DebianMachine).run([
-        "systemd-cgls",
-        "--no-pager",
-        "--full",
-        "-u",
-        "istio-vm-agent.service",
-      ]);
-      const envoys = {
-        stdout: processes.stdout
-          .split("\n")
-          .filter((l) => l.includes("--restart-epoch"))
-          .map(
-            (l) =>
-              `${l.trim().split(/\s+/)[0] ?? ""} ${cgroup.stdout.includes(l.trim().split(/\s+/).slice(1, 3).join(" ")) ? "istio-vm-agent.service" : "outside the unit"}`,
-          )
-          .join("\n"),
-      };
+      // Each stand-in's cgroup from /proc/<pid>/cgroup (systemd-cgls' tree was matched by command line, which
+      // missed now and then).
+      const processes = await (vm as DebianMachine).run(["ps", "-eo", "pid=,user:32=,args="]);
+      const lines: string[] = [];
+      for (const l of processes.stdout.split("\n").filter((x) => x.includes("--restart-epoch"))) {
+        const [pid = "", user = ""] = l.trim().split(/\s+/);
+        const cgroup = await (vm as DebianMachine).run(["cat", `/proc/${pid}/cgroup`]);
+        lines.push(
+          `${user} ${cgroup.stdout.includes("/istio-vm-agent.service") ? "istio-vm-agent.service" : "outside the unit"}`,
+        );
+      }
+      const envoys = { stdout: lines.join("\n") };
       show("[vm] Envoy processes: user and cgroup", envoys.stdout);
       if (envoys.stdout.includes("outside the unit")) {
         show("[vm] ps -eo user:32,args", processes.stdout);
-        show("[vm] systemd-cgls -u istio-vm-agent.service", cgroup.stdout);
       }
       s.data["envoyProcesses"] = envoys.stdout;
       s.saw.push(
@@ -550,6 +541,57 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       must("istio-vm check", result);
       s.saw.push("every check passed (exit 0)");
     });
+
+    if (profile === "istiod") {
+      await step(
+        "rotation",
+        "On the VM: a renewal reaches Envoy over SDS, without a restart (istio-vm certs renew; systemctl reload)",
+        async (s) => {
+          print(
+            "   istiod profile: Envoy gets its key and chain from the agent over SDS (a Unix socket in /run/istio-vm),\n" +
+              "   so a new certificate is pushed to the running Envoy: same PID, same hot-restart epoch, new serial.\n",
+          );
+          const adminGet = (path: string): string =>
+            `/usr/local/bin/node -e "fetch('http://127.0.0.1:15000${path}').then(r=>r.text()).then(t=>process.stdout.write(t))"`;
+          const held = async (): Promise<{ serial: string; epoch: number; pids: string }> => {
+            const certs = JSON.parse(must("GET /certs", await inVm(adminGet("/certs"))).stdout) as {
+              certificates: { secret?: string; cert_chain: { serial_number: string }[] }[];
+            };
+            const info = JSON.parse(must("GET /server_info", await inVm(adminGet("/server_info"))).stdout) as {
+              command_line_options: { restart_epoch: number };
+            };
+            const pids = must("pgrep", await inVm("pgrep -f '[-]-restart-epoch' | sort")).stdout.trim();
+            return {
+              serial: certs.certificates.find((c) => c.secret === "default")?.cert_chain[0]?.serial_number ?? "",
+              epoch: info.command_line_options.restart_epoch,
+              pids,
+            };
+          };
+          const before = await held();
+          must("renew", await inVm("istio-vm certs renew && systemctl reload istio-vm-agent"));
+          const storeSerial = async (): Promise<string> =>
+            must(
+              "serial",
+              await inVm(
+                `/usr/local/bin/node -e "process.stdout.write(new (require('crypto').X509Certificate)(require('fs').readFileSync('/etc/certs/cert-chain.pem')).serialNumber.toLowerCase())"`,
+              ),
+            ).stdout.trim();
+          const renewed = await storeSerial();
+          let after = await held();
+          for (let i = 0; i < 50 && after.serial !== renewed; i++) {
+            await sleep(200);
+            after = await held();
+          }
+          s.data["before"] = before;
+          s.data["after"] = after;
+          s.data["store"] = renewed;
+          if (after.serial !== renewed) throw new Error(`the stand-in holds ${after.serial}, the store ${renewed}`);
+          s.saw.push(
+            `serial ${before.serial} → ${after.serial} in the running Envoy; epoch ${String(after.epoch)}, pid ${after.pids} (unchanged)`,
+          );
+        },
+      );
+    }
 
     await step(
       "inbound-ports",

@@ -100,6 +100,9 @@ async function adminGet(vm: Vm, path: string): Promise<{ status: number; body: s
   return { status: res.status, body: res.body.toString("utf8") };
 }
 
+/** The legacy profile keeps certificate files and hot restart; the default (istiod) serves them over SDS. */
+const LEGACY = "ISTIO_CONTROL_PLANE=legacy\n";
+
 function writeCerts(dir: string, serial: string): void {
   writeFileSync(join(dir, "cert-chain.pem"), `chain ${serial}\n`);
   writeFileSync(join(dir, "key.pem"), `key ${serial}\n`, { mode: 0o600 });
@@ -107,7 +110,7 @@ function writeCerts(dir: string, serial: string): void {
 }
 
 async function makeVm(
-  options: { sidecar?: string; tuning?: Partial<SupervisorOptions>; world?: boolean } = {},
+  options: { sidecar?: string; cluster?: string; tuning?: Partial<SupervisorOptions>; world?: boolean } = {},
 ): Promise<Vm> {
   const root = mkdtempSync(join(tmpdir(), "istio-vm-envoy-"));
   const records = join(root, "records");
@@ -128,6 +131,7 @@ async function makeVm(
     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
   );
   writeCerts(certs, "1");
+  if (options.cluster !== undefined) writeFileSync(join(root, "var/lib/istio/envoy/cluster.env"), options.cluster);
   const control = join(root, "control.json");
   writeFileSync(control, "{}");
   chmodSync(control, 0o644);
@@ -228,8 +232,20 @@ describe("Envoy supervisor with the stand-in", () => {
     expect(vm.lines.some((l) => l.startsWith("<6>envoy[epoch 0]: [info][main]"))).toBe(true);
   });
 
-  it("new certificates: epoch 1 starts, takes over, and epoch 0 exits with its bootstrap deleted", async () => {
-    const vm = await makeVm();
+  it("istiod profile: new certificates (event or files) start no epoch: Envoy gets them over SDS", async () => {
+    const vm = await makeVm({ tuning: { certPollMs: 100 } });
+    await vm.supervisor.start(new AbortController().signal);
+    const [first] = records(vm);
+    writeCerts(vm.certs, "2");
+    vm.supervisor.certificatesChanged();
+    // Several poll periods: the files changed on disk and were announced, and still nothing restarts.
+    await new Promise((r) => setTimeout(r, 600));
+    expect(vm.supervisor.status()).toMatchObject({ epoch: 0, restarts: 0, epochsRunning: 1 });
+    expect(records(vm).map((r) => r.pid)).toEqual([first?.pid]);
+  });
+
+  it("legacy: new certificates: epoch 1 starts, takes over, and epoch 0 exits with its bootstrap deleted", async () => {
+    const vm = await makeVm({ cluster: LEGACY });
     await vm.supervisor.start(new AbortController().signal);
     const [first] = records(vm);
     // An event with unchanged files restarts nothing.
@@ -254,8 +270,8 @@ describe("Envoy supervisor with the stand-in", () => {
     expect(vm.supervisor.status().restarts).toBe(1);
   });
 
-  it("notices certificate files changed on disk without an event (polling)", async () => {
-    const vm = await makeVm({ tuning: { certPollMs: 100 } });
+  it("legacy: notices certificate files changed on disk without an event (polling)", async () => {
+    const vm = await makeVm({ tuning: { certPollMs: 100 }, cluster: LEGACY });
     await vm.supervisor.start(new AbortController().signal);
     writeCerts(vm.certs, "3");
     await until("epoch 1 ready", () => vm.supervisor.status().epoch === 1 && vm.supervisor.status().ready);
