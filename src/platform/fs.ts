@@ -1,14 +1,17 @@
 import type * as Crypto from "node:crypto";
 import { constants } from "node:fs";
 import * as fsp from "node:fs/promises";
-import { createRequire } from "node:module";
 import { basename, dirname, join } from "node:path";
 
 /**
- * Built-in modules loaded on first use. require(), not import(): inside the bundle esbuild leaves `import("node:…")`
- * as it is, and the launcher's vm.Script has no module loader for it under Node 20.
+ * Built-in modules loaded on first use. Not import(): inside the bundle esbuild leaves `import("node:…")` as it is,
+ * and the launcher's vm.Script has no module loader for it under Node 20. Not a require() made with
+ * `createRequire(import.meta.url)` either: `import.meta` is empty in any other CommonJS bundle of this code (test
+ * fixtures build their own). `process.getBuiltinModule` (Node 20.16+, 22.3+) needs neither.
  */
-export const loadBuiltin = createRequire(import.meta.url);
+export function loadBuiltin(id: string): object | undefined {
+  return process.getBuiltinModule(id);
+}
 
 export interface FileOwner {
   readonly uid: number;

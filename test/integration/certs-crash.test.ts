@@ -151,16 +151,20 @@ describe("certificate store under SIGKILL", () => {
       POD_NAMESPACE: NAMESPACE,
       SERVICE_ACCOUNT,
     };
-    // One full run tells how long a renewal takes here; kills are spread over that time.
-    const started = Date.now();
-    const full = spawnTracked(process.execPath, [CLI, "certs", "renew"], env);
-    await exited(full);
-    expect(full.exitCode).toBe(0);
-    const duration = Date.now() - started;
+    // Full runs tell how long a renewal takes here (the shortest of two: the first also migrates the installed
+    // plain files, which costs more fsyncs); kills are spread over that time.
+    let duration = Number.POSITIVE_INFINITY;
+    for (let i = 0; i < 2; i++) {
+      const started = Date.now();
+      const full = spawnTracked(process.execPath, [CLI, "certs", "renew"], env);
+      await exited(full);
+      expect(full.exitCode).toBe(0);
+      duration = Math.min(duration, Date.now() - started);
+    }
     let completed = 0;
     for (let i = 0; i < 12; i++) {
       const child = spawnTracked(process.execPath, [CLI, "certs", "renew"], env);
-      await sleep(duration * (0.5 + Math.random() * 0.6));
+      await sleep(duration * (0.2 + Math.random() * 0.8));
       child.kill("SIGKILL");
       await exited(child);
       if (child.exitCode === 0) completed++;

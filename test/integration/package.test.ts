@@ -96,7 +96,7 @@ describe.skipIf(missing !== undefined)("the Debian package", () => {
     const script = join(root, "usr/share/bash-completion/completions/istio-vm");
     const bin = join(root, "usr/bin");
     expect(bashComplete(script, bin, ["ce"])).toEqual(["certs"]);
-    expect(bashComplete(script, bin, ["cluster-env", "--pro"])).toEqual(["--profile"]);
+    expect(bashComplete(script, bin, ["cluster-env", "--pro"]).sort()).toEqual(["--profile", "--proxy-config"]);
     expect(bashComplete(script, bin, ["dev", "--profile", ""]).sort()).toEqual(["istiod", "legacy", "none"]);
   });
 
