@@ -115,9 +115,9 @@ export async function certStatus(config: ConfigValues, context: RenewContext): P
   };
 }
 
-/** "3h12m", "45s", "2d4h". */
+/** "3h12m", "45s", "2d4h". Truncated, never rounded up: 23h59m59.6s left is "23h59m", not "1d0h". */
 export function formatDuration(seconds: number): string {
-  const s = Math.abs(Math.round(seconds));
+  const s = Math.abs(Math.trunc(seconds));
   const d = Math.floor(s / 86_400);
   const h = Math.floor((s % 86_400) / 3600);
   const m = Math.floor((s % 3600) / 60);

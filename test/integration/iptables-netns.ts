@@ -20,11 +20,14 @@ let pinnedCli = CLI;
  * would fail a test for no reason of its own.
  */
 export async function pinCli(): Promise<void> {
-  const dir = join(dirname(CLI), "..", ".cache", "test");
+  // The CLI is a launcher plus the bundle and its V8 code cache beside it (scripts/build.mjs): all three are copied.
+  const dir = join(dirname(CLI), "..", ".cache", "test", `istio-vm-${process.pid}`);
   await mkdir(dir, { recursive: true });
-  const pinned = join(dir, `istio-vm-${process.pid}.cjs`);
+  const pinned = join(dir, "istio-vm.cjs");
   for (let attempt = 0; attempt < 10; attempt++) {
-    await copyFile(CLI, pinned);
+    for (const name of ["istio-vm.cjs", "istio-vm-main.cjs", "istio-vm-main.cjs.v8"]) {
+      await copyFile(join(dirname(CLI), name), join(dir, name));
+    }
     const r = await nodeProcessRunner.run(process.execPath, [pinned, "--version"], { timeoutMs: 30_000 });
     if (r.code === 0) {
       pinnedCli = pinned;
@@ -41,7 +44,7 @@ export function cliPath(): string {
 }
 
 export async function unpinCli(): Promise<void> {
-  if (pinnedCli !== CLI) await rm(pinnedCli, { force: true });
+  if (pinnedCli !== CLI) await rm(dirname(pinnedCli), { recursive: true, force: true });
   pinnedCli = CLI;
 }
 
