@@ -5,12 +5,29 @@
  * its own loopback: iptables rules made inside never touch the host), and driven with `nsenter` into the container's
  * namespaces. `dispose()` powers it off, kills what is left of the nspawn process it started, and removes the dir.
  *
+ * Each machine gets a cgroup of its own. Without a service manager on the host, `systemd-nspawn --keep-unit` puts
+ * the container's tree in `<its own cgroup>/payload`, so machines started from one cgroup would share one tree: a
+ * unit of the same name in two machines is one directory, and when one machine's systemd removes it (a unit that
+ * stops prunes its cgroup) the other's next process of that unit cannot be attached ("Failed to attach to cgroup
+ * …: No such file or directory", 219/CGROUP). nspawn is therefore started in `<cgroup>/<machine name>` of each
+ * hierarchy systemd uses (the named `systemd` one and cgroup2, where mounted), removed again by `dispose()`.
+ *
  *   const vm = await bootDebian({ name: "agent" });
  *   try { await vm.run(["systemctl", "is-system-running"]); } finally { await vm.dispose(); }
  */
 import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  rmdirSync,
+} from "node:fs";
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -150,6 +167,59 @@ export interface DebianMachine {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * The directories, one per cgroup hierarchy systemd uses (the named `systemd` v1 hierarchy and cgroup2, where
+ * mounted), that a machine called `name` gets below this process's own cgroup there.
+ */
+export function machineCgroups(
+  name: string,
+  mountinfo = readFileSync("/proc/self/mountinfo", "utf8"),
+  cgroups = readFileSync("/proc/self/cgroup", "utf8"),
+): string[] {
+  const own = new Map<string, string>();
+  for (const line of cgroups.split("\n")) {
+    const [id, controllers, path] = line.split(/:(.*?):/);
+    if (id === undefined || controllers === undefined || path === undefined) continue;
+    own.set(controllers === "" ? "cgroup2" : controllers, path);
+  }
+  const dirs: string[] = [];
+  for (const line of mountinfo.split("\n")) {
+    // mountinfo: id parent dev root mountpoint options [optional…] - fstype source superoptions
+    const [left, right] = line.split(" - ");
+    if (left === undefined || right === undefined) continue;
+    const fields = left.split(" ");
+    const [fstype, , superOptions = ""] = right.split(" ");
+    const root = fields[3];
+    const mountpoint = fields[4];
+    if (root === undefined || mountpoint === undefined) continue;
+    const key =
+      fstype === "cgroup2" ? "cgroup2" : superOptions.split(",").includes("name=systemd") ? "name=systemd" : "";
+    const path = own.get(key);
+    if (key === "" || path === undefined || !(path + "/").startsWith(root === "/" ? "/" : root + "/")) continue;
+    dirs.push(join(mountpoint.replace(/\\040/g, " "), path.slice(root === "/" ? 0 : root.length), name));
+  }
+  return [...new Set(dirs)];
+}
+
+/** Removes a cgroup directory and the ones below it (cgroupfs removes a group with rmdir, its files with it). */
+function removeCgroup(dir: string): void {
+  let entries;
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  for (const e of entries) if (e.isDirectory()) removeCgroup(join(dir, e.name));
+  try {
+    rmdirSync(dir);
+  } catch {
+    // Still busy (a process left): nothing more a test can do about it.
+  }
+}
+
+/** Moves itself into each cgroup given before `--`, then runs the command after it. */
+const IN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; shift; exec "$@"';
+
 /** The container's init: a descendant of the nspawn process whose PID inside its own namespace is 1. */
 function findLeader(nspawnPid: number): number | undefined {
   const parents = new Map<number, number>();
@@ -185,6 +255,7 @@ export async function bootDebian(options: BootOptions): Promise<DebianMachine> {
   const root = join(dir, "root");
   mkdirSync(root, { mode: 0o755 });
   const consoleLog = join(dir, "console.log");
+  const cgroups = machineCgroups(name);
   let nspawn: ReturnType<typeof spawn> | undefined;
   let exited: Promise<void> = Promise.resolve();
   let disposed = false;
@@ -218,6 +289,7 @@ export async function bootDebian(options: BootOptions): Promise<DebianMachine> {
         await Promise.race([exited, sleep(10_000)]);
       }
     }
+    for (const cgroup of cgroups) removeCgroup(cgroup);
     await rm(dir, { recursive: true, force: true, maxRetries: 3 });
   };
 
@@ -230,9 +302,16 @@ export async function bootDebian(options: BootOptions): Promise<DebianMachine> {
     await writeFile(join(root, "etc/machine-id"), `${randomBytes(16).toString("hex")}\n`);
 
     const out = openSync(consoleLog, "a");
+    for (const cgroup of cgroups) mkdirSync(cgroup);
     nspawn = spawn(
-      "systemd-nspawn",
+      "/bin/sh",
       [
+        "-c",
+        IN_CGROUPS,
+        "sh",
+        ...cgroups,
+        "--",
+        "systemd-nspawn",
         "--boot",
         "--register=no",
         "--keep-unit",
