@@ -1,8 +1,9 @@
 /**
  * Name resolution as a port, for the DNS checks: the system resolver (getaddrinfo, as every program on the VM
  * resolves, honouring /etc/resolv.conf and /etc/hosts) and a query straight at one DNS server. Both run under a real
- * deadline: node:dns' `timeout` × `tries` is not one (a 300 ms × 2 resolver was seen to take 1.2 s; Node.js docs,
- * `dns.Resolver` options: the timeout is per attempt and doubles), so a timer calls `resolver.cancel()`.
+ * deadline: node:dns' `timeout` × `tries` is not one (a 300 ms × 2 resolver was seen to take 1.2 s: c-ares,
+ * `ares_init_options` ARES_OPT_TIMEOUTMS, gives the first try that timeout and later tries longer ones), so a timer
+ * calls `resolver.cancel()`.
  */
 import { lookup as dnsLookup, promises as dnsPromises } from "node:dns";
 import { timerDelay } from "./clock.js";
