@@ -3,7 +3,16 @@ import type { Clock } from "../platform/clock.js";
 import type { ProcessRunner, RunResult } from "../platform/process.js";
 import { renderFrame, renderPlainLine } from "./progress.js";
 import type { HostStatus, SetupSettings } from "./setup.js";
-import { backoffMs, copyCommand, parseHost, parseLogin, remoteScript, runCommand, runSetup } from "./setup.js";
+import {
+  backoffMs,
+  copyCommand,
+  parseHost,
+  parseLogin,
+  remoteScript,
+  runCommand,
+  runSetup,
+  scpLostConnection,
+} from "./setup.js";
 
 const settings: SetupSettings = {
   ssh: { ssh: ["ssh", "-F", "cfg"], scp: ["scp"], user: "admin", port: 2222, identity: "id", connectTimeoutS: 5 },
@@ -192,6 +201,17 @@ describe("runSetup", () => {
       "copying",
       "failed",
     ]);
+  });
+});
+
+describe("scpLostConnection", () => {
+  it("treats scp's exit 1 with only 'lost connection' (its SIGPIPE path) as a transport failure, nothing else", () => {
+    expect(scpLostConnection(1, "lost connection\n")).toBe(true);
+    expect(scpLostConnection(1, "ssh: connect to host 10.0.0.2 port 22: Connection refused\nlost connection\n")).toBe(
+      true,
+    );
+    expect(scpLostConnection(1, "scp: /root/x: Permission denied\n")).toBe(false);
+    expect(scpLostConnection(3, "lost connection\n")).toBe(false);
   });
 });
 

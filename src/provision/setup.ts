@@ -77,6 +77,15 @@ export interface SetupPorts {
 /** The exit status OpenSSH uses for its own errors (never the remote command's, barring a command that exits 255). */
 export const SSH_FAILURE = 255;
 
+/**
+ * scp's other way of saying the connection failed: when its ssh transport dies first (refused, reset), scp can get
+ * SIGPIPE writing to it and exit 1 with only "lost connection" (OpenSSH scp.c, `lostconn`), which is a transport
+ * failure to retry, not an answer from the host. Which of the two exits happens is a race.
+ */
+export function scpLostConnection(code: number | null, stderr: string): boolean {
+  return code === 1 && /^lost connection$/m.test(stderr);
+}
+
 /** Delay before retry `attempt` (1-based): base × 2^(attempt−1), at most 30 s. */
 export function backoffMs(attempt: number, baseMs: number): number {
   return Math.min(30_000, baseMs * 2 ** Math.max(0, attempt - 1));
@@ -278,7 +287,7 @@ async function setupHost(host: string, settings: SetupSettings, ports: SetupPort
         output += `${stderr}\n`;
       }
       if (code === 0) break;
-      const transient = code === SSH_FAILURE;
+      const transient = code === SSH_FAILURE || (step === "copy" && scpLostConnection(code, stderr));
       const detail = lastLine(stderr) || `${formatCommand(line.command, [])} exited ${code ?? "by a signal"}`;
       if (!transient || attempt > settings.retries) {
         const ended = ports.clock.monotonic();

@@ -79,7 +79,7 @@ describe.skipIf(missing !== undefined)("setup over SSH to namespace VMs", () => 
       const row = rows.find((r) => r.startsWith(`${host} `)) ?? "";
       if (host === unreachable) {
         expect(row).toMatch(new RegExp(`^${host.replaceAll(".", "\\.")}\\s+FAILED \\(copy\\)\\s+3\\s`));
-        expect(row).toMatch(/Connection refused|Connection closed/);
+        expect(row).toMatch(/Connection refused|Connection closed|lost connection/);
       } else {
         expect(row).toMatch(
           new RegExp(`^${host.replaceAll(".", "\\.")}\\s+ok\\s+2\\s+\\S+s\\s+${host.replaceAll(".", "\\.")} ${sha}$`),
