@@ -67,8 +67,15 @@ export class AdsProbeError extends Error {
   }
 }
 
-export function probeAds(options: AdsProbeOptions): Promise<AdsProbeResult> {
-  const tls = options.tls;
+/**
+ * A gRPC client for an ADS server: plain text, or TLS with the given root, server name and (mTLS) client pair; no
+ * retries by grpc-js (callers decide), messages up to 64 MiB. The one-shot probe and the long-lived watch share it.
+ */
+export function createAdsClient(
+  target: string,
+  tls: AdsProbeTls | undefined,
+  extra: grpc.ChannelOptions = {},
+): grpc.Client {
   const credentials =
     tls === undefined
       ? grpc.credentials.createInsecure()
@@ -77,13 +84,18 @@ export function probeAds(options: AdsProbeOptions): Promise<AdsProbeResult> {
           tls.keyPem === undefined ? null : Buffer.from(tls.keyPem),
           tls.certChainPem === undefined ? null : Buffer.from(tls.certChainPem),
         );
-  const client = new grpc.Client(options.target, credentials, {
+  return new grpc.Client(target, credentials, {
     ...(tls === undefined
       ? {}
       : { "grpc.ssl_target_name_override": tls.servername, "grpc.default_authority": tls.servername }),
     "grpc.enable_retries": 0,
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
+    ...extra,
   });
+}
+
+export function probeAds(options: AdsProbeOptions): Promise<AdsProbeResult> {
+  const client = createAdsClient(options.target, options.tls);
   const metadata = new grpc.Metadata();
   if (options.token !== undefined) metadata.set("authorization", `Bearer ${options.token}`);
   if (options.clusterId !== undefined && options.clusterId !== "") metadata.set("clusterid", options.clusterId);

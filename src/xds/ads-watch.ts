@@ -9,7 +9,7 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Clock } from "../platform/clock.js";
 import type { AdsProbeOptions } from "./ads-client.js";
-import { grpcStatusName } from "./ads-client.js";
+import { createAdsClient, grpcStatusName } from "./ads-client.js";
 import type { AnyResource, DiscoveryRequest, DiscoveryResponse } from "./protos.js";
 import { ADS_METHOD, decodeDiscoveryResponse, encodeDiscoveryRequest } from "./protos.js";
 
@@ -34,23 +34,7 @@ function runStream(
   options: AdsWatchOptions,
   signal: AbortSignal,
 ): Promise<{ reason: string; received: boolean }> {
-  const tls = connection.tls;
-  const credentials =
-    tls === undefined
-      ? grpc.credentials.createInsecure()
-      : grpc.credentials.createSsl(
-          Buffer.from(tls.rootPem),
-          tls.keyPem === undefined ? null : Buffer.from(tls.keyPem),
-          tls.certChainPem === undefined ? null : Buffer.from(tls.certChainPem),
-        );
-  const client = new grpc.Client(connection.target, credentials, {
-    ...(tls === undefined
-      ? {}
-      : { "grpc.ssl_target_name_override": tls.servername, "grpc.default_authority": tls.servername }),
-    "grpc.enable_retries": 0,
-    "grpc.max_receive_message_length": 64 * 1024 * 1024,
-    "grpc.keepalive_time_ms": 30_000,
-  });
+  const client = createAdsClient(connection.target, connection.tls, { "grpc.keepalive_time_ms": 30_000 });
   const metadata = new grpc.Metadata();
   if (connection.token !== undefined) metadata.set("authorization", `Bearer ${connection.token}`);
   if (connection.clusterId !== undefined && connection.clusterId !== "")
