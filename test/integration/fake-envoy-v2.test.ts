@@ -21,6 +21,8 @@ import { renderBootstrap, serializeBootstrap, serviceNode } from "../../src/envo
 import { envoyCommand } from "../../src/envoy/command-line.js";
 import { MemoryFileSystem } from "../fakes/memory-fs.js";
 import { freePort } from "../support/net.js";
+import { runCli } from "../support/cli.js";
+import { startDev } from "./dev-process.js";
 
 const FAKE_ENVOY = fileURLToPath(new URL("../fixtures/fake-envoy.mjs", import.meta.url));
 const VM_IP = "10.0.0.5";
@@ -60,7 +62,7 @@ async function legacyPilot(options: Omit<StartPilotXdsOptions, "store" | "v3Only
   return pilot;
 }
 
-async function runStandIn(pilot: PilotXdsServer, env: Record<string, string>, dir: string): Promise<number> {
+async function runStandIn(pilot: PilotXdsServer | string, env: Record<string, string>, dir: string): Promise<number> {
   const adminPort = await freePort();
   const loaded = await loadConfig({
     env: {
@@ -68,7 +70,7 @@ async function runStandIn(pilot: PilotXdsServer, env: Record<string, string>, di
       ENVOY_XDS_API: "v2",
       ISTIO_SVC_IP: VM_IP,
       POD_NAME: "vm1",
-      DISCOVERY_ADDRESS: `127.0.0.1:${pilot.port}`,
+      DISCOVERY_ADDRESS: typeof pilot === "string" ? pilot : `127.0.0.1:${pilot.port}`,
       ENVOY_ADMIN_PORT: String(adminPort),
       ENVOY_STATS_PORT: "0",
       ...env,
@@ -204,5 +206,32 @@ describe("the Envoy stand-in on a v2 (Istio 0.8) bootstrap", () => {
     });
     expect(status).toMatch(/^gRPC status 12: the dev Pilot serves only/);
     expect((await (await fetch(`http://127.0.0.1:${admin}/listeners`)).json()) as unknown[]).toEqual([]);
+  });
+});
+
+describe("ENVOY_XDS_API=v2 against istio-vm dev --profile legacy (the built CLI)", () => {
+  it("after istio-vm register mysqldb <VM IP> 3306, the stand-in holds the inbound listener for 3306 and the outbound cluster", async () => {
+    const dir = await certDir({});
+    const kubeconfig = join(dir, "kubeconfig");
+    const dev = await startDev(["--profile", "legacy", "--lb-delay", "0", "--write-kubeconfig", kubeconfig]);
+    cleanups.push(() => dev.stop("SIGKILL"));
+    const pilot = dev.ready.services.find((s) => s.name === "pilot");
+    const grpc = pilot?.addresses.find((a) => a.name === "grpc (xDS ADS)")?.address;
+    expect(grpc, JSON.stringify(dev.ready.services)).toBeDefined();
+    const registered = await runCli(
+      ["register", "mysqldb", VM_IP, "3306", "--kubeconfig", kubeconfig, "-n", "default"],
+      {
+        env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: dir },
+      },
+    );
+    expect(registered.code, registered.stderr).toBe(0);
+    const admin = await runStandIn(grpc ?? "", { CONTROL_PLANE_AUTH_POLICY: "NONE" }, dir);
+    const got = await waitFor("the stand-in's CDS and LDS from istio-vm dev", async () => {
+      const h = await held(admin);
+      return h?.listeners.includes(`${VM_IP}_3306`) === true ? h : undefined;
+    });
+    expect(got.listeners).toContain(`${VM_IP}_3306`);
+    expect(got.clusters).toContain(`${OUT_CLUSTER}::added_via_api::true`);
+    expect(got.clusters).toContain("inbound|3306||mysqldb.default.svc.cluster.local::added_via_api::true");
   });
 });
