@@ -63,6 +63,7 @@ describe("dev Pilot, xDS v2 (Istio 0.8)", () => {
       expect(cds?.resources[1]).toMatchObject({
         type: "STATIC",
         hosts: [{ socket_address: { address: "127.0.0.1", port_value: 3306 } }],
+        protocol_selection: "USE_DOWNSTREAM_PROTOCOL",
       });
       expect(cds?.resources[2]).toMatchObject({
         type: "EDS",

@@ -5,8 +5,9 @@
  * `listener.go`, `httproute.go`; docs/protocols.md, "xDS v2"):
  *
  * - CDS: an `outbound|<port>||<host>` EDS cluster (over ADS) for every service port, an `inbound|<port>||<host>`
- *   STATIC cluster to `127.0.0.1:<endpoint port>` for every endpoint of a service on the node's IP, and
- *   `BlackHoleCluster` (no hosts), where the capture listener sends what no other listener takes.
+ *   STATIC cluster to `127.0.0.1:<endpoint port>` for every endpoint of a service on the node's IP (both with
+ *   USE_DOWNSTREAM_PROTOCOL), and `BlackHoleCluster` (no hosts), where the capture listener sends what no other
+ *   listener takes (1.0 added it; the 0.8 snapshots vary here).
  * - LDS: `virtual` on 15001 with `use_original_dst` (it hands each captured connection to the listener of its
  *   original destination); the node's inbound `<ip>_<port>` listeners → `inbound|…`; outbound `0.0.0.0_<port>` for
  *   HTTP ports (routes over RDS named after the port) and `<VIP>_<port>` for TCP ports → `outbound|…`. All but
@@ -67,6 +68,8 @@ export function v2Clusters(store: ObjectStore, node: ServiceNode): V2Object[] {
         eds_cluster_config: { service_name: name, eds_config: { ads: {} } },
         connect_timeout: CONNECT_TIMEOUT,
         lb_policy: "ROUND_ROBIN",
+        // Pilot 0.8 let the downstream protocol pick HTTP/1.1 or HTTP/2 upstream (cluster.go).
+        protocol_selection: "USE_DOWNSTREAM_PROTOCOL",
         ...(needsHttp2(port) ? { http2_protocol_options: {} } : {}),
       });
     }
@@ -78,6 +81,7 @@ export function v2Clusters(store: ObjectStore, node: ServiceNode): V2Object[] {
       type: "STATIC",
       connect_timeout: CONNECT_TIMEOUT,
       lb_policy: "ROUND_ROBIN",
+      protocol_selection: "USE_DOWNSTREAM_PROTOCOL",
       hosts: [socketAddress("127.0.0.1", instance.port)],
     });
   }
