@@ -285,14 +285,6 @@ function crossCheck(values: ConfigValues): ConfigProblem[] {
       message: `${values.ENVOY_XDS_API} is not served by istiod (xDS v3 only); use v3, or ISTIO_CONTROL_PLANE=legacy`,
     });
   }
-  if (values.ISTIO_CONTROL_PLANE === "legacy" && xdsApi === "v2") {
-    // Istio 0.8's bootstrap (envoy_bootstrap_tmpl.json, v2 API) is not rendered yet: refusing beats writing the v3
-    // bootstrap under a v2 name, which a 0.8 Pilot and an Envoy ≤ 1.16 of that era would not accept.
-    problems.push({
-      subject: "ENVOY_XDS_API",
-      message: "v2 (Istio 0.8's ADS bootstrap) is not implemented yet; use v1 (Pilot 0.2–0.7) or v3",
-    });
-  }
   const ports: [VariableName, number][] = [
     ["ENVOY_PORT", values.ENVOY_PORT],
     ["INBOUND_CAPTURE_PORT", values.INBOUND_CAPTURE_PORT],

@@ -2,7 +2,8 @@
  * Pilot as a dev service of `istio-vm dev`: the v1 REST API (registration, clusters, listeners, routes; port name
  * `pilot-http`, legacy 8080, and on the legacy profile also over mTLS, `pilot-http-tls`, Pilot's 15003), the
  * ADS server in plain text (`pilot-grpc`, 15010) and over TLS (`pilot-grpc-tls`, istiod 15012 / legacy 15011) with a
- * serving certificate from the dev mesh CA for Pilot's and istiod's names. Like a running Pilot pod, it publishes its
+ * serving certificate from the dev mesh CA for Pilot's and istiod's names. On the legacy profile the ADS servers
+ * also serve xDS v2 (Istio 0.8's Pilot, src/devplane/pilot-xds-v2.ts). Like a running Pilot pod, it publishes its
  * own Endpoints (`istio-pilot` or `istiod` in istio-system), so the registration check of the original recipe
  * (`/v1/registration/istio-pilot.istio-system.svc.cluster.local|http-discovery`) finds hosts.
  *
@@ -19,6 +20,7 @@ import type { PilotRestServer } from "./pilot-rest.js";
 import { startPilotRest } from "./pilot-rest.js";
 import type { PilotXdsServer } from "./pilot-xds.js";
 import { startPilotXds } from "./pilot-xds.js";
+import { ADS_V2 } from "./pilot-xds-v2.js";
 import { DEFAULT_TOKEN_AUDIENCE } from "./sa-tokens.js";
 import type { KubeObject } from "./store.js";
 
@@ -144,6 +146,7 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
               ...(grpcPort === undefined ? {} : { port: grpcPort }),
               logger: xdsLogger,
               v3OnlyWhenAsked: ctx.profile === "legacy",
+              ...(ctx.profile === "legacy" ? { alsoServe: ADS_V2 } : {}),
             }),
           );
           xds.push(
@@ -156,6 +159,7 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
               trustDomain: ctx.trustDomain,
               logger: xdsLogger,
               v3OnlyWhenAsked: ctx.profile === "legacy",
+              ...(ctx.profile === "legacy" ? { alsoServe: ADS_V2 } : {}),
             }),
           );
         }

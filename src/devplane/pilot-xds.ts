@@ -135,7 +135,7 @@ export function nameTable(store: ObjectStore): NdsNameTable {
 /** What a stream did, for tests and the dev plane's log. */
 export interface XdsEvent {
   readonly stream: number;
-  readonly kind: "request" | "ack" | "nack" | "response" | "reset" | "denied" | "closed";
+  readonly kind: "request" | "ack" | "nack" | "response" | "ignored" | "reset" | "denied" | "closed";
   readonly typeUrl?: string;
   readonly nodeId?: string;
   readonly nonce?: string;
@@ -176,6 +176,23 @@ export interface PilotXdsServer {
   close(): Promise<void>;
 }
 
+/**
+ * Another ADS API served beside v3 on the same port, told apart by the gRPC method (the legacy profile's xDS v2,
+ * src/devplane/pilot-xds-v2.ts). Its streams skip the v3 gate (`v3OnlyWhenAsked`); authentication, the identity
+ * check, nonces and pushes are the same.
+ */
+export interface AdsApiVersion {
+  readonly name: string;
+  /** The gRPC path, `/<service>/StreamAggregatedResources`. */
+  readonly method: string;
+  decodeRequest(bytes: Buffer): DiscoveryRequest;
+  encodeResponse(response: DiscoveryResponse): Buffer;
+  /** Why the first request's node is refused (the stream ends with INVALID_ARGUMENT), or undefined. */
+  checkNode?(node: XdsNode): string | undefined;
+  /** The resources of a type for a node; undefined for a type this API does not serve (the request is ignored). */
+  resources(store: ObjectStore, typeUrl: string, names: readonly string[], node: XdsNode): AnyResource[] | undefined;
+}
+
 export interface StartPilotXdsOptions {
   readonly store: ObjectStore;
   readonly host?: string;
@@ -200,6 +217,8 @@ export interface StartPilotXdsOptions {
    * (the legacy ENVOY_XDS_API=v3 bootstrap sends it as gRPC initial metadata); any other ends with UNIMPLEMENTED.
    */
   readonly v3OnlyWhenAsked?: boolean;
+  /** Also serve this API (the legacy profile: xDS v2, src/devplane/pilot-xds-v2.ts). */
+  readonly alsoServe?: AdsApiVersion;
 }
 
 export { XDS_API_HEADER };
@@ -275,7 +294,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
   const active = new Set<() => void>();
   let streamIds = 0;
 
-  const handleAds = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void => {
+  const handleAds = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, api?: AdsApiVersion): void => {
     const id = ++streamIds;
     const certificateIdentities = spiffeIdentities(stream);
     const token = options.tls === undefined || certificateIdentities.length > 0 ? undefined : bearerToken(headers);
@@ -315,7 +334,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
       finish(GRPC.UNAUTHENTICATED, detail);
       return;
     }
-    if (options.v3OnlyWhenAsked === true && headers[XDS_API_HEADER] !== "v3") {
+    if (api === undefined && options.v3OnlyWhenAsked === true && headers[XDS_API_HEADER] !== "v3") {
       const detail =
         "legacy Pilot (Istio 0.2–0.8) serves no xDS v3: 0.2–0.7 serve the v1 REST API (ENVOY_XDS_API=v1), 0.8 xDS v2; " +
         `send the header ${XDS_API_HEADER}: v3 to be served v3 by this dev Pilot anyway`;
@@ -328,13 +347,20 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
     const send = (typeUrl: string, names: readonly string[]): void => {
       if (finished || stream.destroyed) return;
       const resources =
-        typeUrl === CLUSTER_TYPE_URL
-          ? clusterResources(store)
-          : typeUrl === ENDPOINT_TYPE_URL
-            ? endpointResources(store, names)
-            : typeUrl === NAME_TABLE_TYPE_URL
-              ? [packNameTable(nameTable(store))]
-              : [];
+        api !== undefined && node !== undefined
+          ? api.resources(store, typeUrl, names, node)
+          : typeUrl === CLUSTER_TYPE_URL
+            ? clusterResources(store)
+            : typeUrl === ENDPOINT_TYPE_URL
+              ? endpointResources(store, names)
+              : typeUrl === NAME_TABLE_TYPE_URL
+                ? [packNameTable(nameTable(store))]
+                : [];
+      if (resources === undefined) {
+        events.push({ stream: id, kind: "ignored", typeUrl, detail: `${api?.name ?? "v3"} does not serve ${typeUrl}` });
+        options.logger?.warn("ADS: unknown watched resources", { stream: id, type: typeUrl, api: api?.name });
+        return;
+      }
       const nonce = randomBytes(8).toString("hex");
       const response: DiscoveryResponse = {
         version_info: store.resourceVersion,
@@ -344,7 +370,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
         control_plane: { identifier: "istio-vm dev pilot" },
       };
       subscriptions.set(typeUrl, { nonce, names });
-      stream.write(frame(encodeDiscoveryResponse(response)));
+      stream.write(frame((api?.encodeResponse ?? encodeDiscoveryResponse)(response)));
       events.push({ stream: id, kind: "response", typeUrl, nonce, resources: resources.length });
     };
     const onRequest = (request: DiscoveryRequest): void => {
@@ -360,6 +386,11 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
           return;
         }
         node = request.node;
+        const nodeProblem = api?.checkNode?.(node);
+        if (nodeProblem !== undefined) {
+          finish(GRPC.INVALID_ARGUMENT, nodeProblem);
+          return;
+        }
         if (peerIdentities.length > 0 && matchingIdentity(node, peerIdentities) === undefined) {
           const ns = metadataText(node, "NAMESPACE");
           const sa = metadataText(node, "SERVICE_ACCOUNT");
@@ -431,7 +462,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
         pending = pending.subarray(5 + length);
         let request: DiscoveryRequest;
         try {
-          request = decodeDiscoveryRequest(message);
+          request = (api?.decodeRequest ?? decodeDiscoveryRequest)(message);
         } catch (error) {
           finish(GRPC.INTERNAL, `cannot decode DiscoveryRequest: ${(error as Error).message}`);
           return;
@@ -459,6 +490,10 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
     if (headers[":method"] !== "POST" || !contentType.startsWith("application/grpc")) {
       stream.respond({ ":status": 415, "content-type": "text/plain" }, { endStream: false });
       stream.end("gRPC only\n");
+      return;
+    }
+    if (options.alsoServe !== undefined && headers[":path"] === options.alsoServe.method) {
+      handleAds(stream, headers, options.alsoServe);
       return;
     }
     if (headers[":path"] !== ADS_METHOD) {

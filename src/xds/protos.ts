@@ -112,7 +112,7 @@ function toStructValue(value: StructValue): object {
   return { structValue: toStruct(value) };
 }
 
-function toStruct(value: Readonly<Record<string, StructValue>>): object {
+export function toStruct(value: Readonly<Record<string, StructValue>>): object {
   return { fields: Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toStructValue(v)])) };
 }
 
@@ -128,7 +128,7 @@ function fromStructValue(value: Record<string, unknown>): StructValue {
   return null;
 }
 
-function fromStruct(struct: { fields?: Record<string, Record<string, unknown>> } | undefined): {
+export function fromStruct(struct: { fields?: Record<string, Record<string, unknown>> } | undefined): {
   [key: string]: StructValue;
 } {
   return Object.fromEntries(Object.entries(struct?.fields ?? {}).map(([k, v]) => [k, fromStructValue(v)]));
