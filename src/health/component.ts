@@ -82,7 +82,8 @@ export function adsHealthSink(hostname: string): NonNullable<HealthPorts["sink"]
         connection: () => agentAdsConnection(deps.fs, values(), reportingNode(deps, values(), hostname)),
         outbox: latest,
         onDisconnect: (reason) => {
-          logger.debug("health report stream to istiod ended; reconnecting", { reason });
+          // Until it reconnects istiod has no report, and without Envoy's stream it may unregister the VM.
+          logger.warn("health report stream to istiod ended; reconnecting", { reason });
         },
       },
       signal,
