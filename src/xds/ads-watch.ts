@@ -126,6 +126,7 @@ export async function watchAds(options: AdsWatchOptions, signal: AbortSignal): P
   const stopped = (): boolean => signal.aborted;
   while (!stopped()) {
     let outcome: { reason: string; received: boolean };
+    const started = options.clock.monotonic();
     try {
       outcome = await runStream(await options.connection(), options, signal);
     } catch (error) {
@@ -133,7 +134,10 @@ export async function watchAds(options: AdsWatchOptions, signal: AbortSignal): P
     }
     if (stopped()) return;
     options.onDisconnect?.(outcome.reason);
-    backoff = outcome.received ? initial : Math.min(max, backoff * 2);
+    // A stream that carried a response, or lived longer than the longest backoff (one that only sends, such as the
+    // health reports', gets none), was a working connection: the next attempt starts from the initial backoff.
+    const worked = outcome.received || options.clock.monotonic() - started >= max;
+    backoff = worked ? initial : Math.min(max, backoff * 2);
     try {
       await options.clock.sleep(backoff * (0.8 + Math.random() * 0.4), signal);
     } catch {
