@@ -17,6 +17,7 @@ import { createMeshCa } from "./mesh-ca.js";
 import { AutoRegistration, autoRegisteredEntryName, rfc3339Nano, workloadEntryFromGroup } from "./pilot-autoreg.js";
 import type { WorkloadGroupObject } from "./pilot-autoreg.js";
 import type { PilotXdsServer } from "./pilot-xds.js";
+import { parseGracePeriod } from "./pilot-service.js";
 import { startPilotXds } from "./pilot-xds.js";
 import { ObjectStore } from "./store.js";
 import type { KubeObject } from "./store.js";
@@ -110,6 +111,17 @@ describe("auto-registered WorkloadEntry names and contents, as istiod makes them
         network: "n",
       },
     });
+  });
+
+  it("reads PILOT_WORKLOAD_ENTRY_GRACE_PERIOD as istiod does (a Go duration)", () => {
+    expect([
+      parseGracePeriod("10s"),
+      parseGracePeriod("500ms"),
+      parseGracePeriod("1.5m"),
+      parseGracePeriod("2h"),
+    ]).toEqual([10_000, 500, 90_000, 7_200_000]);
+    expect(parseGracePeriod("10")).toBeUndefined();
+    expect(parseGracePeriod("soon")).toBeUndefined();
   });
 
   it("writes times as Go's RFC3339Nano does", () => {
