@@ -1,5 +1,6 @@
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
-import type { Server } from "node:net";
+import type { AddressInfo, Server } from "node:net";
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "../../test/fakes/fake-clock.js";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
@@ -18,6 +19,7 @@ import { nodeHttpClient } from "../platform/http.js";
 import { nodeTcpConnector } from "../platform/tcp.js";
 import { HealthTracker } from "./checker.js";
 import { createHealthComponent } from "./component.js";
+import type { HealthReport } from "./report.js";
 
 const CLUSTER = "outbound|80||vm-app.default.svc.cluster.local";
 
@@ -98,6 +100,8 @@ describe("health component against the dev istiod (real sockets)", () => {
       ISTIO_META_AUTO_REGISTER_GROUP: "vms",
       ISTIO_METAJSON_LABELS: '{"app":"vm-app"}',
       PROXY_CONFIG: JSON.stringify({ readinessProbe: { tcpSocket: { port: appPort }, periodSeconds: 5 } }),
+      // No Envoy here: the probe is the application's alone.
+      ISTIO_AGENT_COMPONENTS: "health",
     };
     const loaded = await loadConfig({ env, fs });
     expect(loaded.problems).toEqual([]);
@@ -172,6 +176,75 @@ describe("health component against the dev istiod (real sockets)", () => {
     await expect.poll(() => entry()).toBeUndefined();
     await xds.close();
     await autoRegistration.close();
+  });
+
+  it("with Envoy run by the agent, reports unhealthy until Envoy's admin /ready answers LIVE", async () => {
+    const appPort = await freePort();
+    const app = await listen(appPort);
+    let envoyState = "PRE_INITIALIZING";
+    const admin = createHttpServer((req, res) => {
+      if (req.url !== "/ready") res.writeHead(404).end();
+      else if (envoyState === "LIVE") res.writeHead(200).end("LIVE\n");
+      else res.writeHead(503).end(`${envoyState}\n`);
+    });
+    await new Promise<void>((resolve) => admin.listen(0, "127.0.0.1", resolve));
+    const adminPort = (admin.address() as AddressInfo).port;
+    const fs = new MemoryFileSystem({});
+    const env = {
+      ISTIO_SVC_IP: "10.0.0.5",
+      ENVOY_ADMIN_PORT: String(adminPort),
+      PROXY_CONFIG: JSON.stringify({ readinessProbe: { tcpSocket: { host: "127.0.0.1", port: appPort } } }),
+    };
+    const loaded = await loadConfig({ env, fs });
+    const clock = new FakeClock();
+    const reports: HealthReport[] = [];
+    const component = createHealthComponent({
+      hostname: "vm1",
+      http: nodeHttpClient,
+      tcp: nodeTcpConnector,
+      sink: (_deps, _values, signal) => ({
+        sink: { report: (r) => reports.push(r) },
+        running: new Promise<void>((resolve) => {
+          signal.addEventListener("abort", () => {
+            resolve();
+          });
+        }),
+      }),
+    })({
+      config: loaded.values,
+      loaded,
+      fs,
+      runner: nodeProcessRunner,
+      clock,
+      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
+      metrics: new MetricsRegistry(),
+      events: createAgentEvents(),
+      env,
+    });
+    if (component === undefined) throw new Error("no health component");
+    const controller = new AbortController();
+    try {
+      await component.start(controller.signal);
+      await clock.runToNextTimer();
+      await expect.poll(() => reports.length).toBe(1);
+      expect(reports[0]).toEqual({
+        healthy: false,
+        message: "Envoy proxy is NOT ready: server is not live, current state is: PRE_INITIALIZING",
+      });
+      envoyState = "LIVE";
+      await clock.runToNextTimer();
+      await expect.poll(() => reports.length).toBe(2);
+      expect(reports[1]).toEqual({ healthy: true });
+    } finally {
+      controller.abort();
+      await component.stop();
+      await close(app);
+      await new Promise<void>((resolve) => {
+        admin.close(() => {
+          resolve();
+        });
+      });
+    }
   });
 
   it("is absent without a readinessProbe, and refuses one it cannot run", async () => {

@@ -9,7 +9,8 @@
  * report (until then Envoy's own stream, whose node carries AUTO_REGISTER_GROUP too, keeps the VM registered), and
  * re-sends the last report on every reconnect. `ports.sink` replaces it (an xDS proxy's upstream stream can take the
  * reports instead: `LatestHealthReport` is an `AdsOutbox` any stream can attach).
- * The probe's state is not part of the agent's readiness: an unhealthy application leaves the agent ready and
+ * When the agent runs Envoy, Envoy's readiness (admin `/ready`) is checked before the application's probe, as
+ * istio-agent does. The probe's state is not part of the agent's readiness: an unhealthy application leaves the agent ready and
  * Envoy running, and istiod takes the VM out of EDS. STATUS= and /metrics show it.
  */
 import type { AgentComponent, AgentDeps, ComponentFactory } from "../agent/component.js";
@@ -26,7 +27,7 @@ import { buildNodeBlock, effectiveProxyConfig } from "../xds/node-block.js";
 import type { XdsNode } from "../xds/protos.js";
 import { runHealthChecks } from "./checker.js";
 import type { ProberPorts } from "./probers.js";
-import { runProbe } from "./probers.js";
+import { envoyReady, runProbe } from "./probers.js";
 import type { HealthReport, HealthReportSink } from "./report.js";
 import { LatestHealthReport } from "./report.js";
 
@@ -135,7 +136,14 @@ export function createHealthComponent(ports: HealthPorts): ComponentFactory {
           {
             probe,
             clock: deps.clock,
-            check: (timeoutMs, s) => runProbe(probe.method, prober, { timeoutMs, signal: s }),
+            check: async (timeoutMs, s) => {
+              // With Envoy run by this agent, its readiness comes first, as istio-agent's AggregateProber does it.
+              if (values.ISTIO_AGENT_COMPONENTS.includes("envoy")) {
+                const envoy = await envoyReady(ports.http, values.ENVOY_ADMIN_PORT, { timeoutMs, signal: s });
+                if (!envoy.healthy) return envoy;
+              }
+              return runProbe(probe.method, prober, { timeoutMs, signal: s });
+            },
             onResult: (outcome, change) => {
               probes.inc({ result: outcome.healthy ? "healthy" : "unhealthy" });
               last = outcome;

@@ -64,3 +64,27 @@ export async function runProbe(
     return { healthy: false, message: describeError(error) };
   }
 }
+
+/**
+ * Envoy's part of the probe: istio-agent puts its Envoy readiness probe before the application's
+ * (`NewWorkloadHealthChecker`: AggregateProber{EnvoyProber, app}), so a VM whose Envoy is not serving is reported
+ * unhealthy too. Envoy's admin `/ready` answers 200 `LIVE` once it serves, 503 with its state before.
+ */
+export async function envoyReady(
+  http: HttpClient,
+  adminPort: number,
+  options: { readonly timeoutMs: number; readonly signal: AbortSignal },
+): Promise<ProbeOutcome> {
+  try {
+    const response = await http.request({
+      url: `http://127.0.0.1:${adminPort}/ready`,
+      timeoutMs: options.timeoutMs,
+      signal: options.signal,
+    });
+    if (response.status === 200) return { healthy: true };
+    const state = response.body.toString("utf8").trim();
+    return { healthy: false, message: `Envoy proxy is NOT ready: server is not live, current state is: ${state}` };
+  } catch (error) {
+    return { healthy: false, message: `Envoy proxy is NOT ready: ${describeError(error)}` };
+  }
+}
