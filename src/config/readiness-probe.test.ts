@@ -1,4 +1,6 @@
 import { describe, expect, it } from "vitest";
+import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
+import { loadConfig } from "./load.js";
 import { describeProbe, parseReadinessProbe } from "./readiness-probe.js";
 
 describe("parseReadinessProbe", () => {
@@ -50,5 +52,28 @@ describe("parseReadinessProbe", () => {
       problems: ["exec.command must be a non-empty list of strings"],
     });
     expect(parseReadinessProbe("x")).toMatchObject({ problems: [expect.stringContaining("must be an object")] });
+  });
+});
+
+describe("a readinessProbe in PROXY_CONFIG is checked with the rest of the configuration", () => {
+  it("reports a probe the agent cannot run as a problem of the variable that holds it (istiod only)", async () => {
+    const fs = new MemoryFileSystem({});
+    const bad = await loadConfig({
+      env: { ISTIO_VM_PROXY_CONFIG: '{"readinessProbe":{"exec":{"command":[]}}}' },
+      fs,
+    });
+    expect(bad.problems).toContainEqual(
+      expect.objectContaining({
+        subject: "ISTIO_VM_PROXY_CONFIG",
+        message: "readinessProbe: exec.command must be a non-empty list of strings",
+      }),
+    );
+    const good = await loadConfig({ env: { PROXY_CONFIG: '{"readinessProbe":{"tcpSocket":{"port":22}}}' }, fs });
+    expect(good.problems).toEqual([]);
+    const legacy = await loadConfig({
+      env: { ISTIO_CONTROL_PLANE: "legacy", PROXY_CONFIG: '{"readinessProbe":{"grpc":{"port":1}}}' },
+      fs,
+    });
+    expect(legacy.problems.filter((p) => p.subject === "PROXY_CONFIG")).toEqual([]);
   });
 });
