@@ -59,6 +59,16 @@ import {
 
 export type PilotXdsFault = "none" | "stream-reset";
 
+// What this file exported before the split, for the modules and branches that import them from here.
+export {
+  clusterResources,
+  endpointResources,
+  loadAssignment,
+  nameTable,
+  outboundClusterName,
+} from "./xds-resources.js";
+export { matchingIdentity } from "./xds-wire.js";
+
 /** What a stream did, for tests and the dev plane's log. */
 export interface XdsEvent {
   readonly stream: number;
