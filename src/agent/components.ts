@@ -10,7 +10,7 @@
 import { hostname } from "node:os";
 import type { ComponentFactory, ComponentLoader } from "./component.js";
 
-type ComponentName = "certificates" | "dns" | "interception" | "envoy" | "discovery";
+type ComponentName = "certificates" | "dns" | "interception" | "envoy" | "health" | "discovery";
 
 const ORDERED: readonly [ComponentName, () => Promise<ComponentFactory>][] = [
   ["certificates", async () => (await import("../certs/component.js")).certificateComponent],
@@ -20,6 +20,8 @@ const ORDERED: readonly [ComponentName, () => Promise<ComponentFactory>][] = [
   ["dns", async () => (await import("../dns/component.js")).dnsProxyComponentFor(hostname())],
   ["interception", async () => (await import("../intercept/component.js")).interceptionComponent],
   ["envoy", async () => (await import("../envoy/component.js")).envoyComponent],
+  // istiod profile with a readinessProbe: the application's probe, reported to istiod (auto-registered VMs).
+  ["health", async () => (await import("../health/component.js")).healthComponentFor(hostname())],
   ["discovery", async () => (await import("../checks/component.js")).discoveryCheckComponent],
 ];
 

@@ -498,12 +498,12 @@ export const VARIABLES = {
     home: "sidecar.env",
   }),
   ISTIO_AGENT_COMPONENTS: v({
-    type: t.subsetOf(["certificates", "dns", "interception", "envoy", "discovery"] as const),
-    default: "certificates,dns,interception,envoy,discovery",
+    type: t.subsetOf(["certificates", "dns", "interception", "envoy", "health", "discovery"] as const),
+    default: "certificates,dns,interception,envoy,health,discovery",
     description:
       "what the agent runs, in this order: certificates, dns (only with ISTIO_META_DNS_CAPTURE=true), " +
-      "interception, envoy, discovery (e.g. only certificates " +
-      "on a host whose proxy is managed elsewhere)",
+      "interception, envoy, health (istiod, only with a readinessProbe in PROXY_CONFIG), discovery (e.g. only " +
+      "certificates on a host whose proxy is managed elsewhere)",
     group: "agent",
     home: "sidecar.env",
   }),

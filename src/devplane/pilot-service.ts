@@ -12,9 +12,16 @@
  * answers 503; `stream-reset`: the ADS servers reset every stream at its next request.
  *
  * `GET http://<pilot-http>/istio-vm-dev/proxies` lists the proxies connected to the ADS servers: the node each sent
- * (id, cluster, metadata) and the identity it proved. The ADS servers check that identity as istiod does.
+ * (id, cluster, metadata), the identity it proved and its auto-registered WorkloadEntry. The ADS servers check that
+ * identity as istiod does.
+ *
+ * istiod profile: one WorkloadEntry auto-registration controller for all its ADS servers (src/devplane/pilot-autoreg.ts),
+ * with istiod's grace period, or `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD` (as istiod reads it: `500ms`, `10s`, `2m`).
  */
 import { isIP } from "node:net";
+import { systemClock } from "../platform/clock.js";
+import type { Clock } from "../platform/clock.js";
+import { AutoRegistration, DEFAULT_GRACE_PERIOD_MS } from "./pilot-autoreg.js";
 import type { DevPlaneContext, DevService } from "./dev-plane.js";
 import type { PilotRestServer } from "./pilot-rest.js";
 import { startPilotRest } from "./pilot-rest.js";
@@ -69,7 +76,17 @@ function publishEndpoints(
   else ctx.store.update("endpoints", { ...object, metadata: { ...current.metadata, ...object.metadata } });
 }
 
-export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = {}): DevService {
+/** A Go duration as istiod's PILOT_WORKLOAD_ENTRY_GRACE_PERIOD takes it, in ms; undefined when it is not one. */
+export function parseGracePeriod(raw: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(raw.trim());
+  if (m === null) return undefined;
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as "ms" | "s" | "m" | "h"];
+  return Math.round(Number(m[1]) * unit);
+}
+
+export function pilotDevService(
+  options: { readonly env?: NodeJS.ProcessEnv; readonly clock?: Clock } = {},
+): DevService {
   return {
     name: "pilot",
     async start(ctx) {
@@ -82,6 +99,22 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
           throw new Error(`ISTIO_VM_DEV_PILOT_FAULT: unknown fault '${f}' (known: ${PILOT_FAULTS.join(", ")}, none)`);
         }
       }
+      const graceRaw = (options.env ?? process.env)["PILOT_WORKLOAD_ENTRY_GRACE_PERIOD"];
+      const gracePeriodMs = graceRaw === undefined ? DEFAULT_GRACE_PERIOD_MS : parseGracePeriod(graceRaw);
+      if (gracePeriodMs === undefined) {
+        throw new Error(
+          `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD: '${graceRaw ?? ""}' is not a duration such as 10s or 500ms`,
+        );
+      }
+      const autoRegistration =
+        ctx.profile === "istiod"
+          ? new AutoRegistration({
+              store: ctx.store,
+              clock: options.clock ?? systemClock,
+              gracePeriodMs,
+              logger: ctx.logger.child("wle"),
+            })
+          : undefined;
       const serving = await ctx.meshCa.issueKeyPair({
         // Legacy Pilot's certificate names its service account: v1 Envoy checks it (verify_subject_alt_name), as do
         // the 0.8 bootstrap and the legacy v3 one (src/envoy/bootstrap.ts discoverySan).
@@ -97,6 +130,7 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
       const xds: PilotXdsServer[] = [];
       const closeAll = async (): Promise<void> => {
         await Promise.all([...rest, ...restTls, ...xds].map((s) => s.close()));
+        await autoRegistration?.close();
       };
       const setXdsFault = (names: readonly string[]): string | undefined => {
         const unknown = names.filter((n) => n !== "none" && !(PILOT_FAULTS as readonly string[]).includes(n));
@@ -147,6 +181,7 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
               logger: xdsLogger,
               v3OnlyWhenAsked: ctx.profile === "legacy",
               ...(ctx.profile === "legacy" ? { alsoServe: ADS_V2 } : {}),
+              ...(autoRegistration === undefined ? {} : { autoRegistration }),
             }),
           );
           xds.push(
@@ -160,6 +195,7 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
               logger: xdsLogger,
               v3OnlyWhenAsked: ctx.profile === "legacy",
               ...(ctx.profile === "legacy" ? { alsoServe: ADS_V2 } : {}),
+              ...(autoRegistration === undefined ? {} : { autoRegistration }),
             }),
           );
         }
