@@ -11,7 +11,7 @@ import type { InterceptionPlan } from "../intercept/planner.js";
 import { planInterception, renderPlan, ruleLine } from "../intercept/planner.js";
 import { interceptionSettings } from "../intercept/settings.js";
 import type { PlanDiff } from "../intercept/show.js";
-import { diffWithPlan } from "../intercept/show.js";
+import { diffFamily, stateLines } from "../intercept/show.js";
 import { describeError } from "../platform/errors.js";
 import type { CommandRuntime } from "./context.js";
 import { withFlagValues } from "./flag-values.js";
@@ -108,19 +108,11 @@ interface ShowFamily {
   readonly diff: PlanDiff | undefined;
 }
 
-function showLines(show: FamilyShow): string[] {
-  return [
-    ...show.state.chains.map((c) => `:${c}`),
-    ...show.state.jumps.map(ruleLine),
-    ...show.state.rules.map(ruleLine),
-  ];
-}
-
 function renderShow(families: readonly ShowFamily[], planError: string | undefined): string {
   const blocks = families.map(({ show, diff }) => {
     const title = `${familyName(show.family)} (${toolName(show.family, show.backend, "save")})`;
     if (!show.readable) return `${title}: cannot read: ${show.reason ?? "unknown"}\n`;
-    const lines = showLines(show);
+    const lines = stateLines(show.states);
     let text = `${title}: ${lines.length === 0 ? "no istio-vm rules" : ""}\n`;
     for (const line of lines) text += `  ${line}\n`;
     if (diff === undefined) return text;
@@ -215,7 +207,7 @@ function subcommands(runtime: () => CommandRuntime): CommandModule<object, Iptab
           diff:
             plan === undefined || !show.readable
               ? undefined
-              : diffWithPlan(plan.families.find((f) => f.family === show.family)?.tables[0], show.state),
+              : diffFamily(plan.families.find((f) => f.family === show.family)?.tables ?? [], show.states),
         }));
         // An unreadable family (no ip6tables, no IPv6 in the kernel) is fine only if the plan captures nothing there.
         const planned = (family: number): number => plan?.families.find((p) => p.family === family)?.tables.length ?? 0;
@@ -230,8 +222,8 @@ function subcommands(runtime: () => CommandRuntime): CommandModule<object, Iptab
                 backend: show.backend,
                 readable: show.readable,
                 ...(show.reason === undefined ? {} : { reason: show.reason }),
-                chains: show.state.chains,
-                rules: [...show.state.jumps, ...show.state.rules].map(ruleLine),
+                chains: show.states.flatMap((s) => s.chains.map((c) => (s.table === "nat" ? c : `-t ${s.table} ${c}`))),
+                rules: stateLines(show.states).filter((l) => !/^(-t \S+ )?:/.test(l)),
                 ...(diff === undefined ? {} : diff),
               })),
             }),
