@@ -23,7 +23,7 @@ interface IptablesArgs {
 }
 
 const SEMANTICS =
-  "What is captured (nat table, TCP only, REDIRECT):\n" +
+  "What is captured (nat table, REDIRECT; TCP, and UDP only for DNS):\n" +
   "  inbound   ISTIO_INBOUND_PORTS: a list, or * for all; empty captures nothing. Ports in ISTIO_LOCAL_EXCLUDE_PORTS " +
   "or ISTIO_INBOUND_EXCLUDE_PORTS (both names are honoured) are never captured. SSH (port 22) is always returned " +
   "before any capture rule, even when listed, so the VM stays reachable.\n" +
@@ -35,9 +35,13 @@ const SEMANTICS =
   "own IPv6 firewall (INPUT) is never touched.\n" +
   "Profiles (ISTIO_CONTROL_PLANE): legacy = the original istio-iptables.sh layout (ISTIO_INBOUND, ISTIO_OUTPUT, " +
   "ISTIO_REDIRECT → ENVOY_PORT for both directions); istiod = the current layout (inbound → ISTIO_IN_REDIRECT → " +
-  "INBOUND_CAPTURE_PORT, INBOUND_TUNNEL_PORT returned, outbound → ISTIO_REDIRECT → ENVOY_PORT; no DNS capture).\n" +
-  "Only the chains ISTIO_INBOUND, ISTIO_IN_REDIRECT, ISTIO_OUTPUT, ISTIO_REDIRECT and the jumps to them from " +
-  "PREROUTING/OUTPUT (tagged with the comment istio-vm) are ever changed. Back end: FORCE_IPTABLES_BINARY=legacy|nft, " +
+  "INBOUND_CAPTURE_PORT, INBOUND_TUNNEL_PORT returned, outbound → ISTIO_REDIRECT → ENVOY_PORT).\n" +
+  "  DNS       istiod profile with ISTIO_META_DNS_CAPTURE=true: TCP and UDP :53 to each resolv.conf nameserver " +
+  "(ISTIO_RESOLV_CONF) → ISTIO_OUTPUT_DNS → DNS_PROXY_PORT, in the nameserver's family, for every user but the " +
+  "proxy's; raw-table conntrack zones (ISTIO_OUTPUT_DNS, ISTIO_INBOUND) keep the proxy's upstream flow apart.\n" +
+  "Only the chains ISTIO_INBOUND, ISTIO_IN_REDIRECT, ISTIO_OUTPUT, ISTIO_OUTPUT_DNS, ISTIO_REDIRECT (nat), " +
+  "ISTIO_INBOUND, ISTIO_OUTPUT_DNS (raw) and the jumps to them from PREROUTING/OUTPUT (tagged with the comment " +
+  "istio-vm) are ever changed. Back end: FORCE_IPTABLES_BINARY=legacy|nft, " +
   "else legacy when iptables-legacy already holds rules, else nft.";
 
 async function loadValues(rt: CommandRuntime): Promise<ConfigValues> {
