@@ -237,6 +237,9 @@ describe.skipIf(missing !== undefined)("DNS capture to the agent's DNS proxy", (
     expect(await lookup(vm, ["-t", "A", MESH_NAME, NS4], APP)).toContain("has address 10.96.0.10");
     expect(await lookup(vm, ["-T", "-t", "A", MESH_NAME, NS4], APP)).toContain("has address 10.96.0.10");
     expect(await lookup(vm, ["-t", "A", "reviews.bookinfo", NS4], APP)).toContain("has address 10.96.0.10");
+    // The IPv6 nameserver: ip6tables redirects to [::1]:15053, where the proxy listens because resolv.conf lists it.
+    expect(await lookup(vm, ["-t", "AAAA", MESH_NAME, NS6], APP)).toContain("has IPv6 address fd00::10");
+    expect(await lookup(vm, ["-T", "-t", "AAAA", MESH_NAME, NS6], APP)).toContain("has IPv6 address fd00::10");
     // Root is an application too: only the proxy user is exempt.
     expect(await lookup(vm, ["-t", "A", MESH_NAME, NS4])).toContain("has address 10.96.0.10");
   });
