@@ -19,6 +19,7 @@ import type { NameTableSource } from "./component.js";
 import { adsNameTableSource, createDnsProxyComponent } from "./component.js";
 import type { NameTable } from "./name-table.js";
 import { decodeStoredTable, encodeStoredTable } from "./table-store.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 function ask(port: number, name: string): Promise<Packet> {
   return new Promise((resolve, reject) => {
@@ -86,13 +87,10 @@ describe("dns component", () => {
     })({
       config: loaded.values,
       loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock,
+      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
       metrics,
       events: createAgentEvents(),
-      env,
     });
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();
@@ -151,13 +149,10 @@ describe("dns component", () => {
         factory({
           config: loaded.values,
           loaded,
-          fs,
-          runner: nodeProcessRunner,
-          clock: new FakeClock(0),
+          ...fakePorts({ env: {}, fs, runner: nodeProcessRunner, clock: new FakeClock(0) }),
           logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
           metrics: new MetricsRegistry(),
           events: createAgentEvents(),
-          env: {},
         }),
       ).toBeUndefined();
     }
@@ -203,13 +198,10 @@ describe("dns component with the real NDS source", () => {
     })({
       config: loaded.values,
       loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock: systemClock,
+      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock: systemClock }),
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
       metrics: new MetricsRegistry(),
       events: createAgentEvents(),
-      env,
     });
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();

@@ -19,6 +19,7 @@
  */
 import { createHash } from "node:crypto";
 import { join } from "node:path";
+import { CertStore } from "../certs/store.js";
 import type { ConfigValues } from "../config/registry.js";
 import type { Clock } from "../platform/clock.js";
 import { scheduleOnce } from "../platform/clock.js";
@@ -26,12 +27,13 @@ import type { ChildExit, ChildSpawner, GroupChild } from "../platform/child.js";
 import { AgentError, describeError } from "../platform/errors.js";
 import type { FileOwner, FileSystem } from "../platform/fs.js";
 import type { HttpClient } from "../platform/http.js";
+import type { LinkFileSystem } from "../platform/links.js";
 import type { Logger } from "../platform/logger.js";
 import { formatCommand } from "../platform/process.js";
-import { parsePasswd, passwdPath } from "../intercept/settings.js";
+import type { UserDirectory } from "../platform/users.js";
 import { usesSds } from "../sds/socket.js";
 import type { BootstrapJson } from "./bootstrap.js";
-import { CERT_FILES, bootstrapPath, renderBootstrap, serializeBootstrap, serviceNode } from "./bootstrap.js";
+import { bootstrapPath, renderBootstrap, serializeBootstrap, serviceNode } from "./bootstrap.js";
 import { envoyCommand, envoyLinePriority } from "./command-line.js";
 import type { RestartPolicy } from "./restart-policy.js";
 import { DEFAULT_RESTART_POLICY, nextRestart, recentFailures } from "./restart-policy.js";
@@ -42,6 +44,8 @@ export interface SupervisorOptions {
   readonly extraMetadata: Readonly<Record<string, string>>;
   readonly hostname: string;
   readonly fs: FileSystem;
+  /** With `fs`: the certificate store's reader (legacy profile: the PEM files are part of an epoch). */
+  readonly links: LinkFileSystem;
   readonly spawner: ChildSpawner;
   readonly http: HttpClient;
   readonly clock: Clock;
@@ -50,6 +54,8 @@ export interface SupervisorOptions {
   readonly env: NodeJS.ProcessEnv;
   /** The agent's own uid (process.getuid()); decides whether Envoy can be started as ENVOY_USER. */
   readonly uid: number;
+  /** Where ENVOY_USER is looked up. */
+  readonly users: UserDirectory;
   readonly policy?: RestartPolicy;
   /** Several certificate events within this window cause one restart (default 2 s). */
   readonly debounceMs?: number;
@@ -241,14 +247,12 @@ export class EnvoySupervisor {
     // istiod: Envoy gets its certificates over SDS (src/sds/), so they are no part of an epoch: a renewal is pushed
     // to the running Envoy and starts nothing.
     if (usesSds(this.#config)) return "sds";
+    // Read as the store's readers must (one snapshot of the pair, src/certs/store.ts), so a hash never mixes two
+    // generations. Missing files are skipped, as pilot-agent did: a plain-text profile may have none.
+    const store = new CertStore({ dir: this.#config.OUTPUT_CERTS, fs: this.#o.fs, links: this.#o.links });
+    const [pair, rootPem] = await Promise.all([store.read(), store.readRoot()]);
     const hash = createHash("sha256");
-    for (const name of [CERT_FILES.chain, CERT_FILES.key, CERT_FILES.root]) {
-      try {
-        hash.update(await this.#o.fs.readFile(join(this.#config.OUTPUT_CERTS, name)));
-      } catch {
-        // Missing files are skipped, as pilot-agent did: a plain-text profile may have none.
-      }
-    }
+    for (const pem of [pair?.chainPem, pair?.keyPem, rootPem]) if (pem !== undefined) hash.update(pem);
     return hash.digest("hex");
   }
 
@@ -616,19 +620,20 @@ export class EnvoySupervisor {
   /** Who Envoy runs as: ENVOY_USER when the agent is root; the agent's own user otherwise. */
   async #resolveOwner(): Promise<FileOwner | undefined> {
     const user = this.#config.ENVOY_USER;
-    const path = passwdPath(this.#config);
-    const text = await this.#o.fs.readTextIfExists(path);
-    const entry = text === undefined ? undefined : parsePasswd(text).find((e) => e.name === user);
+    const entry = await this.#o.users.lookup(user);
+    const where = this.#o.users.source;
     if (entry === undefined) {
       if (this.#o.uid !== 0) {
-        this.#log.warn(`ENVOY_USER ${user} not found in ${path}; Envoy runs as the agent's user`, { uid: this.#o.uid });
+        this.#log.warn(`ENVOY_USER ${user} not found in ${where}; Envoy runs as the agent's user`, {
+          uid: this.#o.uid,
+        });
         return undefined;
       }
       throw new AgentError({
         code: "PROXY_USER_MISSING",
         kind: "config",
         subject: user,
-        message: `the proxy user '${user}' (ENVOY_USER) does not exist in ${path}; Envoy must not run as root`,
+        message: `the proxy user '${user}' (ENVOY_USER) does not exist in ${where}; Envoy must not run as root`,
         hint: `create it (the package does: useradd --system --home-dir /var/lib/istio ${user}) or set ENVOY_USER`,
       });
     }

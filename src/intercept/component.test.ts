@@ -8,6 +8,7 @@ import { loadConfig, requireValid } from "../config/load.js";
 import { systemClock } from "../platform/clock.js";
 import { createLogger } from "../platform/logger.js";
 import { interceptionComponent } from "./component.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 async function deps(env: Record<string, string>, runner: RecordingIptablesRunner): Promise<AgentDeps> {
   const fs = new MemoryFileSystem({ "/etc/passwd": "istio-proxy:x:998:998::/var/lib/istio:/usr/sbin/nologin\n" });
@@ -15,13 +16,10 @@ async function deps(env: Record<string, string>, runner: RecordingIptablesRunner
   return {
     config: requireValid(loaded),
     loaded,
-    fs,
-    runner,
-    clock: systemClock,
+    ...fakePorts({ env, fs, runner, clock: systemClock }),
     logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
     metrics: new MetricsRegistry(),
     events: createAgentEvents(),
-    env,
   };
 }
 

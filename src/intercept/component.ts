@@ -50,7 +50,7 @@ class InterceptionComponent implements AgentComponent {
 
   async #apply(config: ConfigValues): Promise<void> {
     try {
-      const plan = planInterception(await interceptionSettings(config, this.#deps.fs));
+      const plan = planInterception(await interceptionSettings(config, this.#deps.users));
       for (const warning of plan.warnings) this.#log.warn(warning);
       const results = await applyInterception(this.#iptables(config), plan);
       this.#report(results);

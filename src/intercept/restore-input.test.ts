@@ -14,6 +14,7 @@ import type { Family, InterceptionPlan, OurState, Profile, TablePlan } from "./p
 import { planInterception, renderPlan, restoreInput, ruleLine } from "./planner.js";
 import { interceptionSettings } from "./settings.js";
 import { natTable, ourState } from "./show.js";
+import { passwdFileUsers } from "../platform/users.js";
 
 const PASSWD = "root:x:0:0:root:/root:/bin/bash\nistio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n";
 
@@ -44,7 +45,7 @@ const FAMILIES: readonly Family[] = [4, 6];
 async function plan(profile: Profile): Promise<InterceptionPlan> {
   const fs = new MemoryFileSystem({ "/etc/passwd": PASSWD });
   const values = requireValid(await loadConfig({ env: ENV[profile], fs }));
-  return planInterception(await interceptionSettings(values, fs));
+  return planInterception(await interceptionSettings(values, passwdFileUsers(fs, "/etc/passwd")));
 }
 
 function table(p: InterceptionPlan, family: Family): TablePlan {

@@ -8,6 +8,7 @@ import { InstallStepError, mergeEnvSettings, runInstall } from "./install.js";
 import { INSTALL_RECORD_PATH, parseInstallRecord, recordWrites, renderInstallRecord } from "./install-record.js";
 import { planUninstall, runUninstall, withoutLoopback } from "./uninstall.js";
 import { kubednsDomains, renderResolvedDropin, routingDomains, withLoopbackFirst } from "./resolver.js";
+import { passwdFileUsers } from "../platform/users.js";
 
 /** Time that passes only through sleep (instantly). */
 class InstantClock implements Clock {
@@ -126,6 +127,7 @@ function world(version: string): { fs: MemoryFileSystem; system: FakeSystem; por
       runner: system,
       clock: new InstantClock(),
       env: {},
+      users: passwdFileUsers(fs, "/etc/passwd"),
       isRoot: true,
       progress: (line) => progress.push(line),
     },

@@ -24,6 +24,7 @@ import type { Clock } from "../platform/clock.js";
 import type { FileOwner, FileSystem } from "../platform/fs.js";
 import type { ProcessRunner } from "../platform/process.js";
 import { formatCommand } from "../platform/process.js";
+import type { UserDirectory } from "../platform/users.js";
 import type { VerifiedBundle } from "./bundle.js";
 import { readBundle, settingsProblems } from "./bundle.js";
 import type { InstallRecord, RecordedWrite } from "./install-record.js";
@@ -40,6 +41,8 @@ export interface InstallPorts {
   readonly runner: ProcessRunner;
   readonly clock: Clock;
   readonly env: NodeJS.ProcessEnv;
+  /** Where istio-proxy is looked up (NSS; the relocated passwd file under ISTIO_VM_ROOT). */
+  readonly users: UserDirectory;
   /** Whether this process may chown (root). */
   readonly isRoot: boolean;
   /** Progress lines (stderr). */
@@ -118,8 +121,6 @@ export interface InstallPaths extends ResolverPaths {
   readonly certsDir: string;
   readonly tokenFile: string;
   readonly debCache: string;
-  readonly passwd: string;
-  readonly group: string;
   readonly dnsmasqBinary: string;
   /** What install replaced outside the package, for uninstall (src/provision/install-record.ts). */
   readonly installRecord: string;
@@ -430,20 +431,15 @@ export function installPaths(env: NodeJS.ProcessEnv, values: ConfigValues): Inst
     resolvConf: values.ISTIO_RESOLV_CONF,
     dhclientHooksDir: at("/etc/dhcp/dhclient-enter-hooks.d"),
     debCache: at("/var/cache/istio-vm-agent"),
-    passwd: at("/etc/passwd"),
-    group: at("/etc/group"),
     dnsmasqBinary: at("/usr/sbin/dnsmasq"),
     installRecord: at(INSTALL_RECORD_PATH),
   };
 }
 
-/** uid/gid of a user from passwd-format text. */
-export function lookupUser(passwd: string | undefined, name: string): FileOwner | undefined {
-  for (const line of (passwd ?? "").split("\n")) {
-    const [user, , uid, gid] = line.split(":");
-    if (user === name && uid !== undefined && gid !== undefined) return { uid: Number(uid), gid: Number(gid) };
-  }
-  return undefined;
+/** uid and gid of the proxy user, once the package has created it. */
+async function proxyOwner(users: UserDirectory): Promise<FileOwner | undefined> {
+  const entry = await users.lookup(PROXY_USER);
+  return entry === undefined ? undefined : { uid: entry.uid, gid: entry.gid };
 }
 
 async function systemctl(
@@ -468,11 +464,10 @@ export async function inspectSystem(
   const relocated = configFilePaths(ports.env).root !== "";
   const files = new Map<string, ExistingFile | undefined>();
   for (const path of [...new Set(candidatePaths)]) files.set(path, await readExisting(ports.fs, path));
-  const passwd = await ports.fs.readTextIfExists(paths.passwd);
   const owners: Partial<Record<OwnerName, FileOwner>> = {};
   if (!relocated || ports.isRoot) {
     owners.root = { uid: 0, gid: 0 };
-    const proxy = lookupUser(passwd, PROXY_USER);
+    const proxy = await proxyOwner(ports.users);
     if (proxy !== undefined) owners[PROXY_USER] = proxy;
   }
   const at = (p: string): string => (relocated ? join(configFilePaths(ports.env).root, p) : p);
@@ -656,11 +651,11 @@ async function resolveOwner(
   owner: OwnerName,
 ): Promise<FileOwner | undefined> {
   if (owner === "root") return state.relocated && !ports.isRoot ? undefined : { uid: 0, gid: 0 };
-  const found = lookupUser(await ports.fs.readTextIfExists(paths.passwd), PROXY_USER);
+  const found = await proxyOwner(ports.users);
   if (found === undefined && !state.relocated) {
     throw new AgentError({
       code: "USER_MISSING",
-      message: `user ${PROXY_USER} does not exist`,
+      message: `user ${PROXY_USER} does not exist in ${ports.users.source}`,
       subject: PROXY_USER,
       hint: `the ${PACKAGE} package creates it: install the package (a bundle with its .deb does)`,
     });
