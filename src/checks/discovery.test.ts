@@ -17,6 +17,8 @@ import { nodeTlsProber } from "../platform/tls.js";
 import { caCheck } from "./ca.js";
 import type { CheckDeps } from "./check.js";
 import { discoveryCheck } from "./discovery.js";
+import { passwdFileUsers } from "../platform/users.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 const signal = new AbortController().signal;
 
@@ -41,6 +43,8 @@ async function deps(env: Record<string, string>, files: Record<string, string> =
     values: loaded.values,
     metadata: { ISTIO_META_AUTO_REGISTER_GROUP: "vms", ISTIO_META_EXTRA: "x" },
     fs,
+    links: fakePorts({ fs }).links,
+    users: passwdFileUsers(fs, "/vm/etc/passwd"),
     runner: nodeProcessRunner,
     clock: systemClock,
     logger: createLogger({ level: "error", format: "plain", write: () => undefined }),

@@ -16,6 +16,8 @@ import { nodeProcessRunner } from "../platform/process.js";
 import { nodeTlsProber } from "../platform/tls.js";
 import { runCheck } from "./registry.js";
 import { dnsCheck } from "./dns.js";
+import { passwdFileUsers } from "../platform/users.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 const TABLE = {
   "reviews.bookinfo.svc.cluster.local": { ips: ["10.96.0.10"], shortname: "reviews", namespace: "bookinfo" },
@@ -91,6 +93,8 @@ async function run(options: { table: boolean; proxyTable: boolean }) {
       values: loaded.values,
       metadata: {},
       fs,
+      links: fakePorts({ fs }).links,
+      users: passwdFileUsers(fs, "/vm/etc/passwd"),
       runner: nodeProcessRunner,
       clock: new FakeClock(Date.parse("2026-12-05T12:00:00Z")),
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),

@@ -9,6 +9,8 @@ import { nodeTlsProber } from "../platform/tls.js";
 import { systemClock } from "../platform/clock.js";
 import type { CheckDeps } from "./check.js";
 import { controlPlaneNames, dnsCheck, kubednsAddressFor, parseKubedns } from "./dns.js";
+import { passwdFileUsers } from "../platform/users.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 const KUBEDNS = [
   "server=/svc.cluster.local/10.128.0.6",
@@ -58,6 +60,8 @@ async function deps(files: Record<string, string>, dns: DnsClient, profile = "le
     values: loaded.values,
     metadata: {},
     fs,
+    links: fakePorts({ fs }).links,
+    users: passwdFileUsers(fs, `${ROOT}/etc/passwd`),
     runner: nodeProcessRunner,
     clock: systemClock,
     logger: createLogger({ level: "error", format: "plain", write: () => undefined }),

@@ -18,7 +18,7 @@ export function interceptionCheck(deps: CheckDeps): Check {
     name: INTERCEPTION_CHECK,
     description: "istio-vm's iptables chains are present and equal to the plan (`istio-vm iptables show`)",
     async run() {
-      const plan = planInterception(await interceptionSettings(deps.values, deps.fs));
+      const plan = planInterception(await interceptionSettings(deps.values, deps.users, deps.fs));
       let shows: Awaited<ReturnType<typeof readInterception>>;
       try {
         shows = await readInterception({

@@ -19,6 +19,8 @@ import { certificateCheck } from "./certificate.js";
 import type { CheckDeps } from "./check.js";
 import { envoyCheck } from "./envoy.js";
 import { interceptionCheck } from "./interception.js";
+import { passwdFileUsers } from "../platform/users.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 const signal = new AbortController().signal;
 const PASSWD = "istio-proxy:x:998:998::/var/lib/istio:/usr/sbin/nologin\n";
@@ -35,6 +37,8 @@ async function deps(
     values: loaded.values,
     metadata: {},
     fs,
+    links: fakePorts({ fs }).links,
+    users: passwdFileUsers(fs, "/vm/etc/passwd"),
     runner: more.runner ?? nodeProcessRunner,
     clock: more.clock ?? systemClock,
     logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
@@ -114,7 +118,7 @@ describe("interception check", () => {
 
   async function plannedLines(): Promise<string[]> {
     const d = await deps(env, files);
-    const plan = planInterception(await interceptionSettings(d.values, d.fs));
+    const plan = planInterception(await interceptionSettings(d.values, d.users, d.fs));
     const table = plan.families.find((f) => f.family === 4)?.tables[0];
     return restoreInput(table)
       .split("\n")

@@ -16,6 +16,8 @@ import { SdsServer } from "../sds/server.js";
 import { sdsSocketPath } from "../sds/socket.js";
 import type { CheckDeps } from "./check.js";
 import { sdsCheck } from "./sds.js";
+import { passwdFileUsers } from "../platform/users.js";
+import { nodeLinkFileSystem } from "../platform/links.js";
 
 let root: string;
 let server: SdsServer | undefined;
@@ -40,6 +42,8 @@ async function deps(cluster = ""): Promise<CheckDeps> {
     values: loaded.values,
     metadata: {},
     fs: nodeFileSystem,
+    links: nodeLinkFileSystem,
+    users: passwdFileUsers(nodeFileSystem, join(root, "etc/passwd")),
     runner: nodeProcessRunner,
     clock: systemClock,
     logger: silentLogger,

@@ -4,7 +4,6 @@ import { loadConfig, requireValid } from "../config/load.js";
 import { RenewError, renewOnce } from "../certs/renew.js";
 import { createRenewContext, reprovisionHint } from "../certs/setup.js";
 import { AgentError } from "../platform/errors.js";
-import { nodeLinkFileSystem } from "../platform/links.js";
 import { withCertAccess } from "./certs-access.js";
 import type { CommandRuntime } from "./context.js";
 import { renderJson } from "./render.js";
@@ -38,13 +37,7 @@ export function certsRenewCommand(runtime: () => CommandRuntime): CommandModule<
       const rt = runtime();
       const loaded = await loadConfig({ env: rt.env, fs: rt.fs });
       const config = requireValid(loaded);
-      const context = await createRenewContext(loaded, {
-        fs: rt.fs,
-        links: nodeLinkFileSystem,
-        runner: rt.runner,
-        clock: rt.clock,
-        uid: process.getuid?.(),
-      });
+      const context = await createRenewContext(loaded, rt);
       let result;
       try {
         result = await withCertAccess(config.OUTPUT_CERTS, () => renewOnce(context));

@@ -4,7 +4,6 @@ import { loadConfig, requireValid } from "../config/load.js";
 import type { CertStatusReport } from "../certs/status.js";
 import { certStatus, formatDuration } from "../certs/status.js";
 import { createRenewContext } from "../certs/setup.js";
-import { nodeLinkFileSystem } from "../platform/links.js";
 import { withCertAccess } from "./certs-access.js";
 import type { CommandRuntime } from "./context.js";
 import { renderJson } from "./render.js";
@@ -68,13 +67,7 @@ export function certsStatusCommand(runtime: () => CommandRuntime): CommandModule
       const rt = runtime();
       const loaded = await loadConfig({ env: rt.env, fs: rt.fs });
       const config = requireValid(loaded);
-      const context = await createRenewContext(loaded, {
-        fs: rt.fs,
-        links: nodeLinkFileSystem,
-        runner: rt.runner,
-        clock: rt.clock,
-        uid: process.getuid?.(),
-      });
+      const context = await createRenewContext(loaded, rt);
       const report = await withCertAccess(config.OUTPUT_CERTS, () => certStatus(config, context));
       rt.out(rt.options.json ? renderJson(report) : renderCertStatus(report));
       if (!report.chainOk) rt.exitCode = 1;

@@ -29,7 +29,7 @@ const SEMANTICS =
   "before any capture rule, even when listed, so the VM stays reachable.\n" +
   "  outbound  ISTIO_SERVICE_CIDR: a list of CIDRs, or * for all; EMPTY CAPTURES NO OUTBOUND TRAFFIC (Istio 0.8's " +
   "meaning, not 0.2-0.7's capture-all). ISTIO_SERVICE_EXCLUDE_CIDR is returned first.\n" +
-  "  owners    traffic of the proxy's uid AND gid (ENVOY_UID/ENVOY_GID, else ENVOY_USER looked up in /etc/passwd) " +
+  "  owners    traffic of the proxy's uid AND gid (ENVOY_UID/ENVOY_GID, else ENVOY_USER looked up with getent passwd, so NSS users count) " +
   "is never captured; root's is (the agent runs as the proxy user).\n" +
   "  IPv6      ip6tables rules only with ENABLE_INBOUND_IPV6=true or IPv6 entries in ISTIO_SERVICE_CIDR; the host's " +
   "own IPv6 firewall (INPUT) is never touched.\n" +
@@ -50,7 +50,7 @@ async function loadValues(rt: CommandRuntime): Promise<ConfigValues> {
 
 async function planFromConfig(rt: CommandRuntime): Promise<{ values: ConfigValues; plan: InterceptionPlan }> {
   const values = await loadValues(rt);
-  const plan = planInterception(await interceptionSettings(values, rt.fs));
+  const plan = planInterception(await interceptionSettings(values, rt.users, rt.fs));
   return { values, plan };
 }
 
@@ -200,7 +200,7 @@ function subcommands(runtime: () => CommandRuntime): CommandModule<object, Iptab
         let planError: string | undefined;
         const loaded = await loadConfig({ env: rt.env, fs: rt.fs });
         try {
-          plan = planInterception(await interceptionSettings(requireValid(loaded), rt.fs));
+          plan = planInterception(await interceptionSettings(requireValid(loaded), rt.users, rt.fs));
         } catch (error) {
           planError = describeError(error);
         }

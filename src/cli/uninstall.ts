@@ -61,7 +61,8 @@ export function uninstallCommand(runtime: () => CommandRuntime): CommandModule<o
           runner: rt.runner,
           clock: rt.clock,
           env: rt.env,
-          isRoot: process.getuid?.() === 0,
+          users: rt.users,
+          isRoot: rt.uid === 0,
           progress: (line) => {
             rt.err(`${line}\n`);
           },

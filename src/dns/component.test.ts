@@ -20,6 +20,7 @@ import { adsNameTableSource, createDnsProxyComponent, listenAddresses } from "./
 import { parseResolvConf } from "./resolv-conf.js";
 import type { NameTable } from "./name-table.js";
 import { decodeStoredTable, encodeStoredTable } from "./table-store.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 function ask(port: number, name: string, host = "127.0.0.1"): Promise<Packet> {
   return new Promise((resolve, reject) => {
@@ -87,13 +88,10 @@ describe("dns component", () => {
     })({
       config: loaded.values,
       loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock,
+      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
       metrics,
       events: createAgentEvents(),
-      env,
     });
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();
@@ -174,9 +172,7 @@ describe("dns component", () => {
     })({
       config: loaded.values,
       loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock,
+      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
       metrics: new MetricsRegistry(),
       events: createAgentEvents(),
@@ -211,13 +207,10 @@ describe("dns component", () => {
         factory({
           config: loaded.values,
           loaded,
-          fs,
-          runner: nodeProcessRunner,
-          clock: new FakeClock(0),
+          ...fakePorts({ env: {}, fs, runner: nodeProcessRunner, clock: new FakeClock(0) }),
           logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
           metrics: new MetricsRegistry(),
           events: createAgentEvents(),
-          env: {},
         }),
       ).toBeUndefined();
     }
@@ -263,13 +256,10 @@ describe("dns component with the real NDS source", () => {
     })({
       config: loaded.values,
       loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock: systemClock,
+      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock: systemClock }),
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
       metrics: new MetricsRegistry(),
       events: createAgentEvents(),
-      env,
     });
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();

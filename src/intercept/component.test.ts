@@ -10,6 +10,7 @@ import type { Clock } from "../platform/clock.js";
 import { systemClock } from "../platform/clock.js";
 import { createLogger } from "../platform/logger.js";
 import { interceptionComponent } from "./component.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 async function deps(
   env: Record<string, string>,
@@ -24,13 +25,10 @@ async function deps(
   return {
     config: requireValid(loaded),
     loaded,
-    fs,
-    runner,
-    clock,
+    ...fakePorts({ env, fs, runner, clock }),
     logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
     metrics: new MetricsRegistry(),
     events: createAgentEvents(),
-    env,
   };
 }
 

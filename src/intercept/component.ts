@@ -58,7 +58,7 @@ class InterceptionComponent implements AgentComponent {
 
   async #apply(config: ConfigValues): Promise<void> {
     try {
-      const settings = await interceptionSettings(config, this.#deps.fs);
+      const settings = await interceptionSettings(config, this.#deps.users, this.#deps.fs);
       const plan = planInterception(settings);
       for (const warning of plan.warnings) this.#log.warn(warning);
       const results = await applyInterception(this.#iptables(config), plan);

@@ -5,6 +5,7 @@ import { loadConfig, requireValid } from "../config/load.js";
 import type { InterceptionPlan, Rule } from "./planner.js";
 import { canonicalCidr, planInterception, renderPlan, ruleLine } from "./planner.js";
 import { interceptionSettings } from "./settings.js";
+import { passwdFileUsers } from "../platform/users.js";
 
 const PASSWD = "root:x:0:0:root:/root:/bin/bash\nistio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n";
 
@@ -14,7 +15,7 @@ async function plan(env: Record<string, string>, resolvConf?: string): Promise<I
     ...(resolvConf === undefined ? {} : { "/etc/resolv.conf": resolvConf }),
   });
   const values = requireValid(await loadConfig({ env, fs }));
-  return planInterception(await interceptionSettings(values, fs));
+  return planInterception(await interceptionSettings(values, passwdFileUsers(fs, "/etc/passwd"), fs));
 }
 
 const legacy = (env: Record<string, string>): Promise<InterceptionPlan> =>

@@ -63,7 +63,7 @@ export function isOurChain(name: string, table: TableName = "nat"): name is OurC
 export interface ProxyIds {
   readonly uids: readonly number[];
   readonly gids: readonly number[];
-  /** Where the ids came from, for messages: `ENVOY_UID`, or `user istio-proxy (/etc/passwd)`. */
+  /** Where the ids came from, for messages: `ENVOY_UID`, or `user istio-proxy from /etc/passwd`. */
   readonly source: string;
 }
 

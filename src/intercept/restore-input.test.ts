@@ -14,6 +14,7 @@ import type { Family, FamilyState, InterceptionPlan, OurState, Profile, TablePla
 import { familyRestoreInput, planInterception, renderPlan, restoreInput, ruleLine } from "./planner.js";
 import { interceptionSettings } from "./settings.js";
 import { familyState, natTable, ourState } from "./show.js";
+import { passwdFileUsers } from "../platform/users.js";
 
 const PASSWD = "root:x:0:0:root:/root:/bin/bash\nistio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n";
 
@@ -47,7 +48,7 @@ async function plan(profile: Profile, extra: Record<string, string> = {}): Promi
     "/etc/resolv.conf": "nameserver 10.0.0.2\nnameserver fd00::53\n",
   });
   const values = requireValid(await loadConfig({ env: { ...ENV[profile], ...extra }, fs }));
-  return planInterception(await interceptionSettings(values, fs));
+  return planInterception(await interceptionSettings(values, passwdFileUsers(fs, "/etc/passwd"), fs));
 }
 
 const DNS_ON = { ISTIO_META_DNS_CAPTURE: "true" };
