@@ -1,8 +1,11 @@
 /**
  * The agent's `dns` component (istiod profile, ISTIO_META_DNS_CAPTURE=true): the DNS proxy on 127.0.0.1:DNS_PROXY_PORT
- * (UDP and TCP), and on [::1] too once resolv.conf lists an IPv6 nameserver (the capture rules redirect an IPv6
- * query to ::1, as istio-agent listens per resolv.conf family: pkg/dns/client/dns.go), fed with the NDS name table from the agent's own ADS stream to istiod (src/xds/ads-watch.ts; the
+ * (UDP and TCP), fed with the NDS name table from the agent's own ADS stream to istiod (src/xds/ads-watch.ts; the
  * stream can later be replaced by the agent's xDS proxy through `NameTableSource`).
+ *
+ * Also on [::1]:DNS_PROXY_PORT once resolv.conf lists an IPv6 nameserver: the capture rules redirect an IPv6 query
+ * there (REDIRECT of a local packet goes to the loopback address of its family), as istio-agent listens per
+ * resolv.conf family (istio pkg/dns/client/dns.go).
  *
  * Fail-open, in this order: at start the proxy answers before anything else is known (every name forwarded), then
  * with the table persisted by the last run, then with each table istiod sends (persisted atomically). istiod going
