@@ -278,6 +278,33 @@ describe.skipIf(missing !== undefined)("DNS capture to the agent's DNS proxy", (
     expect(shown.code).toBe(0);
   });
 
+  test("`istio-vm check --only dns` proves the capture, and fails once the rules are gone", async () => {
+    const world = w();
+    const env = { ISTIO_VM_ROOT: world.root, ENVOY_USER: "nobody" };
+    const dnsResult = async (): Promise<{ ok: boolean; summary: string; details: string[]; code: number | null }> => {
+      const r = await world.vm.cli(["check", "--only", "dns", "--json"], env);
+      const parsed = JSON.parse(r.stdout) as {
+        checks: { name: string; ok: boolean; summary: string; details: string[] }[];
+      };
+      const dns = parsed.checks.find((c) => c.name === "dns");
+      if (dns === undefined) throw new Error(`no dns check in ${r.stdout}`);
+      return { ...dns, code: r.code };
+    };
+    const before = await dnsResult();
+    expect(before.ok, before.details.join("\n")).toBe(true);
+    expect(before.details).toContainEqual(
+      expect.stringMatching(new RegExp(`^ok {3}\\S+ at ${NS4.replace(/\./g, "\\.")}:53, as applications ask`)),
+    );
+    // Someone removes the rules under the running agent: the proxy still answers at 127.0.0.1, but not for apps.
+    expect((await world.vm.cli(["iptables", "clean"], env)).code).toBe(0);
+    const after = await dnsResult();
+    expect(after.ok).toBe(false);
+    expect(after.code).toBe(1);
+    expect(after.summary).toContain(`queries to ${NS4}:53 do not reach the DNS proxy`);
+    expect((await world.vm.cli(["iptables", "apply"], cliEnv(world, "nft"))).code).toBe(0);
+    expect((await dnsResult()).ok).toBe(true);
+  });
+
   test("kill -9 leaves the capture; `iptables clean` removes nat and raw rules in both families", async () => {
     const world = w();
     const exited = new Promise((resolve) => agent?.once("exit", resolve));
