@@ -194,6 +194,12 @@ describe.skipIf(missing !== undefined)("the DNS proxy on a booted Debian 12 with
     expect(await resolve("www.upstream.test")).toEqual(["192.0.2.55"]);
   });
 
+  it("`istio-vm check --only dns` passes: table answer, forward, table age, and the capture", async () => {
+    const result = await machine().run(["istio-vm", "check", "--only", "dns", "--verbose"]);
+    expect(result.code, `${result.stdout}\n${await diagnostics()}`).toBe(0);
+    expect(result.stdout).toContain(`at ${resolverIp}:53, as applications ask`);
+  });
+
   it("keeps answering mesh names from the persisted table with the control plane gone, across a restart", async () => {
     const table = await tableAddresses();
     await stopChild(dev);
