@@ -35,11 +35,14 @@ export function certificateCheck(deps: CheckDeps): Check {
           throw error;
         }),
       ]);
-      const missing = [
-        rootPem === undefined ? paths.root : undefined,
-        pair === undefined && !(await deps.fs.exists(paths.chain)) ? paths.chain : undefined,
-        pair === undefined && !(await deps.fs.exists(paths.key)) ? paths.key : undefined,
-      ].filter((p): p is string => p !== undefined);
+      let halves: string[] = [];
+      if (pair === undefined) {
+        const present = await Promise.all([paths.chain, paths.key].map((p) => deps.fs.exists(p)));
+        halves = [paths.chain, paths.key].filter((_, i) => present[i] !== true);
+        // Both files there and still no pair: a generation went away under the reader; both count as missing.
+        if (halves.length === 0) halves = [paths.chain, paths.key];
+      }
+      const missing = [...(rootPem === undefined ? [paths.root] : []), ...halves];
       if (missing.length > 0 || rootPem === undefined || pair === undefined) {
         return fail(
           CERTIFICATE_CHECK,

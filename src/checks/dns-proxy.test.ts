@@ -10,14 +10,12 @@ import { encodeStoredTable } from "../dns/table-store.js";
 import { systemClock } from "../platform/clock.js";
 import type { DnsClient } from "../platform/dns.js";
 import { nodeDnsClient } from "../platform/dns.js";
-import { nodeHttpClient } from "../platform/http.js";
 import { createLogger } from "../platform/logger.js";
 import { nodeProcessRunner } from "../platform/process.js";
-import { nodeTlsProber } from "../platform/tls.js";
 import { runCheck } from "./registry.js";
 import { dnsCheck } from "./dns.js";
-import { passwdFileUsers } from "../platform/users.js";
 import { fakePorts } from "../../test/fakes/ports.js";
+import { checkDepsFrom } from "./check.js";
 
 const TABLE = {
   "reviews.bookinfo.svc.cluster.local": { ips: ["10.96.0.10"], shortname: "reviews", namespace: "bookinfo" },
@@ -100,23 +98,20 @@ async function run(options: RunOptions) {
       nodeDnsClient.queryServer(name, target === "192.0.2.53:53" ? resolvServer : target, ms),
   };
   return runCheck(
-    dnsCheck({
-      values: loaded.values,
-      metadata: {},
-      fs,
-      links: fakePorts({ fs }).links,
-      users: passwdFileUsers(fs, "/vm/etc/passwd"),
-      runner: nodeProcessRunner,
-      clock: new FakeClock(Date.parse("2026-12-05T12:00:00Z")),
-      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-      dns,
-      http: nodeHttpClient,
-      tls: nodeTlsProber,
-      hostname: "vm1",
-      version: "test",
-      timeoutMs: 2000,
-      ...(options.uid === undefined ? {} : { uid: options.uid }),
-    }),
+    dnsCheck(
+      checkDepsFrom(
+        fakePorts({
+          env: { ISTIO_VM_ROOT: "/vm" },
+          fs,
+          runner: nodeProcessRunner,
+          clock: new FakeClock(Date.parse("2026-12-05T12:00:00Z")),
+          dns,
+          hostname: () => "vm1",
+          ...(options.uid === undefined ? {} : { uid: options.uid }),
+        }),
+        { loaded, logger: createLogger({ level: "error", format: "plain", write: () => undefined }), timeoutMs: 2000 },
+      ),
+    ),
     new AbortController().signal,
   );
 }

@@ -12,6 +12,7 @@ import { parseSettingFlags } from "../provision/bundle.js";
 import type { InstallReport } from "../provision/install.js";
 import { runInstall } from "../provision/install.js";
 import { UNIT } from "../provision/install-plan.js";
+import { installPortsFrom } from "../provision/install-system.js";
 import type { ResolverChoice } from "../provision/resolver.js";
 import { RESOLVER_KINDS } from "../provision/resolver.js";
 import { parseDurationFlag } from "./admin-options.js";
@@ -119,17 +120,9 @@ export function installCommand(runtime: () => CommandRuntime): CommandModule<obj
           readyTimeoutMs: parseDurationFlag("timeout", args.timeout),
           dryRun: args["dry-run"],
         },
-        {
-          fs: rt.fs,
-          runner: rt.runner,
-          clock: rt.clock,
-          env: rt.env,
-          users: rt.users,
-          isRoot: rt.uid === 0,
-          progress: (line) => {
-            rt.err(`${line}\n`);
-          },
-        },
+        installPortsFrom(rt, (line) => {
+          rt.err(`${line}\n`);
+        }),
       );
       if (rt.options.json) {
         rt.out(renderJson(report));

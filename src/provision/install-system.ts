@@ -7,11 +7,18 @@ import type { ConfigValues } from "../config/registry.js";
 import { configFilePaths } from "../config/load.js";
 import type { Clock } from "../platform/clock.js";
 import type { FileOwner, FileSystem } from "../platform/fs.js";
+import type { SystemPorts } from "../platform/ports.js";
 import type { ProcessRunner } from "../platform/process.js";
 import type { UserDirectory } from "../platform/users.js";
 import { INSTALL_RECORD_PATH, parseInstallRecord } from "./install-record.js";
 import type { ExistingFile, InstallPaths, OwnerName, SystemState } from "./install-plan.js";
 import { PACKAGE, PROXY_USER, UNIT } from "./install-plan.js";
+
+/** The install's ports, taken from the composition root's; progress lines go to `progress`. */
+export function installPortsFrom(ports: SystemPorts, progress: (line: string) => void): InstallPorts {
+  const { fs, runner, clock, env, users } = ports;
+  return { fs, runner, clock, env, users, isRoot: ports.uid === 0, progress };
+}
 
 export interface InstallPorts {
   readonly fs: FileSystem;
