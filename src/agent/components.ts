@@ -7,7 +7,6 @@
  * A component's module loads only when it is configured: an agent without the discovery check never loads gRPC and
  * the xDS types, one without certificates never loads the CA clients and X.509 code (memory and start-up).
  */
-import { hostname } from "node:os";
 import type { ComponentFactory, ComponentLoader } from "./component.js";
 
 type ComponentName = "certificates" | "dns" | "interception" | "envoy" | "health" | "discovery";
@@ -17,11 +16,17 @@ const ORDERED: readonly [ComponentName, () => Promise<ComponentFactory>][] = [
   // istiod profile: Envoy's certificates come over SDS; it belongs to Envoy and runs when Envoy does.
   ["envoy", async () => (await import("../sds/component.js")).sdsComponent],
   // Before interception: the capture rules send the VM's DNS to the proxy, which must already listen.
-  ["dns", async () => (await import("../dns/component.js")).dnsProxyComponentFor(hostname())],
+  [
+    "dns",
+    async () => {
+      const { dnsProxyComponentFor } = await import("../dns/component.js");
+      return (deps) => dnsProxyComponentFor(deps.hostname())(deps);
+    },
+  ],
   ["interception", async () => (await import("../intercept/component.js")).interceptionComponent],
   ["envoy", async () => (await import("../envoy/component.js")).envoyComponent],
   // istiod profile with a readinessProbe: the application's probe, reported to istiod (auto-registered VMs).
-  ["health", async () => (await import("../health/component.js")).healthComponentFor(hostname())],
+  ["health", async () => (await import("../health/component.js")).healthComponent],
   ["discovery", async () => (await import("../checks/component.js")).discoveryCheckComponent],
 ];
 

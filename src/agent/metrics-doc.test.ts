@@ -15,6 +15,7 @@ import { runAgent } from "./agent.js";
 import type { ComponentLoader } from "./component.js";
 import { AGENT_COMPONENTS } from "./components.js";
 import type { MetricDescription, MetricsRegistry } from "./metrics.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 const DOC = new URL("../../docs/metrics.md", import.meta.url).pathname;
 
@@ -69,10 +70,7 @@ async function scrape(): Promise<{ served: Map<string, string>; declared: Metric
   let setAddress: (a: string) => void = () => undefined;
   const address = new Promise<string>((resolve) => (setAddress = resolve));
   const run = runAgent({
-    env: {},
-    fs,
-    runner: nodeProcessRunner,
-    clock: systemClock,
+    ...fakePorts({ env: {}, fs, runner: nodeProcessRunner, clock: systemClock }),
     logger: silentLogger,
     notifier: new RecordingNotifier(),
     signals,

@@ -18,6 +18,8 @@ import { nodeTlsProber } from "../platform/tls.js";
 import { caCheck } from "./ca.js";
 import type { CheckDeps } from "./check.js";
 import { discoveryCheck } from "./discovery.js";
+import { fakePorts } from "../../test/fakes/ports.js";
+import { checkDepsFrom } from "./check.js";
 
 const signal = new AbortController().signal;
 
@@ -38,19 +40,14 @@ async function deps(env: Record<string, string>, files: Record<string, string> =
   const fs = new MemoryFileSystem(files);
   const loaded = await loadConfig({ env: { ISTIO_VM_ROOT: "/vm", ISTIO_SVC_IP: "10.0.0.5", ...env }, fs });
   expect(loaded.problems).toEqual([]);
+  const ports = fakePorts({ env: { ISTIO_VM_ROOT: "/vm" }, fs, runner: nodeProcessRunner, clock: systemClock });
   return {
-    values: loaded.values,
+    ...checkDepsFrom(
+      { ...ports, dns: nodeDnsClient, http: nodeHttpClient, tls: nodeTlsProber, hostname: () => "vm1.example.com" },
+      { loaded, logger: createLogger({ level: "error", format: "plain", write: () => undefined }), timeoutMs: 3000 },
+    ),
     metadata: { ISTIO_META_AUTO_REGISTER_GROUP: "vms", ISTIO_META_EXTRA: "x" },
-    fs,
-    runner: nodeProcessRunner,
-    clock: systemClock,
-    logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-    dns: nodeDnsClient,
-    http: nodeHttpClient,
-    tls: nodeTlsProber,
-    hostname: "vm1.example.com",
     version: "0.1.0",
-    timeoutMs: 3000,
   };
 }
 

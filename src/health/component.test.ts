@@ -3,6 +3,7 @@ import { createServer } from "node:net";
 import type { AddressInfo, Server } from "node:net";
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "../../test/fakes/fake-clock.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { freePort } from "../../test/support/net.js";
 import { createAgentEvents } from "../agent/events.js";
@@ -108,6 +109,7 @@ describe("health component against the dev istiod (real sockets)", () => {
     const clock = new FakeClock();
     const metrics = new MetricsRegistry();
     const component = createHealthComponent({ hostname: "vm1", http: nodeHttpClient, tcp: nodeTcpConnector })({
+      ...fakePorts({ fs, http: nodeHttpClient, hostname: () => "vm1" }),
       config: loaded.values,
       loaded,
       fs,
@@ -211,6 +213,7 @@ describe("health component against the dev istiod (real sockets)", () => {
         }),
       }),
     })({
+      ...fakePorts({ fs, http: nodeHttpClient, hostname: () => "vm1" }),
       config: loaded.values,
       loaded,
       fs,
@@ -252,6 +255,7 @@ describe("health component against the dev istiod (real sockets)", () => {
     const deps = async (env: Record<string, string>) => {
       const loaded = await loadConfig({ env, fs });
       return {
+        ...fakePorts({ fs, http: nodeHttpClient, hostname: () => "vm1" }),
         config: loaded.values,
         loaded,
         fs,

@@ -18,7 +18,6 @@ import type { ConfigValues } from "../config/registry.js";
 import type { ReadinessProbe } from "../config/readiness-probe.js";
 import { describeProbe, parseReadinessProbe } from "../config/readiness-probe.js";
 import { AgentError } from "../platform/errors.js";
-import { nodeHttpClient } from "../platform/http.js";
 import { nodeTcpConnector } from "../platform/tcp.js";
 import { programVersion } from "../version.js";
 import { watchAds } from "../xds/ads-watch.js";
@@ -184,6 +183,6 @@ export function createHealthComponent(ports: HealthPorts): ComponentFactory {
   };
 }
 
-export function healthComponentFor(hostname: string): ComponentFactory {
-  return createHealthComponent({ hostname, http: nodeHttpClient, tcp: nodeTcpConnector });
-}
+/** The production health component: hostname and HTTP from the composition root (src/main.ts), real TCP. */
+export const healthComponent: ComponentFactory = (deps) =>
+  createHealthComponent({ hostname: deps.hostname(), http: deps.http, tcp: nodeTcpConnector })(deps);

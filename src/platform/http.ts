@@ -3,10 +3,11 @@
  * the control plane must not go to HTTPS_PROXY), the CA bundle and client certificate are per call, and every call
  * has a deadline.
  */
-import { request as httpRequest } from "node:http";
-import { request as httpsRequest } from "node:https";
+import type * as Http from "node:http";
 import type { IncomingHttpHeaders } from "node:http";
+import type * as Https from "node:https";
 import { timerDelay } from "./clock.js";
+import { loadBuiltin } from "./fs.js";
 
 export interface HttpRequest {
   readonly url: string;
@@ -75,6 +76,9 @@ export const nodeHttpClient: HttpClient = {
         const code = (error as NodeJS.ErrnoException).code;
         reject(new HttpError(typeof code === "string" ? code : "ERROR", error.message, error));
       };
+      // Loaded on first use: node:https brings TLS, which a command that never makes a request must not pay for.
+      const { request: httpRequest } = loadBuiltin("node:http") as typeof Http;
+      const { request: httpsRequest } = loadBuiltin("node:https") as typeof Https;
       const client =
         url.protocol === "https:"
           ? httpsRequest(
