@@ -11,6 +11,7 @@ import { ensureWorkloadGroup, parseProbeFlag } from "../kube/workload-group.js";
 import type { BundleInfo, DebInfo } from "../provision/bundle.js";
 import { parseSettingFlags, planBundle, readDebInfo, renderBundle, sha256 } from "../provision/bundle.js";
 import type { BundleSources } from "../provision/generate.js";
+import { planBundleHosts } from "../provision/hosts-file.js";
 import { sourcesFromCluster, sourcesFromDirectory } from "../provision/generate.js";
 import { programVersion } from "../version.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
@@ -294,10 +295,14 @@ export async function buildBundle(
     });
     sources = { ...sources, warnings: [...groupWarnings, ...sources.warnings] };
   }
+  // istiod with the DNS proxy: the control plane's names for /etc/hosts (src/provision/hosts-file.ts).
+  const hosts = await planBundleHosts(rt.fs, { ...sources, settings });
+  sources = { ...sources, warnings: [...sources.warnings, ...hosts.warnings] };
   const members = planBundle({
     profile: sources.profile,
     clusterEnv: sources.clusterEnv,
     kubedns: sources.kubedns,
+    ...(hosts.hosts === undefined ? {} : { hosts: hosts.hosts }),
     credentials: sources.credentials,
     settings,
     ...(deb === undefined ? {} : { deb }),
@@ -338,7 +343,8 @@ export function bundleCommand(
         })
         .epilogue(
           "Members: SHA256SUMS (sha256 of every other member; `sha256sum -c` works on it), bundle.json, cluster.env, " +
-            "kubedns, sidecar.env (only the settings given here), root-cert.pem, cert-chain.pem and key.pem (legacy) " +
+            "kubedns, hosts (istiod with ISTIO_META_DNS_CAPTURE=true: the control plane's names → their load " +
+            "balancer, for /etc/hosts), sidecar.env (only the settings given here), root-cert.pem, cert-chain.pem and key.pem (legacy) " +
             "or istio-token (istiod), and the .deb. Secrets (key.pem, istio-token) are 0600 inside the archive, and " +
             "the archive itself is 0600: treat it like a password. Without --from the content is generated from the " +
             "cluster exactly as `cluster-env`, `dnsmasq` and `certs` would. " +

@@ -1,6 +1,6 @@
 /**
- * The provisioning bundle: one tar(.gz) with everything a VM needs — cluster.env, kubedns, the bootstrap
- * credentials, optional per-VM sidecar.env settings, the .deb — plus `bundle.json` (what is inside) and `SHA256SUMS`
+ * The provisioning bundle: one tar(.gz) with everything a VM needs — cluster.env, kubedns, `hosts` (istiod with the
+ * agent's DNS proxy: the control plane's names for /etc/hosts, src/provision/hosts-file.ts), the bootstrap credentials, optional per-VM sidecar.env settings, the .deb — plus `bundle.json` (what is inside) and `SHA256SUMS`
  * (sha256 of every other member, in `sha256sum -c` format so it can also be checked by hand). Secrets are 0600
  * inside the archive; `install` refuses a bundle whose members do not match the manifest, naming the member.
  *
@@ -17,6 +17,7 @@ import type { ControlPlaneProfile } from "../kube/profile.js";
 import { AgentError, ConfigError } from "../platform/errors.js";
 import type { ConfigProblem } from "../platform/errors.js";
 import type { ProcessRunner } from "../platform/process.js";
+import { HOSTS_NAME, parseHostsMember } from "./hosts-file.js";
 import type { TarMember } from "./tar.js";
 import { isSafeMemberName, readTar, writeTar } from "./tar.js";
 
@@ -45,6 +46,8 @@ export interface BundleInput {
   readonly profile: ControlPlaneProfile;
   readonly clusterEnv: string;
   readonly kubedns: string;
+  /** istiod with the DNS proxy: the `hosts` member (src/provision/hosts-file.ts); absent: no member. */
+  readonly hosts?: string;
   readonly credentials: readonly { readonly name: CredentialName; readonly content: string }[];
   /** Per-VM settings written to sidecar.env on install; validated with the registry first. */
   readonly settings: readonly { readonly key: string; readonly value: string }[];
@@ -67,6 +70,8 @@ export interface VerifiedBundle {
   readonly info: BundleInfo;
   readonly clusterEnv: string;
   readonly kubedns: string;
+  /** The `hosts` member's lines (`IP name…`); undefined: the bundle has none. */
+  readonly hosts: readonly string[] | undefined;
   readonly sidecarSettings: readonly { readonly key: string; readonly value: string }[];
   readonly credentials: ReadonlyMap<CredentialName, string>;
   readonly deb: { readonly info: DebInfo; readonly data: Uint8Array } | undefined;
@@ -163,6 +168,7 @@ export function planBundle(input: BundleInput): TarMember[] {
     );
   }
   body.push(text(KUBEDNS_NAME, input.kubedns, PUBLIC_MODE));
+  if (input.hosts !== undefined) body.push(text(HOSTS_NAME, input.hosts, PUBLIC_MODE));
   for (const name of CREDENTIAL_NAMES) {
     const credential = input.credentials.find((c) => c.name === name);
     if (credential !== undefined)
@@ -307,6 +313,8 @@ export function readBundle(archive: Uint8Array, subject: string): VerifiedBundle
       throw bundleError(subject, error.message);
     }
   }
+  const hostsMember = byName.get(HOSTS_NAME);
+  const hosts = hostsMember === undefined ? undefined : parseHostsMember(text(hostsMember.data), subject);
   let deb: VerifiedBundle["deb"];
   if (info.deb !== null) {
     const member = byName.get(info.deb.file);
@@ -317,6 +325,7 @@ export function readBundle(archive: Uint8Array, subject: string): VerifiedBundle
     info,
     clusterEnv: required(CLUSTER_ENV_NAME),
     kubedns: required(KUBEDNS_NAME),
+    hosts,
     sidecarSettings: sidecarSettings.map((e) => ({ key: e.key, value: e.value })),
     credentials,
     deb,

@@ -8,7 +8,8 @@ import { quoteEnvValue } from "../config/env-file.js";
 import type { FileOwner } from "../platform/fs.js";
 import type { VerifiedBundle } from "./bundle.js";
 import type { InstallRecord, RecordedWrite } from "./install-record.js";
-import { recordWrites, renderInstallRecord } from "./install-record.js";
+import { recordBlock, recordWrites, renderInstallRecord, sha256 } from "./install-record.js";
+import { findHostsBlocks, hostsBlockBody, withHostsBlock } from "./hosts-file.js";
 import type { ResolverChoice, ResolverFacts, ResolverKind, ResolverPaths } from "./resolver.js";
 import { chooseResolver, planResolver } from "./resolver.js";
 
@@ -32,6 +33,11 @@ export type Operation =
       readonly group: "agent" | "dns" | "record";
     }
   | { readonly kind: "sidecar-env"; readonly path: string; readonly settings: readonly EnvSetting[] }
+  /**
+   * The istio-vm block of /etc/hosts set to `lines` (none: removed), applied to the file as it is when the step runs;
+   * the file keeps its mode and owner.
+   */
+  | { readonly kind: "hosts-block"; readonly path: string; readonly lines: readonly string[] }
   | { readonly kind: "package"; readonly deb: Uint8Array; readonly path: string }
   | { readonly kind: "systemctl"; readonly args: readonly string[] }
   | { readonly kind: "wait-ready" }
@@ -82,6 +88,8 @@ export interface InstallPaths extends ResolverPaths {
   readonly dnsmasqBinary: string;
   /** What install replaced outside the package, for uninstall (src/provision/install-record.ts). */
   readonly installRecord: string;
+  /** /etc/hosts: the control plane's names with the DNS proxy (src/provision/hosts-file.ts). */
+  readonly hostsFile: string;
 }
 
 const MARKER = "# Set by `istio-vm install` (per-VM settings from the bundle and --set):";
@@ -154,6 +162,11 @@ export interface PlanInput {
    * dnsmasq, the system resolver left as it is (the agent captures DNS to its proxy instead).
    */
   readonly dnsProxy?: boolean;
+  /**
+   * The lines of the istio-vm block of /etc/hosts (`IP name…`, src/provision/hosts-file.ts); none or absent: no
+   * block (an existing one is removed).
+   */
+  readonly hostsLines?: readonly string[];
 }
 
 export interface InstallPlan {
@@ -249,6 +262,7 @@ export function planInstall(input: PlanInput): InstallPlan {
     });
   }
   file("cluster.env", paths.clusterEnv, bundle.clusterEnv, 0o644, "root", "agent");
+  planHostsStep(steps, notes, input);
   if (input.dnsProxy === true) {
     notes.push(
       "ISTIO_META_DNS_CAPTURE=true: the agent's DNS proxy answers mesh names; dnsmasq and the system resolver are left untouched",
@@ -259,6 +273,7 @@ export function planInstall(input: PlanInput): InstallPlan {
       detail: "the agent's DNS proxy (127.0.0.1:15053) answers mesh names: no kubedns, dnsmasq or resolver change",
       op: { kind: "none" },
     });
+    insertRecordStep(steps, state, paths);
     return finishServices({ steps, state, changed, restartDns: [], dnsmasq: false, resolver: "none", notes });
   }
   file("kubedns", join(paths.dnsmasqDir, "kubedns"), bundle.kubedns, 0o644, "root", "dns");
@@ -279,13 +294,7 @@ export function planInstall(input: PlanInput): InstallPlan {
   }
 
   // 3b. Before the first DNS file changes: record the originals, so removing the package can put them back.
-  const recordStep = planRecordStep(steps, state, paths.installRecord);
-  if (recordStep !== undefined) {
-    const firstDnsWrite = steps.findIndex(
-      (s) => s.op.kind === "file" && s.op.group === "dns" && s.action !== "unchanged",
-    );
-    steps.splice(firstDnsWrite, 0, recordStep);
-  }
+  insertRecordStep(steps, state, paths);
 
   return finishServices({
     steps,
@@ -349,16 +358,66 @@ function finishServices(input: {
   return { steps, resolver: kind, notes };
 }
 
-/** The install-record step for the DNS files this plan writes; undefined when it writes none. */
+/**
+ * The istio-vm block of /etc/hosts: set to the plan's lines, or removed when there are none (the DNS proxy is off, or
+ * every control-plane address is an IP). No step when there is neither a block nor a line for it.
+ */
+function planHostsStep(steps: Step[], notes: string[], input: PlanInput): void {
+  const path = input.paths.hostsFile;
+  const lines = input.hostsLines ?? [];
+  const existing = input.state.files.get(path);
+  const text = existing?.content.toString("utf8");
+  const found = findHostsBlocks(text ?? "");
+  if (lines.length === 0 && found.kind === "none") return;
+  const next = withHostsBlock(text, lines, path);
+  const recorded = input.state.record?.blocks?.find((b) => b.path === path);
+  if (found.kind === "found" && recorded !== undefined && sha256(Buffer.from(found.body)) !== recorded.writtenSha256) {
+    notes.push(
+      `${path}: the lines inside the istio-vm block were changed after install wrote them; the block is replaced whole (keep your own lines outside it)`,
+    );
+  }
+  const mapped = lines.map((l) => {
+    const [ip = "", ...names] = l.split(" ");
+    return `${names.join(", ")} → ${ip}`;
+  });
+  steps.push({
+    id: "hosts",
+    action: text === next ? "unchanged" : existing === undefined ? "create" : "update",
+    detail:
+      lines.length === 0
+        ? `${path}: the istio-vm block removed (the agent's DNS proxy is off, or every control-plane address is an IP)`
+        : `${path}: the istio-vm block maps ${mapped.join("; ")}`,
+    op: { kind: "hosts-block", path, lines },
+  });
+}
+
+/** Before the first DNS file or block changes: record the originals, so removing the package can put them back. */
+function insertRecordStep(steps: Step[], state: SystemState, paths: InstallPaths): void {
+  const recordStep = planRecordStep(steps, state, paths.installRecord);
+  if (recordStep === undefined) return;
+  const firstWrite = steps.findIndex(
+    (s) => s.action !== "unchanged" && ((s.op.kind === "file" && s.op.group === "dns") || s.op.kind === "hosts-block"),
+  );
+  steps.splice(firstWrite, 0, recordStep);
+}
+
+/** The install-record step for the DNS files and blocks this plan writes; undefined when it writes none. */
 function planRecordStep(steps: readonly Step[], state: SystemState, path: string): Step | undefined {
   const writes: RecordedWrite[] = [];
+  let record = state.record;
+  let blocks = false;
   for (const step of steps) {
     const op = step.op;
-    if (op.kind !== "file" || op.group !== "dns" || step.action === "unchanged") continue;
+    if (step.action === "unchanged") continue;
+    if (op.kind === "hosts-block") {
+      blocks = true;
+      record = recordBlock(record, op.path, op.lines.length === 0 ? undefined : hostsBlockBody(op.lines));
+    }
+    if (op.kind !== "file" || op.group !== "dns") continue;
     writes.push({ path: op.path, content: op.content, previous: state.files.get(op.path) });
   }
-  if (writes.length === 0) return undefined;
-  const record = recordWrites(state.record, writes);
+  if (writes.length === 0 && !blocks) return undefined;
+  record = recordWrites(record, writes);
   const content = Buffer.from(renderInstallRecord(record));
   const existing = state.files.get(path);
   const root = state.owners.root;
@@ -367,7 +426,11 @@ function planRecordStep(steps: readonly Step[], state: SystemState, path: string
   return {
     id: "install-record",
     action,
-    detail: `${path} (root, 0600): ${String(record.files.length)} DNS file(s), ${String(originals)} with an original to restore on package removal`,
+    detail:
+      `${path} (root, 0600): ${String(record.files.length)} DNS file(s), ${String(originals)} with an original to restore on package removal` +
+      (record.blocks === undefined
+        ? ""
+        : `, ${record.blocks.map((b) => `the istio-vm block of ${b.path}`).join(", ")}`),
     op: { kind: "file", path, content, mode: 0o600, owner: "root", group: "record" },
   };
 }

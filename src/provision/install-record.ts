@@ -4,6 +4,10 @@
  * systemd-resolved drop-in, the dhclient enter hook, resolv.conf), the file as it was before the first install
  * (absent, or its bytes, mode and owner) and a digest of what install last wrote there.
  *
+ * Besides whole files it lists the marked blocks install keeps inside a file that is not its own (the control plane's
+ * names in /etc/hosts, src/provision/hosts-file.ts): for those only a digest of the block's lines is kept, since
+ * uninstall removes the block and leaves every other line of the file as it is then.
+ *
  * The record is one JSON file, root's and 0600 in a 0700 directory (root restores what it names, so no other user may
  * write it), replaced atomically together with the writes it describes. A later install keeps the original of a path
  * already recorded and only updates the digest, so the record always leads back to the state before the first install.
@@ -25,8 +29,17 @@ export interface RecordedFile {
   readonly writtenSha256: string;
 }
 
+/** A marked block install keeps in a file it does not own (e.g. /etc/hosts). */
+export interface RecordedBlock {
+  readonly path: string;
+  /** sha256 (hex) of the block's inner lines as install last wrote them. */
+  readonly writtenSha256: string;
+}
+
 export interface InstallRecord {
   readonly files: readonly RecordedFile[];
+  /** Absent in records written before blocks existed: none. */
+  readonly blocks?: readonly RecordedBlock[];
 }
 
 export interface RecordedWrite {
@@ -54,7 +67,15 @@ export function recordWrites(record: InstallRecord | undefined, writes: readonly
     if (existing === undefined) files.push({ path: write.path, before: write.previous, writtenSha256 });
     else files[at] = { ...existing, writtenSha256 };
   }
-  return { files };
+  return record?.blocks === undefined ? { files } : { files, blocks: record.blocks };
+}
+
+/** The record after install wrote the block at `path` with inner lines `body` (undefined: install removed it). */
+export function recordBlock(record: InstallRecord | undefined, path: string, body: string | undefined): InstallRecord {
+  const blocks = (record?.blocks ?? []).filter((b) => b.path !== path);
+  if (body !== undefined) blocks.push({ path, writtenSha256: sha256(Buffer.from(body, "utf8")) });
+  const files = record?.files ?? [];
+  return blocks.length === 0 ? { files } : { files, blocks };
 }
 
 export function renderInstallRecord(record: InstallRecord): string {
@@ -66,7 +87,12 @@ export function renderInstallRecord(record: InstallRecord): string {
         : { mode: f.before.mode, uid: f.before.uid, gid: f.before.gid, base64: f.before.content.toString("base64") },
     written: f.writtenSha256,
   }));
-  return `${JSON.stringify({ kind: KIND, version: VERSION, files }, null, 2)}\n`;
+  const blocks = record.blocks?.map((b) => ({ path: b.path, written: b.writtenSha256 }));
+  const body =
+    blocks === undefined || blocks.length === 0
+      ? { kind: KIND, version: VERSION, files }
+      : { kind: KIND, version: VERSION, files, blocks };
+  return `${JSON.stringify(body, null, 2)}\n`;
 }
 
 function invalid(path: string, why: string): AgentError {
@@ -88,7 +114,7 @@ export function parseInstallRecord(text: string, path: string): InstallRecord {
   } catch (error) {
     throw invalid(path, (error as Error).message);
   }
-  const top = data as { kind?: unknown; version?: unknown; files?: unknown } | null;
+  const top = data as { kind?: unknown; version?: unknown; files?: unknown; blocks?: unknown } | null;
   if (typeof top !== "object" || top === null || top.kind !== KIND) throw invalid(path, `no "kind": "${KIND}"`);
   if (top.version !== VERSION) throw invalid(path, `unknown version ${JSON.stringify(top.version)}`);
   if (!Array.isArray(top.files)) throw invalid(path, `"files" is not a list`);
@@ -118,5 +144,19 @@ export function parseInstallRecord(text: string, path: string): InstallRecord {
     if (files.some((x) => x.path === f.path)) throw invalid(path, `${f.path} is listed twice`);
     files.push({ path: f.path, before, writtenSha256: f.written });
   }
-  return { files };
+  if (top.blocks === undefined) return { files };
+  if (!Array.isArray(top.blocks)) throw invalid(path, `"blocks" is not a list`);
+  const blocks: RecordedBlock[] = [];
+  for (const [i, raw] of (top.blocks as unknown[]).entries()) {
+    const b = raw as { path?: unknown; written?: unknown } | null;
+    const where = `blocks[${String(i)}]`;
+    if (typeof b !== "object" || b === null) throw invalid(path, `${where} is not an object`);
+    if (typeof b.path !== "string" || !isAbsolute(b.path) || normalize(b.path) !== b.path)
+      throw invalid(path, `${where}.path is not a normalized absolute path`);
+    if (typeof b.written !== "string" || !/^[0-9a-f]{64}$/.test(b.written))
+      throw invalid(path, `${where}.written is not a sha256`);
+    if (blocks.some((x) => x.path === b.path)) throw invalid(path, `block in ${b.path} is listed twice`);
+    blocks.push({ path: b.path, writtenSha256: b.written });
+  }
+  return { files, blocks };
 }

@@ -50,6 +50,7 @@ export function installPaths(env: NodeJS.ProcessEnv, values: ConfigValues): Inst
     debCache: at("/var/cache/istio-vm-agent"),
     dnsmasqBinary: at("/usr/sbin/dnsmasq"),
     installRecord: at(INSTALL_RECORD_PATH),
+    hostsFile: at("/etc/hosts"),
   };
 }
 

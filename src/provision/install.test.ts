@@ -365,6 +365,7 @@ describe("uninstall planning (resolved)", () => {
       resolvConf: "/etc/resolv.conf",
       dhclientHooksDir: "/etc/dhcp/dhclient-enter-hooks.d",
       installRecord: INSTALL_RECORD_PATH,
+      hostsFile: "/etc/hosts",
     };
     const dropin = Buffer.from("[Resolve]\nDNS=127.0.0.1\n");
     const local = Buffer.from("bind-interfaces\n");

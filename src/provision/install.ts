@@ -21,6 +21,7 @@ import { AgentError, ConfigError } from "../platform/errors.js";
 import type { FileOwner, FileSystem } from "../platform/fs.js";
 import { formatCommand } from "../platform/process.js";
 import { readBundle, settingsProblems } from "./bundle.js";
+import { planHostsLines, usesHostsBlock, withHostsBlock } from "./hosts-file.js";
 import { INSTALL_RECORD_PATH } from "./install-record.js";
 import type { ResolverChoice, ResolverKind } from "./resolver.js";
 import type { ExistingFile, InstallPaths, OwnerName, StepAction, SystemState } from "./install-plan.js";
@@ -209,7 +210,12 @@ export async function runInstall(options: InstallOptions, ports: InstallPorts): 
     );
   }
   const paths = installPaths(ports.env, loaded.values);
-  const dnsProxy = loaded.values.ISTIO_CONTROL_PLANE === "istiod" && loaded.values.ISTIO_META_DNS_CAPTURE;
+  const dnsProxy = usesHostsBlock(loaded.values);
+  // The control plane's names for /etc/hosts: the bundle's `hosts` member, else (DNS proxy turned on with --set, a
+  // bundle without the member) the same lines planned here from its kubedns.
+  const hostsPlanned =
+    dnsProxy && bundle.hosts === undefined ? planHostsLines(loaded.values, bundle.kubedns) : undefined;
+  const hostsLines = dnsProxy ? (bundle.hosts ?? hostsPlanned?.lines ?? []) : [];
   if (
     !dnsProxy &&
     options.resolver !== "none" &&
@@ -234,9 +240,11 @@ export async function runInstall(options: InstallOptions, ports: InstallPorts): 
     join(paths.dnsmasqDir, "istio-vm-local"),
     join(paths.resolvedConfDir, "istio-vm.conf"),
     join(paths.dhclientHooksDir, "istio-vm"),
+    paths.hostsFile,
   ];
   const state = await inspectSystem(ports, paths, candidates);
-  const plan = planInstall({ bundle, settings, paths, state, resolver: options.resolver, dnsProxy });
+  const plan = planInstall({ bundle, settings, paths, state, resolver: options.resolver, dnsProxy, hostsLines });
+  const notes = [...plan.notes, ...(hostsPlanned?.warnings ?? [])];
   const report = (unit: UnitState | undefined): InstallReport => ({
     bundle: options.bundlePath,
     profile: bundle.info.profile,
@@ -245,7 +253,7 @@ export async function runInstall(options: InstallOptions, ports: InstallPorts): 
     dryRun: options.dryRun,
     steps: plan.steps.map((s) => ({ id: s.id, action: s.action, detail: s.detail })),
     changed: plan.steps.some((s) => s.action !== "unchanged" && s.action !== "skip"),
-    notes: plan.notes,
+    notes,
     unit,
   });
   if (options.dryRun) return report(undefined);
@@ -285,6 +293,22 @@ export async function runInstall(options: InstallOptions, ports: InstallPorts): 
           const owner = await resolveOwner(ports, paths, state, op.owner);
           backups.push({ path: op.path, previous: await readExisting(ports.fs, op.path) });
           await writeOwned(ports, op.path, op.content, op.mode, owner);
+          break;
+        }
+        case "hosts-block": {
+          // Applied to the file as it is now (another program may have edited it since it was read), keeping its
+          // mode and owner; a new file is root's and 0644 like Debian's.
+          const previous = await readExisting(ports.fs, op.path);
+          const next = withHostsBlock(previous?.content.toString("utf8"), op.lines, op.path);
+          backups.push({ path: op.path, previous });
+          const owner = previous === undefined ? { uid: 0, gid: 0 } : { uid: previous.uid, gid: previous.gid };
+          await writeOwned(
+            ports,
+            op.path,
+            Buffer.from(next, "utf8"),
+            previous?.mode ?? 0o644,
+            ports.isRoot ? owner : undefined,
+          );
           break;
         }
         case "sidecar-env": {

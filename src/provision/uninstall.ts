@@ -14,6 +14,10 @@
  * not list (installed by a version that kept no record) are removed; resolv.conf is then left alone (the original is
  * unknown) and a note says so.
  *
+ * The istio-vm block install keeps in /etc/hosts (istiod with the DNS proxy, src/provision/hosts-file.ts) is removed
+ * whole, recorded or not (its markers name it as install's), and every other line of the file stays as it is now; a
+ * block whose lines were changed since install wrote them is removed all the same, with a note.
+ *
  * Only the services change state, never the agent: the maintainer script stops it first.
  */
 import { dirname, join } from "node:path";
@@ -26,6 +30,7 @@ import type { InstallPorts } from "./install-system.js";
 import { installPaths } from "./install-system.js";
 import type { InstallRecord } from "./install-record.js";
 import { parseInstallRecord, sha256 } from "./install-record.js";
+import { findHostsBlocks, withoutHostsBlock } from "./hosts-file.js";
 import { DHCLIENT_HOOK_NAME, DNSMASQ_LOCAL_NAME, RESOLVED_DROPIN_NAME } from "./resolver.js";
 
 export type UninstallAction = "restore" | "remove" | "edit" | "keep" | "unchanged" | "restart" | "skip";
@@ -61,7 +66,7 @@ export interface UninstallState {
 
 export type UninstallPaths = Pick<
   InstallPaths,
-  "dnsmasqDir" | "resolvedConfDir" | "resolvConf" | "dhclientHooksDir" | "installRecord"
+  "dnsmasqDir" | "resolvedConfDir" | "resolvConf" | "dhclientHooksDir" | "installRecord" | "hostsFile"
 >;
 
 const LOOPBACK_NAMESERVER = /^\s*nameserver\s+127\.0\.0\.1\s*$/;
@@ -166,6 +171,37 @@ export function planUninstall(state: UninstallState, paths: UninstallPaths): Uni
     notes.push(`${entry.path} was changed after install; its original is in ${state.recordPath} until this succeeds`);
   }
 
+  // The istio-vm block of /etc/hosts, recorded or not.
+  const hosts = state.files.get(paths.hostsFile);
+  const blocks = findHostsBlocks(hosts?.content.toString("utf8") ?? "");
+  if (hosts !== undefined && blocks.kind === "unterminated") {
+    steps.push({
+      id: "hosts",
+      action: "keep",
+      detail: `${paths.hostsFile} line ${String(blocks.line)}: "# BEGIN istio-vm" without "# END istio-vm": kept as it is`,
+      op: { kind: "none" },
+    });
+    notes.push(`${paths.hostsFile}: remove the istio-vm block by hand (its END line is missing)`);
+  } else if (hosts !== undefined && blocks.kind === "found") {
+    const recordedBlock = state.record?.blocks?.find((b) => b.path === paths.hostsFile);
+    if (recordedBlock !== undefined && sha256(Buffer.from(blocks.body)) !== recordedBlock.writtenSha256) {
+      notes.push(
+        `${paths.hostsFile}: the lines inside the istio-vm block were changed after install wrote them; they are removed with the block`,
+      );
+    }
+    steps.push({
+      id: "hosts",
+      action: "edit",
+      detail: `${paths.hostsFile}: the istio-vm block removed (the control plane's names); every other line kept`,
+      op: {
+        kind: "write",
+        path: paths.hostsFile,
+        content: Buffer.from(withoutHostsBlock(hosts.content.toString("utf8"), paths.hostsFile)),
+        like: hosts,
+      },
+    });
+  }
+
   // Install's own files that no record covers (an install by a version that kept no record).
   for (const path of ownFilePaths(paths)) {
     if (recorded.has(path) || state.files.get(path) === undefined) continue;
@@ -246,7 +282,12 @@ export async function inspectForUninstall(
   const recordText = await ports.fs.readTextIfExists(paths.installRecord);
   const record = recordText === undefined ? undefined : parseInstallRecord(recordText, paths.installRecord);
   const files = new Map<string, ExistingFile | undefined>();
-  for (const path of [...(record?.files.map((f) => f.path) ?? []), ...ownFilePaths(paths), paths.resolvConf]) {
+  for (const path of [
+    ...(record?.files.map((f) => f.path) ?? []),
+    ...ownFilePaths(paths),
+    paths.resolvConf,
+    paths.hostsFile,
+  ]) {
     if (!files.has(path)) files.set(path, await readExisting(ports.fs, path));
   }
   if (relocated)
