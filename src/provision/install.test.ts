@@ -406,3 +406,109 @@ describe("uninstall planning (resolved)", () => {
     expect(withoutLoopback("nameserver 127.0.0.1\n")).toBe("");
   });
 });
+
+describe("the control plane's names in /etc/hosts (istiod with the DNS proxy)", () => {
+  const HOSTS = "127.0.0.1\tlocalhost\r\n::1 localhost";
+  const proxyBundle = (hosts: string | undefined, clusterEnv = "ISTIO_META_DNS_CAPTURE=true\n"): Buffer =>
+    renderBundle(
+      planBundle({
+        profile: "istiod",
+        clusterEnv: `ISTIO_CONTROL_PLANE=istiod\nISTIO_SERVICE_CIDR=10.96.0.0/12\n${clusterEnv}`,
+        kubedns: "address=/istiod.istio-system.svc/192.0.2.10\n",
+        ...(hosts === undefined ? {} : { hosts }),
+        credentials: [
+          { name: "root-cert.pem", content: "ROOT\n" },
+          { name: "istio-token", content: "TOKEN\n" },
+        ],
+        settings: [],
+        createdBy: "test",
+        createdAtMs: 0,
+      }),
+      { mtimeMs: 0, gzip: true },
+    );
+  const proxyWorld = async (hosts: string | undefined): Promise<ReturnType<typeof world>> => {
+    const w = world("1.0.0");
+    await w.fs.writeFileAtomic("/etc/hosts", HOSTS, { mode: 0o644, owner: { uid: 0, gid: 0 } });
+    await w.fs.writeFileAtomic("/root/b.tgz", proxyBundle(hosts), { mode: 0o600 });
+    return w;
+  };
+  const step = (report: { steps: readonly { id: string; action: string; detail: string }[] }, id: string) =>
+    report.steps.find((s) => s.id === id);
+
+  it("adds the bundle's lines as one block, records it, and a second install changes nothing", async () => {
+    const { fs, ports } = await proxyWorld("192.0.2.10 istiod.istio-system.svc\n");
+    const dry = await runInstall({ ...options, dryRun: true }, ports);
+    expect(step(dry, "hosts")).toEqual({
+      id: "hosts",
+      action: "update",
+      detail: "/etc/hosts: the istio-vm block maps istiod.istio-system.svc → 192.0.2.10",
+    });
+    expect(await fs.readText("/etc/hosts")).toBe(HOSTS);
+
+    const first = await runInstall(options, ports);
+    expect(first.steps.map((s) => s.id)).toEqual(
+      expect.arrayContaining(["install-record", "hosts", "resolver", "service"]),
+    );
+    const text = await fs.readText("/etc/hosts");
+    expect(text.startsWith(`${HOSTS}\r\n# BEGIN istio-vm\r\n`)).toBe(true);
+    expect(text.endsWith("192.0.2.10 istiod.istio-system.svc\r\n# END istio-vm\r\n")).toBe(true);
+    expect((await fs.stat("/etc/hosts"))?.mode).toBe(0o644);
+    const record = parseInstallRecord(await fs.readText(INSTALL_RECORD_PATH), INSTALL_RECORD_PATH);
+    expect(record.blocks?.map((b) => b.path)).toEqual(["/etc/hosts"]);
+
+    const second = await runInstall(options, ports);
+    expect(step(second, "hosts")?.action).toBe("unchanged");
+    expect(second.steps.map((s) => s.id)).not.toContain("install-record");
+    expect(await fs.readText("/etc/hosts")).toBe(text);
+  });
+
+  it("replaces the block when the address changes, and uninstall removes exactly the block", async () => {
+    const { fs, ports } = await proxyWorld("192.0.2.10 istiod.istio-system.svc\n");
+    await runInstall(options, ports);
+    // The user adds a line of their own after install, outside the block.
+    await fs.writeFileAtomic("/etc/hosts", `${await fs.readText("/etc/hosts")}10.1.1.1 db.internal\r\n`, {
+      mode: 0o640,
+      owner: { uid: 0, gid: 4 },
+    });
+    await fs.writeFileAtomic("/root/b.tgz", proxyBundle("192.0.2.77 istiod.istio-system.svc\n"), { mode: 0o600 });
+    const changed = await runInstall(options, ports);
+    expect(step(changed, "hosts")?.action).toBe("update");
+    const text = await fs.readText("/etc/hosts");
+    expect(text).toContain("192.0.2.77 istiod.istio-system.svc\r\n");
+    expect(text).not.toContain("192.0.2.10");
+    // Mode and owner are the file's own.
+    expect(await fs.stat("/etc/hosts")).toMatchObject({ mode: 0o640, uid: 0, gid: 4 });
+
+    const dry = await runUninstall({ dryRun: true }, ports);
+    expect(dry.steps.find((s) => s.id === "hosts")?.action).toBe("edit");
+    expect(await fs.readText("/etc/hosts")).toBe(text);
+    const report = await runUninstall({ dryRun: false }, ports);
+    expect(report.failed).toBe(false);
+    expect(await fs.readText("/etc/hosts")).toBe(`${HOSTS}\r\n10.1.1.1 db.internal\r\n`);
+    expect(await fs.stat("/etc/hosts")).toMatchObject({ mode: 0o640, uid: 0, gid: 4 });
+    expect(await fs.exists(INSTALL_RECORD_PATH)).toBe(false);
+    expect((await runUninstall({ dryRun: false }, ports)).changed).toBe(false);
+  });
+
+  it("plans the lines from kubedns when the bundle has none, and removes the block once the proxy is off", async () => {
+    const { fs, ports } = await proxyWorld(undefined);
+    await runInstall(options, ports);
+    expect(await fs.readText("/etc/hosts")).toContain("192.0.2.10 istiod.istio-system.svc\r\n# END istio-vm");
+    await fs.writeFileAtomic("/root/b.tgz", proxyBundle(undefined, ""), { mode: 0o600 });
+    const off = await runInstall(options, ports);
+    expect(step(off, "hosts")?.detail).toMatch(/istio-vm block removed/);
+    expect(await fs.readText("/etc/hosts")).toBe(`${HOSTS}\r\n`);
+  });
+
+  it("says so when the user changed lines inside the block, and replaces it whole", async () => {
+    const { fs, ports } = await proxyWorld("192.0.2.10 istiod.istio-system.svc\n");
+    await runInstall(options, ports);
+    const text = await fs.readText("/etc/hosts");
+    await fs.writeFileAtomic("/etc/hosts", text.replace("# END istio-vm", "10.9.9.9 mine\r\n# END istio-vm"), {
+      mode: 0o644,
+    });
+    const again = await runInstall(options, ports);
+    expect(again.notes).toEqual(expect.arrayContaining([expect.stringMatching(/changed after install/)]));
+    expect(await fs.readText("/etc/hosts")).toBe(text);
+  });
+});
