@@ -60,6 +60,8 @@ interface RunOptions {
   /** Whether queries to resolv.conf's server reach the proxy (DNS capture in place). Default: yes. */
   readonly captured?: boolean;
   readonly uid?: number;
+  /** Whether /etc/hosts maps istiod.istio-system.svc (what `istio-vm install` adds). Default: yes. */
+  readonly hosts?: boolean;
 }
 
 async function run(options: RunOptions) {
@@ -93,7 +95,11 @@ async function run(options: RunOptions) {
   // does), else the test's upstream on its loopback port.
   const resolvServer = `127.0.0.1:${String((options.captured ?? true) ? server.port : upstreamPort)}`;
   const dns: DnsClient = {
-    lookupSystem: (name, ms) => nodeDnsClient.lookupSystem(name, ms),
+    // getaddrinfo reads the machine's own /etc/hosts: the block install adds there is stood in for by this answer.
+    lookupSystem: (name, ms) =>
+      name === "istiod.istio-system.svc" && options.hosts !== false
+        ? Promise.resolve({ ok: true, addresses: ["192.0.2.10"] })
+        : nodeDnsClient.lookupSystem(name, ms),
     queryServer: (name, target, ms) =>
       nodeDnsClient.queryServer(name, target === "192.0.2.53:53" ? resolvServer : target, ms),
   };
@@ -153,6 +159,16 @@ describe("DNS check with the agent's DNS proxy", () => {
     const result = await run({ table: true, proxyTable: false });
     expect(result.ok).toBe(false);
     expect(result.summary).toMatch(/does not answer reviews\.bookinfo\.svc\.cluster\.local from the name table/);
+  });
+
+  it("checks first that the control plane's names resolve through the system resolver, naming /etc/hosts", async () => {
+    const passed = await run({ table: true, proxyTable: true });
+    expect(passed.details[0]).toMatch(/^ok {3}istiod\.istio-system\.svc: system resolver 192\.0\.2\.10$/);
+    const result = await run({ table: true, proxyTable: true, hosts: false });
+    expect(result.ok).toBe(false);
+    expect(result.summary).toBe("the control plane's name istiod.istio-system.svc does not resolve on this VM");
+    expect(result.hint).toMatch(/\/etc\/hosts \(the "# BEGIN istio-vm" block\)/);
+    expect(result.details).toEqual([expect.stringMatching(/^FAIL istiod\.istio-system\.svc: system resolver E/)]);
   });
 
   it("fails with a hint when no table was persisted yet", async () => {

@@ -5,7 +5,11 @@
  * resolv.conf server directly (the proxy forwards it, so both must say the same; the proxy never makes up an
  * NXDOMAIN, so one through it proves an upstream answered). With DNS capture, the mesh name is also asked at that
  * resolv.conf server, as applications ask it: the capture rules must hand it to the proxy (the table's answer).
+ * First of all, the control plane's names the VM dials (CA_ADDR, DISCOVERY_ADDRESS, PILOT_ADDRESS) through the system
+ * resolver: the proxy's table comes from istiod and the agent's own queries are not captured, so only /etc/hosts (the
+ * block `istio-vm install` keeps there) or the VM's own DNS can answer them (docs/decisions.md).
  */
+import { dialedControlPlaneHosts } from "../config/control-plane-hosts.js";
 import { nameTablePath } from "../dns/component.js";
 import { parseResolvConf } from "../dns/resolv-conf.js";
 import { loadStoredTable } from "../dns/table-store.js";
@@ -72,6 +76,22 @@ export function dnsProxyCheck(deps: CheckDeps, name: string): Check {
     name,
     description: "the agent's DNS proxy answers a mesh name from istiod's name table and forwards other names",
     async run() {
+      const controlPlane = dialedControlPlaneHosts(values);
+      const lookups = await Promise.all(controlPlane.map((host) => deps.dns.lookupSystem(host, deps.timeoutMs)));
+      const hostDetails = controlPlane.map(
+        (host, i) =>
+          `${lookups[i]?.ok === true ? "ok  " : "FAIL"} ${host}: system resolver ${show(lookups[i] ?? { ok: false, code: "?", message: "" })}`,
+      );
+      const unresolved = controlPlane.filter((_, i) => lookups[i]?.ok !== true);
+      if (unresolved.length > 0) {
+        return fail(
+          name,
+          `the control plane's name${unresolved.length === 1 ? "" : "s"} ${unresolved.join(", ")} do${unresolved.length === 1 ? "es" : ""} not resolve on this VM`,
+          `the agent dials ${unresolved.join(", ")} before its DNS proxy has a table, and its own queries are not captured: \`sudo istio-vm install BUNDLE\` maps them in /etc/hosts (the "# BEGIN istio-vm" block), or add "<istiod's address> ${unresolved.join(" ")}" to /etc/hosts`,
+          hostDetails,
+          { proxy, controlPlane, unresolved },
+        );
+      }
       const path = nameTablePath(values);
       const stored = await loadStoredTable(deps.fs, path);
       if (stored.kind !== "loaded") {
@@ -79,13 +99,16 @@ export function dnsProxyCheck(deps: CheckDeps, name: string): Check {
           name,
           stored.kind === "absent" ? "no name table from istiod yet" : `the persisted name table is unusable`,
           `the agent writes ${path} when istiod sends its name table: check \`systemctl status istio-vm-agent\` (STATUS= says whether istiod is reachable) and the discovery check`,
-          stored.kind === "invalid" ? [stored.reason] : [],
+          [...hostDetails, ...(stored.kind === "invalid" ? [stored.reason] : [])],
           { proxy, table: path },
         );
       }
       const ageSeconds = Math.round((deps.clock.now() - stored.stored.receivedAt) / 1000);
       const hosts = Object.entries(stored.stored.table).filter(([, info]) => info.ips.length > 0);
-      const details = [`name table ${path}: ${String(hosts.length)} names, ${String(ageSeconds)} s old`];
+      const details = [
+        ...hostDetails,
+        `name table ${path}: ${String(hosts.length)} names, ${String(ageSeconds)} s old`,
+      ];
       const probe =
         hosts.find(([host]) => host === values.ISTIO_DNS_PROBE_NAME) ?? hosts.find(([host]) => !host.startsWith("*"));
       const resolvText = (await deps.fs.readTextIfExists(values.ISTIO_RESOLV_CONF).catch(() => undefined)) ?? "";

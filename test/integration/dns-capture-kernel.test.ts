@@ -79,7 +79,8 @@ async function makeWorld(): Promise<World> {
       join(root, "var/lib/istio/envoy/cluster.env"),
       // Nothing but DNS is captured: no inbound ports, no service CIDRs.
       "ISTIO_META_DNS_CAPTURE=true\nPOD_NAMESPACE=bookinfo\nCONTROL_PLANE_AUTH_POLICY=NONE\n" +
-        `DISCOVERY_ADDRESS=${NS4}:15010\n`,
+        // The control plane by address: no name of it to resolve (the DNS check resolves names it dials first).
+        `DISCOVERY_ADDRESS=${NS4}:15010\nPILOT_ADDRESS=${NS4}:15010\nCA_ADDR=${NS4}:15012\n`,
     );
     await writeFile(join(root, "var/lib/istio/envoy/sidecar.env"), `ISTIO_SVC_IP=${VM4}\nSTATUS_PORT=15020\n`);
     // The name table a previous run persisted: istiod is unreachable in this test, so this is what mesh names use.
