@@ -314,3 +314,78 @@ describe.skipIf(missing !== undefined)("bundle and install, istiod profile", () 
     );
   });
 });
+
+describe.skipIf(missing !== undefined)("bundle, install and uninstall with the agent's DNS proxy (istiod)", () => {
+  let world: World | undefined;
+  afterAll(async () => {
+    await world?.plane.close();
+    if (world !== undefined) await rm(world.dir, { recursive: true, force: true });
+  });
+  type Report = { steps: { id: string; action: string; detail: string }[]; changed: boolean };
+  const steps = (stdout: string): string[][] => (JSON.parse(stdout) as Report).steps.map((s) => [s.id, s.action]);
+
+  it("maps the control plane's names in one block of /etc/hosts, idempotently, and uninstall removes only it", async () => {
+    world = await startWorld("istiod");
+    const made = await world.cli([
+      "bundle",
+      "-o",
+      "p.tgz",
+      "--no-deb",
+      "-n",
+      "default",
+      "--set",
+      "ISTIO_META_DNS_CAPTURE=true",
+      "--json",
+    ]);
+    expect(made.code, made.stderr).toBe(0);
+    const members = readTar(gunzipSync(await readFile(join(world.dir, "p.tgz"))), "p.tgz");
+    const text = (name: string): string =>
+      Buffer.from(members.find((m) => m.name === name)?.data ?? []).toString("utf8");
+    // The east-west gateway's address, as kubedns has it, for the one name the VM dials.
+    const gateway = /^address=\/istiod\.istio-system\.svc\/(\S+)$/m.exec(text("kubedns"))?.[1];
+    expect(gateway).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
+    expect(text("hosts")).toBe(`${gateway ?? ""} istiod.istio-system.svc\n`);
+
+    const root = await makeRoot(world.dir, "vm");
+    const userHosts = "127.0.0.1\tlocalhost\n127.0.1.1\tvm1";
+    await writeFile(join(root, "etc/hosts"), userHosts, { mode: 0o644 });
+    const env = { ISTIO_VM_ROOT: root };
+    const install = ["install", "p.tgz", "--set", "ISTIO_SVC_IP=10.0.0.7", "--json"];
+
+    const dry = await world.cli([...install, "--dry-run"], env);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(steps(dry.stdout)).toContainEqual(["hosts", "update"]);
+    expect(await readFile(join(root, "etc/hosts"), "utf8")).toBe(userHosts);
+
+    const first = await world.cli(install, env);
+    expect(first.code, first.stderr).toBe(0);
+    const hosts = await readFile(join(root, "etc/hosts"), "utf8");
+    expect(hosts).toBe(
+      `${userHosts}\n# BEGIN istio-vm\n` +
+        "# the control plane's names for the istio-vm agent: replaced by `istio-vm install`, removed by `istio-vm uninstall`; add your own lines outside this block\n" +
+        `${gateway ?? ""} istiod.istio-system.svc\n# END istio-vm\n`,
+    );
+    // Nothing of dnsmasq or the resolver: the DNS proxy answers mesh names.
+    await expect(stat(join(root, "etc/dnsmasq.d/kubedns"))).rejects.toThrow();
+    expect(await readFile(join(root, "etc/resolv.conf"), "utf8")).toBe(
+      "domain example.internal\nnameserver 192.0.2.53\n",
+    );
+
+    const second = await world.cli(install, env);
+    expect(second.code, second.stderr).toBe(0);
+    expect((JSON.parse(second.stdout) as Report).changed).toBe(false);
+    expect(steps(second.stdout)).toContainEqual(["hosts", "unchanged"]);
+
+    // A line the user adds afterwards, outside the block, survives uninstall.
+    await writeFile(join(root, "etc/hosts"), `${hosts}10.1.1.1 db.internal\n`);
+    const dryUninstall = await world.cli(["uninstall", "--dry-run", "--json"], env);
+    expect(dryUninstall.code, dryUninstall.stderr).toBe(0);
+    expect(steps(dryUninstall.stdout)).toEqual([
+      ["hosts", "edit"],
+      ["install-record", "remove"],
+    ]);
+    const uninstall = await world.cli(["uninstall", "--json"], env);
+    expect(uninstall.code, uninstall.stderr).toBe(0);
+    expect(await readFile(join(root, "etc/hosts"), "utf8")).toBe(`${userHosts}\n10.1.1.1 db.internal\n`);
+  });
+});
