@@ -5,12 +5,17 @@
  * the mesh's names), and applications (uid 65534) resolving through glibc. Then the dev plane is stopped and the
  * agent restarted: mesh names keep resolving from the table persisted on disk.
  *
- * The VM reaches the dev plane by address (DISCOVERY_ADDRESS): without dnsmasq nothing on the VM resolves
- * `istiod.istio-system.svc`, which istioctl's VM recipe solves with an /etc/hosts line.
+ * The VM is set up as an operator would: `istio-vm bundle --from` (cluster.env with the control plane's default names,
+ * kubedns mapping them to the gateway address) and `istio-vm install` on the VM, which maps those names in the
+ * istio-vm block of /etc/hosts — without dnsmasq nothing else on the VM resolves `istiod.istio-system.svc` for the
+ * agent (istioctl's VM recipe appends the same line to /etc/hosts by hand). `istio-vm uninstall` removes the block.
  */
 import type { ChildProcess } from "node:child_process";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { requirements } from "../support/requirements.js";
 import type { DebianMachine } from "./debian-harness.js";
@@ -58,11 +63,14 @@ describe.skipIf(missing !== undefined)("the DNS proxy on a booted Debian 12 with
   const clusterIp = `${subnet}.1`;
   const resolverIp = `${subnet}.9`;
   const vmIp = `${subnet}.2`;
+  const gatewayIp = `${subnet}.6`;
   const clusterNs = `dnsproxy-cluster-${id}`;
   let vm: DebianMachine | undefined;
   let dev: ChildProcess | undefined;
   let resolver: ChildProcess | undefined;
   let netns = false;
+  let bundleDir: string | undefined;
+  let hostsBefore = "";
 
   const machine = (): DebianMachine => {
     if (vm === undefined) throw new Error("the machine did not boot");
@@ -115,14 +123,14 @@ describe.skipIf(missing !== undefined)("the DNS proxy on a booted Debian 12 with
     await host(["-n", clusterNs, "link", "add", `dc${id}`, "type", "veth", "peer", "name", `dv${id}`]);
     await host(["-n", clusterNs, "addr", "add", `${clusterIp}/24`, "dev", `dc${id}`]);
     await host(["-n", clusterNs, "addr", "add", `${resolverIp}/24`, "dev", `dc${id}`]);
-    await host(["-n", clusterNs, "addr", "add", `${subnet}.6/24`, "dev", `dc${id}`]);
+    await host(["-n", clusterNs, "addr", "add", `${gatewayIp}/24`, "dev", `dc${id}`]);
     await host(["-n", clusterNs, "link", "set", `dc${id}`, "up"]);
     await host(["-n", clusterNs, "link", "set", `dv${id}`, "netns", leader]);
     await vm.check(["sh", "-c", `ip addr add ${vmIp}/24 dev dv${id} && ip link set dv${id} up`]);
     dev = spawn("ip", [
       ...["netns", "exec", clusterNs, process.execPath, CLI, "dev", "--profile", "istiod", "--json"],
       ...["--write-kubeconfig", `/tmp/dnsproxy-${id}.kubeconfig`, "--listen", "0.0.0.0"],
-      ...["--lb-ip", `${subnet}.6`, "--lb-delay", "0s", "--service-port", "pilot-grpc=15010"],
+      ...["--lb-ip", gatewayIp, "--lb-delay", "0s", "--service-port", "pilot-grpc=15010"],
     ]);
     await waitFor(dev, /"ready":true/, "istio-vm dev");
     // The VM's own resolver: it knows another address for the mesh name (an answer from the table differs) and a
@@ -148,34 +156,62 @@ describe.skipIf(missing !== undefined)("the DNS proxy on a booted Debian 12 with
     await stopChild(dev);
     await stopChild(resolver);
     if (netns) await runHost("ip", ["netns", "del", clusterNs]);
+    if (bundleDir !== undefined) await rm(bundleDir, { recursive: true, force: true });
   });
 
   it("starts the proxy with no dnsmasq on the machine and gets istiod's name table", async () => {
     const vm = machine();
     expect((await vm.run(["sh", "-c", "command -v dnsmasq || ls /usr/sbin/dnsmasq"])).code).not.toBe(0);
     await vm.check(["sh", "-c", `rm -f /etc/resolv.conf && echo 'nameserver ${resolverIp}' > /etc/resolv.conf`]);
-    await vm.check([
-      "sh",
-      "-c",
-      [
-        "cat > /var/lib/istio/envoy/cluster.env <<'EOF'",
-        "ISTIO_CONTROL_PLANE='istiod'",
-        "ISTIO_META_DNS_CAPTURE='true'",
-        "CONTROL_PLANE_AUTH_POLICY='NONE'",
-        `DISCOVERY_ADDRESS='${clusterIp}:15010'`,
-        "POD_NAMESPACE='default'",
-        "EOF",
-        "cat > /var/lib/istio/envoy/sidecar.env <<'EOF'",
-        `ISTIO_SVC_IP=${vmIp}`,
-        // No Envoy can be installed here; certificates need a CA the plain-text setup does not use.
-        "ISTIO_AGENT_COMPONENTS=dns,interception",
-        "EOF",
-      ].join("\n"),
+    // What `cluster-env`, `dnsmasq` and `certs` would write: the control plane by its default names
+    // (istiod.istio-system.svc:15010 in plain text), kubedns mapping them to the gateway's address.
+    bundleDir = await mkdtemp(join(tmpdir(), "istio-vm-dnsproxy-"));
+    const files: Record<string, string> = {
+      "cluster.env":
+        "ISTIO_CONTROL_PLANE='istiod'\nISTIO_META_DNS_CAPTURE='true'\nCONTROL_PLANE_AUTH_POLICY='NONE'\nPOD_NAMESPACE='default'\n",
+      kubedns: ["istiod", "istiod.istio-system", "istiod.istio-system.svc"]
+        .map((n) => `address=/${n}/${gatewayIp}\n`)
+        .join(""),
+      // Not used by the plain-text components below (no CA call, no Envoy); a bundle for istiod carries both.
+      "root-cert.pem": "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
+      "istio-token": "e2e-token\n",
+    };
+    for (const [name, content] of Object.entries(files)) await writeFile(join(bundleDir, name), content);
+    const bundle = await runHost(process.execPath, [
+      CLI,
+      "bundle",
+      "--from",
+      bundleDir,
+      "--no-deb",
+      "-o",
+      join(bundleDir, "vm.tgz"),
     ]);
-    await vm.check(["systemctl", "start", UNIT], { timeoutMs: 60_000 });
+    expect(bundle.code, bundle.stderr).toBe(0);
+    expect(bundle.stdout).toMatch(/^hosts\s+0644\s/m);
+    await vm.copyIn(join(bundleDir, "vm.tgz"), "/root/vm.tgz");
+    hostsBefore = await vm.check(["cat", "/etc/hosts"]);
+    const install = await vm.run(
+      [
+        ...["istio-vm", "install", "/root/vm.tgz", "--set", `ISTIO_SVC_IP=${vmIp}`],
+        // No Envoy can be installed here; certificates need a CA the plain-text setup does not use.
+        ...["--set", "ISTIO_AGENT_COMPONENTS=dns,interception"],
+      ],
+      { timeoutMs: 120_000 },
+    );
+    expect(install.code, `${install.stdout}\n${install.stderr}\n${await diagnostics()}`).toBe(0);
+    const hosts = await vm.check(["cat", "/etc/hosts"]);
+    expect(hosts.startsWith(hostsBefore)).toBe(true);
+    expect(hosts).toContain(`# BEGIN istio-vm\n`);
+    expect(hosts).toContain(`\n${gatewayIp} istiod.istio-system.svc\n# END istio-vm\n`);
+    // The agent's own user (never captured) resolves istiod's name through /etc/hosts.
+    const agentView = await machine().run([
+      ...["setpriv", "--reuid=istio-proxy", "--regid=istio-proxy", "--clear-groups"],
+      ...["getent", "ahostsv4", "istiod.istio-system.svc"],
+    ]);
+    expect(agentView.stdout.split(/\s+/)[0]).toBe(gatewayIp);
     await waitStatus(/names \(from istiod/);
     expect(await tableAddresses()).not.toEqual([]);
-  }, 120_000);
+  }, 240_000);
 
   it("answers a mesh name from the table for an application, through the capture rules", async () => {
     const table = await tableAddresses();
@@ -207,5 +243,12 @@ describe.skipIf(missing !== undefined)("the DNS proxy on a booted Debian 12 with
     await waitStatus(/names \(from disk/);
     expect(await resolve(MESH_NAME)).toEqual(table);
     expect(await resolve("www.upstream.test")).toEqual(["192.0.2.55"]);
+  }, 120_000);
+
+  it("`istio-vm uninstall` removes the istio-vm block of /etc/hosts and nothing else", async () => {
+    await machine().check(["systemctl", "stop", UNIT], { timeoutMs: 60_000 });
+    const result = await machine().run(["istio-vm", "uninstall"]);
+    expect(result.code, `${result.stdout}\n${result.stderr}`).toBe(0);
+    expect(await machine().check(["cat", "/etc/hosts"])).toBe(hostsBefore);
   }, 120_000);
 });
