@@ -2,9 +2,9 @@
 // in the .deb, and writes what runs it on a machine's own Node (tests, `npm link`):
 //   dist/istio-vm.cjs          a small launcher: compiles the bundle with V8's code cache when the cache fits
 //   dist/istio-vm-main.cjs.v8  that cache: the SHA-256 of the bundle, then V8's cached data for it, made by this Node
-// Compiling the bundle (2.2 MB minified) from source is about half of a short command's start on Node 20 (a CPU profile of
-// `istio-vm --version` shows it in wrapSafe); with the cache V8 skips the parse. A cache made by another Node
-// version, or for another bundle, is not used (the launcher compares the hash; V8 checks its version and flags).
+// Compiling the bundle (2.2 MB minified) from source is about half of a short command's start on Node 20 (a CPU
+// profile of `istio-vm --version` shows it in wrapSafe); with the cache V8 skips the parse. A cache made by another
+// Node version, or for another bundle, is not used (the launcher compares the hash; V8 checks its version and flags).
 import { build } from "esbuild";
 import { createHash } from "node:crypto";
 import { chmodSync, readFileSync, renameSync, writeFileSync } from "node:fs";
