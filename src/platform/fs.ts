@@ -19,7 +19,7 @@ export function loadBuiltin(id: string): object | undefined {
  * node:fs, which every process has loaded already; the reads below use node:fs's callbacks, so a command that only
  * reads (`istio-vm config`, the agent's start) never loads it.
  */
-function fsp(): typeof FsPromises {
+export function fsp(): typeof FsPromises {
   return loadBuiltin("node:fs/promises") as typeof FsPromises;
 }
 
