@@ -131,6 +131,11 @@ export async function startFleet(options: {
           "PidFile none",
           "MaxStartups 100",
           "Subsystem sftp /usr/lib/openssh/sftp-server",
+          // The "VMs" log in as this machine's root, and bash runs ~/.bashrc for an ssh session even when it is not
+          // interactive (Debian builds it with SSH_SOURCE_BASHRC) unless SHLVL says it is nested: this machine's
+          // rc files (version managers and the like) would otherwise run in every session and be measured as the
+          // cost of a session, which a VM's own login does not have.
+          "SetEnv SHLVL=1",
           ...(options.sshdExtra ?? []),
           "",
         ].join("\n"),
