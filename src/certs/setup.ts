@@ -5,7 +5,7 @@ import type { Clock } from "../platform/clock.js";
 import type { FileSystem } from "../platform/fs.js";
 import type { LinkFileSystem } from "../platform/links.js";
 import type { ProcessRunner } from "../platform/process.js";
-import { caServerName, createCaClient } from "./ca-client.js";
+import { caServerName, createCaClient, keptCaConnection } from "./ca-client.js";
 import { spiffeUri } from "./identity.js";
 import type { RenewContext } from "./renew.js";
 import type { RenewalPolicy } from "./schedule.js";
@@ -54,17 +54,23 @@ export async function createRenewContext(loaded: LoadedConfig, deps: CertSetupDe
     explicit: loaded.variables.ISTIOD_SAN.source.kind !== "default",
   });
   const protocol = config.ISTIO_CONTROL_PLANE;
+  const ca = keptCaConnection((rootPem) =>
+    createCaClient(protocol, {
+      address: config.CA_ADDR,
+      serverName,
+      rootPem,
+      timeoutMs: config.CA_CALL_TIMEOUT,
+      clusterId: config.ISTIO_META_CLUSTER_ID,
+      now: () => deps.clock.now(),
+    }),
+  );
   return {
     store,
     protocol,
-    connect: (rootPem) =>
-      createCaClient(protocol, {
-        address: config.CA_ADDR,
-        serverName,
-        rootPem,
-        timeoutMs: config.CA_CALL_TIMEOUT,
-        clusterId: config.ISTIO_META_CLUSTER_ID,
-      }),
+    connect: (rootPem) => ca.connect(rootPem),
+    close: () => {
+      ca.close();
+    },
     clock: deps.clock,
     fs: deps.fs,
     identity: workloadIdentity(config),

@@ -87,6 +87,8 @@ export interface CaCall {
   readonly identity: string | undefined;
   /** "issued", a fault kind, or the gRPC status name of a refusal. */
   readonly outcome: string;
+  /** The caller's address and port: calls over one connection share it. */
+  readonly peer: string;
 }
 
 export interface DevCaServerOptions {
@@ -309,17 +311,24 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
     ) =>
     (call: grpc.ServerUnaryCall<Req, Res | Garbage>, callback: grpc.sendUnaryData<Res | Garbage>): void => {
       const fault = takeFault();
+      const peer = call.getPeer();
       const run = async (): Promise<void> => {
         if (fault?.kind === "delay") await new Promise((resolve) => setTimeout(resolve, fault.delayMs ?? 0));
         if (fault?.kind === "unavailable")
           throw new Refusal(grpc.status.UNAVAILABLE, "CA unavailable (fault injected)");
         const result = await body(call, fault);
         if (fault?.kind === "garbage") {
-          record({ protocol, authenticatedBy: result.by, identity: result.identity, outcome: "garbage" });
+          record({ protocol, authenticatedBy: result.by, identity: result.identity, outcome: "garbage", peer });
           callback(null, { garbage: true });
           return;
         }
-        record({ protocol, authenticatedBy: result.by, identity: result.identity, outcome: fault?.kind ?? "issued" });
+        record({
+          protocol,
+          authenticatedBy: result.by,
+          identity: result.identity,
+          outcome: fault?.kind ?? "issued",
+          peer,
+        });
         callback(null, result.response);
       };
       run().catch((error: unknown) => {
@@ -332,6 +341,7 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
           authenticatedBy: undefined,
           identity: peerIdentity(call),
           outcome: grpc.status[refusal.code],
+          peer,
         });
         callback({ code: refusal.code, details: refusal.message });
       });
