@@ -237,13 +237,15 @@ export class CertStore {
    */
   async #removeOldGenerations(keep: ReadonlySet<string>): Promise<void> {
     const current = await this.#links.readSymlink(join(this.paths.dir, DATA_LINK));
-    for (const name of await this.#fs.readdir(this.paths.dir)) {
+    const names = await this.#fs.readdir(this.paths.dir);
+    for (const name of names) {
       const m = GENERATION.exec(name);
       if (m === null || keep.has(name) || name === current || inFlight.has(join(this.paths.dir, name))) continue;
       const pid = Number(m[1]);
       if (pid === process.pid || !processAlive(pid)) await this.#removeIfAllowed(join(this.paths.dir, name));
     }
-    if ((await this.#current()) !== undefined) {
+    // The old layout is looked at only when the listing shows some of it (a migration, or one a crash interrupted).
+    if ((names.includes(OLD_LIVE) || names.includes(OLD_PAIRS)) && (await this.#current()) !== undefined) {
       if ((await this.#links.readSymlink(join(this.paths.dir, OLD_LIVE))) !== undefined)
         await this.#removeIfAllowed(join(this.paths.dir, OLD_LIVE));
       await this.#removeIfAllowed(join(this.paths.dir, OLD_PAIRS));
