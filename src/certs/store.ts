@@ -26,11 +26,16 @@
  * - Concurrent writers (the agent and `istio-vm certs renew`) do not corrupt each other: the last swap wins, and a
  *   writer removes only its own old generations or those of writers that died.
  *
- * A write is four fsyncs, the fewest that keep it crash-safe: each of the two files (their data must be on disk
- * before a name points at them), the generation directory (their entries), and /etc/certs after the rename of a new
- * `..data` link over the old one (the swap, and the generation's own entry made in the same directory, which a
- * journaling file system commits in order). After that fsync the new pair survives power loss, so only then are
- * older generations removed. (Before this layout a write took five: the pair directory was renamed into place too.)
+ * A write is four fsyncs, the fewest that keep it crash-safe on a POSIX file system, which promises durability only
+ * for what an fsync covered: each of the two files (their data must be on disk before a name points at them; the two
+ * are written and fsynced side by side, so they cost the wall time of one), the generation directory (the entries
+ * of both files: without it a crash after the swap could leave `..data` naming a directory that comes back empty),
+ * and /etc/certs after the rename of a new `..data` link over the old one (the swap itself, together with the
+ * generation's own entry made in the same directory earlier). Fewer is not safe: one fsync of the directory cannot
+ * stand in for the files' (it does not write their data), and the files' cannot stand in for their directory's
+ * entries. After the last fsync the new pair survives power loss, so only then are older generations removed.
+ * (Before this layout a write took five: the pair directory was renamed into place too; issue 14's table counted
+ * six, the temporary-link layout before that.)
  *
  * Upgrades: `istio-vm install` writes key.pem and cert-chain.pem as plain files, and earlier versions of this store
  * linked them through `live` -> `pairs/<id>`. A write first migrates whatever it finds without changing what the
