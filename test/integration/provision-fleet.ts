@@ -116,6 +116,10 @@ export async function startFleet(options: {
         continue;
       }
       const config = join(dir, `sshd_${i}.conf`);
+      const extra = options.sshdExtra ?? [];
+      const setEnv = extra
+        .filter((line) => line.startsWith("SetEnv "))
+        .map((line) => line.slice("SetEnv ".length).trim());
       await writeFile(
         config,
         [
@@ -134,9 +138,10 @@ export async function startFleet(options: {
           // The "VMs" log in as this machine's root, and bash runs ~/.bashrc for an ssh session even when it is not
           // interactive (Debian builds it with SSH_SOURCE_BASHRC) unless SHLVL says it is nested: this machine's
           // rc files (version managers and the like) would otherwise run in every session and be measured as the
-          // cost of a session, which a VM's own login does not have.
-          "SetEnv SHLVL=1",
-          ...(options.sshdExtra ?? []),
+          // cost of a session, which a VM's own login does not have. sshd takes only its first SetEnv line, so the
+          // caller's SetEnv values join this one.
+          `SetEnv SHLVL=1 ${setEnv.join(" ")}`.trimEnd(),
+          ...extra.filter((line) => !line.startsWith("SetEnv ")),
           "",
         ].join("\n"),
       );
