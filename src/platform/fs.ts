@@ -84,7 +84,7 @@ export interface FileSystem {
   stat(path: string): Promise<FileStat | undefined>;
   mkdirp(path: string, mode?: number): Promise<void>;
   readdir(path: string): Promise<string[]>;
-  /** Removes a file; a missing file is not an error. */
+  /** Removes a file or an empty directory; a missing one is not an error. */
   remove(path: string): Promise<void>;
   chown(path: string, owner: FileOwner): Promise<void>;
   chmod(path: string, mode: number): Promise<void>;
@@ -200,7 +200,14 @@ export const nodeFileSystem: FileSystem = {
     promised<string[]>((done) => {
       readdir(path, done);
     }),
-  remove: (path) => fsp().rm(path, { force: true }),
+  async remove(path) {
+    try {
+      await fsp().rm(path, { force: true });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ERR_FS_EISDIR") throw error;
+      await fsp().rmdir(path);
+    }
+  },
   chown: (path, owner) => fsp().chown(path, owner.uid, owner.gid),
   chmod: (path, mode) => fsp().chmod(path, mode),
 };

@@ -60,21 +60,27 @@ export const nodeLinkFileSystem: LinkFileSystem = {
     try {
       await fsp().chmod(dir, options.mode);
       if (options.owner !== undefined) await fsp().chown(dir, options.owner.uid, options.owner.gid);
-      for (const file of files) {
-        const handle = await fsp().open(
-          join(dir, file.name),
-          constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
-          file.mode,
-        );
-        try {
-          await handle.writeFile(file.data);
-          await handle.chmod(file.mode);
-          if (options.owner !== undefined) await handle.chown(options.owner.uid, options.owner.gid);
-          await handle.sync();
-        } finally {
-          await handle.close();
-        }
-      }
+      // The files are written and fsynced side by side (the thread pool runs both fsyncs at once); the directory's
+      // own fsync, or the clean-up after a failure, waits for all of them.
+      const written = await Promise.allSettled(
+        files.map(async (file) => {
+          const handle = await fsp().open(
+            join(dir, file.name),
+            constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
+            file.mode,
+          );
+          try {
+            await handle.writeFile(file.data);
+            await handle.chmod(file.mode);
+            if (options.owner !== undefined) await handle.chown(options.owner.uid, options.owner.gid);
+            await handle.sync();
+          } finally {
+            await handle.close();
+          }
+        }),
+      );
+      const failed = written.find((r) => r.status === "rejected");
+      if (failed !== undefined) throw failed.reason;
       await fsyncDirectory(dir);
     } catch (error) {
       await fsp().rm(dir, { recursive: true, force: true });
