@@ -9,7 +9,7 @@
  */
 import type { ComponentFactory, ComponentLoader } from "./component.js";
 
-type ComponentName = "certificates" | "dns" | "interception" | "envoy" | "discovery";
+type ComponentName = "certificates" | "dns" | "interception" | "envoy" | "health" | "discovery";
 
 const ORDERED: readonly [ComponentName, () => Promise<ComponentFactory>][] = [
   ["certificates", async () => (await import("../certs/component.js")).certificateComponent],
@@ -25,6 +25,8 @@ const ORDERED: readonly [ComponentName, () => Promise<ComponentFactory>][] = [
   ],
   ["interception", async () => (await import("../intercept/component.js")).interceptionComponent],
   ["envoy", async () => (await import("../envoy/component.js")).envoyComponent],
+  // istiod profile with a readinessProbe: the application's probe, reported to istiod (auto-registered VMs).
+  ["health", async () => (await import("../health/component.js")).healthComponent],
   ["discovery", async () => (await import("../checks/component.js")).discoveryCheckComponent],
 ];
 

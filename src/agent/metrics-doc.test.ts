@@ -48,7 +48,9 @@ function documented(text: string): Row[] {
 async function scrape(): Promise<{ served: Map<string, string>; declared: MetricDescription[]; text: string }> {
   const port = await freePort();
   const fs = new MemoryFileSystem({
-    "/var/lib/istio/envoy/cluster.env": "ISTIO_SERVICE_CIDR=10.96.0.0/12\nISTIO_META_DNS_CAPTURE=true\n",
+    "/var/lib/istio/envoy/cluster.env":
+      "ISTIO_SERVICE_CIDR=10.96.0.0/12\nISTIO_META_DNS_CAPTURE=true\nISTIO_META_AUTO_REGISTER_GROUP=vms\n" +
+      `PROXY_CONFIG='{"readinessProbe":{"tcpSocket":{"port":8080}}}'\n`,
     "/var/lib/istio/envoy/sidecar.env": `ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${port}\n`,
   });
   let registry: MetricsRegistry | undefined;

@@ -24,6 +24,8 @@ export interface HttpRequest {
   readonly key?: string | Buffer;
   /** HTTPS: the name the server certificate must carry when it differs from the URL's host. */
   readonly servername?: string;
+  /** HTTPS: accept any server certificate (application health probes, as Kubernetes and istio-agent probe). */
+  readonly insecureSkipVerify?: boolean;
 }
 
 export interface HttpResponse {
@@ -87,6 +89,7 @@ export const nodeHttpClient: HttpClient = {
                 ...(req.cert === undefined ? {} : { cert: req.cert }),
                 ...(req.key === undefined ? {} : { key: req.key }),
                 ...(req.servername === undefined ? {} : { servername: req.servername }),
+                ...(req.insecureSkipVerify === true ? { rejectUnauthorized: false } : {}),
               },
               onResponse,
             )
