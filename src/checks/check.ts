@@ -59,6 +59,8 @@ export interface CheckDeps {
   readonly version: string;
   /** Deadline of each network step (a lookup, a handshake, a request). */
   readonly timeoutMs: number;
+  /** This process's effective uid, where known: the DNS check skips its capture probe as the proxy's user. */
+  readonly uid?: number;
 }
 
 /** CheckDeps from the composition root's ports and a loaded configuration (`check`, `install`, the agent's watch). */
@@ -81,6 +83,7 @@ export function checkDepsFrom(
     hostname: ports.hostname(),
     version: programVersion(),
     timeoutMs: run.timeoutMs,
+    ...(ports.uid === undefined ? {} : { uid: ports.uid }),
   };
 }
 

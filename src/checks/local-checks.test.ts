@@ -113,7 +113,7 @@ describe("interception check", () => {
 
   async function plannedLines(): Promise<string[]> {
     const d = await deps(env, files);
-    const plan = planInterception(await interceptionSettings(d.values, d.users));
+    const plan = planInterception(await interceptionSettings(d.values, d.users, d.fs));
     const table = plan.families.find((f) => f.family === 4)?.tables[0];
     return restoreInput(table)
       .split("\n")

@@ -172,7 +172,8 @@ export const VARIABLES = {
   DNS_PROXY_PORT: v({
     type: t.port,
     default: "15053",
-    description: "the agent's DNS proxy port on 127.0.0.1, UDP and TCP (ISTIO_META_DNS_CAPTURE=true)",
+    description:
+      "the agent's DNS proxy port, UDP and TCP, on 127.0.0.1 (and ::1 with an IPv6 nameserver); DNS capture redirects here",
     group: "mesh",
     home: "sidecar.env",
   }),

@@ -3,6 +3,7 @@ import { createServer } from "node:net";
 import type { AddressInfo, Server } from "node:net";
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "../../test/fakes/fake-clock.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { freePort } from "../../test/support/net.js";
 import { createAgentEvents } from "../agent/events.js";
@@ -20,7 +21,6 @@ import { nodeTcpConnector } from "../platform/tcp.js";
 import { HealthTracker } from "./checker.js";
 import { createHealthComponent } from "./component.js";
 import type { HealthReport } from "./report.js";
-import { fakePorts } from "../../test/fakes/ports.js";
 
 const CLUSTER = "outbound|80||vm-app.default.svc.cluster.local";
 
@@ -109,12 +109,16 @@ describe("health component against the dev istiod (real sockets)", () => {
     const clock = new FakeClock();
     const metrics = new MetricsRegistry();
     const component = createHealthComponent({ hostname: "vm1", http: nodeHttpClient, tcp: nodeTcpConnector })({
+      ...fakePorts({ fs, http: nodeHttpClient, hostname: () => "vm1" }),
       config: loaded.values,
       loaded,
-      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
+      fs,
+      runner: nodeProcessRunner,
+      clock,
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
       metrics,
       events: createAgentEvents(),
+      env,
     });
     if (component === undefined) throw new Error("no health component");
     const controller = new AbortController();
@@ -209,12 +213,16 @@ describe("health component against the dev istiod (real sockets)", () => {
         }),
       }),
     })({
+      ...fakePorts({ fs, http: nodeHttpClient, hostname: () => "vm1" }),
       config: loaded.values,
       loaded,
-      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
+      fs,
+      runner: nodeProcessRunner,
+      clock,
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
       metrics: new MetricsRegistry(),
       events: createAgentEvents(),
+      env,
     });
     if (component === undefined) throw new Error("no health component");
     const controller = new AbortController();
@@ -247,12 +255,16 @@ describe("health component against the dev istiod (real sockets)", () => {
     const deps = async (env: Record<string, string>) => {
       const loaded = await loadConfig({ env, fs });
       return {
+        ...fakePorts({ fs, http: nodeHttpClient, hostname: () => "vm1" }),
         config: loaded.values,
         loaded,
-        ...fakePorts({ env, fs, runner: nodeProcessRunner, clock: new FakeClock() }),
+        fs,
+        runner: nodeProcessRunner,
+        clock: new FakeClock(),
         logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
         metrics: new MetricsRegistry(),
         events: createAgentEvents(),
+        env,
       };
     };
     const factory = createHealthComponent({ hostname: "vm1", http: nodeHttpClient, tcp: nodeTcpConnector });

@@ -14,9 +14,9 @@ async function values() {
 
 describe("the proxy user for interception", () => {
   it("resolves a user that only NSS knows", async () => {
-    const { values: v } = await values();
+    const { fs, values: v } = await values();
     const users = fakeUsers([{ name: "istio-proxy", uid: 998, gid: 997 }]);
-    const settings = await interceptionSettings(v, users);
+    const settings = await interceptionSettings(v, users, fs);
     expect(settings.proxy).toEqual({
       uids: [998],
       gids: [997],
@@ -26,7 +26,7 @@ describe("the proxy user for interception", () => {
 
   it("reading /etc/passwd alone (the old lookup) misses that user: PROXY_USER_MISSING naming where it looked", async () => {
     const { fs, values: v } = await values();
-    const error = await interceptionSettings(v, passwdFileUsers(fs, "/etc/passwd")).catch((e: unknown) => e);
+    const error = await interceptionSettings(v, passwdFileUsers(fs, "/etc/passwd"), fs).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(AgentError);
     expect((error as AgentError).code).toBe("PROXY_USER_MISSING");
     expect((error as AgentError).message).toContain("does not exist in /etc/passwd");

@@ -4,7 +4,9 @@
  * types cannot make on their own.
  */
 import type { ConfigValues } from "../config/registry.js";
+import { parseResolvConf } from "../dns/resolv-conf.js";
 import { AgentError, ConfigError } from "../platform/errors.js";
+import type { FileSystem } from "../platform/fs.js";
 import type { UserDirectory } from "../platform/users.js";
 import type { InterceptionSettings, ProxyIds } from "./planner.js";
 import { invalidInterfaces, settingsFromConfig } from "./planner.js";
@@ -35,9 +37,16 @@ export async function resolveProxyIds(values: ConfigValues, users: UserDirectory
 }
 
 /** Settings for the planner; throws ConfigError for bad interface names and AgentError for a missing proxy user. */
-export async function interceptionSettings(values: ConfigValues, users: UserDirectory): Promise<InterceptionSettings> {
+export async function interceptionSettings(
+  values: ConfigValues,
+  users: UserDirectory,
+  fs: FileSystem,
+): Promise<InterceptionSettings> {
   const proxy = await resolveProxyIds(values, users);
-  const settings = settingsFromConfig(values, proxy);
+  // DNS capture follows resolv.conf's nameservers, as the proxy's upstreams do (src/dns/component.ts).
+  const dnsOn = values.ISTIO_CONTROL_PLANE === "istiod" && values.ISTIO_META_DNS_CAPTURE;
+  const resolv = dnsOn ? parseResolvConf((await fs.readTextIfExists(values.ISTIO_RESOLV_CONF)) ?? "") : undefined;
+  const settings = settingsFromConfig(values, proxy, resolv?.addresses);
   const bad = invalidInterfaces(settings.excludeInterfaces);
   if (bad.length > 0) {
     throw new ConfigError(

@@ -398,6 +398,31 @@ export interface ClusterEnvInput {
    * and TLS name then have to be written out, as istioctl writes CA_ADDR.
    */
   readonly istiodService?: string;
+  /** istiod profile: ISTIO_META_DNS_CAPTURE=true is written (the agent's DNS proxy and its capture). */
+  readonly dnsCapture?: boolean;
+}
+
+export type DnsCaptureChoice = "auto" | "true" | "false";
+
+export interface DnsCaptureDecision {
+  readonly capture: boolean;
+  readonly reason: string;
+}
+
+/**
+ * Whether VMs resolve mesh names through the agent's DNS proxy (as current Istio does) or through dnsmasq and a
+ * kube-dns load balancer (`istio-vm dnsmasq`). `auto`: the proxy, unless the cluster has that load balancer — a
+ * Service the admin created for VMs, so the dnsmasq path is what they chose. The flag overrides either way.
+ */
+export function decideDnsCapture(
+  choice: DnsCaptureChoice,
+  dnsService: string,
+  serviceExists: boolean,
+): DnsCaptureDecision {
+  if (choice !== "auto") return { capture: choice === "true", reason: "--dns-capture" };
+  return serviceExists
+    ? { capture: false, reason: `kube-dns load balancer ${dnsService} found: VMs resolve through dnsmasq` }
+    : { capture: true, reason: `no kube-dns load balancer (${dnsService}): the agent's DNS proxy answers mesh names` };
 }
 
 export interface EnvEntry {
@@ -425,6 +450,7 @@ export function clusterEnvEntries(input: ClusterEnvInput): EnvEntry[] {
     { key: "TRUST_DOMAIN", value: w.trustDomain },
     { key: "ISTIO_META_CLUSTER_ID", value: w.clusterId },
   );
+  if (input.dnsCapture === true) entries.push({ key: "ISTIO_META_DNS_CAPTURE", value: "true" });
   const istiod = input.istiodService;
   if (istiod !== undefined && istiod !== "istiod") {
     const host = `${istiod}.${input.systemNamespace}.svc`;

@@ -52,7 +52,9 @@ function environment(backend: "nft" | "legacy", extra: Record<string, string> = 
 
 async function planFor(env: Record<string, string>): Promise<InterceptionPlan> {
   const values = requireValid(await loadConfig({ env, fs: nodeFileSystem }));
-  return planInterception(await interceptionSettings(values, systemUsers(env, nodeFileSystem, nodeProcessRunner)));
+  return planInterception(
+    await interceptionSettings(values, systemUsers(env, nodeFileSystem, nodeProcessRunner), nodeFileSystem),
+  );
 }
 
 interface World {
