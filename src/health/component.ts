@@ -18,7 +18,6 @@ import type { ConfigValues } from "../config/registry.js";
 import type { ReadinessProbe } from "../config/readiness-probe.js";
 import { describeProbe, parseReadinessProbe } from "../config/readiness-probe.js";
 import { AgentError } from "../platform/errors.js";
-import { nodeTcpConnector } from "../platform/tcp.js";
 import { programVersion } from "../version.js";
 import { watchAds } from "../xds/ads-watch.js";
 import { agentAdsConnection } from "../xds/agent-connection.js";
@@ -183,6 +182,6 @@ export function createHealthComponent(ports: HealthPorts): ComponentFactory {
   };
 }
 
-/** The production health component: hostname and HTTP from the composition root (src/main.ts), real TCP. */
+/** The real one, for src/agent/components.ts: the ports come with the agent's deps. */
 export const healthComponent: ComponentFactory = (deps) =>
-  createHealthComponent({ hostname: deps.hostname(), http: deps.http, tcp: nodeTcpConnector })(deps);
+  createHealthComponent({ hostname: deps.hostname(), http: deps.http, tcp: deps.tcp })(deps);
