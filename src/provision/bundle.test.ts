@@ -105,6 +105,16 @@ describe("bundle archive", () => {
     expect(slim.info.createdAt).toBe(original.info.createdAt);
   });
 
+  it("keeps the hosts member (istiod with the DNS proxy) in the variant without the .deb, and checks it", () => {
+    const withHosts = { ...input, hosts: "192.0.2.10 istiod.istio-system.svc\n" };
+    const original = readBundle(archive(planBundle(withHosts)), "b.tgz");
+    expect(original.hosts).toEqual(["192.0.2.10 istiod.istio-system.svc"]);
+    expect(readBundle(archive(planBundleWithoutDeb(original)), "slim.tgz").hosts).toEqual(original.hosts);
+    expect(() => readBundle(archive(planBundle({ ...input, hosts: "istiod 192.0.2.10\n" })), "b.tgz")).toThrow(
+      expect.objectContaining({ code: "BUNDLE_INVALID" }) as Error,
+    );
+  });
+
   it("names a tampered member", () => {
     const bad = tamper(archive(), "cluster.env", "10.96.0.0/12", "10.96.0.0/13");
     expect(() => readBundle(bad, "b.tgz")).toThrow(

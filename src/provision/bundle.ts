@@ -1,6 +1,7 @@
 /**
  * The provisioning bundle: one tar(.gz) with everything a VM needs — cluster.env, kubedns, `hosts` (istiod with the
- * agent's DNS proxy: the control plane's names for /etc/hosts, src/provision/hosts-file.ts), the bootstrap credentials, optional per-VM sidecar.env settings, the .deb — plus `bundle.json` (what is inside) and `SHA256SUMS`
+ * agent's DNS proxy: the control plane's names for /etc/hosts, src/provision/hosts-file.ts), the bootstrap
+ * credentials, optional per-VM sidecar.env settings, the .deb — plus `bundle.json` (what is inside) and `SHA256SUMS`
  * (sha256 of every other member, in `sha256sum -c` format so it can also be checked by hand). Secrets are 0600
  * inside the archive; `install` refuses a bundle whose members do not match the manifest, naming the member.
  *
@@ -17,7 +18,7 @@ import type { ControlPlaneProfile } from "../kube/profile.js";
 import { AgentError, ConfigError } from "../platform/errors.js";
 import type { ConfigProblem } from "../platform/errors.js";
 import type { ProcessRunner } from "../platform/process.js";
-import { HOSTS_NAME, parseHostsMember } from "./hosts-file.js";
+import { HOSTS_NAME, parseHostsMember, renderHostsMember } from "./hosts-file.js";
 import type { TarMember } from "./tar.js";
 import { isSafeMemberName, readTar, writeTar } from "./tar.js";
 
@@ -210,6 +211,7 @@ export function planBundleWithoutDeb(bundle: VerifiedBundle): TarMember[] {
     profile: bundle.info.profile,
     clusterEnv: bundle.clusterEnv,
     kubedns: bundle.kubedns,
+    ...(bundle.hosts === undefined ? {} : { hosts: renderHostsMember(bundle.hosts) }),
     credentials: CREDENTIAL_NAMES.flatMap((name) => {
       const content = bundle.credentials.get(name);
       return content === undefined ? [] : [{ name, content }];
