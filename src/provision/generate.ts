@@ -4,13 +4,14 @@
  */
 import { join } from "node:path";
 import { EnvFileError, parseEnvFile } from "../config/env-file.js";
-import { discoverServiceCidr, planClusterEnv, readMeshSettings } from "../kube/cluster-env.js";
+import { decideDnsCapture, discoverServiceCidr, planClusterEnv, readMeshSettings } from "../kube/cluster-env.js";
 import type { ClusterEnvInput } from "../kube/cluster-env.js";
 import type { KubeClient } from "../kube/client.js";
 import type { WorkloadGroupSettings } from "../kube/workload-group.js";
 import { fetchIstiodBootstrap, fetchLegacyCerts } from "../kube/bootstrap-certs.js";
 import { DEFAULT_LB_OPTIONS, kubednsTargets, planKubedns, resolveLoadBalancers } from "../kube/kubedns.js";
 import type { ControlPlaneProfile, DetectedProfile } from "../kube/profile.js";
+import { corePath, getIfExists } from "../kube/profile.js";
 import type { Clock } from "../platform/clock.js";
 import { AgentError } from "../platform/errors.js";
 import type { FileSystem } from "../platform/fs.js";
@@ -64,8 +65,15 @@ export async function sourcesFromCluster(client: KubeClient, options: ClusterSou
   };
   if (profile === "istiod") {
     const mesh = await readMeshSettings(client, options.istioNamespace, detected.istiodService);
+    // The same decision as `istio-vm cluster-env --dns-capture auto`: the agent's DNS proxy unless the admin made a
+    // kube-dns load balancer for VMs (then dnsmasq resolves, as the original recipe did).
+    const { dnsNamespace, dnsService } = DEFAULT_LB_OPTIONS;
+    const lbExists = (await getIfExists(client, corePath("services", dnsNamespace, dnsService))) !== undefined;
+    const dns = decideDnsCapture("auto", `${dnsNamespace}/${dnsService}`, lbExists);
+    options.progress?.(`DNS proxy ${dns.capture ? "on" : "off"}: ${dns.reason}`);
     input = {
       ...input,
+      dnsCapture: dns.capture,
       workload: {
         namespace,
         serviceAccount: options.serviceAccount,

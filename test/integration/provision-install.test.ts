@@ -290,8 +290,16 @@ describe.skipIf(missing !== undefined)("bundle and install, istiod profile", () 
 
   it("carries root-cert.pem and istio-token; install puts the token 0600 for istio-proxy and the resolved drop-in", async () => {
     world = await startWorld("istiod");
+    // The admin exposed kube-dns to VMs (the dnsmasq path), so the bundle leaves the agent's DNS proxy off.
+    world.plane.context.store.create("services", {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { name: "dns-ilb", namespace: "kube-system" },
+      spec: { type: "LoadBalancer", ports: [{ name: "dns", port: 53, protocol: "UDP" }] },
+    });
     const made = await world.cli(["bundle", "-o", "i.tgz", "--deb", world.deb, "-n", "default", "-s", "default"]);
     expect(made.code, made.stderr).toBe(0);
+    expect(made.stderr).toContain("DNS proxy off: kube-dns load balancer kube-system/dns-ilb found");
     expect(made.stdout).toMatch(/^istio-token\s+0600\s/m);
     expect(made.stdout).not.toMatch(/^key\.pem/m);
     const root = await makeRoot(world.dir, "vm");
@@ -326,21 +334,14 @@ describe.skipIf(missing !== undefined)("bundle, install and uninstall with the a
 
   it("maps the control plane's names in one block of /etc/hosts, idempotently, and uninstall removes only it", async () => {
     world = await startWorld("istiod");
-    const made = await world.cli([
-      "bundle",
-      "-o",
-      "p.tgz",
-      "--no-deb",
-      "-n",
-      "default",
-      "--set",
-      "ISTIO_META_DNS_CAPTURE=true",
-      "--json",
-    ]);
+    const made = await world.cli(["bundle", "-o", "p.tgz", "--no-deb", "-n", "default", "--json"]);
     expect(made.code, made.stderr).toBe(0);
+    // No kube-dns load balancer in this cluster: the bundle turns the DNS proxy on, as `cluster-env` would.
+    expect(made.stderr).toContain("DNS proxy on: no kube-dns load balancer (kube-system/dns-ilb)");
     const members = readTar(gunzipSync(await readFile(join(world.dir, "p.tgz"))), "p.tgz");
     const text = (name: string): string =>
       Buffer.from(members.find((m) => m.name === name)?.data ?? []).toString("utf8");
+    expect(text("cluster.env")).toMatch(/^ISTIO_META_DNS_CAPTURE='true'$/m);
     // The east-west gateway's address, as kubedns has it, for the one name the VM dials.
     const gateway = /^address=\/istiod\.istio-system\.svc\/(\S+)$/m.exec(text("kubedns"))?.[1];
     expect(gateway).toMatch(/^\d+\.\d+\.\d+\.\d+$/);
