@@ -9,6 +9,7 @@ import type { Clock } from "../platform/clock.js";
 import type { FileSystem } from "../platform/fs.js";
 import type { Logger } from "../platform/logger.js";
 import type { ProcessRunner } from "../platform/process.js";
+import type { AgentXdsChannels } from "../xds/agent-channel.js";
 import type { MetricsRegistry } from "./metrics.js";
 
 export interface ComponentStatus {
@@ -44,6 +45,12 @@ export interface AgentDeps {
   readonly metrics: MetricsRegistry;
   readonly events: AgentEvents;
   readonly env: NodeJS.ProcessEnv;
+  /**
+   * The xDS proxy's upstream stream to istiod, for the agent's own requests (NDS, health reports): provided by the
+   * xDS proxy component, taken by the components after it (src/xds/agent-channel.ts). Absent in tests that do not
+   * need it.
+   */
+  readonly xds?: AgentXdsChannels;
 }
 
 export interface AgentComponent {

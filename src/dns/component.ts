@@ -1,7 +1,7 @@
 /**
  * The agent's `dns` component (istiod profile, ISTIO_META_DNS_CAPTURE=true): the DNS proxy on 127.0.0.1:DNS_PROXY_PORT
- * (UDP and TCP), fed with the NDS name table from the agent's own ADS stream to istiod (src/xds/ads-watch.ts; the
- * stream can later be replaced by the agent's xDS proxy through `NameTableSource`).
+ * (UDP and TCP), fed with the NDS name table istiod sends on the agent's xDS proxy's upstream stream
+ * (src/dns/nds-upstream.ts), or, where no proxy runs, on a stream of the agent's own (src/xds/ads-watch.ts).
  *
  * Fail-open, in this order: at start the proxy answers before anything else is known (every name forwarded), then
  * with the table persisted by the last run, then with each table istiod sends (persisted atomically). istiod going
@@ -10,15 +10,16 @@
  */
 import { join } from "node:path";
 import type { AgentComponent, AgentDeps, ComponentFactory } from "../agent/component.js";
-import { controlPlaneUsesTls } from "../config/load.js";
 import type { ConfigValues } from "../config/registry.js";
 import { describeError } from "../platform/errors.js";
 import { programVersion } from "../version.js";
 import type { AdsConnection } from "../xds/ads-watch.js";
 import { watchAds } from "../xds/ads-watch.js";
+import { istiodConnection } from "../xds/istiod-connection.js";
 import { decodeNameTable, NAME_TABLE_TYPE_URL } from "../xds/nds.js";
 import { probeNode } from "../xds/node.js";
 import { createForwarder } from "./forwarder.js";
+import { upstreamNameTableSource } from "./nds-upstream.js";
 import type { NameTable } from "./name-table.js";
 import { DnsProxy, startDnsServer } from "./proxy.js";
 import type { DnsServer } from "./proxy.js";
@@ -54,30 +55,11 @@ export function dnsProxyEnabled(values: ConfigValues): boolean {
 
 /** The connection of the agent's NDS stream: as the discovery check's, with DNS_CAPTURE in the node metadata. */
 async function connectionFor(deps: AgentDeps, values: ConfigValues, hostname: string): Promise<AdsConnection> {
-  const address = values.DISCOVERY_ADDRESS;
-  const target = address.host.includes(":") ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
-  const dir = values.OUTPUT_CERTS.replace(/\/+$/, "");
   const metadata = Object.fromEntries(Object.values(deps.loaded.metadata).map((m) => [m.name, m.raw]));
   const base = probeNode(values, hostname, metadata, programVersion());
   // istiod builds a name table only for a proxy that says it captures DNS (pilot/pkg/xds/nds.go).
   const node = { ...base, metadata: { ...base.metadata, DNS_CAPTURE: "true" } };
-  if (!controlPlaneUsesTls(values)) return { target, node, clusterId: values.ISTIO_META_CLUSTER_ID };
-  const rootPem = await deps.fs.readText(`${dir}/root-cert.pem`);
-  const certChainPem = await deps.fs.readTextIfExists(`${dir}/cert-chain.pem`);
-  const keyPem = await deps.fs.readTextIfExists(`${dir}/key.pem`);
-  const token =
-    certChainPem === undefined ? (await deps.fs.readTextIfExists(values.ISTIO_TOKEN_FILE))?.trim() : undefined;
-  return {
-    target,
-    node,
-    clusterId: values.ISTIO_META_CLUSTER_ID,
-    tls: {
-      rootPem,
-      servername: values.ISTIOD_SAN,
-      ...(certChainPem !== undefined && keyPem !== undefined ? { certChainPem, keyPem } : {}),
-    },
-    ...(token === undefined ? {} : { token }),
-  };
+  return istiodConnection(deps.fs, values, node);
 }
 
 /** The agent's own ADS stream to istiod (DISCOVERY_ADDRESS), subscribed to NDS only. */
@@ -271,5 +253,9 @@ const DEFAULT_PORTS = {
 };
 
 export function dnsProxyComponentFor(hostname: string): ComponentFactory {
-  return createDnsProxyComponent({ ...DEFAULT_PORTS, hostname, source: adsNameTableSource(hostname) });
+  return createDnsProxyComponent({
+    ...DEFAULT_PORTS,
+    hostname,
+    source: upstreamNameTableSource(adsNameTableSource(hostname)),
+  });
 }

@@ -16,7 +16,7 @@ import { SdsServer } from "./server.js";
 import { sdsSocketPath, usesSds } from "./socket.js";
 
 /** Envoy's user when the agent runs as root (it then starts Envoy as ENVOY_USER); undefined: the agent's own. */
-async function envoyOwner(deps: AgentDeps, uid: number): Promise<FileOwner | undefined> {
+export async function envoyOwner(deps: AgentDeps, uid: number): Promise<FileOwner | undefined> {
   if (uid !== 0) return undefined;
   const text = await deps.fs.readTextIfExists(passwdPath(deps.config));
   const entry = text === undefined ? undefined : parsePasswd(text).find((e) => e.name === deps.config.ENVOY_USER);
