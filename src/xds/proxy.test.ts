@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as grpc from "@grpc/grpc-js";
 import type { AdsResponse, EnvoyNode } from "../../test/support/ads-client.js";
-import { AdsTestClient, CDS_TYPE, LDS_TYPE, clusterNames } from "../../test/support/ads-client.js";
+import { AdsTestClient, CDS_TYPE, LDS_TYPE, clusterNames, clusterSdsSecrets } from "../../test/support/ads-client.js";
 import { requirements } from "../../test/support/requirements.js";
 import { connectAs } from "../../test/support/sds-client.js";
 import type { IssuedKeyPair, MeshCa } from "../devplane/mesh-ca.js";
@@ -145,6 +145,10 @@ describe("xDS proxy: Envoy ↔ agent socket ↔ one mTLS stream ↔ istiod", () 
     const e = envoy();
     const cds = await subscribe(e);
     expect(clusterNames(cds)).toEqual([HELLO]);
+    // istiod's mesh TLS: the cluster names Istio's secrets on the agent's SDS socket (what makes Envoy fetch them).
+    expect(clusterSdsSecrets(cds)).toEqual([
+      { cluster: HELLO, secrets: ["default", "ROOTCA"], sdsClusters: ["sds-grpc", "sds-grpc"] },
+    ]);
     await until("ready", () => p.status().ready);
     expect(p.status()).toMatchObject({ upstream: "connected", answered: ["CDS", "LDS"], envoyStreams: 1 });
 

@@ -23,15 +23,67 @@ const INCLUDE_DIRS = [
 ];
 const ADS_PROTO = "envoy/service/discovery/v3/ads.proto";
 const CLUSTER_PROTO = "envoy/config/cluster/v3/cluster.proto";
+const TLS_PROTO = "envoy/extensions/transport_sockets/tls/v3/tls.proto";
 export const CDS_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 export const LDS_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener";
 
 let root: protobuf.Root | undefined;
 let service: grpc.ServiceClientConstructor | undefined;
 
+function envoyRoot(): protobuf.Root {
+  root ??= protoUtil.loadProtosWithOptionsSync([CLUSTER_PROTO, TLS_PROTO], {
+    keepCase: true,
+    includeDirs: INCLUDE_DIRS,
+  });
+  return root;
+}
+
 function clusterType(): protobuf.Type {
-  root ??= protoUtil.loadProtosWithOptionsSync([CLUSTER_PROTO], { keepCase: true, includeDirs: INCLUDE_DIRS });
-  return root.lookupType("envoy.config.cluster.v3.Cluster");
+  return envoyRoot().lookupType("envoy.config.cluster.v3.Cluster");
+}
+
+interface SdsSecretConfigObject {
+  name: string;
+  sds_config?: {
+    api_config_source?: { api_type?: string; grpc_services?: { envoy_grpc?: { cluster_name: string } }[] };
+  };
+}
+
+/**
+ * Per cluster of a CDS response: the SDS secrets its UpstreamTlsContext names and the clusters they are fetched
+ * from, decoded with Envoy's protos (what makes Envoy subscribe to the agent's SDS socket).
+ */
+export function clusterSdsSecrets(
+  response: AdsResponse,
+): { cluster: string; secrets: string[]; sdsClusters: string[] }[] {
+  const tlsType = envoyRoot().lookupType("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext");
+  return response.resources.map((r) => {
+    const cluster = clusterType().toObject(clusterType().decode(r.value), { bytes: Buffer }) as {
+      name: string;
+      transport_socket?: { typed_config?: { type_url: string; value: Buffer } };
+    };
+    const any = cluster.transport_socket?.typed_config;
+    if (any === undefined) return { cluster: cluster.name, secrets: [], sdsClusters: [] };
+    const tls = tlsType.toObject(tlsType.decode(any.value), { enums: String }) as {
+      common_tls_context?: {
+        tls_certificate_sds_secret_configs?: SdsSecretConfigObject[];
+        combined_validation_context?: { validation_context_sds_secret_config?: SdsSecretConfigObject };
+      };
+    };
+    const configs = [
+      ...(tls.common_tls_context?.tls_certificate_sds_secret_configs ?? []),
+      ...[tls.common_tls_context?.combined_validation_context?.validation_context_sds_secret_config].filter(
+        (c): c is SdsSecretConfigObject => c !== undefined,
+      ),
+    ];
+    return {
+      cluster: cluster.name,
+      secrets: configs.map((c) => c.name),
+      sdsClusters: configs.flatMap((c) =>
+        (c.sds_config?.api_config_source?.grpc_services ?? []).map((g) => g.envoy_grpc?.cluster_name ?? ""),
+      ),
+    };
+  });
 }
 
 function adsService(): grpc.ServiceClientConstructor {
