@@ -8,6 +8,7 @@
  */
 import { hostname } from "node:os";
 import type { AgentComponent, AgentDeps, ComponentFactory, ComponentStatus } from "../agent/component.js";
+import type { Counter } from "../agent/metrics.js";
 import type { ConfigValues } from "../config/registry.js";
 import { envoyOwner } from "../sds/component.js";
 import { istiodConnection } from "../xds/istiod-connection.js";
@@ -43,38 +44,47 @@ class XdsProxyComponent implements AgentComponent {
   #config: ConfigValues;
   #proxy: XdsProxy | undefined;
   #withdraw: (() => void) | undefined;
+  readonly #counters: {
+    readonly envoyStreams: Counter;
+    readonly upstreamStreams: Counter;
+    readonly reconnects: Counter;
+    readonly messages: Counter;
+  };
 
   constructor(deps: AgentDeps, ports: XdsProxyComponentPorts) {
     this.#deps = deps;
     this.#ports = ports;
     this.#config = deps.config;
-  }
-
-  async start(): Promise<void> {
-    const deps = this.#deps;
     const metrics = deps.metrics;
-    const envoyStreams = metrics.counter(
-      "istio_vm_xds_proxy_envoy_streams_total",
-      "ADS streams Envoy opened on the agent's xDS proxy socket.",
-    );
-    const upstreamStreams = metrics.counter(
-      "istio_vm_xds_proxy_upstream_streams_total",
-      "ADS streams the xDS proxy opened to istiod, the first included.",
-    );
-    const reconnects = metrics.counter(
-      "istio_vm_xds_proxy_reconnects_total",
-      "ADS streams the xDS proxy opened to istiod after one ended (istiod gone, refused, or a new address).",
-    );
-    const messages = metrics.counter(
-      "istio_vm_xds_proxy_messages_total",
-      "xDS messages through the proxy, by direction (upstream: to istiod, downstream: from istiod) and type (CDS, LDS, NDS, …).",
-      ["direction", "type"],
-    );
+    this.#counters = {
+      envoyStreams: metrics.counter(
+        "istio_vm_xds_proxy_envoy_streams_total",
+        "ADS streams Envoy opened on the agent's xDS proxy socket.",
+      ),
+      upstreamStreams: metrics.counter(
+        "istio_vm_xds_proxy_upstream_streams_total",
+        "ADS streams the xDS proxy opened to istiod, the first included.",
+      ),
+      reconnects: metrics.counter(
+        "istio_vm_xds_proxy_reconnects_total",
+        "ADS streams the xDS proxy opened to istiod after one ended (istiod gone, refused, or a new address).",
+      ),
+      messages: metrics.counter(
+        "istio_vm_xds_proxy_messages_total",
+        "xDS messages through the proxy, by direction (upstream: to istiod, downstream: from istiod) and type (CDS, LDS, NDS, …).",
+        ["direction", "type"],
+      ),
+    };
     metrics.gaugeFn(
       "istio_vm_xds_proxy_upstream_connected",
       "1 while istiod answers on the xDS proxy's upstream stream.",
       () => (this.#proxy?.status().upstream === "connected" ? 1 : 0),
     );
+  }
+
+  async start(): Promise<void> {
+    const deps = this.#deps;
+    const { envoyStreams, upstreamStreams, reconnects, messages } = this.#counters;
     const hostName = this.#ports.hostname ?? hostname();
     const owner = await envoyOwner(deps, this.#ports.uid ?? process.getuid?.() ?? 0);
     const changed = (): void => {
