@@ -161,7 +161,10 @@ class XdsProxyComponent implements AgentComponent {
           summary: `xds proxy: connecting to istiod ${s.target ?? ""}${s.lastError === undefined ? "" : ` (last: ${s.lastError})`}`,
         };
       case "idle":
-        return { ready: false, summary: "xds proxy: waiting for Envoy to subscribe" };
+        return {
+          ready: false,
+          summary: `xds proxy: waiting for Envoy to subscribe${s.lastError === undefined ? "" : ` (last upstream error: ${s.lastError})`}`,
+        };
       case "stopped":
         return { ready: false, summary: "xds proxy stopped" };
     }
