@@ -61,10 +61,8 @@ describe("SDS: a renewal reaches the stand-in without a restart", () => {
       spec: { clusterIP: "10.96.1.1", ports: [{ name: "http", port: 80 }] },
     });
     const serving = await ca.mesh.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
-    const pilot = await startPilotXds({
-      store,
-      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.mesh.rootCertPem },
-    });
+    const tls = { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.mesh.rootCertPem };
+    let pilot = await startPilotXds({ store, tls });
     cleanups.push(() => pilot.close());
     const root = mkdtempSync(join(tmpdir(), "istio-vm-sds-agent-"));
     const records = join(root, "records");
@@ -205,6 +203,33 @@ describe("SDS: a renewal reaches the stand-in without a restart", () => {
       const parsed = JSON.parse(bootstrap) as { static_resources: { clusters: { name: string }[] } };
       const xdsCluster = parsed.static_resources.clusters.find((c) => c.name === "xds-grpc");
       expect(JSON.stringify(xdsCluster)).toContain(`"pipe":{"path":"${join(root, "run/istio-vm/xds/XDS")}"}`);
+
+      // istiod really stops: the agent says so, Envoy keeps running on what it has.
+      const port = pilot.port;
+      await pilot.close();
+      await notify.waitForStatus(/^degraded: .*xds proxy: istiod \S+ (unreachable|waiting)/);
+      // istiod comes back (on the same address) with a new service: the stand-in re-subscribed through the proxy.
+      store.create("services", {
+        metadata: { name: "later", namespace: "vmns" },
+        spec: { clusterIP: "10.96.1.2", ports: [{ name: "http", port: 8080 }] },
+      });
+      pilot = await startPilotXds({ store, tls, port });
+      const names = await until("the stand-in holds the new cluster", async () => {
+        const again = await admin<{
+          configs: { "@type": string; dynamic_active_clusters?: { cluster: { name: string } }[] }[];
+        }>("/config_dump");
+        const list = again.configs
+          .find((c) => c["@type"].endsWith("ClustersConfigDump"))
+          ?.dynamic_active_clusters?.map((c) => c.cluster.name);
+        return list?.includes("outbound|8080||later.vmns.svc.cluster.local") === true ? list : undefined;
+      });
+      expect(names).toHaveLength(2);
+      await notify.waitForStatus(/^ready: .*xds proxy: istiod \S+ answered CDS, LDS/);
+      const after = await metrics();
+      expect(after).toMatch(/^istio_vm_xds_proxy_reconnects_total [1-9]/m);
+      expect(after).toMatch(/^istio_vm_xds_proxy_envoy_streams_total [2-9]/m);
+      expect(standIns()).toEqual([pid]);
+      expect(pilot.connections()).toHaveLength(1);
     } catch (error) {
       throw new Error(`${String(error)}\nagent stderr:\n${stderr.slice(-4000)}`, { cause: error });
     }
