@@ -281,6 +281,51 @@ describe("xDS proxy: Envoy ↔ agent socket ↔ one mTLS stream ↔ istiod", () 
     expect(p.status().envoyStreams).toBe(2);
   });
 
+  it("sends the agent's health report on the same stream, again first on every new stream; Envoy never sees its answer", async () => {
+    const HEALTH = "type.googleapis.com/istio.v1.HealthInformation";
+    const first = await startPilot();
+    const p = await startProxy();
+    const e = envoy();
+    await subscribe(e);
+    p.report({ typeUrl: HEALTH, errorDetail: { code: 13, message: "readiness probe failed" } });
+    await until("the report at istiod", () =>
+      first.events.some((ev) => ev.kind === "request" && ev.typeUrl === HEALTH),
+    );
+    const streams = new Set(first.events.filter((ev) => ev.kind === "request").map((ev) => ev.stream));
+    expect(streams.size).toBe(1);
+    p.report({ typeUrl: HEALTH });
+    await until(
+      "the second report",
+      () => first.events.filter((ev) => ev.typeUrl === HEALTH && ev.kind === "request").length === 2,
+    );
+    // The dev Pilot answers any type; the answer to a report stays with the agent.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(e.pending()).toBe(0);
+
+    const port = first.port;
+    await first.close();
+    pilot = undefined;
+    const second = await startPilot(port);
+    await until("the latest report re-sent on the new stream", () =>
+      second.events.some((ev) => ev.kind === "request" && ev.typeUrl === HEALTH),
+    );
+    expect(second.events.filter((ev) => ev.typeUrl === HEALTH && ev.kind === "request")).toHaveLength(1);
+  });
+
+  it("a reload with a new istiod address reopens the upstream; Envoy re-subscribes", async () => {
+    await startPilot();
+    const p = await startProxy();
+    const e = envoy();
+    await subscribe(e);
+    p.reconnect();
+    const status = await e.ended;
+    expect(status.code).toBe(grpc.status.UNAVAILABLE);
+    const again = envoy();
+    await subscribe(again);
+    await until("ready again", () => p.status().ready);
+    expect(p.status()).toMatchObject({ upstreamStreams: 2, reconnects: 1 });
+  });
+
   it("waits for Envoy or an agent request before connecting to istiod", async () => {
     await startPilot();
     const p = await startProxy();

@@ -455,7 +455,12 @@ export class XdsProxy implements AgentXdsChannel {
       const active = this.#active;
       if (active !== undefined) {
         // Envoy re-subscribes on its next stream (its own retry), which waits for the next upstream.
-        this.#endDownstream(active, { code: outcome.code, details: `upstream to istiod: ${outcome.reason}` });
+        this.#endDownstream(
+          active,
+          outcome.endReason === "reload"
+            ? { code: grpc.status.UNAVAILABLE, details: "the agent reconnects to istiod (configuration reloaded)" }
+            : { code: outcome.code, details: `upstream to istiod: ${outcome.reason}` },
+        );
       }
       if (outcome.endReason === "reload") {
         backoff = initial;
@@ -628,6 +633,9 @@ export class XdsProxy implements AgentXdsChannel {
         response_nonce: response.nonce,
         ...(problem === undefined ? {} : { error_detail: { code: grpc.status.INVALID_ARGUMENT, message: problem } }),
       });
+    } else if (this.#reports.has(type)) {
+      // An answer to one of the agent's reports (istiod sends none for health): never Envoy's business.
+      this.#o.logger.debug("response to an agent report dropped", { type: typeName(type) });
     } else {
       const active = this.#active;
       if (active === undefined) {
