@@ -14,6 +14,9 @@ import { EnvoySupervisor } from "../src/envoy/supervisor.js";
 import { createChildSpawner } from "../src/platform/child.js";
 import { systemClock } from "../src/platform/clock.js";
 import { nodeFileSystem } from "../src/platform/fs.js";
+import { nodeLinkFileSystem } from "../src/platform/links.js";
+import { nodeProcessRunner } from "../src/platform/process.js";
+import { systemUsers } from "../src/platform/users.js";
 import { nodeHttpClient } from "../src/platform/http.js";
 import { silentLogger } from "../src/platform/logger.js";
 import { freePort } from "../test/support/net.js";
@@ -71,6 +74,8 @@ async function measure(
     extraMetadata: {},
     hostname: "bench",
     fs: nodeFileSystem,
+    links: nodeLinkFileSystem,
+    users: systemUsers({ ISTIO_VM_ROOT: root }, nodeFileSystem, nodeProcessRunner),
     spawner: createChildSpawner(),
     http: nodeHttpClient,
     clock: systemClock,

@@ -74,6 +74,7 @@ function settings(ports: number): InterceptionSettings {
     proxy: { uids: [1337], gids: [1337], source: "bench" },
     excludeInterfaces: [],
     ipv6: false,
+    dns: undefined,
   };
 }
 

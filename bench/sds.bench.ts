@@ -16,6 +16,9 @@ import { EnvoySupervisor } from "../src/envoy/supervisor.js";
 import { createChildSpawner } from "../src/platform/child.js";
 import { systemClock } from "../src/platform/clock.js";
 import { nodeFileSystem } from "../src/platform/fs.js";
+import { nodeLinkFileSystem } from "../src/platform/links.js";
+import { nodeProcessRunner } from "../src/platform/process.js";
+import { systemUsers } from "../src/platform/users.js";
 import { nodeHttpClient } from "../src/platform/http.js";
 import { silentLogger } from "../src/platform/logger.js";
 import { startPilotXds } from "../src/devplane/pilot-xds.js";
@@ -111,6 +114,8 @@ const supervisor = new EnvoySupervisor({
   extraMetadata: {},
   hostname: "bench",
   fs: nodeFileSystem,
+  links: nodeLinkFileSystem,
+  users: systemUsers({ ISTIO_VM_ROOT: root }, nodeFileSystem, nodeProcessRunner),
   spawner: createChildSpawner(),
   http: nodeHttpClient,
   clock: systemClock,
@@ -212,6 +217,8 @@ async function hotRestartBaseline(runs: number): Promise<number[]> {
     extraMetadata: {},
     hostname: "bench",
     fs: nodeFileSystem,
+    links: nodeLinkFileSystem,
+    users: systemUsers({ ISTIO_VM_ROOT: legacyRoot }, nodeFileSystem, nodeProcessRunner),
     spawner: createChildSpawner(),
     http: nodeHttpClient,
     clock: systemClock,

@@ -6,6 +6,8 @@
 #
 #   npm start                      # legacy profile (Istio 0.8, the seed recipe)
 #   npm start -- --profile istiod  # current Istio
+#   npm start -- --profile istiod --loopback  # without VM container, also as root: ends with auto-registration
+#                                             # (WorkloadGroup → WorkloadEntry) and a health flip
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,6 +6,9 @@
 // - src/certs/ca-descriptor.json: the Istio CA messages (proto/istio-ca.proto) and the dev CA's admin message
 //   (proto/dev-ca-admin.proto).
 // - src/devplane/kube-descriptor.json: the Kubernetes objects the dev API decodes from protobuf (proto/kubernetes.proto).
+// - src/xds/xds-v2-descriptor.json: the subset of Envoy's xDS v2 API (Istio 0.8's Pilot) the dev Pilot, the v2
+//   discovery check and their tests use (proto/envoy-v2/, restated from Envoy's v2 .proto files: no installed package
+//   carries them).
 // Run after editing a file in proto/. `--check` exits 1 when a committed file is stale (a unit test runs it).
 import { createRequire } from "node:module";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -44,6 +47,12 @@ const TARGETS = [
     files: ["istio-ca.proto", "dev-ca-admin.proto"],
     includeDirs: [path("proto")],
     source: "proto/istio-ca.proto, proto/dev-ca-admin.proto",
+  },
+  {
+    out: path("src/xds/xds-v2-descriptor.json"),
+    files: ["envoy-v2/api.proto"],
+    includeDirs: [path("proto")],
+    source: "proto/envoy-v2/*.proto (a subset of envoyproxy/envoy api/envoy/api/v2, the frozen v2 API)",
   },
   {
     out: path("src/devplane/kube-descriptor.json"),

@@ -1,7 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { FakeClock } from "../test/fakes/fake-clock.js";
-import { MemoryFileSystem } from "../test/fakes/memory-fs.js";
 import { RecordingNotifier } from "../test/fakes/notifier.js";
+import { fakePorts } from "../test/fakes/ports.js";
 import type { CommandContext } from "./cli/context.js";
 import { main } from "./main.js";
 import type { ProcessRunner } from "./platform/process.js";
@@ -15,10 +14,7 @@ async function run(argv: readonly string[]) {
   let out = "";
   let err = "";
   const context: CommandContext = {
-    env: { PATH: "/usr/bin:/bin" },
-    fs: new MemoryFileSystem(),
-    runner: brokenRunner,
-    clock: new FakeClock(),
+    ...fakePorts({ env: { PATH: "/usr/bin:/bin" }, runner: brokenRunner }),
     notifier: () => new RecordingNotifier(),
     out: (text) => (out += text),
     err: (text) => (err += text),

@@ -1,19 +1,28 @@
 /**
- * The composition root: argv → command. Builds the real adapters (file system, processes, clock, notify socket),
- * and is the only place that maps errors to exit codes: 0 ok, 1 failure, 2 usage or configuration error.
+ * The composition root: argv → command. Builds the real adapters (every port of src/platform/ports.ts, and the
+ * notify socket) once, and is the only place that maps errors to exit codes: 0 ok, 1 failure, 2 usage or
+ * configuration error.
  */
+import type * as Os from "node:os";
 import type { CommandModule } from "yargs";
 import type { CommandEntry } from "./cli/commands.js";
 import { COMMANDS, commandName, requestedCommand } from "./cli/commands.js";
 import type { CommandContext, CommandRuntime } from "./cli/context.js";
 import { commandTrail, recordArguments, usageHint, withFlagValues } from "./cli/flag-values.js";
+import type { ChildSpawner } from "./platform/child.js";
+import { createChildSpawner } from "./platform/child.js";
 import { systemClock } from "./platform/clock.js";
+import { nodeDnsClient } from "./platform/dns.js";
 import { AgentError, ConfigError, UsageError, describeError } from "./platform/errors.js";
-import { nodeFileSystem } from "./platform/fs.js";
+import { loadBuiltin, nodeFileSystem } from "./platform/fs.js";
+import { nodeHttpClient } from "./platform/http.js";
+import { nodeLinkFileSystem } from "./platform/links.js";
 import type { LogLevel } from "./platform/logger.js";
 import { LOG_LEVELS, createLogger, redact, stderrIsJournal } from "./platform/logger.js";
 import { createNotifier } from "./platform/notify.js";
 import { nodeProcessRunner } from "./platform/process.js";
+import { nodeTlsProber } from "./platform/tls.js";
+import { systemUsers } from "./platform/users.js";
 import { programVersion } from "./version.js";
 
 export const EXIT_OK = 0;
@@ -187,13 +196,22 @@ function logLevelIn(argv: readonly string[]): string | undefined {
   return argv.find((a) => a.startsWith("--log-level="))?.slice("--log-level=".length);
 }
 
-/** The real outside world. */
+/** The real outside world. Nothing here loads a Node built-in before a command uses it (`istio-vm --version`). */
 export function realContext(): CommandContext {
+  let spawner: ChildSpawner | undefined;
   return {
     env: process.env,
     fs: nodeFileSystem,
+    links: nodeLinkFileSystem,
     runner: nodeProcessRunner,
+    spawner: () => (spawner ??= createChildSpawner()),
     clock: systemClock,
+    dns: nodeDnsClient,
+    http: nodeHttpClient,
+    tls: nodeTlsProber,
+    users: systemUsers(process.env, nodeFileSystem, nodeProcessRunner),
+    uid: process.getuid?.(),
+    hostname: () => (loadBuiltin("node:os") as typeof Os).hostname(),
     notifier: () =>
       createNotifier({
         env: process.env,

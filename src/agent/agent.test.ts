@@ -8,6 +8,7 @@ import type { AgentComponent, ComponentFactory } from "./component.js";
 import type { AgentOptions } from "./agent.js";
 import { runAgent } from "./agent.js";
 import { freePort } from "../../test/support/net.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 const CLUSTER = "/var/lib/istio/envoy/cluster.env";
 const SIDECAR = "/var/lib/istio/envoy/sidecar.env";
@@ -31,10 +32,7 @@ function start(files: Record<string, string>, components: ComponentFactory[] = [
   let setAddress: (a: string) => void = () => undefined;
   const address = new Promise<string>((resolve) => (setAddress = resolve));
   const options: AgentOptions = {
-    env: {},
-    fs,
-    runner: nodeProcessRunner,
-    clock: systemClock,
+    ...fakePorts({ env: {}, fs, runner: nodeProcessRunner, clock: systemClock }),
     logger: createLogger({ level: "debug", format: "plain", write: (l) => logs.push(l) }),
     notifier,
     signals,

@@ -15,10 +15,10 @@ import type { ConfigProblem } from "../platform/errors.js";
 import { describeError } from "../platform/errors.js";
 import type { Clock } from "../platform/clock.js";
 import { scheduleOnce } from "../platform/clock.js";
-import type { FileSystem } from "../platform/fs.js";
 import type { Logger } from "../platform/logger.js";
 import type { Notifier } from "../platform/notify.js";
-import type { ProcessRunner } from "../platform/process.js";
+import type { SystemPorts } from "../platform/ports.js";
+import { portsOf } from "../platform/ports.js";
 import type { LoadedConfig } from "../config/load.js";
 import { agentProblems, loadConfig } from "../config/load.js";
 import type { ConfigValues } from "../config/registry.js";
@@ -44,11 +44,8 @@ export const processSignals: SignalSource = {
   },
 };
 
-export interface AgentOptions {
-  readonly env: NodeJS.ProcessEnv;
-  readonly fs: FileSystem;
-  readonly runner: ProcessRunner;
-  readonly clock: Clock;
+/** The ports (src/platform/ports.ts) the components get, and the frame's own. */
+export interface AgentOptions extends SystemPorts {
   readonly logger: Logger;
   readonly notifier: Notifier;
   readonly signals: SignalSource;
@@ -252,18 +249,8 @@ export async function runAgent(options: AgentOptions): Promise<number> {
   }
 
   let exitCode = EXIT_OK;
-  const depsFor = (): AgentDeps => ({
-    config,
-    loaded: currentLoaded,
-    fs: options.fs,
-    runner: options.runner,
-    clock: options.clock,
-    logger,
-    metrics,
-    events,
-    env: options.env,
-    xds,
-  });
+  const ports = portsOf(options);
+  const depsFor = (): AgentDeps => ({ ...ports, config, loaded: currentLoaded, logger, metrics, events, xds });
 
   /**
    * Starts the components in order, after READY=1. Each is built when its turn comes, from the configuration in

@@ -5,10 +5,8 @@
  */
 import type { ConfigValues } from "../config/registry.js";
 import type { LoadedConfig } from "../config/load.js";
-import type { Clock } from "../platform/clock.js";
-import type { FileSystem } from "../platform/fs.js";
 import type { Logger } from "../platform/logger.js";
-import type { ProcessRunner } from "../platform/process.js";
+import type { SystemPorts } from "../platform/ports.js";
 import type { AgentXdsChannels } from "../xds/agent-channel.js";
 import type { MetricsRegistry } from "./metrics.js";
 
@@ -35,16 +33,13 @@ export interface AgentEvents {
   on(event: "fatal", listener: (error: Error) => void): () => void;
 }
 
-export interface AgentDeps {
+/** What a component is built from: the ports the composition root made (src/main.ts), and the frame's own. */
+export interface AgentDeps extends SystemPorts {
   readonly config: ConfigValues;
   readonly loaded: LoadedConfig;
-  readonly fs: FileSystem;
-  readonly runner: ProcessRunner;
-  readonly clock: Clock;
   readonly logger: Logger;
   readonly metrics: MetricsRegistry;
   readonly events: AgentEvents;
-  readonly env: NodeJS.ProcessEnv;
   /**
    * The xDS proxy's upstream stream to istiod, for the agent's own requests (NDS, health reports): provided by the
    * xDS proxy component, taken by the components after it (src/xds/agent-channel.ts). Absent in tests that do not

@@ -8,6 +8,7 @@ import type { AgentDeps } from "./component.js";
 import { AGENT_COMPONENTS } from "./components.js";
 import { createAgentEvents } from "./events.js";
 import { MetricsRegistry } from "./metrics.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 async function names(sidecar: string): Promise<string[]> {
   const fs = new MemoryFileSystem({ "/var/lib/istio/envoy/sidecar.env": sidecar });
@@ -15,13 +16,10 @@ async function names(sidecar: string): Promise<string[]> {
   const deps: AgentDeps = {
     config: loaded.values,
     loaded,
-    fs,
-    runner: nodeProcessRunner,
-    clock: systemClock,
+    ...fakePorts({ env: {}, fs, runner: nodeProcessRunner, clock: systemClock }),
     logger: silentLogger,
     metrics: new MetricsRegistry(),
     events: createAgentEvents(),
-    env: {},
   };
   const names: string[] = [];
   for (const factory of AGENT_COMPONENTS) {
@@ -43,13 +41,10 @@ describe("the agent's components", () => {
     const deps: AgentDeps = {
       config: loaded.values,
       loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock: systemClock,
+      ...fakePorts({ env: {}, fs, runner: nodeProcessRunner, clock: systemClock }),
       logger: silentLogger,
       metrics: new MetricsRegistry(),
       events: createAgentEvents(),
-      env: {},
     };
     const started: string[] = [];
     for (const load of AGENT_COMPONENTS) {

@@ -7,10 +7,9 @@
  * A component's module loads only when it is configured: an agent without the discovery check never loads gRPC and
  * the xDS types, one without certificates never loads the CA clients and X.509 code (memory and start-up).
  */
-import { hostname } from "node:os";
 import type { ComponentFactory, ComponentLoader } from "./component.js";
 
-type ComponentName = "certificates" | "dns" | "interception" | "envoy" | "discovery";
+type ComponentName = "certificates" | "dns" | "interception" | "envoy" | "health" | "discovery";
 
 const ORDERED: readonly [ComponentName, () => Promise<ComponentFactory>][] = [
   ["certificates", async () => (await import("../certs/component.js")).certificateComponent],
@@ -20,9 +19,17 @@ const ORDERED: readonly [ComponentName, () => Promise<ComponentFactory>][] = [
   // stream; before the DNS proxy, which subscribes to NDS on it, and before Envoy, which connects to its socket.
   ["envoy", async () => (await import("../envoy/xds-proxy-component.js")).xdsProxyComponent],
   // Before interception: the capture rules send the VM's DNS to the proxy, which must already listen.
-  ["dns", async () => (await import("../dns/component.js")).dnsProxyComponentFor(hostname())],
+  [
+    "dns",
+    async () => {
+      const { dnsProxyComponentFor } = await import("../dns/component.js");
+      return (deps) => dnsProxyComponentFor(deps.hostname())(deps);
+    },
+  ],
   ["interception", async () => (await import("../intercept/component.js")).interceptionComponent],
   ["envoy", async () => (await import("../envoy/component.js")).envoyComponent],
+  // istiod profile with a readinessProbe: the application's probe, reported to istiod (auto-registered VMs).
+  ["health", async () => (await import("../health/component.js")).healthComponent],
   ["discovery", async () => (await import("../checks/component.js")).discoveryCheckComponent],
 ];
 

@@ -15,6 +15,7 @@ import { runAgent } from "./agent.js";
 import type { ComponentLoader } from "./component.js";
 import { AGENT_COMPONENTS } from "./components.js";
 import type { MetricDescription, MetricsRegistry } from "./metrics.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 const DOC = new URL("../../docs/metrics.md", import.meta.url).pathname;
 
@@ -47,7 +48,9 @@ function documented(text: string): Row[] {
 async function scrape(): Promise<{ served: Map<string, string>; declared: MetricDescription[]; text: string }> {
   const port = await freePort();
   const fs = new MemoryFileSystem({
-    "/var/lib/istio/envoy/cluster.env": "ISTIO_SERVICE_CIDR=10.96.0.0/12\nISTIO_META_DNS_CAPTURE=true\n",
+    "/var/lib/istio/envoy/cluster.env":
+      "ISTIO_SERVICE_CIDR=10.96.0.0/12\nISTIO_META_DNS_CAPTURE=true\nISTIO_META_AUTO_REGISTER_GROUP=vms\n" +
+      `PROXY_CONFIG='{"readinessProbe":{"tcpSocket":{"port":8080}}}'\n`,
     "/var/lib/istio/envoy/sidecar.env": `ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${port}\n`,
   });
   let registry: MetricsRegistry | undefined;
@@ -67,10 +70,7 @@ async function scrape(): Promise<{ served: Map<string, string>; declared: Metric
   let setAddress: (a: string) => void = () => undefined;
   const address = new Promise<string>((resolve) => (setAddress = resolve));
   const run = runAgent({
-    env: {},
-    fs,
-    runner: nodeProcessRunner,
-    clock: systemClock,
+    ...fakePorts({ env: {}, fs, runner: nodeProcessRunner, clock: systemClock }),
     logger: silentLogger,
     notifier: new RecordingNotifier(),
     signals,

@@ -16,6 +16,8 @@ import { nodeFileSystem } from "../platform/fs.js";
 import { createLogger } from "../platform/logger.js";
 import { nodeProcessRunner } from "../platform/process.js";
 import { certificateComponent } from "./component.js";
+import { nodeLinkFileSystem } from "../platform/links.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 let fixture: CertFixture | undefined;
 afterEach(async () => {
@@ -48,10 +50,13 @@ describe("certificate component in the agent", () => {
       const signals = new ManualSignals();
       const logs: string[] = [];
       const run = runAgent({
-        env: { ISTIO_VM_ROOT: root },
-        fs: nodeFileSystem,
-        runner: nodeProcessRunner,
-        clock: systemClock,
+        ...fakePorts({
+          env: { ISTIO_VM_ROOT: root },
+          fs: nodeFileSystem,
+          runner: nodeProcessRunner,
+          clock: systemClock,
+          links: nodeLinkFileSystem,
+        }),
         logger: createLogger({ level: "debug", format: "plain", write: (l) => logs.push(l) }),
         notifier,
         signals,
@@ -96,10 +101,13 @@ describe("certificate component in the agent", () => {
     const signals = new ManualSignals();
     const logs: string[] = [];
     const run = runAgent({
-      env: { ISTIO_VM_ROOT: root },
-      fs: nodeFileSystem,
-      runner: nodeProcessRunner,
-      clock: systemClock,
+      ...fakePorts({
+        env: { ISTIO_VM_ROOT: root },
+        fs: nodeFileSystem,
+        runner: nodeProcessRunner,
+        clock: systemClock,
+        links: nodeLinkFileSystem,
+      }),
       logger: createLogger({ level: "debug", format: "plain", write: (l) => logs.push(l) }),
       notifier,
       signals,

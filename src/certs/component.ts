@@ -2,7 +2,6 @@
 import { randomBytes } from "node:crypto";
 import type { AgentComponent, ComponentFactory } from "../agent/component.js";
 import type { LoadedConfig } from "../config/load.js";
-import { nodeLinkFileSystem } from "../platform/links.js";
 import type { CertificateLoopSettings } from "./loop.js";
 import { CertificateLoop } from "./loop.js";
 import { DEFAULT_BACKOFF } from "./schedule.js";
@@ -19,13 +18,7 @@ export const certificateComponent: ComponentFactory = (deps) => {
   const settings = async (): Promise<CertificateLoopSettings> => {
     const config = loaded.values;
     return {
-      context: await createRenewContext(loaded, {
-        fs: deps.fs,
-        links: nodeLinkFileSystem,
-        runner: deps.runner,
-        clock: deps.clock,
-        uid: process.getuid?.(),
-      }),
+      context: await createRenewContext(loaded, deps),
       renewal: renewalPolicy(config),
       reprovisionHint: reprovisionHint(config),
       caAddress: loaded.variables.CA_ADDR.raw,

@@ -1,24 +1,15 @@
 /** Builds the renewal context from the VM's configuration: shared by the agent's loop and `istio-vm certs`. */
 import type { LoadedConfig } from "../config/load.js";
 import type { ConfigValues } from "../config/registry.js";
-import type { Clock } from "../platform/clock.js";
-import type { FileSystem } from "../platform/fs.js";
-import type { LinkFileSystem } from "../platform/links.js";
-import type { ProcessRunner } from "../platform/process.js";
+import type { SystemPorts } from "../platform/ports.js";
 import { caServerName, createCaClient } from "./ca-client.js";
 import { spiffeUri } from "./identity.js";
 import type { RenewContext } from "./renew.js";
 import type { RenewalPolicy } from "./schedule.js";
 import { CertStore, resolveCertOwner } from "./store.js";
 
-export interface CertSetupDeps {
-  readonly fs: FileSystem;
-  readonly links: LinkFileSystem;
-  readonly runner: ProcessRunner;
-  readonly clock: Clock;
-  /** The effective uid (chown only when 0). */
-  readonly uid: number | undefined;
-}
+/** The ports the store and the CA client use; `uid` decides whether files are chowned to ENVOY_USER (root only). */
+export type CertSetupDeps = Pick<SystemPorts, "fs" | "links" | "users" | "clock" | "uid">;
 
 export function workloadIdentity(config: ConfigValues): string {
   return spiffeUri({
@@ -42,7 +33,7 @@ export function reprovisionHint(config: ConfigValues): string {
 
 export async function createRenewContext(loaded: LoadedConfig, deps: CertSetupDeps): Promise<RenewContext> {
   const config = loaded.values;
-  const owner = await resolveCertOwner(config.ENVOY_USER, { runner: deps.runner, uid: deps.uid });
+  const owner = await resolveCertOwner(config.ENVOY_USER, deps);
   const store = new CertStore({
     dir: config.OUTPUT_CERTS,
     fs: deps.fs,

@@ -6,7 +6,7 @@ import type { MeshCa } from "../devplane/mesh-ca.js";
 import { createMeshCa } from "../devplane/mesh-ca.js";
 import { nodeFileSystem } from "../platform/fs.js";
 import { nodeLinkFileSystem } from "../platform/links.js";
-import type { ProcessRunner } from "../platform/process.js";
+import { fakeUsers } from "../../test/fakes/ports.js";
 import { CertStore, resolveCertOwner } from "./store.js";
 import { CertificateRejected } from "./verify.js";
 import { requirements } from "../../test/support/requirements.js";
@@ -190,14 +190,11 @@ describe.skipIf(notRoot !== undefined)("CertStore ownership (root)", () => {
 });
 
 describe("resolveCertOwner", () => {
-  const runner = (stdout: string, code = 0): ProcessRunner => ({
-    run: () => Promise.resolve({ code, signal: null, stdout, stderr: "", timedOut: false }),
-  });
+  const users = fakeUsers([{ name: "istio-proxy", uid: 998, gid: 997 }]);
 
   it("looks up ENVOY_USER when root, and does nothing otherwise", async () => {
-    const line = "istio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n";
-    expect(await resolveCertOwner("istio-proxy", { runner: runner(line), uid: 0 })).toEqual({ uid: 998, gid: 997 });
-    expect(await resolveCertOwner("istio-proxy", { runner: runner(line), uid: 1000 })).toBeUndefined();
-    expect(await resolveCertOwner("nobody-here", { runner: runner("", 2), uid: 0 })).toBeUndefined();
+    expect(await resolveCertOwner("istio-proxy", { users, uid: 0 })).toEqual({ uid: 998, gid: 997 });
+    expect(await resolveCertOwner("istio-proxy", { users, uid: 1000 })).toBeUndefined();
+    expect(await resolveCertOwner("nobody-here", { users, uid: 0 })).toBeUndefined();
   });
 });

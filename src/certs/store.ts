@@ -43,7 +43,7 @@ import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import type { FileOwner, FileSystem } from "../platform/fs.js";
 import type { LinkFileSystem } from "../platform/links.js";
-import type { ProcessRunner } from "../platform/process.js";
+import type { UserDirectory } from "../platform/users.js";
 import type { VerifiedPair } from "./verify.js";
 import { verifyPair } from "./verify.js";
 
@@ -274,18 +274,14 @@ export class CertStore {
 }
 
 /**
- * The owner of certificate files: ENVOY_USER's uid and gid when running as root (looked up with getent, so NSS users
+ * The owner of certificate files: ENVOY_USER's uid and gid when running as root (from the users port, so NSS users
  * work), undefined otherwise (the files then belong to the running user, which is istio-proxy under systemd).
  */
 export async function resolveCertOwner(
   user: string,
-  deps: { readonly runner: ProcessRunner; readonly uid: number | undefined },
+  deps: { readonly users: UserDirectory; readonly uid: number | undefined },
 ): Promise<FileOwner | undefined> {
   if (deps.uid !== 0) return undefined;
-  const result = await deps.runner.run("getent", ["passwd", user], { timeoutMs: 5000 });
-  const fields = result.code === 0 ? result.stdout.trim().split(":") : [];
-  const uid = Number(fields[2]);
-  const gid = Number(fields[3]);
-  if (fields.length < 4 || !Number.isInteger(uid) || !Number.isInteger(gid)) return undefined;
-  return { uid, gid };
+  const entry = await deps.users.lookup(user);
+  return entry === undefined ? undefined : { uid: entry.uid, gid: entry.gid };
 }

@@ -4,6 +4,7 @@
  * and how long it has left. Verification is the certificate loop's own (`src/certs/verify.ts`), so `check` and the
  * agent agree on what a good certificate is.
  */
+import { CertStore } from "../certs/store.js";
 import { CertificateRejected, describeLeaf, verifyPair } from "../certs/verify.js";
 import type { Check, CheckDeps } from "./check.js";
 import { certPaths, fail, pass } from "./check.js";
@@ -25,20 +26,24 @@ export function certificateCheck(deps: CheckDeps): Check {
     async run() {
       const paths = certPaths(v);
       const expectedIdentity = `spiffe://${v.TRUST_DOMAIN}/ns/${v.POD_NAMESPACE}/sa/${v.SERVICE_ACCOUNT}`;
-      const [rootPem, chainPem, keyPem] = await Promise.all([
-        deps.fs.readTextIfExists(paths.root),
-        deps.fs.readTextIfExists(paths.chain),
-        deps.fs.readTextIfExists(paths.key).catch((error: unknown) => {
-          if ((error as NodeJS.ErrnoException).code === "EACCES") return "EACCES";
+      // Through the store's reader: the key and chain of one generation, never a pair torn by a renewal.
+      const store = new CertStore({ dir: v.OUTPUT_CERTS, fs: deps.fs, links: deps.links });
+      const [rootPem, pair] = await Promise.all([
+        store.readRoot(),
+        store.read().catch((error: unknown) => {
+          if ((error as NodeJS.ErrnoException).code === "EACCES") return "EACCES" as const;
           throw error;
         }),
       ]);
-      const missing = [
-        rootPem === undefined ? paths.root : undefined,
-        chainPem === undefined ? paths.chain : undefined,
-        keyPem === undefined ? paths.key : undefined,
-      ].filter((p): p is string => p !== undefined);
-      if (missing.length > 0 || rootPem === undefined || chainPem === undefined || keyPem === undefined) {
+      let halves: string[] = [];
+      if (pair === undefined) {
+        const present = await Promise.all([paths.chain, paths.key].map((p) => deps.fs.exists(p)));
+        halves = [paths.chain, paths.key].filter((_, i) => present[i] !== true);
+        // Both files there and still no pair: a generation went away under the reader; both count as missing.
+        if (halves.length === 0) halves = [paths.chain, paths.key];
+      }
+      const missing = [...(rootPem === undefined ? [paths.root] : []), ...halves];
+      if (missing.length > 0 || rootPem === undefined || pair === undefined) {
         return fail(
           CERTIFICATE_CHECK,
           `missing ${missing.join(", ")}`,
@@ -47,13 +52,14 @@ export function certificateCheck(deps: CheckDeps): Check {
             : `install root-cert.pem and a token at ${v.ISTIO_TOKEN_FILE}, then start the agent: it requests the first certificate`,
         );
       }
-      if (keyPem === "EACCES") {
+      if (pair === "EACCES") {
         return fail(
           CERTIFICATE_CHECK,
           `cannot read ${paths.key}`,
           "run the check as root or as the proxy user (key.pem is 0600)",
         );
       }
+      const { keyPem, chainPem } = pair;
       const now = deps.clock.now();
       try {
         const { info } = verifyPair({ keyPem, chainPem, rootPem, expectedIdentity, now });

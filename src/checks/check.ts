@@ -3,14 +3,19 @@
  * few words what was found (`summary`), what each server answered (`details`) and, when it failed, what to look at
  * (`hint`). Checks are pluggable: each module exports a factory taking `CheckDeps`, and `registry.ts` lists them.
  */
+import type { LoadedConfig } from "../config/load.js";
 import type { ConfigValues } from "../config/registry.js";
 import type { Clock } from "../platform/clock.js";
 import type { DnsClient } from "../platform/dns.js";
 import type { FileSystem } from "../platform/fs.js";
 import type { HttpClient } from "../platform/http.js";
+import type { LinkFileSystem } from "../platform/links.js";
 import type { Logger } from "../platform/logger.js";
+import type { SystemPorts } from "../platform/ports.js";
 import type { ProcessRunner } from "../platform/process.js";
 import type { TlsProber } from "../platform/tls.js";
+import type { UserDirectory } from "../platform/users.js";
+import { programVersion } from "../version.js";
 
 export type CheckStatus = "pass" | "fail" | "skip";
 
@@ -41,6 +46,8 @@ export interface CheckDeps {
   /** `ISTIO_META_*` / `ISTIO_METAJSON_*` variables outside the registry (name → raw value), for the probe node. */
   readonly metadata: Readonly<Record<string, string>>;
   readonly fs: FileSystem;
+  readonly links: LinkFileSystem;
+  readonly users: UserDirectory;
   readonly runner: ProcessRunner;
   readonly clock: Clock;
   readonly logger: Logger;
@@ -52,6 +59,32 @@ export interface CheckDeps {
   readonly version: string;
   /** Deadline of each network step (a lookup, a handshake, a request). */
   readonly timeoutMs: number;
+  /** This process's effective uid, where known: the DNS check skips its capture probe as the proxy's user. */
+  readonly uid?: number;
+}
+
+/** CheckDeps from the composition root's ports and a loaded configuration (`check`, `install`, the agent's watch). */
+export function checkDepsFrom(
+  ports: SystemPorts,
+  run: { readonly loaded: LoadedConfig; readonly logger: Logger; readonly timeoutMs: number },
+): CheckDeps {
+  return {
+    values: run.loaded.values,
+    metadata: Object.fromEntries(Object.values(run.loaded.metadata).map((m) => [m.name, m.raw])),
+    fs: ports.fs,
+    links: ports.links,
+    users: ports.users,
+    runner: ports.runner,
+    clock: ports.clock,
+    logger: run.logger,
+    dns: ports.dns,
+    http: ports.http,
+    tls: ports.tls,
+    hostname: ports.hostname(),
+    version: programVersion(),
+    timeoutMs: run.timeoutMs,
+    ...(ports.uid === undefined ? {} : { uid: ports.uid }),
+  };
 }
 
 export function pass(name: string, summary: string, details: readonly string[], data?: unknown): CheckResult {

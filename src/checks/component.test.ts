@@ -12,6 +12,7 @@ import { nodeTlsProber } from "../platform/tls.js";
 import { AdsProbeError } from "../xds/ads-client.js";
 import type { AdsProbeOptions, AdsProbeResult } from "../xds/ads-client.js";
 import { createDiscoveryCheckComponent } from "./component.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 const dns: DnsClient = {
   lookupSystem: () => Promise.resolve({ ok: true, addresses: ["192.0.2.10"] }),
@@ -36,24 +37,23 @@ describe("discovery watch component", () => {
         ? Promise.resolve({ clusters: ["a", "b"], versionInfo: "3", nonce: "n" })
         : Promise.reject(new AdsProbeError(14, "connect ECONNREFUSED 192.0.2.10:15012"));
     };
-    const factory = createDiscoveryCheckComponent({
-      dns,
-      http: nodeHttpClient,
-      tls: nodeTlsProber,
-      prober,
-      hostname: "vm1",
-      timeoutMs: 1000,
-    });
+    const factory = createDiscoveryCheckComponent({ prober, timeoutMs: 1000 });
     const component = factory({
       config: loaded.values,
       loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock,
+      ...fakePorts({
+        env,
+        fs,
+        runner: nodeProcessRunner,
+        clock,
+        dns,
+        http: nodeHttpClient,
+        tls: nodeTlsProber,
+        hostname: () => "vm1",
+      }),
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
       metrics,
       events,
-      env,
     });
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();

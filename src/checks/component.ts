@@ -4,31 +4,23 @@
  * A failing check does not stop the agent (Envoy keeps its last configuration): the component reports not ready
  * and logs the failure with its hint, once per change, and says when it recovers.
  */
-import { hostname } from "node:os";
 import type { AgentComponent, AgentDeps, ComponentFactory } from "../agent/component.js";
-import { nodeDnsClient } from "../platform/dns.js";
 import { describeError } from "../platform/errors.js";
-import { nodeHttpClient } from "../platform/http.js";
-import { nodeTlsProber } from "../platform/tls.js";
-import { programVersion } from "../version.js";
-import type { Check, CheckDeps, CheckResult } from "./check.js";
+import type { Check, CheckResult } from "./check.js";
+import { checkDepsFrom } from "./check.js";
 import type { AdsProber } from "./discovery.js";
 import { discoveryCheck } from "./discovery.js";
 import { runCheck } from "./registry.js";
 
-/** Network ports and the probe, replaceable by tests. */
-export interface DiscoveryWatchPorts {
-  readonly dns: CheckDeps["dns"];
-  readonly http: CheckDeps["http"];
-  readonly tls: CheckDeps["tls"];
+/** The probe (tests replace it) and the deadline of each step; the ports come with the agent's deps. */
+export interface DiscoveryWatchOptions {
   readonly prober?: AdsProber;
-  readonly hostname: string;
   readonly timeoutMs: number;
 }
 
 export const DEFAULT_DISCOVERY_TIMEOUT_MS = 10_000;
 
-export function createDiscoveryCheckComponent(ports: DiscoveryWatchPorts): ComponentFactory {
+export function createDiscoveryCheckComponent(options: DiscoveryWatchOptions): ComponentFactory {
   return (deps: AgentDeps): AgentComponent => {
     let values = deps.config;
     const logger = deps.logger.child("discovery");
@@ -38,21 +30,11 @@ export function createDiscoveryCheckComponent(ports: DiscoveryWatchPorts): Compo
     );
     const runs = deps.metrics.counter("istio_vm_discovery_checks_total", "discovery checks run, by result", ["result"]);
     const makeCheck = (): Check => {
-      const checkDeps: CheckDeps = {
+      const checkDeps = {
+        ...checkDepsFrom(deps, { loaded: deps.loaded, logger, timeoutMs: options.timeoutMs }),
         values,
-        metadata: Object.fromEntries(Object.values(deps.loaded.metadata).map((m) => [m.name, m.raw])),
-        fs: deps.fs,
-        runner: deps.runner,
-        clock: deps.clock,
-        logger,
-        dns: ports.dns,
-        http: ports.http,
-        tls: ports.tls,
-        hostname: ports.hostname,
-        version: programVersion(),
-        timeoutMs: ports.timeoutMs,
       };
-      return ports.prober === undefined ? discoveryCheck(checkDeps) : discoveryCheck(checkDeps, ports.prober);
+      return options.prober === undefined ? discoveryCheck(checkDeps) : discoveryCheck(checkDeps, options.prober);
     };
     let last: CheckResult | undefined;
     let controller: AbortController | undefined;
@@ -117,9 +99,5 @@ export function createDiscoveryCheckComponent(ports: DiscoveryWatchPorts): Compo
 
 /** The real one, for `src/agent/components.ts`. */
 export const discoveryCheckComponent: ComponentFactory = createDiscoveryCheckComponent({
-  dns: nodeDnsClient,
-  http: nodeHttpClient,
-  tls: nodeTlsProber,
-  hostname: hostname(),
   timeoutMs: DEFAULT_DISCOVERY_TIMEOUT_MS,
 });

@@ -7,6 +7,7 @@ import type { IssuedKeyPair, MeshCa } from "../devplane/mesh-ca.js";
 import { createMeshCa } from "../devplane/mesh-ca.js";
 import { startPilotRest } from "../devplane/pilot-rest.js";
 import { startPilotXds } from "../devplane/pilot-xds.js";
+import { ADS_V2 } from "../devplane/pilot-xds-v2.js";
 import { ObjectStore } from "../devplane/store.js";
 import { systemClock } from "../platform/clock.js";
 import { nodeDnsClient } from "../platform/dns.js";
@@ -17,6 +18,8 @@ import { nodeTlsProber } from "../platform/tls.js";
 import { caCheck } from "./ca.js";
 import type { CheckDeps } from "./check.js";
 import { discoveryCheck } from "./discovery.js";
+import { fakePorts } from "../../test/fakes/ports.js";
+import { checkDepsFrom } from "./check.js";
 
 const signal = new AbortController().signal;
 
@@ -37,19 +40,14 @@ async function deps(env: Record<string, string>, files: Record<string, string> =
   const fs = new MemoryFileSystem(files);
   const loaded = await loadConfig({ env: { ISTIO_VM_ROOT: "/vm", ISTIO_SVC_IP: "10.0.0.5", ...env }, fs });
   expect(loaded.problems).toEqual([]);
+  const ports = fakePorts({ env: { ISTIO_VM_ROOT: "/vm" }, fs, runner: nodeProcessRunner, clock: systemClock });
   return {
-    values: loaded.values,
+    ...checkDepsFrom(
+      { ...ports, dns: nodeDnsClient, http: nodeHttpClient, tls: nodeTlsProber, hostname: () => "vm1.example.com" },
+      { loaded, logger: createLogger({ level: "error", format: "plain", write: () => undefined }), timeoutMs: 3000 },
+    ),
     metadata: { ISTIO_META_AUTO_REGISTER_GROUP: "vms", ISTIO_META_EXTRA: "x" },
-    fs,
-    runner: nodeProcessRunner,
-    clock: systemClock,
-    logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-    dns: nodeDnsClient,
-    http: nodeHttpClient,
-    tls: nodeTlsProber,
-    hostname: "vm1.example.com",
     version: "0.1.0",
-    timeoutMs: 3000,
   };
 }
 
@@ -126,6 +124,103 @@ describe("legacy discovery check, ENVOY_XDS_API=v1 (Pilot's v1 CDS and LDS for t
       expect(await res.text()).toBe("missing parts in the service node\n");
     } finally {
       await pilot.close();
+    }
+  });
+});
+
+describe("legacy discovery check, ENVOY_XDS_API=v2 (ADS v2 CDS and LDS, Istio 0.8)", () => {
+  let ca: MeshCa;
+  let pilotCert: IssuedKeyPair;
+  let workload: IssuedKeyPair;
+  beforeAll(async () => {
+    ca = await createMeshCa();
+    // Legacy Pilot's certificate names its service account, which the v2 bootstrap verifies.
+    pilotCert = await ca.issueKeyPair({
+      identity: "spiffe://cluster.local/ns/istio-system/sa/istio-pilot-service-account",
+      ipAddresses: ["127.0.0.1"],
+    });
+    workload = await ca.issueKeyPair({ identity: ca.spiffeId("default", "default") });
+  });
+
+  function meshStore(): ObjectStore {
+    const store = pilotStore();
+    store.create("services", {
+      metadata: { name: "mysqldb", namespace: "default" },
+      spec: { clusterIP: "10.96.0.20", ports: [{ name: "mysql", port: 3306 }] },
+    });
+    return store;
+  }
+
+  it("fetches CDS then LDS over mTLS to Pilot's SPIFFE id, ACKs both, and wants the VM's inbound listener", async () => {
+    const store = meshStore();
+    const xds = await startPilotXds({
+      store,
+      tls: { certPem: pilotCert.chainPem, keyPem: pilotCert.keyPem, caPem: ca.rootCertPem, requireClientCert: true },
+      v3OnlyWhenAsked: true,
+      alsoServe: ADS_V2,
+    });
+    const files = {
+      "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
+      "/vm/etc/certs/cert-chain.pem": workload.chainPem,
+      "/vm/etc/certs/key.pem": workload.keyPem,
+    };
+    const env = {
+      ISTIO_CONTROL_PLANE: "legacy",
+      ENVOY_XDS_API: "v2",
+      DISCOVERY_ADDRESS: xds.address,
+      ISTIO_INBOUND_PORTS: "3306",
+      POD_NAME: "vm1",
+    };
+    try {
+      const missing = await discoveryCheck(await deps(env, files)).run(signal);
+      expect(missing.status).toBe("fail");
+      expect(missing.summary).toBe("Pilot has no inbound listener for 10.0.0.5:3306 (ISTIO_INBOUND_PORTS)");
+      store.create("endpoints", {
+        metadata: { name: "mysqldb", namespace: "default" },
+        subsets: [{ addresses: [{ ip: "10.0.0.5" }], ports: [{ name: "mysql", port: 3306 }] }],
+      });
+      const ok = await discoveryCheck(await deps(env, files)).run(signal);
+      expect(ok.status, ok.hint).toBe("pass");
+      expect(ok.summary).toBe("pilot ok (v2 ADS: 4 clusters, 4 listeners, inbound 3306, ACKed)");
+      expect(ok.data).toMatchObject({
+        clusters: expect.arrayContaining([
+          "inbound|3306||mysqldb.default.svc.cluster.local",
+          "outbound|3306||mysqldb.default.svc.cluster.local",
+        ]) as unknown,
+        listeners: expect.arrayContaining(["10.0.0.5_3306", "virtual"]) as unknown,
+      });
+      expect(xds.events.filter((e) => e.kind === "ack").map((e) => e.typeUrl)).toContain(
+        "type.googleapis.com/envoy.api.v2.Listener",
+      );
+      // A Pilot whose certificate names another identity is refused, as Envoy's verify_subject_alt_name would.
+      const wrongSan = await discoveryCheck(
+        await deps({ ...env, ISTIO_SYSTEM_NAMESPACE: "mesh-ctl", DISCOVERY_ADDRESS: `localhost:${xds.port}` }, files),
+      ).run(signal);
+      expect(wrongSan.status).toBe("fail");
+      expect(wrongSan.hint).toContain(
+        "must chain to /vm/etc/certs/root-cert.pem and name spiffe://cluster.local/ns/default/sa/istio-pilot-service-account",
+      );
+      expect(wrongSan.details.join("\n")).toContain("do not include spiffe://cluster.local/ns/default/sa/");
+    } finally {
+      await xds.close();
+    }
+  });
+
+  it("against a server without v2 (0.2–0.7 Pilot, or istiod): UNIMPLEMENTED and a hint naming the API", async () => {
+    const xds = await startPilotXds({ store: meshStore() });
+    try {
+      const result = await discoveryCheck(
+        await deps({
+          ISTIO_CONTROL_PLANE: "legacy",
+          ENVOY_XDS_API: "v2",
+          CONTROL_PLANE_AUTH_POLICY: "NONE",
+          DISCOVERY_ADDRESS: xds.address,
+        }),
+      ).run(signal);
+      expect(result.summary).toBe(`ADS v2 to ${xds.address} failed: gRPC UNIMPLEMENTED`);
+      expect(result.hint).toContain("does not serve xDS v2");
+    } finally {
+      await xds.close();
     }
   });
 });

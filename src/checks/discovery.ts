@@ -2,7 +2,8 @@
  * The discovery check: can this VM get its configuration from Pilot?
  *
  * - legacy, ENVOY_XDS_API=v1: what v1 Envoy fetches for this node, CDS and LDS (see v1Check below).
- * - legacy, v2/v3: Pilot's v1 REST registration API, `GET /v1/registration/istio-pilot.<ns>.svc.cluster.local|http-discovery`
+ * - legacy, ENVOY_XDS_API=v2: what v2 Envoy fetches over ADS v2 at start, CDS then LDS (see v2Check below).
+ * - legacy, v3: Pilot's v1 REST registration API, `GET /v1/registration/istio-pilot.<ns>.svc.cluster.local|http-discovery`
  *   (the `|` sent as %7C) on PILOT_ADDRESS, which must answer 200 with a non-empty `hosts` list: the request the
  *   original recipe told people to `curl`.
  * - istiod: an ADS stream to DISCOVERY_ADDRESS (TLS with root-cert.pem, server name ISTIOD_SAN, the workload
@@ -11,6 +12,7 @@
  *
  * Failures carry the HTTP or gRPC status, the address the host name resolved to, and a hint.
  */
+import { isIP } from "node:net";
 import { controlPlaneUsesTls } from "../config/load.js";
 import { HttpError } from "../platform/http.js";
 import { AdsProbeError, grpcStatusName, probeAds } from "../xds/ads-client.js";
@@ -18,6 +20,10 @@ import type { AdsProbeOptions, AdsProbeResult } from "../xds/ads-client.js";
 import { nodeId } from "../xds/node-block.js";
 import { probeNode } from "../xds/node.js";
 import { XDS_API_HEADER } from "../xds/protos.js";
+import { fetchAdsV2 } from "../xds/ads-v2-fetch.js";
+import type { AdsV2Fetched, AdsV2FetchOptions } from "../xds/ads-v2-fetch.js";
+import { V2_TYPE } from "../xds/protos-v2.js";
+import { discoverySan } from "../envoy/bootstrap.js";
 import type { Check, CheckDeps, CheckResult } from "./check.js";
 import { certPaths, fail, pass, splitHostPort } from "./check.js";
 
@@ -25,6 +31,8 @@ export const DISCOVERY_CHECK = "discovery";
 
 /** The ADS probe as a port, so the agent component's tests can run it against the dev Pilot or a failing one. */
 export type AdsProber = (options: AdsProbeOptions) => Promise<AdsProbeResult>;
+/** The ADS v2 fetch (ENVOY_XDS_API=v2) as a port, likewise. */
+export type AdsV2Fetcher = (options: AdsV2FetchOptions) => Promise<AdsV2Fetched[]>;
 
 export function registrationKey(namespace: string): string {
   return `istio-pilot.${namespace}.svc.cluster.local|http-discovery`;
@@ -246,12 +254,10 @@ async function v1Check(deps: CheckDeps, signal: AbortSignal): Promise<CheckResul
       data,
     );
   }
-  const inbound = v.ISTIO_INBOUND_PORTS === "*" ? [] : v.ISTIO_INBOUND_PORTS;
-  const missing = inbound.filter(
-    (port) =>
-      !listenerNames.includes(`tcp_${v.ISTIO_SVC_IP}_${port}`) &&
-      !listenerNames.includes(`http_${v.ISTIO_SVC_IP}_${port}`),
-  );
+  const { inbound, missing } = missingInbound(v, listenerNames, (port) => [
+    `tcp_${v.ISTIO_SVC_IP}_${port}`,
+    `http_${v.ISTIO_SVC_IP}_${port}`,
+  ]);
   if (missing.length > 0) {
     return fail(
       DISCOVERY_CHECK,
@@ -264,6 +270,108 @@ async function v1Check(deps: CheckDeps, signal: AbortSignal): Promise<CheckResul
   return pass(
     DISCOVERY_CHECK,
     `pilot ok (v1: ${clusterNames.length} cluster${clusterNames.length === 1 ? "" : "s"}, ${listenerNames.length} listener${listenerNames.length === 1 ? "" : "s"}${inbound.length > 0 ? `, inbound ${inbound.join(",")}` : ""})`,
+    details,
+    data,
+  );
+}
+
+/** The listeners Pilot builds for this VM's own ports: v1 `tcp_|http_<ip>_<port>`, v2 `<ip>_<port>`. */
+function missingInbound(v: CheckDeps["values"], listenerNames: readonly string[], names: (port: number) => string[]) {
+  const inbound = v.ISTIO_INBOUND_PORTS === "*" ? [] : v.ISTIO_INBOUND_PORTS;
+  return { inbound, missing: inbound.filter((port) => !names(port).some((n) => listenerNames.includes(n))) };
+}
+
+/**
+ * ENVOY_XDS_API=v2 (Istio 0.8): what v2 Envoy fetches at start, over ADS v2 to DISCOVERY_ADDRESS (15011 with this
+ * VM's certificate, Pilot's SPIFFE id checked as the bootstrap's verify_subject_alt_name does; 15010 in plain text):
+ * CDS then LDS for this VM's node, both non-empty and ACKed, and among the listeners the VM's own inbound listener
+ * (`<ISTIO_SVC_IP>_<port>`) for each port of ISTIO_INBOUND_PORTS.
+ */
+async function v2Check(deps: CheckDeps, signal: AbortSignal, fetcher: AdsV2Fetcher): Promise<CheckResult> {
+  const v = deps.values;
+  const { host, text } = splitHostPort(v.DISCOVERY_ADDRESS);
+  const tls = v.CONTROL_PLANE_AUTH_POLICY === "MUTUAL_TLS";
+  const san = discoverySan(v).value;
+  const resolved = await resolvedNote(deps, host);
+  const node = probeNode(v, deps.hostname, deps.metadata, deps.version);
+  const details = [`ADS v2 ${tls ? `mTLS (server SAN ${san})` : "plain text"} to ${text}`, resolved, `node ${node.id}`];
+  const paths = certPaths(v);
+  let tlsOptions: AdsV2FetchOptions["tls"];
+  if (tls) {
+    const [rootPem, certChainPem, keyPem] = await Promise.all(
+      [paths.root, paths.chain, paths.key].map((p) => deps.fs.readTextIfExists(p)),
+    );
+    if (rootPem === undefined || certChainPem === undefined || keyPem === undefined) {
+      return fail(
+        DISCOVERY_CHECK,
+        `the workload certificate files in ${v.OUTPUT_CERTS} are missing`,
+        "Pilot 0.8's 15011 takes only this VM's certificate: install it (`istio-vm certs`, then `istio-vm install`)",
+        details,
+      );
+    }
+    // Envoy sent no SNI to Pilot; a name is still needed for the TLS library, and an address is not one (RFC 6066).
+    const servername = isIP(host) === 0 ? host : `istio-pilot.${v.ISTIO_SYSTEM_NAMESPACE}`;
+    tlsOptions = { rootPem, certChainPem, keyPem, servername, uriSan: san };
+  }
+  let fetched: AdsV2Fetched[];
+  try {
+    fetched = await fetcher({
+      target: text,
+      ...(tlsOptions === undefined ? {} : { tls: tlsOptions }),
+      node,
+      types: [V2_TYPE.cluster, V2_TYPE.listener],
+      timeoutMs: deps.timeoutMs,
+      signal,
+    });
+  } catch (error) {
+    if (!(error instanceof AdsProbeError)) throw error;
+    const status = error.grpcCode === undefined ? error.details : `gRPC ${grpcStatusName(error.grpcCode)}`;
+    const hint =
+      error.grpcCode === 12
+        ? `${text} does not serve xDS v2 (envoy.service.discovery.v2.AggregatedDiscoveryService): is it Istio 0.8's Pilot? 0.2–0.7 serve ENVOY_XDS_API=v1, istiod v3`
+        : /certificate|SAN|SSL|TLS|handshake/i.test(error.details)
+          ? `TLS to ${text} failed: Pilot's certificate must chain to ${paths.root} and name ${san}`
+          : connectHint(
+              /refused/i.test(error.details) ? "ECONNREFUSED" : "UNAVAILABLE",
+              `Pilot at ${text}`,
+              host,
+              resolved,
+            );
+    return fail(DISCOVERY_CHECK, `ADS v2 to ${text} failed: ${status}`, hint, [...details, error.message], {
+      target: text,
+      grpcCode: error.grpcCode ?? null,
+    });
+  }
+  const names = (t: string) => (fetched.find((f) => f.typeUrl === t)?.resources ?? []).map((r) => String(r["name"]));
+  const clusterNames = names(V2_TYPE.cluster);
+  const listenerNames = names(V2_TYPE.listener);
+  details.push(
+    `clusters ${clusterNames.slice(0, 5).join(", ")}${clusterNames.length > 5 ? ", …" : ""}`,
+    `listeners ${listenerNames.slice(0, 5).join(", ")}${listenerNames.length > 5 ? ", …" : ""}`,
+  );
+  const data = { target: text, clusters: clusterNames, listeners: listenerNames };
+  if (clusterNames.length === 0 || listenerNames.length === 0) {
+    return fail(
+      DISCOVERY_CHECK,
+      `Pilot has ${clusterNames.length === 0 ? "no clusters" : "no listeners"} for this VM`,
+      `Pilot knows no services: check \`kubectl get services,endpoints -A\` and Pilot's logs`,
+      details,
+      data,
+    );
+  }
+  const { inbound, missing } = missingInbound(v, listenerNames, (port) => [`${v.ISTIO_SVC_IP}_${port}`]);
+  if (missing.length > 0) {
+    return fail(
+      DISCOVERY_CHECK,
+      `Pilot has no inbound listener for ${missing.map((p) => `${v.ISTIO_SVC_IP}:${p}`).join(", ")} (ISTIO_INBOUND_PORTS)`,
+      `Pilot builds a VM's inbound listeners from the Endpoints that hold ISTIO_SVC_IP=${v.ISTIO_SVC_IP}: run \`istio-vm register <service> ${v.ISTIO_SVC_IP} <port>\` (the IP must be this one), and check the port`,
+      details,
+      { ...data, missingInbound: missing },
+    );
+  }
+  return pass(
+    DISCOVERY_CHECK,
+    `pilot ok (v2 ADS: ${clusterNames.length} cluster${clusterNames.length === 1 ? "" : "s"}, ${listenerNames.length} listener${listenerNames.length === 1 ? "" : "s"}${inbound.length > 0 ? `, inbound ${inbound.join(",")}` : ""}, ACKed)`,
     details,
     data,
   );
@@ -390,16 +498,22 @@ async function istiodCheck(deps: CheckDeps, signal: AbortSignal, prober: AdsProb
   }
 }
 
-export function discoveryCheck(deps: CheckDeps, prober: AdsProber = probeAds): Check {
+export function discoveryCheck(
+  deps: CheckDeps,
+  prober: AdsProber = probeAds,
+  fetcherV2: AdsV2Fetcher = fetchAdsV2,
+): Check {
   return {
     name: DISCOVERY_CHECK,
     description:
-      "Pilot answers: legacy v1 CDS and LDS for this node (ENVOY_XDS_API=v1) or /v1/registration with hosts, or istiod ADS with ≥ 1 cluster (ACKed)",
+      "Pilot answers: legacy v1 CDS and LDS for this node (ENVOY_XDS_API=v1), ADS v2 CDS and LDS (v2) or /v1/registration with hosts (v3), or istiod ADS with ≥ 1 cluster (ACKed)",
     run: (signal) =>
       deps.values.ISTIO_CONTROL_PLANE !== "legacy"
         ? istiodCheck(deps, signal, prober)
         : deps.values.ENVOY_XDS_API === "v1"
           ? v1Check(deps, signal)
-          : legacyCheck(deps, signal),
+          : deps.values.ENVOY_XDS_API === "v2"
+            ? v2Check(deps, signal, fetcherV2)
+            : legacyCheck(deps, signal),
   };
 }

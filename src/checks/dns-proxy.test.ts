@@ -10,12 +10,12 @@ import { encodeStoredTable } from "../dns/table-store.js";
 import { systemClock } from "../platform/clock.js";
 import type { DnsClient } from "../platform/dns.js";
 import { nodeDnsClient } from "../platform/dns.js";
-import { nodeHttpClient } from "../platform/http.js";
 import { createLogger } from "../platform/logger.js";
 import { nodeProcessRunner } from "../platform/process.js";
-import { nodeTlsProber } from "../platform/tls.js";
 import { runCheck } from "./registry.js";
 import { dnsCheck } from "./dns.js";
+import { fakePorts } from "../../test/fakes/ports.js";
+import { checkDepsFrom } from "./check.js";
 
 const TABLE = {
   "reviews.bookinfo.svc.cluster.local": { ips: ["10.96.0.10"], shortname: "reviews", namespace: "bookinfo" },
@@ -54,7 +54,15 @@ async function nxdomainUpstream(): Promise<number> {
   return udp.address().port;
 }
 
-async function run(options: { table: boolean; proxyTable: boolean }) {
+interface RunOptions {
+  readonly table: boolean;
+  readonly proxyTable: boolean;
+  /** Whether queries to resolv.conf's server reach the proxy (DNS capture in place). Default: yes. */
+  readonly captured?: boolean;
+  readonly uid?: number;
+}
+
+async function run(options: RunOptions) {
   const upstreamPort = await nxdomainUpstream();
   const proxy = new DnsProxy({
     forwarder: createForwarder({ clock: systemClock, timeoutMs: 2000 }),
@@ -67,6 +75,7 @@ async function run(options: { table: boolean; proxyTable: boolean }) {
   cleanups.push(() => server.close());
   const fs = new MemoryFileSystem({
     "/vm/etc/resolv.conf": "nameserver 192.0.2.53\n",
+    "/vm/etc/passwd": "istio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n",
     ...(options.table
       ? {
           "/vm/var/lib/istio/nds/name-table.json": encodeStoredTable({
@@ -80,27 +89,29 @@ async function run(options: { table: boolean; proxyTable: boolean }) {
     env: { ISTIO_VM_ROOT: "/vm", ISTIO_META_DNS_CAPTURE: "true", DNS_PROXY_PORT: String(server.port) },
     fs,
   });
-  // Real queries; the resolv.conf server (192.0.2.53:53) is the test's upstream on its loopback port.
+  // Real queries; the resolv.conf server (192.0.2.53:53) is the proxy when DNS is captured (what the REDIRECT rule
+  // does), else the test's upstream on its loopback port.
+  const resolvServer = `127.0.0.1:${String((options.captured ?? true) ? server.port : upstreamPort)}`;
   const dns: DnsClient = {
     lookupSystem: (name, ms) => nodeDnsClient.lookupSystem(name, ms),
     queryServer: (name, target, ms) =>
-      nodeDnsClient.queryServer(name, target === "192.0.2.53:53" ? `127.0.0.1:${String(upstreamPort)}` : target, ms),
+      nodeDnsClient.queryServer(name, target === "192.0.2.53:53" ? resolvServer : target, ms),
   };
   return runCheck(
-    dnsCheck({
-      values: loaded.values,
-      metadata: {},
-      fs,
-      runner: nodeProcessRunner,
-      clock: new FakeClock(Date.parse("2026-12-05T12:00:00Z")),
-      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-      dns,
-      http: nodeHttpClient,
-      tls: nodeTlsProber,
-      hostname: "vm1",
-      version: "test",
-      timeoutMs: 2000,
-    }),
+    dnsCheck(
+      checkDepsFrom(
+        fakePorts({
+          env: { ISTIO_VM_ROOT: "/vm" },
+          fs,
+          runner: nodeProcessRunner,
+          clock: new FakeClock(Date.parse("2026-12-05T12:00:00Z")),
+          dns,
+          hostname: () => "vm1",
+          ...(options.uid === undefined ? {} : { uid: options.uid }),
+        }),
+        { loaded, logger: createLogger({ level: "error", format: "plain", write: () => undefined }), timeoutMs: 2000 },
+      ),
+    ),
     new AbortController().signal,
   );
 }
@@ -116,6 +127,26 @@ describe("DNS check with the agent's DNS proxy", () => {
     expect(result.details).toContainEqual(
       expect.stringMatching(/^ok {3}istio-vm-dns-check\.invalid: .* ENOTFOUND; .* ENOTFOUND/),
     );
+  });
+
+  it("with DNS capture, asks the mesh name where applications ask it: the table's answer proves the capture", async () => {
+    const result = await run({ table: true, proxyTable: true });
+    expect(result.details).toContainEqual(
+      expect.stringMatching(/^ok {3}reviews\.bookinfo\.svc\.cluster\.local at 192\.0\.2\.53:53, as applications ask/),
+    );
+  });
+
+  it("fails when queries to resolv.conf's server are not captured (the upstream answers them)", async () => {
+    const result = await run({ table: true, proxyTable: true, captured: false });
+    expect(result.ok).toBe(false);
+    expect(result.summary).toMatch(/queries to 192\.0\.2\.53:53 do not reach the DNS proxy/);
+    expect(result.hint).toMatch(/iptables show/);
+  });
+
+  it("skips the capture probe as the proxy's own user, whose queries are never captured", async () => {
+    const result = await run({ table: true, proxyTable: true, captured: false, uid: 998 });
+    expect(result.ok).toBe(true);
+    expect(result.details).toContainEqual(expect.stringMatching(/^skip capture: .*proxy's user \(uid 998\)/));
   });
 
   it("fails when the proxy does not answer the mesh name from the table", async () => {

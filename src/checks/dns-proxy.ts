@@ -3,11 +3,14 @@
  * name table the agent persisted (its age says when istiod last sent one), a mesh name from it asked at the proxy
  * (the answer must be the table's addresses), and a name outside the mesh asked at the proxy and at the first
  * resolv.conf server directly (the proxy forwards it, so both must say the same; the proxy never makes up an
- * NXDOMAIN, so one through it proves an upstream answered).
+ * NXDOMAIN, so one through it proves an upstream answered). With DNS capture, the mesh name is also asked at that
+ * resolv.conf server, as applications ask it: the capture rules must hand it to the proxy (the table's answer).
  */
 import { nameTablePath } from "../dns/component.js";
 import { parseResolvConf } from "../dns/resolv-conf.js";
 import { loadStoredTable } from "../dns/table-store.js";
+import type { NameInfo } from "../dns/name-table.js";
+import { resolveProxyIds } from "../intercept/settings.js";
 import type { DnsOutcome } from "../platform/dns.js";
 import type { Check, CheckDeps } from "./check.js";
 import { fail, pass } from "./check.js";
@@ -21,6 +24,45 @@ function show(outcome: DnsOutcome): string {
 function sameOutcome(a: DnsOutcome, b: DnsOutcome): boolean {
   if (a.ok && b.ok) return [...a.addresses].sort().join() === [...b.addresses].sort().join();
   return !a.ok && !b.ok && a.code === b.code;
+}
+
+interface CaptureProbe {
+  readonly ok: boolean;
+  readonly detail: string;
+}
+
+/**
+ * The mesh name asked where applications ask it (resolv.conf's first server): with DNS capture the answer is the
+ * table's. Skipped, saying why, when the agent does not capture, resolv.conf has no server (nothing is captured), or
+ * this check runs as the proxy's user (whose queries are never captured).
+ */
+async function captureProbe(
+  deps: CheckDeps,
+  probe: readonly [string, NameInfo],
+  resolv: { readonly upstream: string; readonly hasServer: boolean },
+): Promise<CaptureProbe> {
+  const values = deps.values;
+  if (values.ISTIO_CUSTOM_IP_TABLES || !values.ISTIO_AGENT_COMPONENTS.includes("interception")) {
+    return {
+      ok: true,
+      detail: "skip capture: the agent does not capture DNS (ISTIO_CUSTOM_IP_TABLES, ISTIO_AGENT_COMPONENTS)",
+    };
+  }
+  if (!resolv.hasServer) return { ok: true, detail: "skip capture: resolv.conf lists no nameserver to capture" };
+  const ids = await resolveProxyIds(values, deps.users).catch(() => undefined);
+  if (ids === undefined) return { ok: true, detail: `skip capture: the proxy user ${values.ENVOY_USER} is unknown` };
+  if (deps.uid !== undefined && ids.uids.includes(deps.uid)) {
+    return {
+      ok: true,
+      detail: `skip capture: this check runs as the proxy's user (uid ${String(deps.uid)}), whose queries are not captured`,
+    };
+  }
+  const answer = await deps.dns.queryServer(probe[0], resolv.upstream, deps.timeoutMs);
+  const ok = answer.ok && probe[1].ips.every((ip) => answer.addresses.includes(ip));
+  return {
+    ok,
+    detail: `${ok ? "ok  " : "FAIL"} ${probe[0]} at ${resolv.upstream}, as applications ask (captured to the proxy): ${show(answer)}`,
+  };
 }
 
 export function dnsProxyCheck(deps: CheckDeps, name: string): Check {
@@ -47,7 +89,8 @@ export function dnsProxyCheck(deps: CheckDeps, name: string): Check {
       const probe =
         hosts.find(([host]) => host === values.ISTIO_DNS_PROBE_NAME) ?? hosts.find(([host]) => !host.startsWith("*"));
       const resolvText = (await deps.fs.readTextIfExists(values.ISTIO_RESOLV_CONF).catch(() => undefined)) ?? "";
-      const upstream = parseResolvConf(resolvText).servers[0] ?? "127.0.0.1:53";
+      const resolvConf = parseResolvConf(resolvText);
+      const upstream = resolvConf.servers[0] ?? "127.0.0.1:53";
       const [mesh, forwarded, direct] = await Promise.all([
         probe === undefined ? Promise.resolve(undefined) : deps.dns.queryServer(probe[0], proxy, deps.timeoutMs),
         deps.dns.queryServer(OUTSIDE_NAME, proxy, deps.timeoutMs),
@@ -85,6 +128,19 @@ export function dnsProxyCheck(deps: CheckDeps, name: string): Check {
           details,
           data,
         );
+      }
+      if (probe !== undefined) {
+        const capture = await captureProbe(deps, probe, { upstream, hasServer: resolvConf.addresses.length > 0 });
+        details.push(capture.detail);
+        if (!capture.ok) {
+          return fail(
+            name,
+            `queries to ${upstream} do not reach the DNS proxy: ${probe[0]} is not answered from the name table there`,
+            "DNS capture is not in place: `sudo istio-vm iptables show` lists the DNS rules (ISTIO_OUTPUT_DNS); is the agent's interception running (`systemctl status istio-vm-agent`)?",
+            details,
+            data,
+          );
+        }
       }
       return pass(
         name,

@@ -9,6 +9,8 @@ import { nodeTlsProber } from "../platform/tls.js";
 import { systemClock } from "../platform/clock.js";
 import type { CheckDeps } from "./check.js";
 import { controlPlaneNames, dnsCheck, kubednsAddressFor, parseKubedns } from "./dns.js";
+import { fakePorts } from "../../test/fakes/ports.js";
+import { checkDepsFrom } from "./check.js";
 
 const KUBEDNS = [
   "server=/svc.cluster.local/10.128.0.6",
@@ -54,19 +56,13 @@ const legacyAnswers = (): Record<string, DnsOutcome> => ({
 async function deps(files: Record<string, string>, dns: DnsClient, profile = "legacy"): Promise<CheckDeps> {
   const fs = new MemoryFileSystem(files);
   const loaded = await loadConfig({ env: { ISTIO_VM_ROOT: ROOT, ISTIO_CONTROL_PLANE: profile }, fs });
+  const ports = fakePorts({ env: { ISTIO_VM_ROOT: ROOT }, fs, runner: nodeProcessRunner, clock: systemClock, dns });
   return {
-    values: loaded.values,
-    metadata: {},
-    fs,
-    runner: nodeProcessRunner,
-    clock: systemClock,
-    logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-    dns,
-    http: nodeHttpClient,
-    tls: nodeTlsProber,
-    hostname: "vm1",
+    ...checkDepsFrom(
+      { ...ports, http: nodeHttpClient, tls: nodeTlsProber, hostname: () => "vm1" },
+      { loaded, logger: createLogger({ level: "error", format: "plain", write: () => undefined }), timeoutMs: 1000 },
+    ),
     version: "test",
-    timeoutMs: 1000,
   };
 }
 

@@ -1,5 +1,5 @@
 /**
- * The interception check: the kernel holds exactly istio-vm's planned nat rules (chains, jumps and rules, in order)
+ * The interception check: the kernel holds exactly istio-vm's planned rules (nat, and raw with DNS capture) (chains, jumps and rules, in order)
  * for every family the plan covers, in the back end `apply` would use. Planning and reading are the interception
  * module's own (`src/intercept/`), so `check` agrees with `istio-vm iptables show`.
  */
@@ -7,7 +7,7 @@ import { familyName, readInterception } from "../intercept/applier.js";
 import { AgentError } from "../platform/errors.js";
 import { planInterception } from "../intercept/planner.js";
 import { interceptionSettings } from "../intercept/settings.js";
-import { diffWithPlan } from "../intercept/show.js";
+import { diffFamily } from "../intercept/show.js";
 import type { Check, CheckDeps } from "./check.js";
 import { fail, pass } from "./check.js";
 
@@ -18,7 +18,7 @@ export function interceptionCheck(deps: CheckDeps): Check {
     name: INTERCEPTION_CHECK,
     description: "istio-vm's iptables chains are present and equal to the plan (`istio-vm iptables show`)",
     async run() {
-      const plan = planInterception(await interceptionSettings(deps.values, deps.fs));
+      const plan = planInterception(await interceptionSettings(deps.values, deps.users, deps.fs));
       let shows: Awaited<ReturnType<typeof readInterception>>;
       try {
         shows = await readInterception({
@@ -42,7 +42,8 @@ export function interceptionCheck(deps: CheckDeps): Check {
       let unreadable: string | undefined;
       let ruleCount = 0;
       for (const show of shows) {
-        const planned = plan.families.find((f) => f.family === show.family)?.tables[0];
+        const tables = plan.families.find((f) => f.family === show.family)?.tables ?? [];
+        const planned = tables.length === 0 ? undefined : tables.reduce((n, t) => n + t.rules.length, 0);
         const name = familyName(show.family);
         if (!show.readable) {
           // A family the plan does not use may be unreadable (no ip6tables) without consequence.
@@ -52,11 +53,11 @@ export function interceptionCheck(deps: CheckDeps): Check {
           } else details.push(`${name}: not read (${show.reason ?? "unknown"}), nothing planned`);
           continue;
         }
-        const diff = diffWithPlan(planned, show.state);
-        ruleCount += planned?.rules.length ?? 0;
+        const diff = diffFamily(tables, show.states);
+        ruleCount += planned ?? 0;
         if (diff.matches) {
           details.push(
-            `${name} (${show.backend}): ${planned === undefined ? "nothing planned, none present" : `${planned.rules.length} rules as planned`}`,
+            `${name} (${show.backend}): ${planned === undefined ? "nothing planned, none present" : `${planned} rules as planned`}`,
           );
           continue;
         }

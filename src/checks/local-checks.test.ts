@@ -9,16 +9,16 @@ import { planInterception, restoreInput } from "../intercept/planner.js";
 import { interceptionSettings } from "../intercept/settings.js";
 import { systemClock } from "../platform/clock.js";
 import type { Clock } from "../platform/clock.js";
-import { nodeDnsClient } from "../platform/dns.js";
 import { nodeHttpClient } from "../platform/http.js";
 import { createLogger } from "../platform/logger.js";
 import type { ProcessRunner } from "../platform/process.js";
 import { nodeProcessRunner } from "../platform/process.js";
-import { nodeTlsProber } from "../platform/tls.js";
 import { certificateCheck } from "./certificate.js";
 import type { CheckDeps } from "./check.js";
 import { envoyCheck } from "./envoy.js";
 import { interceptionCheck } from "./interception.js";
+import { fakePorts } from "../../test/fakes/ports.js";
+import { checkDepsFrom } from "./check.js";
 
 const signal = new AbortController().signal;
 const PASSWD = "istio-proxy:x:998:998::/var/lib/istio:/usr/sbin/nologin\n";
@@ -31,20 +31,19 @@ async function deps(
   const fs = new MemoryFileSystem(files);
   const loaded = await loadConfig({ env: { ISTIO_VM_ROOT: "/vm", ...env }, fs });
   expect(loaded.problems).toEqual([]);
-  return {
-    values: loaded.values,
-    metadata: {},
+  const ports = fakePorts({
+    env: { ISTIO_VM_ROOT: "/vm" },
     fs,
     runner: more.runner ?? nodeProcessRunner,
     clock: more.clock ?? systemClock,
-    logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-    dns: nodeDnsClient,
     http: nodeHttpClient,
-    tls: nodeTlsProber,
-    hostname: "vm1",
-    version: "test",
+    hostname: () => "vm1",
+  });
+  return checkDepsFrom(ports, {
+    loaded,
+    logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
     timeoutMs: 2000,
-  };
+  });
 }
 
 describe("certificate check", () => {
@@ -114,7 +113,7 @@ describe("interception check", () => {
 
   async function plannedLines(): Promise<string[]> {
     const d = await deps(env, files);
-    const plan = planInterception(await interceptionSettings(d.values, d.fs));
+    const plan = planInterception(await interceptionSettings(d.values, d.users, d.fs));
     const table = plan.families.find((f) => f.family === 4)?.tables[0];
     return restoreInput(table)
       .split("\n")

@@ -6,16 +6,16 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { loadConfig } from "../config/load.js";
 import { createMeshCa } from "../devplane/mesh-ca.js";
 import { systemClock } from "../platform/clock.js";
-import { nodeDnsClient } from "../platform/dns.js";
 import { nodeFileSystem } from "../platform/fs.js";
-import { nodeHttpClient } from "../platform/http.js";
 import { silentLogger } from "../platform/logger.js";
 import { nodeProcessRunner } from "../platform/process.js";
-import { nodeTlsProber } from "../platform/tls.js";
 import { SdsServer } from "../sds/server.js";
 import { sdsSocketPath } from "../sds/socket.js";
 import type { CheckDeps } from "./check.js";
 import { sdsCheck } from "./sds.js";
+import { nodeLinkFileSystem } from "../platform/links.js";
+import { fakePorts } from "../../test/fakes/ports.js";
+import { checkDepsFrom } from "./check.js";
 
 let root: string;
 let server: SdsServer | undefined;
@@ -36,20 +36,15 @@ async function deps(cluster = ""): Promise<CheckDeps> {
   await writeFile(join(root, "var/lib/istio/envoy/cluster.env"), cluster);
   const loaded = await loadConfig({ env: { ISTIO_VM_ROOT: root }, fs: nodeFileSystem });
   expect(loaded.problems).toEqual([]);
-  return {
-    values: loaded.values,
-    metadata: {},
+  const ports = fakePorts({
+    env: { ISTIO_VM_ROOT: root },
     fs: nodeFileSystem,
+    links: nodeLinkFileSystem,
     runner: nodeProcessRunner,
     clock: systemClock,
-    logger: silentLogger,
-    dns: nodeDnsClient,
-    http: nodeHttpClient,
-    tls: nodeTlsProber,
-    hostname: "vm1",
-    version: "test",
-    timeoutMs: 2000,
-  };
+    hostname: () => "vm1",
+  });
+  return checkDepsFrom(ports, { loaded, logger: silentLogger, timeoutMs: 2000 });
 }
 
 async function serve(d: CheckDeps, chainPem: string, keyPem: string, rootPem: string): Promise<void> {

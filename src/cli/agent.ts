@@ -2,6 +2,7 @@ import type { CommandModule } from "yargs";
 import { processSignals, runAgent } from "../agent/agent.js";
 import { AGENT_COMPONENTS } from "../agent/components.js";
 import type { ConfigProblem } from "../platform/errors.js";
+import { portsOf } from "../platform/ports.js";
 import { ConfigError, describeError } from "../platform/errors.js";
 import { programVersion } from "../version.js";
 import type { CommandRuntime } from "./context.js";
@@ -37,10 +38,7 @@ export function agentCommand(runtime: () => CommandRuntime): CommandModule<objec
       let invalid: readonly ConfigProblem[] | undefined;
       try {
         rt.exitCode = await runAgent({
-          env: rt.env,
-          fs: rt.fs,
-          runner: rt.runner,
-          clock: rt.clock,
+          ...portsOf(rt),
           logger: rt.logger,
           notifier,
           signals: processSignals,

@@ -4,7 +4,10 @@
  */
 import { join } from "node:path";
 import type { Argv, CommandModule } from "yargs";
-import { AgentError } from "../platform/errors.js";
+import { AgentError, UsageError } from "../platform/errors.js";
+import { parseKeyValues, parsePortSpecs } from "../kube/register-inputs.js";
+import type { WorkloadGroupInput, WorkloadGroupSettings } from "../kube/workload-group.js";
+import { ensureWorkloadGroup, parseProbeFlag } from "../kube/workload-group.js";
 import type { BundleInfo, DebInfo } from "../provision/bundle.js";
 import { parseSettingFlags, planBundle, readDebInfo, renderBundle, sha256 } from "../provision/bundle.js";
 import type { BundleSources } from "../provision/generate.js";
@@ -32,6 +35,10 @@ export interface BundleArgs extends KubeArgs, ProfileArgs {
   "svc-ip": string | undefined;
   "inbound-ports": string | undefined;
   set: string[];
+  "workload-group": string | undefined;
+  labels: string[];
+  ports: string[];
+  probe: string | undefined;
 }
 
 export function defaultDebPath(cwd: string = process.cwd()): string {
@@ -113,7 +120,74 @@ export function withBundleOptions<T>(y: Argv<T>): Argv<T & BundleArgs> {
       default: [] as string[],
       describe: "any other sidecar.env setting, KEY=VALUE (repeatable), checked against the variable registry",
       requiresArg: true,
+    })
+    .option("workload-group", {
+      type: "string",
+      describe:
+        "istiod: auto-register the VM into this WorkloadGroup (created from --labels, --ports, --service-account " +
+        "and --probe when missing); istiod then adds and removes its WorkloadEntry and takes its health reports",
+      requiresArg: true,
+    })
+    .option("labels", {
+      type: "string",
+      array: true,
+      default: [] as string[],
+      describe: "with --workload-group: the new group's labels k=v,k2=v2 (selected by Services)",
+      requiresArg: true,
+    })
+    .option("ports", {
+      type: "string",
+      array: true,
+      default: [] as string[],
+      describe: "with --workload-group: the new group's ports, [name:]port (e.g. http:8080)",
+      requiresArg: true,
+    })
+    .option("probe", {
+      type: "string",
+      describe:
+        'with --workload-group: the new group\'s readiness probe as JSON, e.g. \'{"httpGet":{"path":"/ready","port":8080}}\' ' +
+        "(httpGet, tcpSocket or exec; periodSeconds, timeoutSeconds, thresholds); the agent runs it and reports to istiod",
+      requiresArg: true,
     });
+}
+
+/** --labels, --ports and --probe describe a group: checked before anything is fetched. */
+function workloadGroupInput(
+  args: Pick<
+    BundleArgs,
+    "workload-group" | "labels" | "ports" | "probe" | "from" | "workload-name" | "service-account"
+  >,
+): (Omit<WorkloadGroupInput, "namespace"> & { readonly explicit: boolean }) | undefined {
+  const name = args["workload-group"];
+  const explicit = args.labels.length > 0 || args.ports.length > 0 || args.probe !== undefined;
+  if (name === undefined) {
+    if (explicit)
+      throw new UsageError("--labels, --ports and --probe describe a WorkloadGroup", "add --workload-group NAME");
+    return undefined;
+  }
+  if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(name))
+    throw new UsageError(
+      `--workload-group '${name}' is not a valid name`,
+      "lower-case letters, digits and '-', at most 63",
+    );
+  if (args.from !== undefined)
+    throw new UsageError(
+      "--workload-group needs the cluster, not --from",
+      "leave out --from (the group is read or created there)",
+    );
+  if (args["workload-name"] !== undefined && args["workload-name"] !== name)
+    throw new UsageError(
+      `--workload-name ${args["workload-name"]} differs from --workload-group ${name}`,
+      "the group's name is the workload's name; leave out --workload-name",
+    );
+  return {
+    name,
+    serviceAccount: args["service-account"],
+    labels: parseKeyValues(args.labels, "labels"),
+    ports: args.ports.length === 0 ? [] : parsePortSpecs(args.ports.flatMap((p) => p.split(","))),
+    ...(args.probe === undefined ? {} : { probe: parseProbeFlag(args.probe).json }),
+    explicit,
+  };
 }
 
 export interface BuiltBundle {
@@ -166,6 +240,7 @@ export async function buildBundle(
   connect: KubeConnector = connectKube,
 ): Promise<BuiltBundle> {
   const settings = settingsFromArgs(args);
+  const groupInput = workloadGroupInput(args);
   const deb = await loadDeb(rt, args);
   let sources: BundleSources;
   if (args.from !== undefined) {
@@ -181,9 +256,29 @@ export async function buildBundle(
   } else {
     const tokenMs = parseDurationFlag("token-duration", args["token-duration"]);
     const client = await connect(rt, args);
+    const detected = await profileFor(client, args);
+    let workloadGroup: WorkloadGroupSettings | undefined;
+    const groupWarnings: string[] = [];
+    if (groupInput !== undefined) {
+      if (detected.profile !== "istiod")
+        throw new UsageError(
+          "--workload-group needs the istiod profile (legacy Pilot has no auto-registration)",
+          "register legacy VMs with `istio-vm register`",
+        );
+      workloadGroup = await ensureWorkloadGroup(client, { ...groupInput, namespace: client.namespace });
+      rt.err(
+        `${workloadGroup.created ? "created" : "using"} WorkloadGroup ${client.namespace}/${workloadGroup.name}\n`,
+      );
+      if (!workloadGroup.created && groupInput.explicit)
+        groupWarnings.push(
+          `WorkloadGroup ${client.namespace}/${workloadGroup.name} exists: its own labels, ports and probe apply, ` +
+            "not --labels, --ports or --probe",
+        );
+    }
     sources = await sourcesFromCluster(client, {
       istioNamespace: args["istio-namespace"],
-      detected: await profileFor(client, args),
+      detected,
+      ...(workloadGroup === undefined ? {} : { workloadGroup }),
       serviceAccount: args["service-account"],
       ...(args["service-cidr"] === undefined ? {} : { serviceCidr: args["service-cidr"] }),
       authPolicy: args["auth-policy"],
@@ -197,6 +292,7 @@ export async function buildBundle(
         rt.err(`${line}\n`);
       },
     });
+    sources = { ...sources, warnings: [...groupWarnings, ...sources.warnings] };
   }
   const members = planBundle({
     profile: sources.profile,
@@ -259,6 +355,10 @@ export function bundleCommand(
         .example(
           "$0 bundle --from out/ --set ISTIO_AGENT_COMPONENTS=certificates --no-deb -o certs-only.tgz",
           "any registry variable with --set; no .deb for VMs that have it",
+        )
+        .example(
+          `$0 bundle -n shop -s mysql-vm --workload-group mysql --labels app=mysql --ports mysql:3306 --probe '{"tcpSocket":{"port":3306}}' -o mysql.tgz`,
+          "istiod: the VM registers itself into WorkloadGroup shop/mysql and reports its probe",
         ),
     handler: async (args) => {
       const rt = runtime();

@@ -1,11 +1,9 @@
 /** `istio-vm certs renew`: one renewal now, with the same checks as the agent's loop. */
 import type { CommandModule } from "yargs";
-import { loadConfig, requireValid } from "../config/load.js";
 import { RenewError, renewOnce } from "../certs/renew.js";
-import { createRenewContext, reprovisionHint } from "../certs/setup.js";
+import { reprovisionHint } from "../certs/setup.js";
 import { AgentError } from "../platform/errors.js";
-import { nodeLinkFileSystem } from "../platform/links.js";
-import { withCertAccess } from "./certs-access.js";
+import { renewContextFor, withCertAccess } from "./certs-access.js";
 import type { CommandRuntime } from "./context.js";
 import { renderJson } from "./render.js";
 
@@ -36,15 +34,7 @@ export function certsRenewCommand(runtime: () => CommandRuntime): CommandModule<
         ),
     handler: async () => {
       const rt = runtime();
-      const loaded = await loadConfig({ env: rt.env, fs: rt.fs });
-      const config = requireValid(loaded);
-      const context = await createRenewContext(loaded, {
-        fs: rt.fs,
-        links: nodeLinkFileSystem,
-        runner: rt.runner,
-        clock: rt.clock,
-        uid: process.getuid?.(),
-      });
+      const { config, context } = await renewContextFor(rt);
       let result;
       try {
         result = await withCertAccess(config.OUTPUT_CERTS, () => renewOnce(context));

@@ -3,17 +3,13 @@
  * registration/…`) plus everything else that makes a VM work, as named checks (src/checks/). A table for people
  * (a hint under every failure), --json for machines; exit 0 only when every check that ran passed.
  */
-import { hostname } from "node:os";
 import type { CommandModule } from "yargs";
 import type { CheckResult } from "../checks/check.js";
+import { checkDepsFrom } from "../checks/check.js";
 import { CHECK_NAMES, CHECKS, buildChecks, runChecks } from "../checks/registry.js";
 import { loadConfig, requireValid } from "../config/load.js";
 import { duration } from "../config/types.js";
-import { nodeDnsClient } from "../platform/dns.js";
 import { UsageError } from "../platform/errors.js";
-import { nodeHttpClient } from "../platform/http.js";
-import { nodeTlsProber } from "../platform/tls.js";
-import { programVersion } from "../version.js";
 import type { CommandRuntime } from "./context.js";
 import { renderJson, renderTable } from "./render.js";
 
@@ -142,23 +138,7 @@ export function checkCommand(runtime: () => CommandRuntime): CommandModule<objec
       const waitMs = parseWait(args.wait);
       const loaded = await loadConfig({ env: rt.env, fs: rt.fs });
       const values = requireValid(loaded);
-      const checks = buildChecks(
-        {
-          values,
-          metadata: Object.fromEntries(Object.values(loaded.metadata).map((m) => [m.name, m.raw])),
-          fs: rt.fs,
-          runner: rt.runner,
-          clock: rt.clock,
-          logger: rt.logger,
-          dns: nodeDnsClient,
-          http: nodeHttpClient,
-          tls: nodeTlsProber,
-          hostname: hostname(),
-          version: programVersion(),
-          timeoutMs,
-        },
-        only,
-      );
+      const checks = buildChecks({ ...checkDepsFrom(rt, { loaded, logger: rt.logger, timeoutMs }), values }, only);
       const signal = new AbortController().signal;
       const startedAt = rt.clock.monotonic();
       let rounds = 0;

@@ -1,15 +1,18 @@
 import type { CommandModule } from "yargs";
 import { AgentError } from "../platform/errors.js";
 import { dnsLabel, dnsName, portsOrAll, ValueError } from "../config/types.js";
-import type { ServiceCidr } from "../kube/cluster-env.js";
+import type { DnsCaptureChoice, DnsCaptureDecision, ServiceCidr } from "../kube/cluster-env.js";
 import {
   clusterEnvEntries,
+  decideDnsCapture,
   discoverServiceCidr,
   parseProxyConfigFlag,
   planClusterEnv,
   readMeshSettings,
 } from "../kube/cluster-env.js";
+import { DEFAULT_LB_OPTIONS } from "../kube/kubedns.js";
 import type { ControlPlaneProfile } from "../kube/profile.js";
+import { corePath, getIfExists } from "../kube/profile.js";
 import type { KubeConnector, ProfileArgs } from "./admin-options.js";
 import { connectKube, profileFor, emitFile, withProfileOptions } from "./admin-options.js";
 import type { CommandRuntime } from "./context.js";
@@ -31,12 +34,17 @@ interface ClusterEnvArgs extends KubeArgs, ProfileArgs {
   "canonical-revision": string;
   "istio-version": string | undefined;
   "proxy-config": string | undefined;
+  "dns-capture": DnsCaptureChoice;
+  "dns-namespace": string;
+  "dns-service": string;
 }
 
 export interface ClusterEnvReport {
   readonly profile: ControlPlaneProfile;
   readonly detectedFrom: string | undefined;
   readonly serviceCidr: ServiceCidr;
+  /** istiod profile only. */
+  readonly dnsCapture: DnsCaptureDecision | undefined;
   readonly variables: Readonly<Record<string, string>>;
   readonly written: string | undefined;
   readonly content: string;
@@ -126,6 +134,24 @@ export function clusterEnvCommand(
           describe: "istiod: PROXY_CONFIG (ProxyConfig, JSON or YAML); default: the mesh config's defaultConfig",
           requiresArg: true,
         })
+        .option("dns-capture", {
+          choices: ["auto", "true", "false"] as const,
+          default: "auto" as const,
+          describe:
+            "istiod: ISTIO_META_DNS_CAPTURE (the agent's DNS proxy); auto: on unless the kube-dns load balancer exists",
+        })
+        .option("dns-namespace", {
+          type: "string",
+          default: DEFAULT_LB_OPTIONS.dnsNamespace,
+          describe: "istiod, --dns-capture auto: namespace of the kube-dns load balancer",
+          requiresArg: true,
+        })
+        .option("dns-service", {
+          type: "string",
+          default: DEFAULT_LB_OPTIONS.dnsService,
+          describe: "istiod, --dns-capture auto: the kube-dns load balancer Service (as `istio-vm dnsmasq` reads it)",
+          requiresArg: true,
+        })
         .option("canonical-revision", {
           type: "string",
           default: "latest",
@@ -137,7 +163,9 @@ export function clusterEnvCommand(
             "API server's answer to a dry-run Service with an out-of-range clusterIP (nothing is created). The profile " +
             "is detected from the control-plane Services. For istiod the workload's namespace is -n (default: the " +
             "context's). The legacy file has exactly the original lines (ISTIO_SERVICE_CIDR, ISTIO_SYSTEM_NAMESPACE, " +
-            "CONTROL_PLANE_AUTH_POLICY) plus ISTIO_CONTROL_PLANE. " +
+            "CONTROL_PLANE_AUTH_POLICY) plus ISTIO_CONTROL_PLANE. istiod: ISTIO_META_DNS_CAPTURE='true' (the agent's DNS " +
+            "proxy answers mesh names; no dnsmasq, no kube-dns exposure) unless the kube-dns load balancer " +
+            "(--dns-namespace/--dns-service) exists, in which case VMs use `istio-vm dnsmasq`; --dns-capture decides. " +
             KUBE_OPTIONS_EPILOGUE,
         )
         .example("$0 cluster-env -o cluster.env", "detect everything, write ./cluster.env")
@@ -155,6 +183,8 @@ export function clusterEnvCommand(
       checked("trust-domain", args["trust-domain"], (raw) => dnsName.parse(raw));
       checked("istio-namespace", args["istio-namespace"], (raw) => dnsLabel.parse(raw));
       checked("service-account", args["service-account"], (raw) => dnsName.parse(raw));
+      checked("dns-namespace", args["dns-namespace"], (raw) => dnsLabel.parse(raw));
+      checked("dns-service", args["dns-service"], (raw) => dnsLabel.parse(raw));
       const client = await connect(rt, args);
       const istioNamespace = args["istio-namespace"];
       const detected = await profileFor(client, args);
@@ -163,7 +193,13 @@ export function clusterEnvCommand(
         probeNamespace: client.namespace,
       });
       let workload;
+      let dnsCapture: DnsCaptureDecision | undefined;
       if (detected.profile === "istiod") {
+        const dnsService = `${args["dns-namespace"]}/${args["dns-service"]}`;
+        const exists =
+          args["dns-capture"] === "auto" &&
+          (await getIfExists(client, corePath("services", args["dns-namespace"], args["dns-service"]))) !== undefined;
+        dnsCapture = decideDnsCapture(args["dns-capture"], dnsService, exists);
         const proxyConfig =
           args["proxy-config"] === undefined ? undefined : await parseProxyConfigFlag(args["proxy-config"]);
         const needsMesh =
@@ -205,6 +241,7 @@ export function clusterEnvCommand(
         ...(args["inbound-ports"] === undefined ? {} : { inboundPorts: args["inbound-ports"] }),
         ...(workload === undefined ? {} : { workload }),
         istiodService: detected.istiodService,
+        ...(dnsCapture === undefined ? {} : { dnsCapture: dnsCapture.capture }),
       };
       const content = planClusterEnv(input);
       const written = await emitFile(rt, { path: args.output, content });
@@ -212,6 +249,7 @@ export function clusterEnvCommand(
         profile: detected.profile,
         detectedFrom: detected.evidence,
         serviceCidr,
+        dnsCapture,
         variables: Object.fromEntries(clusterEnvEntries(input).map((e) => [e.key, e.value])),
         written,
         content,
@@ -220,7 +258,11 @@ export function clusterEnvCommand(
       else if (written !== undefined) {
         rt.out(
           `wrote ${written}: profile ${detected.profile}${detected.evidence === undefined ? "" : ` (found ${detected.evidence})`}, ` +
-            `service CIDR ${serviceCidr.value} (from ${serviceCidr.source})\n`,
+            `service CIDR ${serviceCidr.value} (from ${serviceCidr.source})` +
+            (dnsCapture === undefined
+              ? ""
+              : `, DNS proxy ${dnsCapture.capture ? "on" : "off"} (${dnsCapture.reason})`) +
+            "\n",
         );
       }
       if (written !== undefined && !rt.options.json) {

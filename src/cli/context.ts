@@ -1,15 +1,12 @@
-import type { Clock } from "../platform/clock.js";
-import type { FileSystem } from "../platform/fs.js";
 import type { LogLevel, Logger } from "../platform/logger.js";
 import type { Notifier } from "../platform/notify.js";
-import type { ProcessRunner } from "../platform/process.js";
+import type { SystemPorts } from "../platform/ports.js";
 
-/** Everything a command needs from the outside world; `main.ts` builds the real one, tests build their own. */
-export interface CommandContext {
-  readonly env: NodeJS.ProcessEnv;
-  readonly fs: FileSystem;
-  readonly runner: ProcessRunner;
-  readonly clock: Clock;
+/**
+ * Everything a command needs from the outside world: every port (src/platform/ports.ts) and the terminal. `main.ts`
+ * builds the real one, once; tests build theirs with the fakes of test/fakes/ports.ts.
+ */
+export interface CommandContext extends SystemPorts {
   readonly notifier: () => Notifier;
   /** Writes to standard output (results). */
   readonly out: (text: string) => void;

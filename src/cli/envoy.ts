@@ -3,7 +3,6 @@
  * this VM's configuration exactly as the agent computes them (src/envoy/bootstrap.ts, command-line.ts). For operators
  * debugging a VM: nothing is written and nothing is started.
  */
-import { hostname } from "node:os";
 import type { Argv, CommandModule } from "yargs";
 import { loadConfig, requireValid } from "../config/load.js";
 import type { ConfigValues } from "../config/registry.js";
@@ -74,7 +73,7 @@ function bootstrapCommand(runtime: () => CommandRuntime): CommandModule<object, 
       const input = {
         config,
         extraMetadata: Object.fromEntries(Object.entries(loaded.metadata).map(([name, v]) => [name, v.raw])),
-        hostname: hostname(),
+        hostname: rt.hostname(),
       };
       const bootstrap = renderBootstrap(input);
       if (rt.options.json) {

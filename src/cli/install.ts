@@ -2,21 +2,19 @@
  * `istio-vm install BUNDLE`: on the VM, as root. Verifies the bundle, installs or upgrades the package, places the
  * files, wires DNS, enables and starts the agent, waits for READY and prints the `check` summary.
  */
-import { hostname } from "node:os";
 import type { CommandModule } from "yargs";
+import { checkDepsFrom } from "../checks/check.js";
 import { buildChecks, runChecks } from "../checks/registry.js";
 import { loadConfig } from "../config/load.js";
-import { nodeDnsClient } from "../platform/dns.js";
 import { describeError } from "../platform/errors.js";
-import { nodeHttpClient } from "../platform/http.js";
 import { checkBundleFile } from "../provision/bundle-file.js";
-import { nodeTlsProber } from "../platform/tls.js";
 import { parseSettingFlags } from "../provision/bundle.js";
 import type { InstallReport } from "../provision/install.js";
-import { UNIT, runInstall } from "../provision/install.js";
+import { runInstall } from "../provision/install.js";
+import { UNIT } from "../provision/install-plan.js";
+import { installPortsFrom } from "../provision/install-system.js";
 import type { ResolverChoice } from "../provision/resolver.js";
 import { RESOLVER_KINDS } from "../provision/resolver.js";
-import { programVersion } from "../version.js";
 import { parseDurationFlag } from "./admin-options.js";
 import { renderResults } from "./check.js";
 import type { CommandRuntime } from "./context.js";
@@ -51,23 +49,7 @@ export function renderInstallReport(report: InstallReport): string {
 async function checkSummary(rt: CommandRuntime): Promise<string> {
   try {
     const loaded = await loadConfig({ env: rt.env, fs: rt.fs });
-    const checks = buildChecks(
-      {
-        values: loaded.values,
-        metadata: Object.fromEntries(Object.values(loaded.metadata).map((m) => [m.name, m.raw])),
-        fs: rt.fs,
-        runner: rt.runner,
-        clock: rt.clock,
-        logger: rt.logger,
-        dns: nodeDnsClient,
-        http: nodeHttpClient,
-        tls: nodeTlsProber,
-        hostname: hostname(),
-        version: programVersion(),
-        timeoutMs: 5000,
-      },
-      [],
-    );
+    const checks = buildChecks(checkDepsFrom(rt, { loaded, logger: rt.logger, timeoutMs: 5000 }), []);
     const results = await runChecks(checks, new AbortController().signal);
     return `\n${renderResults(results, false)}`;
   } catch (error) {
@@ -138,16 +120,9 @@ export function installCommand(runtime: () => CommandRuntime): CommandModule<obj
           readyTimeoutMs: parseDurationFlag("timeout", args.timeout),
           dryRun: args["dry-run"],
         },
-        {
-          fs: rt.fs,
-          runner: rt.runner,
-          clock: rt.clock,
-          env: rt.env,
-          isRoot: process.getuid?.() === 0,
-          progress: (line) => {
-            rt.err(`${line}\n`);
-          },
-        },
+        installPortsFrom(rt, (line) => {
+          rt.err(`${line}\n`);
+        }),
       );
       if (rt.options.json) {
         rt.out(renderJson(report));

@@ -11,7 +11,7 @@ import type { InterceptionPlan } from "../intercept/planner.js";
 import { planInterception, renderPlan, ruleLine } from "../intercept/planner.js";
 import { interceptionSettings } from "../intercept/settings.js";
 import type { PlanDiff } from "../intercept/show.js";
-import { diffWithPlan } from "../intercept/show.js";
+import { diffFamily, stateLines } from "../intercept/show.js";
 import { describeError } from "../platform/errors.js";
 import type { CommandRuntime } from "./context.js";
 import { withFlagValues } from "./flag-values.js";
@@ -23,21 +23,25 @@ interface IptablesArgs {
 }
 
 const SEMANTICS =
-  "What is captured (nat table, TCP only, REDIRECT):\n" +
+  "What is captured (nat table, REDIRECT; TCP, and UDP only for DNS):\n" +
   "  inbound   ISTIO_INBOUND_PORTS: a list, or * for all; empty captures nothing. Ports in ISTIO_LOCAL_EXCLUDE_PORTS " +
   "or ISTIO_INBOUND_EXCLUDE_PORTS (both names are honoured) are never captured. SSH (port 22) is always returned " +
   "before any capture rule, even when listed, so the VM stays reachable.\n" +
   "  outbound  ISTIO_SERVICE_CIDR: a list of CIDRs, or * for all; EMPTY CAPTURES NO OUTBOUND TRAFFIC (Istio 0.8's " +
   "meaning, not 0.2-0.7's capture-all). ISTIO_SERVICE_EXCLUDE_CIDR is returned first.\n" +
-  "  owners    traffic of the proxy's uid AND gid (ENVOY_UID/ENVOY_GID, else ENVOY_USER looked up in /etc/passwd) " +
+  "  owners    traffic of the proxy's uid AND gid (ENVOY_UID/ENVOY_GID, else ENVOY_USER looked up with getent passwd, so NSS users count) " +
   "is never captured; root's is (the agent runs as the proxy user).\n" +
   "  IPv6      ip6tables rules only with ENABLE_INBOUND_IPV6=true or IPv6 entries in ISTIO_SERVICE_CIDR; the host's " +
   "own IPv6 firewall (INPUT) is never touched.\n" +
   "Profiles (ISTIO_CONTROL_PLANE): legacy = the original istio-iptables.sh layout (ISTIO_INBOUND, ISTIO_OUTPUT, " +
   "ISTIO_REDIRECT → ENVOY_PORT for both directions); istiod = the current layout (inbound → ISTIO_IN_REDIRECT → " +
-  "INBOUND_CAPTURE_PORT, INBOUND_TUNNEL_PORT returned, outbound → ISTIO_REDIRECT → ENVOY_PORT; no DNS capture).\n" +
-  "Only the chains ISTIO_INBOUND, ISTIO_IN_REDIRECT, ISTIO_OUTPUT, ISTIO_REDIRECT and the jumps to them from " +
-  "PREROUTING/OUTPUT (tagged with the comment istio-vm) are ever changed. Back end: FORCE_IPTABLES_BINARY=legacy|nft, " +
+  "INBOUND_CAPTURE_PORT, INBOUND_TUNNEL_PORT returned, outbound → ISTIO_REDIRECT → ENVOY_PORT).\n" +
+  "  DNS       istiod profile with ISTIO_META_DNS_CAPTURE=true: TCP and UDP :53 to each resolv.conf nameserver " +
+  "(ISTIO_RESOLV_CONF) → ISTIO_OUTPUT_DNS → DNS_PROXY_PORT, in the nameserver's family, for every user but the " +
+  "proxy's; raw-table conntrack zones (ISTIO_OUTPUT_DNS, ISTIO_INBOUND) keep the proxy's upstream flow apart.\n" +
+  "Only the chains ISTIO_INBOUND, ISTIO_IN_REDIRECT, ISTIO_OUTPUT, ISTIO_OUTPUT_DNS, ISTIO_REDIRECT (nat), " +
+  "ISTIO_INBOUND, ISTIO_OUTPUT_DNS (raw) and the jumps to them from PREROUTING/OUTPUT (tagged with the comment " +
+  "istio-vm) are ever changed. Back end: FORCE_IPTABLES_BINARY=legacy|nft, " +
   "else legacy when iptables-legacy already holds rules, else nft.";
 
 async function loadValues(rt: CommandRuntime): Promise<ConfigValues> {
@@ -46,7 +50,7 @@ async function loadValues(rt: CommandRuntime): Promise<ConfigValues> {
 
 async function planFromConfig(rt: CommandRuntime): Promise<{ values: ConfigValues; plan: InterceptionPlan }> {
   const values = await loadValues(rt);
-  const plan = planInterception(await interceptionSettings(values, rt.fs));
+  const plan = planInterception(await interceptionSettings(values, rt.users, rt.fs));
   return { values, plan };
 }
 
@@ -108,19 +112,11 @@ interface ShowFamily {
   readonly diff: PlanDiff | undefined;
 }
 
-function showLines(show: FamilyShow): string[] {
-  return [
-    ...show.state.chains.map((c) => `:${c}`),
-    ...show.state.jumps.map(ruleLine),
-    ...show.state.rules.map(ruleLine),
-  ];
-}
-
 function renderShow(families: readonly ShowFamily[], planError: string | undefined): string {
   const blocks = families.map(({ show, diff }) => {
     const title = `${familyName(show.family)} (${toolName(show.family, show.backend, "save")})`;
     if (!show.readable) return `${title}: cannot read: ${show.reason ?? "unknown"}\n`;
-    const lines = showLines(show);
+    const lines = stateLines(show.states);
     let text = `${title}: ${lines.length === 0 ? "no istio-vm rules" : ""}\n`;
     for (const line of lines) text += `  ${line}\n`;
     if (diff === undefined) return text;
@@ -204,7 +200,7 @@ function subcommands(runtime: () => CommandRuntime): CommandModule<object, Iptab
         let planError: string | undefined;
         const loaded = await loadConfig({ env: rt.env, fs: rt.fs });
         try {
-          plan = planInterception(await interceptionSettings(requireValid(loaded), rt.fs));
+          plan = planInterception(await interceptionSettings(requireValid(loaded), rt.users, rt.fs));
         } catch (error) {
           planError = describeError(error);
         }
@@ -215,7 +211,7 @@ function subcommands(runtime: () => CommandRuntime): CommandModule<object, Iptab
           diff:
             plan === undefined || !show.readable
               ? undefined
-              : diffWithPlan(plan.families.find((f) => f.family === show.family)?.tables[0], show.state),
+              : diffFamily(plan.families.find((f) => f.family === show.family)?.tables ?? [], show.states),
         }));
         // An unreadable family (no ip6tables, no IPv6 in the kernel) is fine only if the plan captures nothing there.
         const planned = (family: number): number => plan?.families.find((p) => p.family === family)?.tables.length ?? 0;
@@ -230,8 +226,8 @@ function subcommands(runtime: () => CommandRuntime): CommandModule<object, Iptab
                 backend: show.backend,
                 readable: show.readable,
                 ...(show.reason === undefined ? {} : { reason: show.reason }),
-                chains: show.state.chains,
-                rules: [...show.state.jumps, ...show.state.rules].map(ruleLine),
+                chains: show.states.flatMap((s) => s.chains.map((c) => (s.table === "nat" ? c : `-t ${s.table} ${c}`))),
+                rules: stateLines(show.states).filter((l) => !/^(-t \S+ )?:/.test(l)),
                 ...(diff === undefined ? {} : diff),
               })),
             }),

@@ -11,6 +11,7 @@ import { deregisterCommand, registerCommand } from "./register.js";
 import type { KubeConnector } from "./admin-options.js";
 import { FakeKubeClient, SteppingClock, seedIstiodCluster, seedLegacyCluster } from "../../test/fakes/kube-client.js";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
 type Factory = (runtime: () => CommandRuntime, connect: KubeConnector) => CommandModule<object, never>;
 
@@ -19,10 +20,7 @@ async function run(factory: Factory, argv: string[], client: FakeKubeClient, fs 
   const out: string[] = [];
   const err: string[] = [];
   const runtime: CommandRuntime = {
-    env: {},
-    fs,
-    runner: { run: () => Promise.reject(new Error("no processes in this test")) },
-    clock: new SteppingClock(Date.now()),
+    ...fakePorts({ fs, clock: new SteppingClock(Date.now()) }),
     notifier: () => {
       throw new Error("no notifier in this test");
     },

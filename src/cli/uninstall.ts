@@ -5,6 +5,7 @@
  */
 import type { CommandModule } from "yargs";
 import type { UninstallReport } from "../provision/uninstall.js";
+import { installPortsFrom } from "../provision/install-system.js";
 import { runUninstall } from "../provision/uninstall.js";
 import type { CommandRuntime } from "./context.js";
 import { renderJson, renderTable } from "./render.js";
@@ -56,16 +57,9 @@ export function uninstallCommand(runtime: () => CommandRuntime): CommandModule<o
       const rt = runtime();
       const report = await runUninstall(
         { dryRun: args["dry-run"] },
-        {
-          fs: rt.fs,
-          runner: rt.runner,
-          clock: rt.clock,
-          env: rt.env,
-          isRoot: process.getuid?.() === 0,
-          progress: (line) => {
-            rt.err(`${line}\n`);
-          },
-        },
+        installPortsFrom(rt, (line) => {
+          rt.err(`${line}\n`);
+        }),
       );
       rt.out(rt.options.json ? renderJson(report) : renderUninstallReport(report));
       if (report.failed) rt.exitCode = 1;

@@ -34,11 +34,12 @@ describe("loadConfig", () => {
     expect(plain.values.DISCOVERY_ADDRESS).toEqual({ host: "istio-pilot.mesh", port: 8080 });
     const v3 = await loadConfig({ env: { ENVOY_XDS_API: "v3" }, fs });
     expect(v3.values.DISCOVERY_ADDRESS).toEqual({ host: "istio-pilot.mesh", port: 15011 });
-    // v2 (Istio 0.8's bootstrap) is refused until it is rendered, rather than written as v3.
+    // v2 (Istio 0.8): ADS on Pilot's 15011 under mTLS, 15010 in plain text, as pilot-agent 0.8 chose the port.
     const v2 = await loadConfig({ env: { ENVOY_XDS_API: "v2" }, fs });
-    expect(v2.problems.map((p) => `${p.subject}: ${p.message}`)).toEqual([
-      "ENVOY_XDS_API: v2 (Istio 0.8's ADS bootstrap) is not implemented yet; use v1 (Pilot 0.2–0.7) or v3",
-    ]);
+    expect(v2.problems).toEqual([]);
+    expect(v2.values.DISCOVERY_ADDRESS).toEqual({ host: "istio-pilot.mesh", port: 15011 });
+    const v2plain = await loadConfig({ env: { ENVOY_XDS_API: "v2", CONTROL_PLANE_AUTH_POLICY: "NONE" }, fs });
+    expect(v2plain.values.DISCOVERY_ADDRESS).toEqual({ host: "istio-pilot.mesh", port: 15010 });
   });
 
   it("ENVOY_XDS_API: v3 on istiod by default; v1 or v2 there is a configuration error (istiod serves v3 only)", async () => {

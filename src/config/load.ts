@@ -4,6 +4,7 @@ import { ConfigError } from "../platform/errors.js";
 import type { FileSystem } from "../platform/fs.js";
 import type { EnvEntry } from "./env-file.js";
 import { EnvFileError, parseEnvFile } from "./env-file.js";
+import { parseReadinessProbe } from "./readiness-probe.js";
 import type { ConfigValues, VariableName, VariableSpec } from "./registry.js";
 import { VARIABLE_NAMES, VARIABLES, isMetadataName, isVariableName } from "./registry.js";
 import { ValueError } from "./types.js";
@@ -270,6 +271,14 @@ export async function loadConfig(options: LoadOptions): Promise<LoadedConfig> {
 /** Rules that involve more than one variable. */
 function crossCheck(values: ConfigValues): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
+  // The agent's health component runs the ProxyConfig's readinessProbe (istiod): one it cannot run is a config error.
+  for (const name of ["PROXY_CONFIG", "ISTIO_VM_PROXY_CONFIG"] as const) {
+    const probe = values[name]["readinessProbe"] ?? values[name]["readiness_probe"];
+    if (values.ISTIO_CONTROL_PLANE !== "istiod" || probe === undefined || probe === null) continue;
+    const parsed = parseReadinessProbe(probe);
+    if ("problems" in parsed)
+      problems.push({ subject: name, message: `readinessProbe: ${parsed.problems.join("; ")}` });
+  }
   if (values.ISTIO_INBOUND_INTERCEPTION_MODE === "TPROXY") {
     problems.push({
       subject: "ISTIO_INBOUND_INTERCEPTION_MODE",
@@ -283,14 +292,6 @@ function crossCheck(values: ConfigValues): ConfigProblem[] {
     problems.push({
       subject: "ENVOY_XDS_API",
       message: `${values.ENVOY_XDS_API} is not served by istiod (xDS v3 only); use v3, or ISTIO_CONTROL_PLANE=legacy`,
-    });
-  }
-  if (values.ISTIO_CONTROL_PLANE === "legacy" && xdsApi === "v2") {
-    // Istio 0.8's bootstrap (envoy_bootstrap_tmpl.json, v2 API) is not rendered yet: refusing beats writing the v3
-    // bootstrap under a v2 name, which a 0.8 Pilot and an Envoy ≤ 1.16 of that era would not accept.
-    problems.push({
-      subject: "ENVOY_XDS_API",
-      message: "v2 (Istio 0.8's ADS bootstrap) is not implemented yet; use v1 (Pilot 0.2–0.7) or v3",
     });
   }
   const ports: [VariableName, number][] = [

@@ -99,7 +99,7 @@ export const VARIABLES = {
     type: t.oneOf(["v1", "v2", "v3"] as const),
     default: (get) => (isLegacy(get) ? "v1" : "v3"),
     description:
-      "Envoy configuration API the bootstrap uses: v1 (JSON config + Pilot's v1 REST, Istio 0.2–0.7, Envoy ≤ 1.7), v3 (ADS, istiod, current Envoy); v2 (Istio 0.8, Envoy ≤ 1.16) is not implemented yet",
+      "Envoy configuration API the bootstrap uses: v1 (JSON config + Pilot's v1 REST, Istio 0.2–0.7, Envoy ≤ 1.7), v2 (ADS, Istio 0.8, Envoy ≤ 1.16), v3 (ADS, istiod, current Envoy)",
     group: "envoy",
     home: "cluster.env",
   }),
@@ -172,7 +172,8 @@ export const VARIABLES = {
   DNS_PROXY_PORT: v({
     type: t.port,
     default: "15053",
-    description: "the agent's DNS proxy port on 127.0.0.1, UDP and TCP (ISTIO_META_DNS_CAPTURE=true)",
+    description:
+      "the agent's DNS proxy port, UDP and TCP, on 127.0.0.1 (and ::1 with an IPv6 nameserver); DNS capture redirects here",
     group: "mesh",
     home: "sidecar.env",
   }),
@@ -498,12 +499,12 @@ export const VARIABLES = {
     home: "sidecar.env",
   }),
   ISTIO_AGENT_COMPONENTS: v({
-    type: t.subsetOf(["certificates", "dns", "interception", "envoy", "discovery"] as const),
-    default: "certificates,dns,interception,envoy,discovery",
+    type: t.subsetOf(["certificates", "dns", "interception", "envoy", "health", "discovery"] as const),
+    default: "certificates,dns,interception,envoy,health,discovery",
     description:
       "what the agent runs, in this order: certificates, dns (only with ISTIO_META_DNS_CAPTURE=true), " +
-      "interception, envoy, discovery (e.g. only certificates " +
-      "on a host whose proxy is managed elsewhere)",
+      "interception, envoy, health (istiod, only with a readinessProbe in PROXY_CONFIG), discovery (e.g. only " +
+      "certificates on a host whose proxy is managed elsewhere)",
     group: "agent",
     home: "sidecar.env",
   }),

@@ -77,6 +77,17 @@ export const RESOURCES: readonly ResourceDefinition[] = [
     categories: ["istio-io", "networking-istio-io"],
     subresources: ["status"],
   },
+  {
+    group: "networking.istio.io",
+    version: "v1",
+    name: "workloadgroups",
+    singular: "workloadgroup",
+    kind: "WorkloadGroup",
+    namespaced: true,
+    shortNames: ["wg"],
+    categories: ["istio-io", "networking-istio-io"],
+    subresources: ["status"],
+  },
 ];
 
 export function apiVersionOf(def: ResourceDefinition): string {

@@ -70,7 +70,16 @@ function columnsFor(def: ResourceDefinition): { name: string; cell: (o: KubeObje
     case "servicecidrs":
       return [{ name: "CIDRs", cell: (o) => ((spec(o)["cidrs"] as string[] | undefined) ?? []).join(",") }];
     case "workloadentries":
-      return [{ name: "Address", cell: (o) => text(spec(o)["address"], "") }];
+      return [
+        { name: "Address", cell: (o) => text(spec(o)["address"], "") },
+        {
+          name: "Healthy",
+          cell: (o) =>
+            (o["status"] as { conditions?: { type: string; status: string }[] } | undefined)?.conditions?.find(
+              (c) => c.type === "Healthy",
+            )?.status ?? "",
+        },
+      ];
     default:
       return [];
   }

@@ -2,7 +2,8 @@
  * Pilot as a dev service of `istio-vm dev`: the v1 REST API (registration, clusters, listeners, routes; port name
  * `pilot-http`, legacy 8080, and on the legacy profile also over mTLS, `pilot-http-tls`, Pilot's 15003), the
  * ADS server in plain text (`pilot-grpc`, 15010) and over TLS (`pilot-grpc-tls`, istiod 15012 / legacy 15011) with a
- * serving certificate from the dev mesh CA for Pilot's and istiod's names. Like a running Pilot pod, it publishes its
+ * serving certificate from the dev mesh CA for Pilot's and istiod's names. On the legacy profile the ADS servers
+ * also serve xDS v2 (Istio 0.8's Pilot, src/devplane/pilot-xds-v2.ts). Like a running Pilot pod, it publishes its
  * own Endpoints (`istio-pilot` or `istiod` in istio-system), so the registration check of the original recipe
  * (`/v1/registration/istio-pilot.istio-system.svc.cluster.local|http-discovery`) finds hosts.
  *
@@ -11,14 +12,22 @@
  * answers 503; `stream-reset`: the ADS servers reset every stream at its next request.
  *
  * `GET http://<pilot-http>/istio-vm-dev/proxies` lists the proxies connected to the ADS servers: the node each sent
- * (id, cluster, metadata) and the identity it proved. The ADS servers check that identity as istiod does.
+ * (id, cluster, metadata), the identity it proved and its auto-registered WorkloadEntry. The ADS servers check that
+ * identity as istiod does.
+ *
+ * istiod profile: one WorkloadEntry auto-registration controller for all its ADS servers (src/devplane/pilot-autoreg.ts),
+ * with istiod's grace period, or `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD` (as istiod reads it: `500ms`, `10s`, `2m`).
  */
 import { isIP } from "node:net";
+import { systemClock } from "../platform/clock.js";
+import type { Clock } from "../platform/clock.js";
+import { AutoRegistration, DEFAULT_GRACE_PERIOD_MS } from "./pilot-autoreg.js";
 import type { DevPlaneContext, DevService } from "./dev-plane.js";
 import type { PilotRestServer } from "./pilot-rest.js";
 import { startPilotRest } from "./pilot-rest.js";
 import type { PilotXdsServer } from "./pilot-xds.js";
 import { startPilotXds } from "./pilot-xds.js";
+import { ADS_V2 } from "./pilot-xds-v2.js";
 import { DEFAULT_TOKEN_AUDIENCE } from "./sa-tokens.js";
 import type { KubeObject } from "./store.js";
 
@@ -67,7 +76,17 @@ function publishEndpoints(
   else ctx.store.update("endpoints", { ...object, metadata: { ...current.metadata, ...object.metadata } });
 }
 
-export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = {}): DevService {
+/** A Go duration as istiod's PILOT_WORKLOAD_ENTRY_GRACE_PERIOD takes it, in ms; undefined when it is not one. */
+export function parseGracePeriod(raw: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(raw.trim());
+  if (m === null) return undefined;
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as "ms" | "s" | "m" | "h"];
+  return Math.round(Number(m[1]) * unit);
+}
+
+export function pilotDevService(
+  options: { readonly env?: NodeJS.ProcessEnv; readonly clock?: Clock } = {},
+): DevService {
   return {
     name: "pilot",
     async start(ctx) {
@@ -80,6 +99,22 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
           throw new Error(`ISTIO_VM_DEV_PILOT_FAULT: unknown fault '${f}' (known: ${PILOT_FAULTS.join(", ")}, none)`);
         }
       }
+      const graceRaw = (options.env ?? process.env)["PILOT_WORKLOAD_ENTRY_GRACE_PERIOD"];
+      const gracePeriodMs = graceRaw === undefined ? DEFAULT_GRACE_PERIOD_MS : parseGracePeriod(graceRaw);
+      if (gracePeriodMs === undefined) {
+        throw new Error(
+          `PILOT_WORKLOAD_ENTRY_GRACE_PERIOD: '${graceRaw ?? ""}' is not a duration such as 10s or 500ms`,
+        );
+      }
+      const autoRegistration =
+        ctx.profile === "istiod"
+          ? new AutoRegistration({
+              store: ctx.store,
+              clock: options.clock ?? systemClock,
+              gracePeriodMs,
+              logger: ctx.logger.child("wle"),
+            })
+          : undefined;
       const serving = await ctx.meshCa.issueKeyPair({
         // Legacy Pilot's certificate names its service account: v1 Envoy checks it (verify_subject_alt_name), as do
         // the 0.8 bootstrap and the legacy v3 one (src/envoy/bootstrap.ts discoverySan).
@@ -95,6 +130,7 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
       const xds: PilotXdsServer[] = [];
       const closeAll = async (): Promise<void> => {
         await Promise.all([...rest, ...restTls, ...xds].map((s) => s.close()));
+        await autoRegistration?.close();
       };
       const setXdsFault = (names: readonly string[]): string | undefined => {
         const unknown = names.filter((n) => n !== "none" && !(PILOT_FAULTS as readonly string[]).includes(n));
@@ -144,6 +180,8 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
               ...(grpcPort === undefined ? {} : { port: grpcPort }),
               logger: xdsLogger,
               v3OnlyWhenAsked: ctx.profile === "legacy",
+              ...(ctx.profile === "legacy" ? { alsoServe: ADS_V2 } : {}),
+              ...(autoRegistration === undefined ? {} : { autoRegistration }),
             }),
           );
           xds.push(
@@ -156,6 +194,8 @@ export function pilotDevService(options: { readonly env?: NodeJS.ProcessEnv } = 
               trustDomain: ctx.trustDomain,
               logger: xdsLogger,
               v3OnlyWhenAsked: ctx.profile === "legacy",
+              ...(ctx.profile === "legacy" ? { alsoServe: ADS_V2 } : {}),
+              ...(autoRegistration === undefined ? {} : { autoRegistration }),
             }),
           );
         }

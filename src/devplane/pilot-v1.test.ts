@@ -295,7 +295,14 @@ describe("v1 names", () => {
 
   it("a headless service has no VIP among its domains", () => {
     const domains = virtualHostDomains(
-      { namespace: "default", name: "h", hostname: "h.default.svc.cluster.local", address: "", ports: [] },
+      {
+        namespace: "default",
+        name: "h",
+        hostname: "h.default.svc.cluster.local",
+        address: "",
+        ports: [],
+        selector: {},
+      },
       8080,
       "default.svc.cluster.local",
     );

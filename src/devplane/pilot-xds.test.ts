@@ -18,7 +18,9 @@ import {
 import type { IssuedKeyPair, MeshCa } from "./mesh-ca.js";
 import { createMeshCa } from "./mesh-ca.js";
 import { startPilotRest } from "./pilot-rest.js";
-import { XDS_API_HEADER, loadAssignment, matchingIdentity, startPilotXds } from "./pilot-xds.js";
+import { XDS_API_HEADER, startPilotXds } from "./pilot-xds.js";
+import { loadAssignment } from "./xds-resources.js";
+import { matchingIdentity } from "./xds-wire.js";
 import { createServiceAccountTokens } from "./sa-tokens.js";
 import { ObjectStore } from "./store.js";
 

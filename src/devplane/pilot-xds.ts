@@ -1,7 +1,6 @@
 /**
  * The dev Pilot's xDS v3 ADS server (`envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources`)
- * for the services in the object store: CDS (one EDS cluster per service port, named as Istio names outbound
- * clusters, `outbound|<port>||<host>`) and EDS (a ClusterLoadAssignment per cluster from the Endpoints). Plain text
+ * for the services in the object store: CDS, EDS and NDS as src/devplane/xds-resources.ts computes them. Plain text
  * (istiod's 15010) or TLS with a serving certificate from the dev mesh CA (istiod's 15012, SAN
  * `istiod.<ns>.svc`); client certificates are requested and, when `requireClientCert`, required.
  *
@@ -22,188 +21,58 @@
  *
  * Every connected proxy's node (id, cluster, metadata) and identity is logged when it connects and listed by
  * `connections()`, which the dev Pilot serves as `GET /istio-vm-dev/proxies` (istiod's /debug/connections).
+ *
+ * With `autoRegistration` (the istiod profile) a stream's first request registers its proxy's WorkloadEntry and its
+ * close unregisters it; `HealthInformation` requests set the entry's health and get no answer, as with istiod
+ * (src/devplane/pilot-autoreg.ts).
  */
 import { randomBytes } from "node:crypto";
-import protobuf from "protobufjs";
 import { constants as h2, createSecureServer, createServer } from "node:http2";
 import type { Http2SecureServer, Http2Server, IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
 import type { AddressInfo } from "node:net";
-import type { TLSSocket } from "node:tls";
-import type {
-  AnyResource,
-  ClusterLoadAssignmentResource,
-  DiscoveryRequest,
-  DiscoveryResponse,
-  XdsNode,
-} from "../xds/protos.js";
+import type { AnyResource, DiscoveryRequest, DiscoveryResponse, XdsNode } from "../xds/protos.js";
 import {
   ADS_METHOD,
   CLUSTER_TYPE_URL,
   ENDPOINT_TYPE_URL,
+  HEALTH_INFO_TYPE_URL,
   XDS_API_HEADER,
   decodeDiscoveryRequest,
   encodeDiscoveryResponse,
-  packCluster,
-  packClusterLoadAssignment,
 } from "../xds/protos.js";
 import type { Logger } from "../platform/logger.js";
 import type { ObjectStore } from "./store.js";
-import { findService, instancesOf, listServices } from "./pilot-registry.js";
-import { serviceAddresses } from "./kube-dns.js";
 import { NAME_TABLE_TYPE_URL, packNameTable } from "../xds/nds.js";
-import type { NdsNameTable } from "../xds/nds.js";
-
-/** gRPC status codes used here (google.rpc.Code). */
-const GRPC = {
-  OK: 0,
-  INVALID_ARGUMENT: 3,
-  PERMISSION_DENIED: 7,
-  UNIMPLEMENTED: 12,
-  INTERNAL: 13,
-  UNAUTHENTICATED: 16,
-} as const;
+import type { AutoRegistration, RegisteredProxy } from "./pilot-autoreg.js";
+import { AutoRegistrationError } from "./pilot-autoreg.js";
+import { clusterResources, endpointResources, nameTable } from "./xds-resources.js";
+import {
+  GRPC,
+  bearerToken,
+  frame,
+  grpcMessage,
+  matchingIdentity,
+  metadataText,
+  parseSpiffeId,
+  spiffeIdentities,
+} from "./xds-wire.js";
 
 export type PilotXdsFault = "none" | "stream-reset";
 
-export function outboundClusterName(port: number, hostname: string): string {
-  return `outbound|${port}||${hostname}`;
-}
-
-function parseOutboundClusterName(name: string): { port: number; hostname: string } | undefined {
-  const m = /^outbound\|(\d+)\|[^|]*\|(.+)$/.exec(name);
-  if (m === null) return undefined;
-  return { port: Number(m[1]), hostname: m[2] ?? "" };
-}
-
-export const UPSTREAM_TLS_CONTEXT_TYPE_URL =
-  "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
-
-/**
- * An SdsSecretConfig naming a secret of the proxy's `sds-grpc` cluster (the agent's SDS socket), as istiod writes it
- * (pilot/pkg/networking/core/cluster_tls.go, model.ConstructSdsSecretConfig): GRPC, V3, node on the first message
- * only, no initial fetch timeout. Hand-encoded (field numbers from Envoy's config_source.proto, grpc_service.proto,
- * tls.proto): the generated descriptor carries Secret and SdsSecretConfig, not the TLS contexts.
- */
-function sdsSecretConfig(name: string): Uint8Array {
-  const w = protobuf.Writer.create();
-  w.uint32((1 << 3) | 2).string(name);
-  w.uint32((2 << 3) | 2).fork(); // sds_config: ConfigSource
-  w.uint32((2 << 3) | 2).fork(); // api_config_source: ApiConfigSource
-  w.uint32((1 << 3) | 0).int32(2); // api_type: GRPC
-  w.uint32((4 << 3) | 2).fork(); // grpc_services
-  w.uint32((1 << 3) | 2).fork(); // envoy_grpc
-  w.uint32((1 << 3) | 2).string("sds-grpc");
-  w.ldelim().ldelim();
-  w.uint32((7 << 3) | 0).bool(true); // set_node_on_first_message_only
-  w.uint32((8 << 3) | 0).int32(2); // transport_api_version: V3
-  w.ldelim();
-  w.uint32((4 << 3) | 2)
-    .fork()
-    .ldelim(); // initial_fetch_timeout: 0s
-  w.uint32((6 << 3) | 0).int32(2); // resource_api_version: V3
-  w.ldelim();
-  return w.finish();
-}
-
-/**
- * istiod's ISTIO_MUTUAL client TLS for an outbound cluster (cluster_tls.go buildIstioMutualTLS): the workload key
- * and chain `default` and the trust bundle `ROOTCA` over SDS, SNI `outbound_.<port>_._.<host>`. This is what makes
- * Envoy ask the agent's SDS server for its certificates.
- */
-export function istioMutualTls(sni: string): Uint8Array {
-  const w = protobuf.Writer.create();
-  w.uint32((1 << 3) | 2).fork(); // common_tls_context
-  w.uint32((6 << 3) | 2).bytes(sdsSecretConfig("default")); // tls_certificate_sds_secret_configs
-  w.uint32((8 << 3) | 2).fork(); // combined_validation_context
-  w.uint32((1 << 3) | 2)
-    .fork()
-    .ldelim(); // default_validation_context
-  w.uint32((2 << 3) | 2).bytes(sdsSecretConfig("ROOTCA")); // validation_context_sds_secret_config
-  w.ldelim();
-  w.uint32((4 << 3) | 2).string("istio-peer-exchange"); // alpn_protocols
-  w.uint32((4 << 3) | 2).string("istio");
-  w.ldelim();
-  w.uint32((2 << 3) | 2).string(sni);
-  return w.finish();
-}
-
-/**
- * One EDS cluster per service port. `meshTls`: istiod's clusters, with Istio's mTLS over SDS; off for the legacy
- * profile's servers (Pilot 0.8 and older served no such clusters, and a bootstrap of that era has no `sds-grpc`).
- */
-export function clusterResources(store: ObjectStore, meshTls = false): AnyResource[] {
-  return listServices(store).flatMap((service) =>
-    service.ports.map((port) => {
-      const name = outboundClusterName(port.port, service.hostname);
-      return packCluster({
-        name,
-        type: "EDS",
-        eds_cluster_config: { service_name: name, eds_config: { ads: {} } },
-        connect_timeout: { seconds: 10 },
-        ...(meshTls
-          ? {
-              transport_socket: {
-                name: "envoy.transport_sockets.tls",
-                typed_config: {
-                  type_url: UPSTREAM_TLS_CONTEXT_TYPE_URL,
-                  value: istioMutualTls(`outbound_.${port.port}_._.${service.hostname}`),
-                },
-              },
-            }
-          : {}),
-      });
-    }),
-  );
-}
-
-export function loadAssignment(store: ObjectStore, clusterName: string): ClusterLoadAssignmentResource {
-  const parsed = parseOutboundClusterName(clusterName);
-  const service = parsed === undefined ? undefined : findService(store, parsed.hostname);
-  const port = service?.ports.find((p) => p.port === parsed?.port);
-  const instances = service === undefined || port === undefined ? [] : instancesOf(store, service, port);
-  return {
-    cluster_name: clusterName,
-    endpoints:
-      instances.length === 0
-        ? []
-        : [
-            {
-              lb_endpoints: instances.map((i) => ({
-                endpoint: { address: { socket_address: { address: i.ip, port_value: i.port } } },
-              })),
-            },
-          ],
-  };
-}
-
-export function endpointResources(store: ObjectStore, names: readonly string[]): AnyResource[] {
-  const wanted =
-    names.length > 0
-      ? names
-      : listServices(store).flatMap((s) => s.ports.map((p) => outboundClusterName(p.port, s.hostname)));
-  return wanted.map((name) => packClusterLoadAssignment(loadAssignment(store, name)));
-}
-
-/**
- * NDS as istiod builds it (istio/istio `pilot/pkg/serviceregistry/.../dnsutil` BuildNameTable, 1.24): one entry
- * per Service host with its cluster IPs (a headless Service: its ready endpoint addresses), registry Kubernetes,
- * and the shortname and namespace from which the agent derives `name`, `name.ns` and `name.ns.svc`. A Service
- * with no address at all is left out, as istiod does.
- */
-export function nameTable(store: ObjectStore): NdsNameTable {
-  const table: Record<string, NdsNameTable[string]> = {};
-  for (const service of listServices(store)) {
-    const ips = serviceAddresses(store, service.namespace, service.name) ?? [];
-    if (ips.length === 0) continue;
-    table[service.hostname] = { ips, registry: "Kubernetes", shortname: service.name, namespace: service.namespace };
-  }
-  return table;
-}
+// What this file exported before the split, for the modules and branches that import them from here.
+export {
+  clusterResources,
+  endpointResources,
+  loadAssignment,
+  nameTable,
+  outboundClusterName,
+} from "./xds-resources.js";
+export { matchingIdentity } from "./xds-wire.js";
 
 /** What a stream did, for tests and the dev plane's log. */
 export interface XdsEvent {
   readonly stream: number;
-  readonly kind: "request" | "ack" | "nack" | "response" | "reset" | "denied" | "closed";
+  readonly kind: "request" | "ack" | "nack" | "response" | "ignored" | "reset" | "denied" | "closed" | "health";
   readonly typeUrl?: string;
   readonly nodeId?: string;
   readonly nonce?: string;
@@ -226,6 +95,8 @@ export interface ProxyConnection {
   readonly node: XdsNode;
   /** Type URLs the stream subscribed to. */
   readonly subscribed: readonly string[];
+  /** `<namespace>/<name>` of the WorkloadEntry auto-registered for it, if any. */
+  readonly workloadEntry?: string;
 }
 
 /** Checks a service-account JWT (audience istio-ca), as istiod does through TokenReview. */
@@ -242,6 +113,23 @@ export interface PilotXdsServer {
   connections(): ProxyConnection[];
   setFault(fault: PilotXdsFault): void;
   close(): Promise<void>;
+}
+
+/**
+ * Another ADS API served beside v3 on the same port, told apart by the gRPC method (the legacy profile's xDS v2,
+ * src/devplane/pilot-xds-v2.ts). Its streams skip the v3 gate (`v3OnlyWhenAsked`); authentication, the identity
+ * check, nonces and pushes are the same.
+ */
+export interface AdsApiVersion {
+  readonly name: string;
+  /** The gRPC path, `/<service>/StreamAggregatedResources`. */
+  readonly method: string;
+  decodeRequest(bytes: Buffer): DiscoveryRequest;
+  encodeResponse(response: DiscoveryResponse): Buffer;
+  /** Why the first request's node is refused (the stream ends with INVALID_ARGUMENT), or undefined. */
+  checkNode?(node: XdsNode): string | undefined;
+  /** The resources of a type for a node; undefined for a type this API does not serve (the request is ignored). */
+  resources(store: ObjectStore, typeUrl: string, names: readonly string[], node: XdsNode): AnyResource[] | undefined;
 }
 
 export interface StartPilotXdsOptions {
@@ -268,65 +156,13 @@ export interface StartPilotXdsOptions {
    * (the legacy ENVOY_XDS_API=v3 bootstrap sends it as gRPC initial metadata); any other ends with UNIMPLEMENTED.
    */
   readonly v3OnlyWhenAsked?: boolean;
+  /** Also serve this API (the legacy profile: xDS v2, src/devplane/pilot-xds-v2.ts). */
+  readonly alsoServe?: AdsApiVersion;
+  /** istiod's WorkloadEntry controller, shared by all ADS servers of one dev istiod. */
+  readonly autoRegistration?: AutoRegistration;
 }
 
 export { XDS_API_HEADER };
-
-function bearerToken(headers: IncomingHttpHeaders): string | undefined {
-  const value = headers["authorization"];
-  const m = typeof value === "string" ? /^Bearer\s+(\S+)$/i.exec(value) : null;
-  return m?.[1];
-}
-
-function metadataText(node: XdsNode, key: string): string {
-  const value = node.metadata[key];
-  return typeof value === "string" ? value : "";
-}
-
-/**
- * istiod's checkConnectionIdentity (pilot/pkg/xds/auth.go, 1.24): the first identity whose SPIFFE namespace and
- * service account equal the node's (an empty node value matches any), or undefined. The node's namespace is its
- * NAMESPACE metadata, else the `<name>.<ns>` part of its id (model.ParseServiceNodeWithMetadata).
- */
-export function matchingIdentity(node: XdsNode, identities: readonly string[]): string | undefined {
-  const idNamespace = (node.id.split("~")[2] ?? "").split(".")[1] ?? "";
-  const namespace = metadataText(node, "NAMESPACE") || idNamespace;
-  const serviceAccount = metadataText(node, "SERVICE_ACCOUNT");
-  return identities.find((raw) => {
-    const m = /^spiffe:\/\/[^/]+\/ns\/([^/]+)\/sa\/([^/]+)$/.exec(raw);
-    if (m === null) return false;
-    return (namespace === "" || m[1] === namespace) && (serviceAccount === "" || m[2] === serviceAccount);
-  });
-}
-
-/** gRPC's percent-encoding of grpc-message: only '%' and bytes outside printable ASCII (grpc-js decodes with decodeURI). */
-function grpcMessage(text: string): string {
-  return [...Buffer.from(text, "utf8")]
-    .map((b) =>
-      b >= 0x20 && b <= 0x7e && b !== 0x25
-        ? String.fromCharCode(b)
-        : `%${b.toString(16).toUpperCase().padStart(2, "0")}`,
-    )
-    .join("");
-}
-
-function frame(message: Buffer): Buffer {
-  const out = Buffer.alloc(5 + message.length);
-  out.writeUInt8(0, 0);
-  out.writeUInt32BE(message.length, 1);
-  message.copy(out, 5);
-  return out;
-}
-
-function spiffeIdentities(stream: ServerHttp2Stream): string[] {
-  const socket = stream.session?.socket as TLSSocket | undefined;
-  if (socket === undefined || typeof socket.getPeerCertificate !== "function" || !socket.authorized) return [];
-  const cert = socket.getPeerCertificate();
-  return (cert.subjectaltname ?? "")
-    .split(", ")
-    .filter((n) => n.startsWith("URI:"))
-    .map((n) => n.slice(4));
-}
 
 interface Subscription {
   nonce: string;
@@ -343,7 +179,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
   const active = new Set<() => void>();
   let streamIds = 0;
 
-  const handleAds = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void => {
+  const handleAds = (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, api?: AdsApiVersion): void => {
     const id = ++streamIds;
     const certificateIdentities = spiffeIdentities(stream);
     const token = options.tls === undefined || certificateIdentities.length > 0 ? undefined : bearerToken(headers);
@@ -359,6 +195,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
     const peerAddress = `${stream.session?.socket.remoteAddress ?? "?"}:${stream.session?.socket.remotePort ?? "?"}`;
     const subscriptions = new Map<string, Subscription>();
     let node: XdsNode | undefined;
+    let registered: RegisteredProxy | undefined;
     let finished = false;
     stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
     let status: { code: number; message: string } = { code: GRPC.OK, message: "" };
@@ -383,7 +220,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
       finish(GRPC.UNAUTHENTICATED, detail);
       return;
     }
-    if (options.v3OnlyWhenAsked === true && headers[XDS_API_HEADER] !== "v3") {
+    if (api === undefined && options.v3OnlyWhenAsked === true && headers[XDS_API_HEADER] !== "v3") {
       const detail =
         "legacy Pilot (Istio 0.2–0.8) serves no xDS v3: 0.2–0.7 serve the v1 REST API (ENVOY_XDS_API=v1), 0.8 xDS v2; " +
         `send the header ${XDS_API_HEADER}: v3 to be served v3 by this dev Pilot anyway`;
@@ -396,13 +233,20 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
     const send = (typeUrl: string, names: readonly string[]): void => {
       if (finished || stream.destroyed) return;
       const resources =
-        typeUrl === CLUSTER_TYPE_URL
-          ? clusterResources(store, options.v3OnlyWhenAsked !== true)
-          : typeUrl === ENDPOINT_TYPE_URL
-            ? endpointResources(store, names)
-            : typeUrl === NAME_TABLE_TYPE_URL
-              ? [packNameTable(nameTable(store))]
-              : [];
+        api !== undefined && node !== undefined
+          ? api.resources(store, typeUrl, names, node)
+          : typeUrl === CLUSTER_TYPE_URL
+            ? clusterResources(store, options.v3OnlyWhenAsked !== true)
+            : typeUrl === ENDPOINT_TYPE_URL
+              ? endpointResources(store, names)
+              : typeUrl === NAME_TABLE_TYPE_URL
+                ? [packNameTable(nameTable(store))]
+                : [];
+      if (resources === undefined) {
+        events.push({ stream: id, kind: "ignored", typeUrl, detail: `${api?.name ?? "v3"} does not serve ${typeUrl}` });
+        options.logger?.warn("ADS: unknown watched resources", { stream: id, type: typeUrl, api: api?.name });
+        return;
+      }
       const nonce = randomBytes(8).toString("hex");
       const response: DiscoveryResponse = {
         version_info: store.resourceVersion,
@@ -412,7 +256,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
         control_plane: { identifier: "istio-vm dev pilot" },
       };
       subscriptions.set(typeUrl, { nonce, names });
-      stream.write(frame(encodeDiscoveryResponse(response)));
+      stream.write(frame((api?.encodeResponse ?? encodeDiscoveryResponse)(response)));
       events.push({ stream: id, kind: "response", typeUrl, nonce, resources: resources.length });
     };
     const onRequest = (request: DiscoveryRequest): void => {
@@ -428,6 +272,11 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
           return;
         }
         node = request.node;
+        const nodeProblem = api?.checkNode?.(node);
+        if (nodeProblem !== undefined) {
+          finish(GRPC.INVALID_ARGUMENT, nodeProblem);
+          return;
+        }
         if (peerIdentities.length > 0 && matchingIdentity(node, peerIdentities) === undefined) {
           const ns = metadataText(node, "NAMESPACE");
           const sa = metadataText(node, "SERVICE_ACCOUNT");
@@ -440,6 +289,22 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
           return;
         }
         const connected = node;
+        if (options.autoRegistration !== undefined) {
+          const matched = matchingIdentity(node, peerIdentities);
+          try {
+            registered = options.autoRegistration.connect({
+              node,
+              identity: matched === undefined ? undefined : parseSpiffeId(matched),
+            });
+          } catch (error) {
+            if (!(error instanceof AutoRegistrationError)) throw error;
+            events.push({ stream: id, kind: "denied", nodeId: node.id, detail: error.message, peerIdentities });
+            options.logger?.warn("auto-registration refused", { stream: id, node: node.id, reason: error.message });
+            finish(error.grpcCode, error.message);
+            return;
+          }
+        }
+        const entry = registered === undefined ? undefined : `${registered.namespace}/${registered.entryName}`;
         connections.set(id, {
           stream: id,
           server: address(),
@@ -451,6 +316,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
           get subscribed() {
             return [...subscriptions.keys()];
           },
+          ...(entry === undefined ? {} : { workloadEntry: entry }),
         });
         options.logger?.info("proxy connected", {
           stream: id,
@@ -459,6 +325,17 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
           identity: peerIdentities.join(",") || "none",
           metadata: JSON.stringify(connected.metadata),
         });
+      }
+      if (request.type_url === HEALTH_INFO_TYPE_URL) {
+        // istiod's handleWorkloadHealthcheck: no response; only a registered proxy's report has an entry to land on.
+        events.push({
+          stream: id,
+          kind: "health",
+          nodeId: node.id,
+          ...(request.error_detail === undefined ? {} : { detail: request.error_detail.message }),
+        });
+        if (registered !== undefined) options.autoRegistration?.reportHealth(registered, request.error_detail);
+        return;
       }
       const current = subscriptions.get(request.type_url);
       const common = {
@@ -499,7 +376,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
         pending = pending.subarray(5 + length);
         let request: DiscoveryRequest;
         try {
-          request = decodeDiscoveryRequest(message);
+          request = (api?.decodeRequest ?? decodeDiscoveryRequest)(message);
         } catch (error) {
           finish(GRPC.INTERNAL, `cannot decode DiscoveryRequest: ${(error as Error).message}`);
           return;
@@ -517,6 +394,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
     stream.on("close", () => {
       active.delete(push);
       if (connections.delete(id)) options.logger?.info("proxy disconnected", { stream: id, node: node?.id });
+      if (registered !== undefined) options.autoRegistration?.disconnect(registered);
       events.push({ stream: id, kind: "closed" });
     });
     stream.on("error", () => undefined);
@@ -527,6 +405,10 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
     if (headers[":method"] !== "POST" || !contentType.startsWith("application/grpc")) {
       stream.respond({ ":status": 415, "content-type": "text/plain" }, { endStream: false });
       stream.end("gRPC only\n");
+      return;
+    }
+    if (options.alsoServe !== undefined && headers[":path"] === options.alsoServe.method) {
+      handleAds(stream, headers, options.alsoServe);
       return;
     }
     if (headers[":path"] !== ADS_METHOD) {
@@ -563,7 +445,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
     session.on("error", () => undefined);
   });
   const unwatch = store.watch((event) => {
-    if (event.resource === "services" || event.resource === "endpoints") for (const push of active) push();
+    if (["services", "endpoints", "workloadentries"].includes(event.resource)) for (const push of active) push();
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);

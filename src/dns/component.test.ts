@@ -16,13 +16,15 @@ import { loadConfig } from "../config/load.js";
 import { createLogger } from "../platform/logger.js";
 import { nodeProcessRunner } from "../platform/process.js";
 import type { NameTableSource } from "./component.js";
-import { adsNameTableSource, createDnsProxyComponent } from "./component.js";
+import { adsNameTableSource, createDnsProxyComponent, listenAddresses } from "./component.js";
+import { parseResolvConf } from "./resolv-conf.js";
 import type { NameTable } from "./name-table.js";
 import { decodeStoredTable, encodeStoredTable } from "./table-store.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 
-function ask(port: number, name: string): Promise<Packet> {
+function ask(port: number, name: string, host = "127.0.0.1"): Promise<Packet> {
   return new Promise((resolve, reject) => {
-    const socket = createSocket("udp4");
+    const socket = createSocket(host.includes(":") ? "udp6" : "udp4");
     socket.on("error", reject);
     socket.on("message", (message) => {
       socket.close();
@@ -31,7 +33,7 @@ function ask(port: number, name: string): Promise<Packet> {
     socket.send(
       dnsPacket.encode({ type: "query", id: 9, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: "A", name }] }),
       port,
-      "127.0.0.1",
+      host,
     );
   });
 }
@@ -86,13 +88,10 @@ describe("dns component", () => {
     })({
       config: loaded.values,
       loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock,
+      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
       metrics,
       events: createAgentEvents(),
-      env,
     });
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();
@@ -137,6 +136,63 @@ describe("dns component", () => {
     }
   });
 
+  it("listens on [::1] too once resolv.conf lists an IPv6 nameserver (where capture redirects IPv6 queries)", async () => {
+    expect(listenAddresses(parseResolvConf("nameserver 10.0.0.2\n"))).toEqual(["127.0.0.1"]);
+    expect(listenAddresses(parseResolvConf("nameserver 10.0.0.2\nnameserver fe80::1%eth0\n"))).toEqual([
+      "127.0.0.1",
+      "::1",
+    ]);
+    const port = await freePort();
+    const fs = new MemoryFileSystem({
+      [RESOLV]: "nameserver 192.0.2.53\n",
+      [TABLE_PATH]: encodeStoredTable({
+        table: { "a.bookinfo.svc.cluster.local": { ips: ["10.96.0.1"], shortname: "a", namespace: "bookinfo" } },
+        receivedAt: 0,
+      }),
+    });
+    const env = {
+      ISTIO_VM_ROOT: "/vm",
+      ISTIO_SVC_IP: "10.0.0.5",
+      POD_NAMESPACE: "bookinfo",
+      ISTIO_META_DNS_CAPTURE: "true",
+      DNS_PROXY_PORT: String(port),
+    };
+    const loaded = await loadConfig({ env, fs });
+    const clock = new FakeClock(0);
+    const component = createDnsProxyComponent({
+      hostname: "vm1",
+      source: (_d, _v, _h, signal) =>
+        new Promise((resolve) => {
+          signal.addEventListener("abort", () => {
+            resolve();
+          });
+        }),
+      resolvConfPollMs: 5000,
+      forwardTimeoutMs: 1000,
+    })({
+      config: loaded.values,
+      loaded,
+      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
+      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
+      metrics: new MetricsRegistry(),
+      events: createAgentEvents(),
+      env,
+    });
+    if (component === undefined) throw new Error("no component");
+    const controller = new AbortController();
+    try {
+      await component.start(controller.signal);
+      expect(component.status().summary).toMatch(new RegExp(`^dns 127\\.0\\.0\\.1:${String(port)}: `));
+      await fs.writeFileAtomic(RESOLV, "nameserver 192.0.2.53\nnameserver 2001:db8::53\n", { mode: 0o644 });
+      clock.advance(5000);
+      await expect.poll(() => component.status().summary).toContain(`[::1]:${String(port)}`);
+      expect(answers(await ask(port, "a", "::1"))).toEqual(["A 10.96.0.1"]);
+    } finally {
+      controller.abort();
+      await component.stop();
+    }
+  });
+
   it("is absent unless ISTIO_META_DNS_CAPTURE=true on the istiod profile", async () => {
     const fs = new MemoryFileSystem();
     for (const env of [{}, { ISTIO_META_DNS_CAPTURE: "true", ISTIO_CONTROL_PLANE: "legacy" }]) {
@@ -151,13 +207,10 @@ describe("dns component", () => {
         factory({
           config: loaded.values,
           loaded,
-          fs,
-          runner: nodeProcessRunner,
-          clock: new FakeClock(0),
+          ...fakePorts({ env: {}, fs, runner: nodeProcessRunner, clock: new FakeClock(0) }),
           logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
           metrics: new MetricsRegistry(),
           events: createAgentEvents(),
-          env: {},
         }),
       ).toBeUndefined();
     }
@@ -203,13 +256,10 @@ describe("dns component with the real NDS source", () => {
     })({
       config: loaded.values,
       loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock: systemClock,
+      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock: systemClock }),
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
       metrics: new MetricsRegistry(),
       events: createAgentEvents(),
-      env,
     });
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();

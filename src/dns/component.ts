@@ -3,6 +3,10 @@
  * (UDP and TCP), fed with the NDS name table istiod sends on the agent's xDS proxy's upstream stream
  * (src/dns/nds-upstream.ts), or, where no proxy runs, on a stream of the agent's own (src/xds/ads-watch.ts).
  *
+ * Also on [::1]:DNS_PROXY_PORT once resolv.conf lists an IPv6 nameserver: the capture rules redirect an IPv6 query
+ * there (REDIRECT of a local packet goes to the loopback address of its family), as istio-agent listens per
+ * resolv.conf family (istio pkg/dns/client/dns.go).
+ *
  * Fail-open, in this order: at start the proxy answers before anything else is known (every name forwarded), then
  * with the table persisted by the last run, then with each table istiod sends (persisted atomically). istiod going
  * away changes nothing: the last table stays in use. resolv.conf is re-read when its content changes (DHCP, VPN,
@@ -15,7 +19,7 @@ import { describeError } from "../platform/errors.js";
 import { programVersion } from "../version.js";
 import type { AdsConnection } from "../xds/ads-watch.js";
 import { watchAds } from "../xds/ads-watch.js";
-import { istiodConnection } from "../xds/istiod-connection.js";
+import { agentAdsConnection } from "../xds/agent-connection.js";
 import { decodeNameTable, NAME_TABLE_TYPE_URL } from "../xds/nds.js";
 import { probeNode } from "../xds/node.js";
 import { createForwarder } from "./forwarder.js";
@@ -24,6 +28,7 @@ import type { NameTable } from "./name-table.js";
 import { DnsProxy, startDnsServer } from "./proxy.js";
 import type { DnsServer } from "./proxy.js";
 import { parseResolvConf } from "./resolv-conf.js";
+import type { ResolvConf } from "./resolv-conf.js";
 import { loadStoredTable, saveStoredTable } from "./table-store.js";
 
 /** Where name tables come from: called once, runs until `signal` aborts, calls `onTable` for each table. */
@@ -49,6 +54,15 @@ export function nameTablePath(values: ConfigValues): string {
   return join(values.ISTIO_CFG, NAME_TABLE_FILE);
 }
 
+/** Where the proxy listens: 127.0.0.1 always, ::1 when a nameserver is IPv6 (its queries are redirected there). */
+export function listenAddresses(conf: ResolvConf): string[] {
+  return conf.addresses.some((a) => a.includes(":")) ? ["127.0.0.1", "::1"] : ["127.0.0.1"];
+}
+
+function hostPort(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${String(port)}` : `${host}:${String(port)}`;
+}
+
 export function dnsProxyEnabled(values: ConfigValues): boolean {
   return values.ISTIO_CONTROL_PLANE === "istiod" && values.ISTIO_META_DNS_CAPTURE;
 }
@@ -59,7 +73,7 @@ async function connectionFor(deps: AgentDeps, values: ConfigValues, hostname: st
   const base = probeNode(values, hostname, metadata, programVersion());
   // istiod builds a name table only for a proxy that says it captures DNS (pilot/pkg/xds/nds.go).
   const node = { ...base, metadata: { ...base.metadata, DNS_CAPTURE: "true" } };
-  return istiodConnection(deps.fs, values, node);
+  return agentAdsConnection(deps.fs, values, node);
 }
 
 /** The agent's own ADS stream to istiod (DISCOVERY_ADDRESS), subscribed to NDS only. */
@@ -116,7 +130,7 @@ export function createDnsProxyComponent(ports: DnsProxyPorts): ComponentFactory 
         queries.inc({ result, transport });
       },
     });
-    let server: DnsServer | undefined;
+    const servers = new Map<string, DnsServer>();
     let controller: AbortController | undefined;
     let background: Promise<unknown> | undefined;
     let resolvText: string | undefined;
@@ -146,6 +160,24 @@ export function createDnsProxyComponent(ports: DnsProxyPorts): ComponentFactory 
         servers: conf.servers.join(","),
         search: conf.search.join(","),
       });
+    };
+
+    /** Listens on every address resolv.conf calls for; 127.0.0.1 failing fails the start, ::1 only warns. */
+    const listen = async (): Promise<void> => {
+      for (const host of listenAddresses(proxy.resolvConf)) {
+        if (servers.has(host)) continue;
+        try {
+          const server = await startDnsServer(proxy, host, values.DNS_PROXY_PORT);
+          servers.set(host, server);
+          logger.info("DNS proxy listening", { address: hostPort(host, server.port), protocols: "udp,tcp" });
+        } catch (error) {
+          if (host === "127.0.0.1") throw error;
+          logger.warn("cannot listen on [::1]; queries to resolv.conf's IPv6 nameservers go unanswered", {
+            port: values.DNS_PROXY_PORT,
+            error: describeError(error),
+          });
+        }
+      }
     };
 
     const acceptTable = async (table: NameTable): Promise<void> => {
@@ -190,8 +222,7 @@ export function createDnsProxyComponent(ports: DnsProxyPorts): ComponentFactory 
             reason: stored.reason,
           });
         }
-        server = await startDnsServer(proxy, "127.0.0.1", values.DNS_PROXY_PORT);
-        logger.info("DNS proxy listening", { address: `127.0.0.1:${String(server.port)}`, protocols: "udp,tcp" });
+        await listen();
         const pollResolvConf = (async () => {
           for (;;) {
             try {
@@ -200,6 +231,11 @@ export function createDnsProxyComponent(ports: DnsProxyPorts): ComponentFactory 
               return;
             }
             await readResolvConf();
+            try {
+              await listen();
+            } catch (error) {
+              logger.warn("cannot start a DNS listener", { error: describeError(error) });
+            }
           }
         })();
         const source = ports.source(
@@ -225,16 +261,18 @@ export function createDnsProxyComponent(ports: DnsProxyPorts): ComponentFactory 
         controller?.abort();
         await background;
         background = undefined;
-        await server?.close();
-        server = undefined;
+        await Promise.all([...servers.values()].map((s) => s.close()));
+        servers.clear();
       },
       reload(config) {
         values = config;
         return readResolvConf();
       },
       status() {
-        const address = `127.0.0.1:${String(values.DNS_PROXY_PORT)}`;
-        if (server === undefined) return { ready: false, summary: `dns proxy not listening on ${address}` };
+        const address = (servers.size === 0 ? ["127.0.0.1"] : [...servers.keys()])
+          .map((h) => hostPort(h, values.DNS_PROXY_PORT))
+          .join(",");
+        if (servers.size === 0) return { ready: false, summary: `dns proxy not listening on ${address}` };
         const size = proxy.tableSize;
         if (size === undefined || tableReceivedAt === undefined) {
           return { ready: true, summary: `dns ${address}: no name table yet, forwarding every name` };

@@ -12,6 +12,7 @@ import type { Packet } from "dns-packet";
 import { describe, expect, it } from "vitest";
 import { AdsTestClient, CDS_TYPE } from "../../test/support/ads-client.js";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 import { freePort } from "../../test/support/net.js";
 import { createAgentEvents } from "../agent/events.js";
 import { MetricsRegistry } from "../agent/metrics.js";
@@ -24,7 +25,7 @@ import { nodeFileSystem } from "../platform/fs.js";
 import { createLogger } from "../platform/logger.js";
 import { nodeProcessRunner } from "../platform/process.js";
 import { createAgentXdsChannels } from "../xds/agent-channel.js";
-import { istiodConnection } from "../xds/istiod-connection.js";
+import { agentAdsConnection } from "../xds/agent-connection.js";
 import { NAME_TABLE_TYPE_URL } from "../xds/nds.js";
 import { buildNodeBlock } from "../xds/node-block.js";
 import { XdsProxy } from "../xds/proxy.js";
@@ -90,7 +91,7 @@ describe("NDS on the xDS proxy's upstream", () => {
       fs: nodeFileSystem,
       clock: systemClock,
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-      connection: () => istiodConnection(fs, loaded.values, node),
+      connection: () => agentAdsConnection(fs, loaded.values, node),
     });
     await proxy.listen();
     const channels = createAgentXdsChannels();
@@ -102,15 +103,12 @@ describe("NDS on the xDS proxy's upstream", () => {
       resolvConfPollMs: 5000,
       forwardTimeoutMs: 1000,
     })({
+      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock: systemClock }),
       config: loaded.values,
       loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock: systemClock,
       logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
       metrics: new MetricsRegistry(),
       events: createAgentEvents(),
-      env,
       xds: channels,
     });
     if (component === undefined) throw new Error("no component");
@@ -148,15 +146,12 @@ describe("NDS on the xDS proxy's upstream", () => {
     const loaded = await loadConfig({ env: { ISTIO_VM_ROOT: "/vm" }, fs });
     await upstreamNameTableSource(own)(
       {
+        ...fakePorts({ env: {}, fs, runner: nodeProcessRunner, clock: systemClock }),
         config: loaded.values,
         loaded,
-        fs,
-        runner: nodeProcessRunner,
-        clock: systemClock,
         logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
         metrics: new MetricsRegistry(),
         events: createAgentEvents(),
-        env: {},
         xds: createAgentXdsChannels(),
       },
       () => loaded.values,

@@ -153,9 +153,14 @@ function closeTcp(tcp: TcpServer, connections: Set<Socket>): Promise<void> {
 
 function bindUdp(proxy: DnsProxy, host: string, port: number): Promise<UdpSocket> {
   const udp = createSocket(host.includes(":") ? "udp6" : "udp4");
+  let open = true;
+  udp.once("close", () => {
+    open = false;
+  });
   udp.on("message", (message, rinfo) => {
     void proxy.handle(message, "udp").then((response) => {
-      if (response !== undefined) udp.send(response, rinfo.port, rinfo.address);
+      // An answer that arrives after close (a slow upstream during shutdown) is dropped: send would throw.
+      if (response !== undefined && open) udp.send(response, rinfo.port, rinfo.address);
     });
   });
   return new Promise((resolve, reject) => {

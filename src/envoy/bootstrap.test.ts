@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
-import { checkAgainstProto } from "../../test/support/envoy-proto.js";
+import { checkAgainstProto, checkAgainstV2Proto } from "../../test/support/envoy-proto.js";
 import { checkAgainstV1Schema } from "../../test/support/envoy-v1-schema.js";
 import { loadConfig } from "../config/load.js";
 import type { BootstrapInput } from "./bootstrap.js";
@@ -107,6 +107,107 @@ describe("renderBootstrap, v1", () => {
     expect(errors).toContain("/cluster_manager/clusters/0/hosts: must NOT have fewer than 1 items");
     expect(errors).toContain("/cluster_manager/sds: must have required property 'refresh_delay_ms'");
     expect(errors).toContain("/cluster_manager/cds/cluster: must have required property 'connect_timeout_ms'");
+  });
+});
+
+/** ENVOY_XDS_API=v2 (Istio 0.8): pilot-agent 0.8's ADS bootstrap. */
+const V2_PROFILES = {
+  "legacy-v2-mtls": () => input(`${LEGACY_CLUSTER}ENVOY_XDS_API=v2\n`, `${VM}POD_NAME=demo-vm-1\n`),
+  "legacy-v2-plain": () =>
+    input(`${LEGACY_CLUSTER}CONTROL_PLANE_AUTH_POLICY=NONE\nENVOY_XDS_API=v2\n`, `${VM}ENVOY_STATS_PORT=0\n`),
+};
+
+describe("renderBootstrap, v2", () => {
+  for (const [name, make] of Object.entries(V2_PROFILES)) {
+    it(`${name}: matches its golden file`, async () => {
+      await expect(serializeBootstrap(renderBootstrap(await make()))).toMatchFileSnapshot(
+        `__golden__/bootstrap-${name}.json.golden`,
+      );
+    });
+
+    it(`${name}: every field is one of Envoy's v2 Bootstrap with the right type (v2 proto subset)`, async () => {
+      const check = checkAgainstV2Proto(renderBootstrap(await make()));
+      expect(check.errors).toEqual([]);
+      expect(check.verify).toBeNull();
+      expect(check.typesSeen).toContain("envoy.api.v2.Cluster");
+      if (name.endsWith("mtls")) expect(check.typesSeen).toContain("envoy.api.v2.auth.UpstreamTlsContext");
+    });
+  }
+
+  it("is pilot-agent 0.8's: node with ISTIO_META_* and istio=sidecar, LDS/CDS over ADS to xds-grpc on 15011 with Pilot's SAN", async () => {
+    const i = await input(LEGACY_CLUSTER, VM, { ENVOY_XDS_API: "v2", ISTIO_META_OWNER: "team-a" });
+    const b = renderBootstrap(i) as Record<string, unknown>;
+    expect(b["node"]).toMatchObject({
+      id: "sidecar~10.150.0.5~demo-vm-1.default~default.svc.cluster.local",
+      cluster: "rawvm",
+      metadata: { OWNER: "team-a", istio: "sidecar" },
+    });
+    expect(b["admin"]).toEqual({
+      access_log_path: "/dev/stdout",
+      address: { socket_address: { address: "127.0.0.1", port_value: 15000 } },
+    });
+    expect(b["dynamic_resources"]).toEqual({
+      lds_config: { ads: {} },
+      cds_config: { ads: {} },
+      ads_config: {
+        api_type: "GRPC",
+        refresh_delay: "1s",
+        grpc_services: [{ envoy_grpc: { cluster_name: "xds-grpc" } }],
+      },
+    });
+    const clusters = (b["static_resources"] as { clusters: Record<string, unknown>[] }).clusters;
+    const xds = clusters.find((c) => c["name"] === "xds-grpc");
+    expect(xds).toMatchObject({
+      type: "STRICT_DNS",
+      hosts: [{ socket_address: { address: "istio-pilot.istio-system", port_value: 15011 } }],
+      http2_protocol_options: {},
+      tls_context: {
+        common_tls_context: {
+          tls_certificates: [
+            {
+              certificate_chain: { filename: "/etc/certs/cert-chain.pem" },
+              private_key: { filename: "/etc/certs/key.pem" },
+            },
+          ],
+          validation_context: {
+            trusted_ca: { filename: "/etc/certs/root-cert.pem" },
+            verify_subject_alt_name: ["spiffe://cluster.local/ns/istio-system/sa/istio-pilot-service-account"],
+          },
+        },
+      },
+    });
+    // No v3 name anywhere: no typed configs, no transport sockets, no resource_api_version.
+    expect(JSON.stringify(b)).not.toMatch(/v3|transport_socket|resource_api_version|@type/);
+    const plain = await input(`${LEGACY_CLUSTER}CONTROL_PLANE_AUTH_POLICY=NONE\n`, VM, { ENVOY_XDS_API: "v2" });
+    const plainText = JSON.stringify(renderBootstrap(plain));
+    expect(plainText).toContain('"port_value":15010');
+    expect(plainText).not.toContain("tls_context");
+  });
+
+  it("the v2 check rejects what v2 Envoy rejected: v3-only fields, unknown keys, wrong types, bad enums", () => {
+    const errors = checkAgainstV2Proto({
+      node: { id: "x", user_agent_name: "envoy" },
+      admin: { address: { socket_address: { address: "127.0.0.1", port_value: "15000" } } },
+      dynamic_resources: { lds_config: { ads: {}, resource_api_version: "V3" } },
+      static_resources: {
+        clusters: [{ name: "c", lb_policy: "ROUND_ROBINN", transport_socket: {}, connect_timeout: 1 }],
+        listeners: [
+          {
+            name: "l",
+            bind_to_port: false,
+            filter_chains: [{ filters: [{ name: "f", config: {}, typed_config: {} }] }],
+          },
+        ],
+      },
+    }).errors.join("\n");
+    expect(errors).toContain("node.user_agent_name: no field 'user_agent_name'");
+    expect(errors).toContain("port_value: expected a uint32");
+    expect(errors).toContain("lds_config.resource_api_version: no field");
+    expect(errors).toContain('lb_policy: "ROUND_ROBINN" is not one of LbPolicy');
+    expect(errors).toContain("transport_socket: no field 'transport_socket'");
+    expect(errors).toContain("connect_timeout: expected a Duration");
+    expect(errors).toContain("listeners[0].bind_to_port: no field 'bind_to_port'");
+    expect(errors).toMatch(/'typed_config' and 'config' are both set/);
   });
 });
 

@@ -1,7 +1,8 @@
 /**
  * The Envoy configuration the agent writes as `envoy-rev<N>.json` (pure: configuration in, JSON value out), in the
  * API ENVOY_XDS_API names: `v1` (the legacy profile's default) is the JSON configuration pilot-agent 0.2–0.7 wrote,
- * see renderV1Bootstrap below; `v3` is the bootstrap described here (v2 is refused by the configuration for now).
+ * see renderV1Bootstrap below; `v2` is Istio 0.8's ADS bootstrap (src/envoy/bootstrap-v2.ts); `v3` is the bootstrap
+ * described here.
  *
  * What is in the v3 bootstrap, and why:
  * - `node`: id, cluster and metadata as src/xds/node-block.ts builds them (what pilot-agent sends for the same
@@ -35,6 +36,7 @@ import type { StructValue } from "../xds/protos.js";
 import { XDS_API_HEADER } from "../xds/protos.js";
 import { sdsSocketPath, usesSds } from "../sds/socket.js";
 import { usesXdsProxy, xdsProxySocketPath } from "../xds/proxy-socket.js";
+import { renderV2Bootstrap } from "./bootstrap-v2.js";
 
 /** The JSON value of a bootstrap: plain data, so it can be hashed, diffed, written and validated. */
 export type BootstrapJson = { readonly [key: string]: BootstrapValue };
@@ -343,6 +345,7 @@ export function xdsApiReason(
 
 export function renderBootstrap(input: BootstrapInput): BootstrapJson {
   if (input.config.ENVOY_XDS_API === "v1") return renderV1Bootstrap(input);
+  if (input.config.ENVOY_XDS_API === "v2") return renderV2Bootstrap(input);
   return renderAdsBootstrap(input);
 }
 

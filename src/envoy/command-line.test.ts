@@ -42,6 +42,20 @@ describe("envoyCommand", () => {
     );
   });
 
+  it("v2: pilot-agent 0.8's command line, --max-obj-name-len 189 for the outbound|<port>||<host> names", () => {
+    const c = envoyCommand({
+      config: { ...CONFIG, ENVOY_XDS_API: "v2" },
+      epoch: 1,
+      bootstrapPath: "/etc/istio/proxy/envoy-rev1.json",
+      serviceNode: NODE,
+    });
+    expect(c.args.join(" ")).toBe(
+      "-c /etc/istio/proxy/envoy-rev1.json --restart-epoch 1 --drain-time-s 2 --parent-shutdown-time-s 3 " +
+        `--service-cluster istio-proxy --service-node ${NODE} --max-obj-name-len 189 --base-id 0 -l warning ` +
+        "--log-format [%l][%n] [%g:%#] %v",
+    );
+  });
+
   it("istiod profile: no --service-cluster, so the bootstrap's node.cluster (Istio's rules) is the one Envoy uses", () => {
     const c = envoyCommand({
       config: { ...CONFIG, ISTIO_CONTROL_PLANE: "istiod", ISTIO_SERVICE: "" },

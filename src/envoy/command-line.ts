@@ -95,9 +95,10 @@ export function envoyCommand(input: EnvoyCommandInput): EnvoyCommand {
     ...(config.ISTIO_CONTROL_PLANE === "legacy" ? ["--service-cluster", config.ISTIO_SERVICE] : []),
     "--service-node",
     input.serviceNode,
-    // v1 cluster names carry Pilot's service keys (`out.<host>|<port names>`): pilot-agent 0.3+ raised Envoy's
-    // 60-character limit to 189, the length Pilot truncates names to (proxy/envoy/config.go MaxClusterNameLength).
-    ...(config.ENVOY_XDS_API === "v1" ? ["--max-obj-name-len", "189"] : []),
+    // v1 and v2 cluster names carry service names (`out.<host>|<port names>`, `outbound|<port>||<host>`):
+    // pilot-agent 0.3–0.8 raised Envoy's 60-character limit to 189, the length Pilot truncates names to
+    // (proxy/envoy/config.go, 0.8 pkg/bootstrap/config.go MaxClusterNameLength). Envoy 1.11 made it a no-op.
+    ...(config.ENVOY_XDS_API === "v1" || config.ENVOY_XDS_API === "v2" ? ["--max-obj-name-len", "189"] : []),
     "--base-id",
     String(config.ENVOY_BASE_ID),
     "-l",

@@ -6,27 +6,16 @@
  * over. (A failure before the first ready epoch
  * rejects `start` instead, which the frame handles the same way.)
  */
-import { hostname } from "node:os";
 import type { AgentComponent, AgentDeps, ComponentFactory, ComponentStatus } from "../agent/component.js";
 import type { ConfigValues } from "../config/registry.js";
-import type { ChildSpawner } from "../platform/child.js";
-import { createChildSpawner } from "../platform/child.js";
-import type { HttpClient } from "../platform/http.js";
-import { nodeHttpClient } from "../platform/http.js";
 import type { SupervisorOptions } from "./supervisor.js";
 import { EnvoySupervisor } from "./supervisor.js";
 
-/** Ports a test or the demo swaps; production uses the real ones. */
-export interface EnvoyComponentPorts {
-  readonly spawner?: ChildSpawner;
-  readonly http?: HttpClient;
-  readonly hostname?: string;
-  readonly uid?: number;
-  readonly tuning?: Pick<SupervisorOptions, "policy" | "debounceMs" | "certPollMs" | "killTimeoutMs" | "readyPollMs">;
-}
-
-/** One spawner per process: it owns the exit handler and the watchdog that keep Envoy from outliving the agent. */
-let processSpawner: ChildSpawner | undefined;
+/** Timings a test shortens; the ports themselves come with the agent's deps. */
+export type EnvoyTuning = Pick<
+  SupervisorOptions,
+  "policy" | "debounceMs" | "certPollMs" | "killTimeoutMs" | "readyPollMs"
+>;
 
 export function extraMetadataOf(deps: Pick<AgentDeps, "loaded">): Record<string, string> {
   return Object.fromEntries(Object.entries(deps.loaded.metadata).map(([name, v]) => [name, v.raw]));
@@ -37,7 +26,7 @@ class EnvoyComponent implements AgentComponent {
   readonly #supervisor: EnvoySupervisor;
   readonly #unsubscribe: () => void;
 
-  constructor(deps: AgentDeps, ports: EnvoyComponentPorts) {
+  constructor(deps: AgentDeps, tuning: EnvoyTuning) {
     const log = deps.logger.child("envoy");
     const restarts = deps.metrics.counter(
       "istio_vm_envoy_restarts_total",
@@ -51,15 +40,17 @@ class EnvoyComponent implements AgentComponent {
     this.#supervisor = new EnvoySupervisor({
       config: deps.config,
       extraMetadata: extraMetadataOf(deps),
-      hostname: ports.hostname ?? hostname(),
+      hostname: deps.hostname(),
       fs: deps.fs,
-      spawner: ports.spawner ?? (processSpawner ??= createChildSpawner()),
-      http: ports.http ?? nodeHttpClient,
+      links: deps.links,
+      spawner: deps.spawner(),
+      http: deps.http,
       clock: deps.clock,
       logger: log,
       env: deps.env,
-      uid: ports.uid ?? process.getuid?.() ?? 0,
-      ...ports.tuning,
+      users: deps.users,
+      uid: deps.uid ?? 0,
+      ...tuning,
       onStatusChange: () => {
         deps.events.emit("status-changed");
       },
@@ -125,9 +116,9 @@ class EnvoyComponent implements AgentComponent {
   }
 }
 
-/** The factory with test ports (fake spawner, host name, fast tuning). */
-export function envoyComponentWith(ports: EnvoyComponentPorts): ComponentFactory {
-  return (deps) => new EnvoyComponent(deps, ports);
+/** The factory with other timings (tests). */
+export function envoyComponentWith(tuning: EnvoyTuning): ComponentFactory {
+  return (deps) => new EnvoyComponent(deps, tuning);
 }
 
 export const envoyComponent: ComponentFactory = envoyComponentWith({});

@@ -13,12 +13,12 @@
  *   the parent answers on the admin port until the child takes it over).
  * - Stop: POST /drain_listeners?graceful, wait the drain time (or until Envoy exits), SIGTERM each process group, and
  *   SIGKILL what is left after `killTimeoutMs`.
- * - Before epoch 0: shared-memory files in ISTIO_SHM_DIR owned by another user are removed (Envoy cannot reopen them:
- *   the original's "cannot open shared memory region"), and an Envoy left holding the admin port is asked to quit.
+ * - Before epoch 0 (housekeeping.ts): shared-memory files in ISTIO_SHM_DIR owned by another user are removed (Envoy
+ *   cannot reopen them: the original's "cannot open shared memory region"), and an Envoy left holding the admin port
+ *   is asked to quit.
  * - Every Envoy runs in a process group of its own (platform/child.ts): nothing outlives the agent.
  */
 import { createHash } from "node:crypto";
-import { join } from "node:path";
 import type { ConfigValues } from "../config/registry.js";
 import type { Clock } from "../platform/clock.js";
 import { scheduleOnce } from "../platform/clock.js";
@@ -26,12 +26,15 @@ import type { ChildExit, ChildSpawner, GroupChild } from "../platform/child.js";
 import { AgentError, describeError } from "../platform/errors.js";
 import type { FileOwner, FileSystem } from "../platform/fs.js";
 import type { HttpClient } from "../platform/http.js";
+import type { LinkFileSystem } from "../platform/links.js";
 import type { Logger } from "../platform/logger.js";
 import { formatCommand } from "../platform/process.js";
-import { parsePasswd, passwdPath } from "../intercept/settings.js";
+import type { UserDirectory } from "../platform/users.js";
 import { usesSds } from "../sds/socket.js";
 import type { BootstrapJson } from "./bootstrap.js";
-import { CERT_FILES, bootstrapPath, renderBootstrap, serializeBootstrap, serviceNode } from "./bootstrap.js";
+import type { Housekeeping } from "./housekeeping.js";
+import { certificateHash, envoyEnv, prepareFirstEpoch, resolveEnvoyOwner } from "./housekeeping.js";
+import { bootstrapPath, renderBootstrap, serializeBootstrap, serviceNode } from "./bootstrap.js";
 import { envoyCommand, envoyLinePriority } from "./command-line.js";
 import type { RestartPolicy } from "./restart-policy.js";
 import { DEFAULT_RESTART_POLICY, nextRestart, recentFailures } from "./restart-policy.js";
@@ -42,6 +45,8 @@ export interface SupervisorOptions {
   readonly extraMetadata: Readonly<Record<string, string>>;
   readonly hostname: string;
   readonly fs: FileSystem;
+  /** With `fs`: the certificate store's reader (legacy profile: the PEM files are part of an epoch). */
+  readonly links: LinkFileSystem;
   readonly spawner: ChildSpawner;
   readonly http: HttpClient;
   readonly clock: Clock;
@@ -50,6 +55,8 @@ export interface SupervisorOptions {
   readonly env: NodeJS.ProcessEnv;
   /** The agent's own uid (process.getuid()); decides whether Envoy can be started as ENVOY_USER. */
   readonly uid: number;
+  /** Where ENVOY_USER is looked up. */
+  readonly users: UserDirectory;
   readonly policy?: RestartPolicy;
   /** Several certificate events within this window cause one restart (default 2 s). */
   readonly debounceMs?: number;
@@ -97,8 +104,6 @@ export interface SupervisorStatus {
   readonly nextAttemptAt: number | undefined;
 }
 
-const SYSTEMD_ONLY = ["NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
-
 export class EnvoySupervisor {
   readonly #o: SupervisorOptions;
   readonly #log: Logger;
@@ -143,7 +148,7 @@ export class EnvoySupervisor {
         hint: "install Envoy (Istio's istio-sidecar package or Envoy's own puts it at /usr/local/bin/envoy) or set ENVOY_BINARY",
       });
     }
-    this.#owner = await this.#resolveOwner();
+    this.#owner = await resolveEnvoyOwner(this.#housekeeping());
     const ready = new Promise<void>((resolve, reject) => {
       this.#firstReady = { resolve, reject };
     });
@@ -151,7 +156,7 @@ export class EnvoySupervisor {
       this.#firstReady?.reject(new Error("Envoy start aborted: the agent is stopping"));
     };
     signal.addEventListener("abort", onAbort, { once: true });
-    this.#lastCertHash = await this.#certHash();
+    this.#lastCertHash = await certificateHash(this.#housekeeping());
     this.#enqueue("start");
     const poll = this.#o.certPollMs ?? 5000;
     if (poll > 0) this.#polling ??= this.#pollLoop(poll);
@@ -237,21 +242,6 @@ export class EnvoySupervisor {
     return renderBootstrap({ config: this.#config, extraMetadata: this.#o.extraMetadata, hostname: this.#o.hostname });
   }
 
-  async #certHash(): Promise<string> {
-    // istiod: Envoy gets its certificates over SDS (src/sds/), so they are no part of an epoch: a renewal is pushed
-    // to the running Envoy and starts nothing.
-    if (usesSds(this.#config)) return "sds";
-    const hash = createHash("sha256");
-    for (const name of [CERT_FILES.chain, CERT_FILES.key, CERT_FILES.root]) {
-      try {
-        hash.update(await this.#o.fs.readFile(join(this.#config.OUTPUT_CERTS, name)));
-      } catch {
-        // Missing files are skipped, as pilot-agent did: a plain-text profile may have none.
-      }
-    }
-    return hash.digest("hex");
-  }
-
   /** Hashes the PEM files every `everyMs` until stop (the clock's sleep: the fake clock sees it). */
   async #pollLoop(everyMs: number): Promise<void> {
     const signal = this.#poll.signal;
@@ -271,7 +261,7 @@ export class EnvoySupervisor {
 
   async #pollCertificates(): Promise<void> {
     if (this.#stopping || this.#state === "idle") return;
-    const current = await this.#certHash();
+    const current = await certificateHash(this.#housekeeping());
     if (current !== this.#lastCertHash) {
       this.#log.info("certificate files changed on disk");
       this.certificatesChanged();
@@ -281,7 +271,7 @@ export class EnvoySupervisor {
   async #desired(): Promise<Desired> {
     const bootstrap = this.#render();
     const text = serializeBootstrap(bootstrap);
-    const certHash = await this.#certHash();
+    const certHash = await certificateHash(this.#housekeeping());
     const command = envoyCommand({
       config: this.#config,
       epoch: 0,
@@ -315,7 +305,7 @@ export class EnvoySupervisor {
     const epoch = newest === undefined ? 0 : newest.epoch + 1;
     this.#setState(epoch === 0 ? "starting" : "restarting");
     try {
-      if (epoch === 0) await this.#prepareFirstEpoch();
+      if (epoch === 0) await prepareFirstEpoch(this.#housekeeping(), this.#owner);
       await this.#startEpoch(epoch, desired, reason);
     } catch (error) {
       await this.#failed(`epoch ${epoch} failed to start: ${describeError(error)}`);
@@ -342,7 +332,7 @@ export class EnvoySupervisor {
     let child: GroupChild;
     try {
       child = await this.#o.spawner.spawn(config.ENVOY_BINARY, command.args, {
-        env: this.#envoyEnv(),
+        env: envoyEnv(this.#o.env),
         ...(this.#owner === undefined ? {} : { uid: this.#owner.uid, gid: this.#owner.gid }),
         onLine: (stream, line) => {
           const priority = stream === "stdout" ? "info" : envoyLinePriority(line);
@@ -521,131 +511,9 @@ export class EnvoySupervisor {
     }
   }
 
-  // ── before epoch 0 ──────────────────────────────────────────────────────────────────────
-
-  async #prepareFirstEpoch(): Promise<void> {
-    await this.#removeStaleSharedMemory();
-    await this.#removeRetiredBootstraps();
-    await this.#quitStaleEnvoy();
-  }
-
-  /** The uid Envoy runs as owns its shared memory; a file of anyone else's (root's, usually) blocks epoch 0. */
-  async #removeStaleSharedMemory(): Promise<void> {
-    const dir = this.#config.ISTIO_SHM_DIR;
-    const uid = this.#owner?.uid ?? this.#o.uid;
-    // Only this base id's region: another Envoy on the machine (another base id) keeps its own. Envoy since 1.14
-    // names it base id × 10, older ones base id itself; for the default 0 both are envoy_shared_memory_0.
-    const base = this.#config.ENVOY_BASE_ID;
-    for (const name of new Set([`envoy_shared_memory_${base * 10}`, `envoy_shared_memory_${base}`])) {
-      const path = join(dir, name);
-      const stat = await this.#o.fs.stat(path).catch(() => undefined);
-      if (stat === undefined || stat.uid === uid) continue;
-      try {
-        await this.#o.fs.remove(path);
-        this.#log.warn("removed stale Envoy shared memory owned by another user", { path, uid: stat.uid });
-      } catch (error) {
-        this.#log.error("cannot remove stale Envoy shared memory; Envoy will fail to start", {
-          path,
-          uid: stat.uid,
-          error: describeError(error),
-          hint: `remove it as root: rm ${path}`,
-        });
-      }
-    }
-  }
-
-  /** Bootstraps of epochs that no longer run (a previous agent killed with its Envoys) are clutter with a key path. */
-  async #removeRetiredBootstraps(): Promise<void> {
-    const dir = this.#config.ISTIO_PROXY_CONFIG_DIR;
-    let names: string[];
-    try {
-      names = await this.#o.fs.readdir(dir);
-    } catch {
-      return;
-    }
-    for (const name of names) {
-      if (/^envoy-rev\d+\.json$/.test(name)) await this.#o.fs.remove(join(dir, name));
-    }
-  }
-
-  /** An Envoy not ours holding the admin port (a previous run's, istio/istio#35534) would make epoch 0 fail. */
-  async #quitStaleEnvoy(): Promise<void> {
-    const admin = `http://127.0.0.1:${this.#config.ENVOY_ADMIN_PORT}`;
-    let body: string;
-    try {
-      body = (await this.#o.http.request({ url: `${admin}/server_info`, timeoutMs: 1000 })).body.toString("utf8");
-    } catch {
-      return; // nothing listens: the usual case
-    }
-    const busy = (what: string): AgentError =>
-      new AgentError({
-        code: "ENVOY_ADMIN_PORT_BUSY",
-        message: `${what} holds 127.0.0.1:${this.#config.ENVOY_ADMIN_PORT}, Envoy's admin port (ENVOY_ADMIN_PORT)`,
-        subject: admin,
-        hint: "find it with `ss -ltnp` and stop it, or change ENVOY_ADMIN_PORT",
-      });
-    // Only an Envoy this VM's agent started earlier is stopped: same node id, or a bootstrap of ours.
-    let options: { service_node?: string; config_path?: string } | undefined;
-    try {
-      options = (JSON.parse(body) as { command_line_options?: typeof options }).command_line_options;
-    } catch {
-      // not an Envoy
-    }
-    const node = serviceNode({ config: this.#config, extraMetadata: {}, hostname: this.#o.hostname });
-    const ours =
-      options?.service_node === node ||
-      options?.config_path?.startsWith(join(this.#config.ISTIO_PROXY_CONFIG_DIR, "envoy-rev")) === true;
-    if (!ours) throw busy(options === undefined ? "a process that is not Envoy" : "an Envoy that is not this VM's");
-    this.#log.warn("an Envoy left over from an earlier run holds the admin port; asking it to quit", { admin });
-    try {
-      await this.#o.http.request({ url: `${admin}/quitquitquit`, method: "POST", timeoutMs: 1000 });
-    } catch {
-      // It may close the connection as it exits.
-    }
-    for (let i = 0; i < 50; i++) {
-      try {
-        await this.#o.http.request({ url: `${admin}/server_info`, timeoutMs: 500 });
-      } catch {
-        return;
-      }
-      await this.#o.clock.sleep(100);
-    }
-    throw busy("an Envoy that does not quit");
-  }
-
-  /** Who Envoy runs as: ENVOY_USER when the agent is root; the agent's own user otherwise. */
-  async #resolveOwner(): Promise<FileOwner | undefined> {
-    const user = this.#config.ENVOY_USER;
-    const path = passwdPath(this.#config);
-    const text = await this.#o.fs.readTextIfExists(path);
-    const entry = text === undefined ? undefined : parsePasswd(text).find((e) => e.name === user);
-    if (entry === undefined) {
-      if (this.#o.uid !== 0) {
-        this.#log.warn(`ENVOY_USER ${user} not found in ${path}; Envoy runs as the agent's user`, { uid: this.#o.uid });
-        return undefined;
-      }
-      throw new AgentError({
-        code: "PROXY_USER_MISSING",
-        kind: "config",
-        subject: user,
-        message: `the proxy user '${user}' (ENVOY_USER) does not exist in ${path}; Envoy must not run as root`,
-        hint: `create it (the package does: useradd --system --home-dir /var/lib/istio ${user}) or set ENVOY_USER`,
-      });
-    }
-    if (entry.uid === this.#o.uid) return undefined;
-    if (this.#o.uid !== 0) {
-      this.#log.warn(`the agent is not root and cannot start Envoy as ${user}; Envoy runs as the agent's user`, {
-        uid: this.#o.uid,
-      });
-      return undefined;
-    }
-    return { uid: entry.uid, gid: entry.gid };
-  }
-
-  #envoyEnv(): NodeJS.ProcessEnv {
-    const env = { ...this.#o.env };
-    for (const name of SYSTEMD_ONLY) Reflect.deleteProperty(env, name);
-    return env;
+  /** The ports and the configuration in force, for src/envoy/housekeeping.ts. */
+  #housekeeping(): Housekeeping {
+    return { ...this.#o, config: this.#config, logger: this.#log };
   }
 
   #setState(state: SupervisorStatus["state"]): void {

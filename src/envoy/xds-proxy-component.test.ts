@@ -10,8 +10,10 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { AdsTestClient, CDS_TYPE, LDS_TYPE } from "../../test/support/ads-client.js";
 import { freePort } from "../../test/support/net.js";
 import { ManualSignals, RecordingNotifier } from "../../test/fakes/notifier.js";
+import { fakePorts } from "../../test/fakes/ports.js";
 import { runAgent } from "../agent/agent.js";
 import type { CheckDeps } from "../checks/check.js";
+import { checkDepsFrom } from "../checks/check.js";
 import { xdsProxyCheck } from "../checks/xds-proxy.js";
 import { loadConfig } from "../config/load.js";
 import type { ConfigValues } from "../config/registry.js";
@@ -21,12 +23,11 @@ import type { PilotXdsServer } from "../devplane/pilot-xds.js";
 import { startPilotXds } from "../devplane/pilot-xds.js";
 import { ObjectStore } from "../devplane/store.js";
 import { systemClock } from "../platform/clock.js";
-import { nodeDnsClient } from "../platform/dns.js";
 import { nodeFileSystem } from "../platform/fs.js";
 import { nodeHttpClient } from "../platform/http.js";
 import { silentLogger } from "../platform/logger.js";
 import { nodeProcessRunner } from "../platform/process.js";
-import { nodeTlsProber } from "../platform/tls.js";
+import type { SystemPorts } from "../platform/ports.js";
 import { buildNodeBlock } from "../xds/node-block.js";
 import { xdsProxySocketPath } from "../xds/proxy-socket.js";
 import { xdsProxyComponentWith } from "./xds-proxy-component.js";
@@ -78,14 +79,11 @@ async function startAgent(serviceAccount: string): Promise<{ values: ConfigValue
   const notifier = new RecordingNotifier();
   const signals = new ManualSignals();
   const run = runAgent({
-    env,
-    fs: nodeFileSystem,
-    runner: nodeProcessRunner,
-    clock: systemClock,
+    ...ports(env),
     logger: silentLogger,
     notifier,
     signals,
-    components: [xdsProxyComponentWith({ hostname: "vm1", initialBackoffMs: 50, maxBackoffMs: 200 })],
+    components: [xdsProxyComponentWith({ initialBackoffMs: 50, maxBackoffMs: 200 })],
     version: "0.0.0-test",
   });
   cleanups.push(async () => {
@@ -105,28 +103,31 @@ function envoy(values: ConfigValues): AdsTestClient {
   return client;
 }
 
-function checkDeps(values: ConfigValues): CheckDeps {
-  return {
-    values,
-    metadata: {},
+/** The real file system, clock and HTTP; the host name the bootstrap's node is built with. */
+function ports(env: NodeJS.ProcessEnv): SystemPorts {
+  return fakePorts({
+    env,
     fs: nodeFileSystem,
     runner: nodeProcessRunner,
     clock: systemClock,
-    logger: silentLogger,
-    dns: nodeDnsClient,
     http: nodeHttpClient,
-    tls: nodeTlsProber,
-    hostname: "vm1",
-    version: "test",
-    timeoutMs: 2000,
-  };
+    uid: process.getuid?.(),
+    hostname: () => "vm1",
+  });
+}
+
+/** What `istio-vm check` builds on this VM (its configuration files, with `extra` in the environment). */
+async function checkDeps(extra: NodeJS.ProcessEnv = {}): Promise<CheckDeps> {
+  const env = { ISTIO_VM_ROOT: root, ...extra };
+  const loaded = await loadConfig({ env, fs: nodeFileSystem });
+  return checkDepsFrom(ports(env), { loaded, logger: silentLogger, timeoutMs: 2000 });
 }
 
 describe("the xds-proxy component", () => {
   it("is ready once istiod answered Envoy's CDS and LDS; STATUS= and the check say so", async () => {
     const { values, notifier } = await startAgent("vm-sa");
     await notifier.waitForStatus(/xds proxy: waiting for Envoy to subscribe/);
-    const before = await xdsProxyCheck(checkDeps(values)).run(new AbortController().signal);
+    const before = await xdsProxyCheck(await checkDeps()).run(new AbortController().signal);
     expect(before.status).toBe("fail");
     expect(before.hint).toContain("envoy check");
 
@@ -138,7 +139,7 @@ describe("the xds-proxy component", () => {
     await e.nextOf(LDS_TYPE);
     const ready = await notifier.waitForStatus(/^ready: /);
     expect(ready["STATUS"]).toContain(`xds proxy: istiod ${pilot.address} answered CDS, LDS; Envoy subscribed`);
-    const result = await xdsProxyCheck(checkDeps(values)).run(new AbortController().signal);
+    const result = await xdsProxyCheck(await checkDeps()).run(new AbortController().signal);
     expect(result.status).toBe("pass");
     expect(result.details[0]).toMatch(/XDS: mode 0600, uid \d+$/);
     expect(pilot.connections()[0]?.identities).toEqual([mesh.spiffeId("vmns", "vm-sa")]);
@@ -155,19 +156,16 @@ describe("the xds-proxy component", () => {
     expect(status["STATUS"]).toMatch(
       /^degraded: .*xds proxy: .*authorization failed: no identities \(spiffe:\/\/cluster\.local\/ns\/vmns\/sa\/not-the-vm-sa\) matched the node's NAMESPACE=vmns SERVICE_ACCOUNT=vm-sa/,
     );
-    const result = await xdsProxyCheck(checkDeps(values)).run(new AbortController().signal);
+    const result = await xdsProxyCheck(await checkDeps()).run(new AbortController().signal);
     expect(result.status).toBe("fail");
     expect(result.summary).toContain("PERMISSION_DENIED");
     expect(result.hint).toContain("identity check refused");
   });
 
   it("the check skips on the legacy profile", async () => {
-    await writeFile(join(root, "cluster.env"), "");
-    const loaded = await loadConfig({
-      env: { ISTIO_VM_ROOT: root, ISTIO_CONTROL_PLANE: "legacy" },
-      fs: nodeFileSystem,
-    });
-    const result = await xdsProxyCheck(checkDeps(loaded.values)).run(new AbortController().signal);
+    const result = await xdsProxyCheck(await checkDeps({ ISTIO_CONTROL_PLANE: "legacy" })).run(
+      new AbortController().signal,
+    );
     expect(result.status).toBe("skip");
   });
 });

@@ -6,20 +6,18 @@
  * (src/xds/agent-channel.ts: the DNS proxy's NDS, health reports). Starting never waits on istiod; the component is
  * ready once istiod has answered CDS and LDS on the current upstream stream.
  */
-import { hostname } from "node:os";
 import type { AgentComponent, AgentDeps, ComponentFactory, ComponentStatus } from "../agent/component.js";
 import type { Counter } from "../agent/metrics.js";
 import type { ConfigValues } from "../config/registry.js";
 import { envoyOwner } from "../sds/component.js";
-import { istiodConnection } from "../xds/istiod-connection.js";
+import { agentAdsConnection } from "../xds/agent-connection.js";
 import { buildNodeBlock } from "../xds/node-block.js";
 import { XdsProxy } from "../xds/proxy.js";
 import { usesXdsProxy, xdsProxySocketPath } from "../xds/proxy-socket.js";
 import { extraMetadataOf } from "./component.js";
 
+/** Tuning a test swaps (the host name and uid come from the agent's ports). */
 export interface XdsProxyComponentPorts {
-  readonly hostname?: string;
-  readonly uid?: number;
   readonly initialBackoffMs?: number;
   readonly maxBackoffMs?: number;
 }
@@ -85,8 +83,8 @@ class XdsProxyComponent implements AgentComponent {
   async start(): Promise<void> {
     const deps = this.#deps;
     const { envoyStreams, upstreamStreams, reconnects, messages } = this.#counters;
-    const hostName = this.#ports.hostname ?? hostname();
-    const owner = await envoyOwner(deps, this.#ports.uid ?? process.getuid?.() ?? 0);
+    const hostName = deps.hostname();
+    const owner = await envoyOwner(deps, deps.uid ?? 0);
     const changed = (): void => {
       deps.events.emit("status-changed");
     };
@@ -99,7 +97,7 @@ class XdsProxyComponent implements AgentComponent {
       connection: () => {
         const config = this.#config;
         const node = buildNodeBlock({ config, extraMetadata: extraMetadataOf(deps), hostname: hostName });
-        return istiodConnection(deps.fs, config, node);
+        return agentAdsConnection(deps.fs, config, node);
       },
       observer: {
         envoyStreamOpened: () => {
@@ -171,7 +169,7 @@ class XdsProxyComponent implements AgentComponent {
   }
 }
 
-/** The factory with test ports (host name, uid, backoff). */
+/** The factory with test tuning (backoff). */
 export function xdsProxyComponentWith(ports: XdsProxyComponentPorts): ComponentFactory {
   return (deps) => (usesXdsProxy(deps.config) ? new XdsProxyComponent(deps, ports) : undefined);
 }

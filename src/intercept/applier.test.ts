@@ -17,6 +17,7 @@ const SETTINGS: InterceptionSettings = {
   proxy: { uids: [1337], gids: [1337], source: "test" },
   excludeInterfaces: [],
   ipv6: false,
+  dns: undefined,
 };
 const PLAN = planInterception(SETTINGS);
 const TABLE = PLAN.families[0]?.tables[0];

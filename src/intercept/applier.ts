@@ -1,6 +1,6 @@
 /**
  * Applies a plan to the kernel through the ProcessRunner port: per family, one `iptables-save` to see what is there
- * and at most one `iptables-restore --noflush -w` for the nat table, whatever the number of ports. The restore input
+ * and at most one `iptables-restore --noflush -w` (nat, and raw with DNS capture), whatever the number of ports. The restore input
  * is the planner's (`restoreInput`, from the plan and what the save shows); it deletes our old jumps, flushes
  * (re)declared chains of ours and adds the new rules in one transaction, so:
  * - a failing restore changes nothing (both back ends commit a table atomically);
@@ -12,9 +12,9 @@
 import { AgentError } from "../platform/errors.js";
 import type { Logger } from "../platform/logger.js";
 import type { ProcessRunner } from "../platform/process.js";
-import type { Family, InterceptionPlan, OurChain, OurState, TablePlan } from "./planner.js";
-import { FAMILIES, restoreInput } from "./planner.js";
-import { diffWithPlan, natTable, ourState, stateIsEmpty } from "./show.js";
+import type { Family, FamilyState, InterceptionPlan, TablePlan } from "./planner.js";
+import { FAMILIES, familyRestoreInput } from "./planner.js";
+import { diffFamily, familyState, familyStateIsEmpty, qualified } from "./show.js";
 
 export type Backend = "legacy" | "nft" | "default";
 export type BackendChoice = "auto" | "legacy" | "nft";
@@ -153,40 +153,41 @@ export interface ApplyOptions {
 
 async function applyFamily(
   deps: IptablesDeps,
-  plan: TablePlan | undefined,
+  tables: readonly TablePlan[],
   family: Family,
   options: ApplyOptions,
 ): Promise<FamilyApplyResult> {
   const detected = await detectBackend(deps, family);
   const { backend } = detected;
-  const rules = plan?.rules.length ?? 0;
-  if (plan === undefined && !detected.saved.ok) {
+  const rules = tables.reduce((n, t) => n + t.rules.length, 0);
+  const planned = tables.length > 0;
+  if (!planned && !detected.saved.ok) {
     // Nothing to capture and nothing readable (no ip6tables, or no IPv6 in the kernel): nothing of ours can be there.
     return { family, backend, action: "nothing", rules, residueCleaned: [] };
   }
-  const state = ourState(natTable(savedOrThrow(family, backend, detected.saved)));
+  const state = familyState(savedOrThrow(family, backend, detected.saved));
   const residueCleaned: Backend[] = [];
   if (deps.choice === "auto") {
     for (const other of (["legacy", "nft"] as const).filter((b) => b !== backend)) {
       const saved = detected.others.get(other) ?? (await runSave(deps, family, other));
-      const residue = saved.ok ? ourState(natTable(saved.text)) : undefined;
-      if (residue === undefined || stateIsEmpty(residue)) continue;
-      if (options.dryRun !== true) await runRestore(deps, family, other, restoreInput(undefined, residue));
+      const residue = saved.ok ? familyState(saved.text) : undefined;
+      if (residue === undefined || familyStateIsEmpty(residue)) continue;
+      if (options.dryRun !== true) await runRestore(deps, family, other, familyRestoreInput([], residue));
       deps.logger?.warn("removed interception rules left in the other iptables back end", { family, backend: other });
       residueCleaned.push(other);
     }
   }
-  const empty = stateIsEmpty(state);
-  if (plan === undefined && empty) return { family, backend, action: "nothing", rules, residueCleaned };
-  if (options.force !== true && diffWithPlan(plan, state).matches) {
+  const empty = familyStateIsEmpty(state);
+  if (!planned && empty) return { family, backend, action: "nothing", rules, residueCleaned };
+  if (options.force !== true && diffFamily(tables, state).matches) {
     return { family, backend, action: "unchanged", rules, residueCleaned };
   }
-  const restore = restoreInput(plan, state);
+  const restore = familyRestoreInput(tables, state);
   if (options.dryRun !== true) await runRestore(deps, family, backend, restore);
-  return { family, backend, action: plan === undefined ? "removed" : "applied", rules, restore, residueCleaned };
+  return { family, backend, action: planned ? "applied" : "removed", rules, restore, residueCleaned };
 }
 
-/** Brings every family's nat rules of ours to the plan. Throws on the first failing family. */
+/** Brings every family's rules of ours (nat, raw) to the plan. Throws on the first failing family. */
 export async function applyInterception(
   deps: IptablesDeps,
   plan: InterceptionPlan,
@@ -194,8 +195,8 @@ export async function applyInterception(
 ): Promise<FamilyApplyResult[]> {
   const results: FamilyApplyResult[] = [];
   for (const family of FAMILIES) {
-    const table = plan.families.find((f) => f.family === family)?.tables[0];
-    results.push(await applyFamily(deps, table, family, options));
+    const tables = plan.families.find((f) => f.family === family)?.tables ?? [];
+    results.push(await applyFamily(deps, tables, family, options));
   }
   return results;
 }
@@ -203,10 +204,11 @@ export async function applyInterception(
 export interface CleanResult {
   readonly family: Family;
   readonly backend: Backend;
-  readonly removedChains: readonly OurChain[];
+  /** Chain names, qualified outside nat (`-t raw ISTIO_INBOUND`). */
+  readonly removedChains: readonly string[];
   readonly removedJumps: number;
   /** Our chains someone else's chain jumps to: flushed, not deleted. */
-  readonly keptChains: readonly OurChain[];
+  readonly keptChains: readonly string[];
   readonly restore?: string;
   /** Why this back end was not looked at (tool missing, no IPv6 in the kernel). */
   readonly skipped?: string;
@@ -267,17 +269,20 @@ async function cleanState(
   saveText: string,
   options: { dryRun?: boolean },
 ): Promise<CleanResult> {
-  const state = ourState(natTable(saveText));
-  if (stateIsEmpty(state)) return { family, backend, removedChains: [], removedJumps: 0, keptChains: [] };
-  const restore = restoreInput(undefined, state);
+  const states = familyState(saveText);
+  if (familyStateIsEmpty(states)) return { family, backend, removedChains: [], removedJumps: 0, keptChains: [] };
+  const restore = familyRestoreInput([], states);
   if (options.dryRun !== true) await runRestore(deps, family, backend, restore);
-  const kept = state.chains.filter((c) => state.referencedByOthers.has(c));
+  const chains = (kept: boolean): string[] =>
+    states.flatMap((s) =>
+      s.chains.filter((c) => s.referencedByOthers.has(c) === kept).map((c) => qualified(s.table, c)),
+    );
   return {
     family,
     backend,
-    removedChains: state.chains.filter((c) => !kept.includes(c)),
-    removedJumps: state.jumps.length,
-    keptChains: kept,
+    removedChains: chains(false),
+    removedJumps: states.reduce((n, s) => n + s.jumps.length, 0),
+    keptChains: chains(true),
     restore,
   };
 }
@@ -287,7 +292,8 @@ export interface FamilyShow {
   readonly backend: Backend;
   readonly readable: boolean;
   readonly reason?: string;
-  readonly state: OurState;
+  /** One entry per table (nat, raw). */
+  readonly states: FamilyState;
 }
 
 /** What the kernel holds of ours, per family, in the back end apply would use. */
@@ -301,11 +307,11 @@ export async function readInterception(deps: IptablesDeps): Promise<FamilyShow[]
         backend: detected.backend,
         readable: false,
         reason: detected.saved.reason,
-        state: ourState(undefined),
+        states: familyState(""),
       });
       continue;
     }
-    shows.push({ family, backend: detected.backend, readable: true, state: ourState(natTable(detected.saved.text)) });
+    shows.push({ family, backend: detected.backend, readable: true, states: familyState(detected.saved.text) });
   }
   return shows;
 }

@@ -5,13 +5,17 @@ import { loadConfig, requireValid } from "../config/load.js";
 import type { InterceptionPlan, Rule } from "./planner.js";
 import { canonicalCidr, planInterception, renderPlan, ruleLine } from "./planner.js";
 import { interceptionSettings } from "./settings.js";
+import { passwdFileUsers } from "../platform/users.js";
 
 const PASSWD = "root:x:0:0:root:/root:/bin/bash\nistio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n";
 
-async function plan(env: Record<string, string>): Promise<InterceptionPlan> {
-  const fs = new MemoryFileSystem({ "/etc/passwd": PASSWD });
+async function plan(env: Record<string, string>, resolvConf?: string): Promise<InterceptionPlan> {
+  const fs = new MemoryFileSystem({
+    "/etc/passwd": PASSWD,
+    ...(resolvConf === undefined ? {} : { "/etc/resolv.conf": resolvConf }),
+  });
   const values = requireValid(await loadConfig({ env, fs }));
-  return planInterception(await interceptionSettings(values, fs));
+  return planInterception(await interceptionSettings(values, passwdFileUsers(fs, "/etc/passwd"), fs));
 }
 
 const legacy = (env: Record<string, string>): Promise<InterceptionPlan> =>
@@ -162,6 +166,99 @@ describe("golden files", () => {
       await expect(renderPlan(await plan(env))).toMatchFileSnapshot(`__golden__/${name}.rules`);
     });
   }
+  // The VM default with the DNS proxy: one IPv4 and one IPv6 nameserver (the IPv6 one captured in ip6tables even
+  // though ENABLE_INBOUND_IPV6 is off), and the DNS proxy alone (nothing else captured).
+  const dnsCases: Record<string, { env: Record<string, string>; resolv: string }> = {
+    "istiod-dns": {
+      env: { ...cases["istiod-vm-default"], ENVOY_GID: "1338", ISTIO_META_DNS_CAPTURE: "true" },
+      resolv: RESOLV_BOTH,
+    },
+    "istiod-dns-only": { env: { ENVOY_UID: "1337", ISTIO_META_DNS_CAPTURE: "true" }, resolv: RESOLV_BOTH },
+  };
+  for (const [name, { env, resolv }] of Object.entries(dnsCases)) {
+    test(name, async () => {
+      await expect(renderPlan(await plan(env, resolv))).toMatchFileSnapshot(`__golden__/${name}.rules`);
+    });
+  }
+});
+
+const RESOLV_BOTH = "# from DHCP\nsearch example.internal\nnameserver 10.0.0.2\nnameserver FD00::0:53\n";
+
+function tableRules(p: InterceptionPlan, family: 4 | 6, table: "nat" | "raw"): string[] {
+  return (p.families.find((f) => f.family === family)?.tables.find((t) => t.table === table)?.rules ?? []).map(
+    ruleLine,
+  );
+}
+
+describe("DNS capture (istiod profile, ISTIO_META_DNS_CAPTURE=true)", () => {
+  const DNS = { ENVOY_UID: "1337", ISTIO_INBOUND_PORTS: "*", ISTIO_SERVICE_CIDR: "*", ISTIO_META_DNS_CAPTURE: "true" };
+
+  test("off by default: no raw table, no ISTIO_OUTPUT_DNS, UDP never enters ISTIO_OUTPUT", async () => {
+    const p = await plan({ ENVOY_UID: "1337", ISTIO_SERVICE_CIDR: "*" }, RESOLV_BOTH);
+    expect(p.families.flatMap((f) => f.tables.map((t) => t.table))).toEqual(["nat"]);
+    expect(renderPlan(p)).not.toMatch(/ISTIO_OUTPUT_DNS|-p udp|15053/);
+  });
+
+  test("each nameserver's TCP and UDP :53 go to the proxy port, after the proxy's own traffic returned", async () => {
+    const lines = tableRules(await plan(DNS, "nameserver 10.0.0.2\nnameserver 10.0.0.3\n"), 4, "nat");
+    const dnsJump = lines.indexOf("-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS");
+    expect(dnsJump).toBeGreaterThan(lines.indexOf("-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN"));
+    expect(dnsJump).toBeGreaterThan(lines.indexOf("-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN"));
+    expect(dnsJump).toBeLessThan(lines.indexOf("-A ISTIO_OUTPUT -j ISTIO_REDIRECT"));
+    expect(lines.filter((l) => l.startsWith("-A ISTIO_OUTPUT_DNS"))).toEqual([
+      "-A ISTIO_OUTPUT_DNS -d 10.0.0.2/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053",
+      "-A ISTIO_OUTPUT_DNS -d 10.0.0.3/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053",
+      "-A ISTIO_OUTPUT_DNS -d 10.0.0.2/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053",
+      "-A ISTIO_OUTPUT_DNS -d 10.0.0.3/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053",
+    ]);
+    expect(lines).toContain("-A OUTPUT -p udp -m udp --dport 53 -m comment --comment istio-vm -j ISTIO_OUTPUT");
+    // TCP :53 over lo (a resolver on 127.0.0.53) is neither returned as loopback nor hairpinned into Envoy.
+    expect(lines).toContain("-A ISTIO_OUTPUT -o lo -p tcp -m tcp ! --dport 53 -m owner ! --uid-owner 1337 -j RETURN");
+    expect(lines).toContain(
+      "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT",
+    );
+  });
+
+  test("raw zones: the proxy's queries and answers first, then the applications' queries, replies in PREROUTING", async () => {
+    const p = await plan({ ...DNS, DNS_PROXY_PORT: "15054" }, "nameserver 10.0.0.2\n");
+    expect(tableRules(p, 4, "raw")).toEqual([
+      "-A PREROUTING -p udp -m comment --comment istio-vm -j ISTIO_INBOUND",
+      "-A OUTPUT -p udp -m comment --comment istio-vm -j ISTIO_OUTPUT_DNS",
+      "-A ISTIO_INBOUND -s 10.0.0.2/32 -p udp -m udp --sport 53 -j CT --zone 1",
+      "-A ISTIO_OUTPUT_DNS -p udp -m udp --dport 53 -m owner --uid-owner 1337 -j CT --zone 1",
+      "-A ISTIO_OUTPUT_DNS -p udp -m udp --sport 15054 -m owner --uid-owner 1337 -j CT --zone 2",
+      "-A ISTIO_OUTPUT_DNS -p udp -m udp --dport 53 -m owner --gid-owner 1337 -j CT --zone 1",
+      "-A ISTIO_OUTPUT_DNS -p udp -m udp --sport 15054 -m owner --gid-owner 1337 -j CT --zone 2",
+      "-A ISTIO_OUTPUT_DNS -d 10.0.0.2/32 -p udp -m udp --dport 53 -j CT --zone 2",
+    ]);
+    expect(tableRules(p, 4, "nat")).toContain(
+      "-A ISTIO_OUTPUT_DNS -d 10.0.0.2/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15054",
+    );
+  });
+
+  test("an IPv6 nameserver is captured in ip6tables without ENABLE_INBOUND_IPV6; a zone is dropped", async () => {
+    const p = await plan(DNS, "nameserver fe80::1%eth0\n");
+    expect(tableRules(p, 4, "raw")).toEqual([]);
+    expect(tableRules(p, 4, "nat").some((l) => l.includes("ISTIO_OUTPUT_DNS"))).toBe(false);
+    const v6 = tableRules(p, 6, "nat");
+    expect(v6).toContain("-A ISTIO_OUTPUT_DNS -d fe80::1/128 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053");
+    // Only DNS in IPv6: no outbound redirect, no inbound capture.
+    expect(v6.some((l) => l.includes("ISTIO_REDIRECT") || l.includes("PREROUTING"))).toBe(false);
+    expect(tableRules(p, 6, "raw")).toContain(
+      "-A ISTIO_INBOUND -s fe80::1/128 -p udp -m udp --sport 53 -j CT --zone 1",
+    );
+  });
+
+  test("resolv.conf without a nameserver: no DNS rules, and a warning", async () => {
+    const p = await plan(DNS, "search example.internal\n");
+    expect(renderPlan(p)).not.toContain("ISTIO_OUTPUT_DNS");
+    expect(p.warnings.join("\n")).toMatch(/resolv\.conf lists no nameserver: DNS is not captured/);
+  });
+
+  test("the legacy profile never captures DNS (the VM resolves through dnsmasq there)", async () => {
+    const p = await legacy({ ISTIO_SERVICE_CIDR: "*", ISTIO_META_DNS_CAPTURE: "true" });
+    expect(renderPlan(p)).not.toMatch(/ISTIO_OUTPUT_DNS|\*raw/);
+  });
 });
 
 describe("istiod profile", () => {

@@ -9,7 +9,9 @@
  * - SSH (port 22) is RETURNed before any inbound capture, in both profiles and in list and `*` mode;
  * - both ISTIO_LOCAL_EXCLUDE_PORTS and ISTIO_INBOUND_EXCLUDE_PORTS are honoured;
  * - the proxy's uid AND gid are excluded, root is not (the agent runs as the proxy user, so root's traffic is captured);
- * - IPv6 rules are planned only with ENABLE_INBOUND_IPV6=true or IPv6 entries in ISTIO_SERVICE_CIDR.
+ * - IPv6 rules are planned only with ENABLE_INBOUND_IPV6=true or IPv6 entries in ISTIO_SERVICE_CIDR;
+ * - DNS capture (istiod profile with the agent's DNS proxy) covers resolv.conf's nameservers in the family of each,
+ *   whatever ENABLE_INBOUND_IPV6 says: an IPv6 nameserver left uncaptured would bypass the proxy.
  */
 import type { ConfigValues } from "../config/registry.js";
 import type { Cidr, CidrsOrAll, PortsOrAll } from "../config/types.js";
@@ -18,23 +20,50 @@ import { inboundExcludePorts } from "../config/load.js";
 export type Family = 4 | 6;
 export const FAMILIES: readonly Family[] = [4, 6];
 export type Profile = "istiod" | "legacy";
+/** The tables istio-vm writes: nat for the redirects, raw for the DNS conntrack zones. Restore order: nat first. */
+export type TableName = "nat" | "raw";
+export const TABLES: readonly TableName[] = ["nat", "raw"];
 
-/** Every chain istio-vm may create. Clean removes these (and jumps to them from built-in chains), nothing else. */
-export const OUR_CHAINS = ["ISTIO_INBOUND", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT", "ISTIO_REDIRECT"] as const;
+/**
+ * Every chain istio-vm may create, per table, in `iptables-save` order (by name). Clean removes these (and jumps to
+ * them from built-in chains), nothing else.
+ */
+export const OUR_CHAINS = [
+  "ISTIO_INBOUND",
+  "ISTIO_IN_REDIRECT",
+  "ISTIO_OUTPUT",
+  "ISTIO_OUTPUT_DNS",
+  "ISTIO_REDIRECT",
+] as const;
 export type OurChain = (typeof OUR_CHAINS)[number];
-export const BUILTIN_NAT_CHAINS = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"] as const;
+export const TABLE_CHAINS: Readonly<Record<TableName, readonly OurChain[]>> = {
+  nat: OUR_CHAINS,
+  raw: ["ISTIO_INBOUND", "ISTIO_OUTPUT_DNS"],
+};
+export const BUILTIN_CHAINS: Readonly<Record<TableName, readonly string[]>> = {
+  nat: ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+  raw: ["PREROUTING", "OUTPUT"],
+};
 /** Comment carried by our jumps in built-in chains, so they can be told from anyone else's. */
 export const RULE_TAG = "istio-vm";
 export const SSH_PORT = 22;
+export const DNS_PORT = 53;
+/**
+ * Conntrack zones of the DNS capture (istio tools/istio-iptables/pkg/capture/run.go, addDNSConntrackZones): the
+ * proxy's own queries to a nameserver and their replies in one, the applications' redirected queries and the
+ * proxy's answers to them in the other (docs/protocols.md, "DNS capture").
+ */
+export const UPSTREAM_ZONE = 1;
+export const CLIENT_ZONE = 2;
 
-export function isOurChain(name: string): name is OurChain {
-  return (OUR_CHAINS as readonly string[]).includes(name);
+export function isOurChain(name: string, table: TableName = "nat"): name is OurChain {
+  return (TABLE_CHAINS[table] as readonly string[]).includes(name);
 }
 
 export interface ProxyIds {
   readonly uids: readonly number[];
   readonly gids: readonly number[];
-  /** Where the ids came from, for messages: `ENVOY_UID`, or `user istio-proxy (/etc/passwd)`. */
+  /** Where the ids came from, for messages: `ENVOY_UID`, or `user istio-proxy from /etc/passwd`. */
   readonly source: string;
 }
 
@@ -53,6 +82,15 @@ export interface InterceptionSettings {
   readonly proxy: ProxyIds;
   readonly excludeInterfaces: readonly string[];
   readonly ipv6: boolean;
+  /** DNS capture to the agent's DNS proxy (istiod profile, ISTIO_META_DNS_CAPTURE=true); undefined: none. */
+  readonly dns: DnsCapture | undefined;
+}
+
+export interface DnsCapture {
+  /** The proxy's port (DNS_PROXY_PORT) on 127.0.0.1 and ::1, where REDIRECT sends local traffic. */
+  readonly port: number;
+  /** resolv.conf's nameserver addresses, both families, in file order (an IPv6 zone such as `%eth0` allowed). */
+  readonly nameservers: readonly string[];
 }
 
 /** One rule as `iptables-save` prints it, without the leading `-A CHAIN`. */
@@ -62,7 +100,7 @@ export interface Rule {
 }
 
 export interface TablePlan {
-  readonly table: "nat";
+  readonly table: TableName;
   /** Our chains this plan declares, in `iptables-save` order. */
   readonly chains: readonly OurChain[];
   /** Jumps from built-in chains first, then each of our chains' rules, in order. */
@@ -71,7 +109,7 @@ export interface TablePlan {
 
 export interface FamilyPlan {
   readonly family: Family;
-  /** Empty when this family captures nothing: applying it removes any rules of ours that are there. */
+  /** nat, then raw when DNS is captured; empty when this family captures nothing (applying it removes ours). */
   readonly tables: readonly TablePlan[];
 }
 
@@ -82,7 +120,16 @@ export interface InterceptionPlan {
   readonly warnings: readonly string[];
 }
 
-export function settingsFromConfig(values: ConfigValues, proxy: ProxyIds): InterceptionSettings {
+/**
+ * The planner's settings from validated configuration. `nameservers` (resolv.conf's, read by the caller) are used only
+ * when the DNS proxy runs: istiod profile with ISTIO_META_DNS_CAPTURE=true.
+ */
+export function settingsFromConfig(
+  values: ConfigValues,
+  proxy: ProxyIds,
+  nameservers: readonly string[] = [],
+): InterceptionSettings {
+  const dnsOn = values.ISTIO_CONTROL_PLANE === "istiod" && values.ISTIO_META_DNS_CAPTURE;
   return {
     profile: values.ISTIO_CONTROL_PLANE,
     inboundPorts: values.ISTIO_INBOUND_PORTS,
@@ -95,6 +142,7 @@ export function settingsFromConfig(values: ConfigValues, proxy: ProxyIds): Inter
     proxy,
     excludeInterfaces: parseInterfaceList(values.ISTIO_EXCLUDE_INTERFACES),
     ipv6: values.ENABLE_INBOUND_IPV6,
+    dns: dnsOn ? { port: values.DNS_PROXY_PORT, nameservers } : undefined,
   };
 }
 
@@ -265,11 +313,27 @@ function legacyRules(settings: InterceptionSettings, family: Family, scope: Fami
   return rules;
 }
 
-/** The current `pilot-agent istio-iptables` layout (REDIRECT mode, no DNS capture: the VM resolves via dnsmasq). */
-function istiodRules(settings: InterceptionSettings, family: Family, scope: FamilyScope): Rule[] {
+/** resolv.conf's nameservers of one family, as iptables-save prints them (`-d 10.0.0.2/32`); a zone is dropped. */
+function dnsServers(settings: InterceptionSettings, family: Family): string[] {
+  if (settings.dns === undefined) return [];
+  const servers = settings.dns.nameservers
+    .map((s) => s.replace(/%.*$/, ""))
+    .filter((s) => (family === 4 ? /^\d+\.\d+\.\d+\.\d+$/.test(s) : s.includes(":")))
+    .map((address) => canonicalCidr({ family, address, prefix: family === 4 ? 32 : 128 }));
+  return [...new Set(servers)];
+}
+
+/**
+ * The current `pilot-agent istio-iptables` layout, REDIRECT mode (istio tools/istio-iptables/pkg/capture/run.go).
+ * With DNS capture (`servers` non-empty) ISTIO_OUTPUT jumps to ISTIO_OUTPUT_DNS after the proxy's own traffic has
+ * returned, so the proxy's upstream queries are never redirected to itself; TCP :53 over lo is kept out of the
+ * loopback return and the hairpin, so a query to a resolver on 127.0.0.53 reaches the proxy and not Envoy.
+ */
+function istiodRules(settings: InterceptionSettings, family: Family, scope: FamilyScope, servers: string[]): Rule[] {
   const { loopback, passthroughSource } = ADDRESSES[family];
   const rules: Rule[] = [];
   const inboundOn = scope.inbound !== undefined;
+  const dnsOn = servers.length > 0;
   if (scope.inbound !== undefined) rules.push(...inboundRules(settings, scope.inbound, "ISTIO_IN_REDIRECT"));
   if (inboundOn) {
     rules.push({
@@ -277,7 +341,7 @@ function istiodRules(settings: InterceptionSettings, family: Family, scope: Fami
       spec: `-p tcp -j REDIRECT --to-ports ${settings.inboundCapturePort}`,
     });
   }
-  if (scope.outbound !== undefined) {
+  if (scope.outbound !== undefined || dnsOn) {
     const out: string[] = [];
     for (const name of settings.excludeInterfaces) out.push(`-o ${name} -j RETURN`);
     out.push(`-s ${passthroughSource} -o lo -j RETURN`);
@@ -285,40 +349,115 @@ function istiodRules(settings: InterceptionSettings, family: Family, scope: Fami
       ...settings.proxy.uids.map((id) => ({ match: "--uid-owner", id })),
       ...settings.proxy.gids.map((id) => ({ match: "--gid-owner", id })),
     ];
+    const tunnel = settings.inboundTunnelPort;
     for (const { match, id } of owners) {
       // Hairpin: the proxy calling this VM's own service over lo is inbound traffic for it.
       if (inboundOn) {
-        out.push(
-          `! -d ${loopback} -o lo -p tcp -m tcp ! --dport ${settings.inboundTunnelPort} -m owner ${match} ${id} -j ISTIO_IN_REDIRECT`,
-        );
+        const ports = dnsOn ? `-m multiport ! --dports ${DNS_PORT},${tunnel}` : `-m tcp ! --dport ${tunnel}`;
+        out.push(`! -d ${loopback} -o lo -p tcp ${ports} -m owner ${match} ${id} -j ISTIO_IN_REDIRECT`);
       }
-      out.push(`-o lo -m owner ! ${match} ${id} -j RETURN`);
+      out.push(
+        dnsOn
+          ? `-o lo -p tcp -m tcp ! --dport ${DNS_PORT} -m owner ! ${match} ${id} -j RETURN`
+          : `-o lo -m owner ! ${match} ${id} -j RETURN`,
+      );
       out.push(`-m owner ${match} ${id} -j RETURN`);
     }
-    out.push(`-d ${loopback} -j RETURN`);
-    out.push(...outboundTail(scope, scope.outbound));
+    if (dnsOn) out.push("-j ISTIO_OUTPUT_DNS");
+    if (scope.outbound !== undefined) {
+      out.push(`-d ${loopback} -j RETURN`);
+      out.push(...outboundTail(scope, scope.outbound));
+    }
     rules.push(...out.map((spec) => ({ chain: "ISTIO_OUTPUT", spec })));
-    rules.push({ chain: "ISTIO_REDIRECT", spec: `-p tcp -j REDIRECT --to-ports ${settings.envoyPort}` });
+    if (dnsOn && settings.dns !== undefined) {
+      const to = `-j REDIRECT --to-ports ${settings.dns.port}`;
+      for (const proto of ["tcp", "udp"]) {
+        for (const server of servers) {
+          rules.push({
+            chain: "ISTIO_OUTPUT_DNS",
+            spec: `-d ${server} -p ${proto} -m ${proto} --dport ${DNS_PORT} ${to}`,
+          });
+        }
+      }
+    }
+    if (scope.outbound !== undefined) {
+      rules.push({ chain: "ISTIO_REDIRECT", spec: `-p tcp -j REDIRECT --to-ports ${settings.envoyPort}` });
+    }
   }
   return rules;
 }
 
-function planFamily(settings: InterceptionSettings, family: Family): FamilyPlan {
-  const scope = scopeFor(settings, family);
-  if (scope.inbound === undefined && scope.outbound === undefined) return { family, tables: [] };
-  const chainRules =
-    settings.profile === "legacy" ? legacyRules(settings, family, scope) : istiodRules(settings, family, scope);
-  const jumps: Rule[] = [];
-  if (scope.inbound !== undefined) {
-    jumps.push({ chain: "PREROUTING", spec: `-p tcp -m comment --comment ${RULE_TAG} -j ISTIO_INBOUND` });
+/**
+ * The raw table's conntrack zones for DNS (istio run.go, addDNSConntrackZones): the proxy's queries to :53 and its
+ * answers from its port are put in their own zones before the nameserver's tuple could match the redirected
+ * application flow; replies from a nameserver (PREROUTING) join the proxy's zone. A packet keeps the first zone set.
+ */
+function dnsZoneRules(settings: InterceptionSettings, dns: DnsCapture, servers: string[]): Rule[] {
+  const rules: Rule[] = [];
+  for (const server of servers) {
+    rules.push({
+      chain: "ISTIO_INBOUND",
+      spec: `-s ${server} -p udp -m udp --sport ${DNS_PORT} -j CT --zone ${UPSTREAM_ZONE}`,
+    });
   }
-  if (scope.outbound !== undefined) {
-    jumps.push({ chain: "OUTPUT", spec: `-p tcp -m comment --comment ${RULE_TAG} -j ISTIO_OUTPUT` });
+  const owners = [
+    ...settings.proxy.uids.map((id) => `--uid-owner ${id}`),
+    ...settings.proxy.gids.map((id) => `--gid-owner ${id}`),
+  ];
+  for (const owner of owners) {
+    rules.push({
+      chain: "ISTIO_OUTPUT_DNS",
+      spec: `-p udp -m udp --dport ${DNS_PORT} -m owner ${owner} -j CT --zone ${UPSTREAM_ZONE}`,
+    });
+    rules.push({
+      chain: "ISTIO_OUTPUT_DNS",
+      spec: `-p udp -m udp --sport ${dns.port} -m owner ${owner} -j CT --zone ${CLIENT_ZONE}`,
+    });
   }
-  const chains = OUR_CHAINS.filter((c) => chainRules.some((r) => r.chain === c));
+  for (const server of servers) {
+    rules.push({
+      chain: "ISTIO_OUTPUT_DNS",
+      spec: `-d ${server} -p udp -m udp --dport ${DNS_PORT} -j CT --zone ${CLIENT_ZONE}`,
+    });
+  }
+  return rules;
+}
+
+function tablePlan(table: TableName, jumps: readonly Rule[], chainRules: readonly Rule[]): TablePlan {
+  const chains = TABLE_CHAINS[table].filter((c) => chainRules.some((r) => r.chain === c));
   // iptables-save order: built-in chains first, then user chains by name.
   const ordered = chains.flatMap((c) => chainRules.filter((r) => r.chain === c));
-  return { family, tables: [{ table: "nat", chains, rules: [...jumps, ...ordered] }] };
+  return { table, chains, rules: [...jumps, ...ordered] };
+}
+
+function planFamily(settings: InterceptionSettings, family: Family): FamilyPlan {
+  const scope = scopeFor(settings, family);
+  const servers = settings.profile === "istiod" ? dnsServers(settings, family) : [];
+  const dnsOn = servers.length > 0;
+  if (scope.inbound === undefined && scope.outbound === undefined && !dnsOn) return { family, tables: [] };
+  const chainRules =
+    settings.profile === "legacy"
+      ? legacyRules(settings, family, scope)
+      : istiodRules(settings, family, scope, servers);
+  const tag = `-m comment --comment ${RULE_TAG}`;
+  const jumps: Rule[] = [];
+  if (scope.inbound !== undefined) {
+    jumps.push({ chain: "PREROUTING", spec: `-p tcp ${tag} -j ISTIO_INBOUND` });
+  }
+  if (scope.outbound !== undefined || dnsOn) {
+    jumps.push({ chain: "OUTPUT", spec: `-p tcp ${tag} -j ISTIO_OUTPUT` });
+  }
+  // UDP reaches ISTIO_OUTPUT only for DNS: nothing else of UDP is ever redirected.
+  if (dnsOn) jumps.push({ chain: "OUTPUT", spec: `-p udp -m udp --dport ${DNS_PORT} ${tag} -j ISTIO_OUTPUT` });
+  const tables = [tablePlan("nat", jumps, chainRules)];
+  if (dnsOn && settings.dns !== undefined) {
+    const rawJumps: Rule[] = [
+      { chain: "PREROUTING", spec: `-p udp ${tag} -j ISTIO_INBOUND` },
+      { chain: "OUTPUT", spec: `-p udp ${tag} -j ISTIO_OUTPUT_DNS` },
+    ];
+    tables.push(tablePlan("raw", rawJumps, dnsZoneRules(settings, settings.dns, servers)));
+  }
+  return { family, tables };
 }
 
 function planWarnings(settings: InterceptionSettings, families: readonly FamilyPlan[]): string[] {
@@ -340,6 +479,12 @@ function planWarnings(settings: InterceptionSettings, families: readonly FamilyP
   }
   if (families.every((f) => f.tables.length === 0)) {
     warnings.push("ISTIO_INBOUND_PORTS and ISTIO_SERVICE_CIDR are empty: nothing is captured");
+  }
+  if (settings.dns !== undefined && settings.dns.nameservers.length === 0) {
+    // As istio-iptables: without a nameserver to match, DNS capture is off (never "all of :53").
+    warnings.push(
+      `resolv.conf lists no nameserver: DNS is not captured (the proxy still answers on port ${settings.dns.port})`,
+    );
   }
   if (settings.serviceCidrs === "*" && !settings.ipv6) {
     warnings.push("ISTIO_SERVICE_CIDR=* captures IPv4 only; set ENABLE_INBOUND_IPV6=true to capture IPv6 too");
@@ -363,8 +508,9 @@ export function ruleLine(rule: Rule): string {
   return `-A ${rule.chain} ${rule.spec}`;
 }
 
-/** What the kernel holds of ours in one family's nat table (show.ts reads it from `iptables-save`). */
+/** What the kernel holds of ours in one table of one family (show.ts reads it from `iptables-save`). */
 export interface OurState {
+  readonly table: TableName;
   /** Our chains that exist, in OUR_CHAINS order. */
   readonly chains: readonly OurChain[];
   /** Rules inside our chains, in kernel order per chain. */
@@ -375,7 +521,18 @@ export interface OurState {
   readonly referencedByOthers: ReadonlyMap<OurChain, readonly string[]>;
 }
 
-export const EMPTY_STATE: OurState = { chains: [], rules: [], jumps: [], referencedByOthers: new Map() };
+export function emptyState(table: TableName): OurState {
+  return { table, chains: [], rules: [], jumps: [], referencedByOthers: new Map() };
+}
+
+export const EMPTY_STATE: OurState = emptyState("nat");
+
+/** One family's state: one entry per table of TABLES (a table missing from the save is empty). */
+export type FamilyState = readonly OurState[];
+
+export function stateIsEmpty(state: OurState): boolean {
+  return state.chains.length === 0 && state.jumps.length === 0;
+}
 
 /**
  * The `iptables-restore --noflush` input that turns `state` into `plan` (undefined plan: remove everything of ours);
@@ -388,7 +545,7 @@ export function restoreInput(plan: TablePlan | undefined, state: OurState = EMPT
   const planned = new Set<OurChain>(plan?.chains ?? []);
   const stale = state.chains.filter((c) => !planned.has(c));
   const lines = [
-    `*${plan?.table ?? "nat"}`,
+    `*${plan?.table ?? state.table}`,
     ...state.jumps.map((j) => `-D ${j.chain} ${j.spec}`),
     ...[...planned, ...stale].map((c) => `:${c} - [0:0]`),
     ...stale.filter((c) => !state.referencedByOthers.has(c)).map((c) => `-X ${c}`),
@@ -397,6 +554,19 @@ export function restoreInput(plan: TablePlan | undefined, state: OurState = EMPT
     "",
   ];
   return lines.join("\n");
+}
+
+/**
+ * One family's `iptables-restore --noflush` input: a `*table … COMMIT` block for each table that is planned or
+ * holds something of ours, nat first (a rejected raw block then leaves the redirects without zones, which still
+ * resolve, rather than zones without redirects).
+ */
+export function familyRestoreInput(tables: readonly TablePlan[], states: FamilyState = []): string {
+  return TABLES.map((name) => {
+    const plan = tables.find((t) => t.table === name);
+    const state = states.find((s) => s.table === name) ?? emptyState(name);
+    return plan === undefined && stateIsEmpty(state) ? "" : restoreInput(plan, state);
+  }).join("");
 }
 
 export function ruleCount(plan: InterceptionPlan): number {
@@ -411,7 +581,7 @@ export function renderPlan(plan: InterceptionPlan): string {
       const tool = f.family === 4 ? "iptables-restore" : "ip6tables-restore";
       const header = `# IPv${f.family}: ${tool} --noflush input`;
       if (f.tables.length === 0) return `${header}\n# (nothing to capture)\n`;
-      return `${header}\n${f.tables.map((t) => restoreInput(t)).join("")}`;
+      return `${header}\n${familyRestoreInput(f.tables)}`;
     })
     .join("\n");
 }

@@ -10,10 +10,11 @@ import { describe, expect, test } from "vitest";
 import { natDump } from "../../test/fakes/iptables-runner.js";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { loadConfig, requireValid } from "../config/load.js";
-import type { Family, InterceptionPlan, OurState, Profile, TablePlan } from "./planner.js";
-import { planInterception, renderPlan, restoreInput, ruleLine } from "./planner.js";
+import type { Family, FamilyState, InterceptionPlan, OurState, Profile, TablePlan } from "./planner.js";
+import { familyRestoreInput, planInterception, renderPlan, restoreInput, ruleLine } from "./planner.js";
 import { interceptionSettings } from "./settings.js";
-import { natTable, ourState } from "./show.js";
+import { familyState, natTable, ourState } from "./show.js";
+import { passwdFileUsers } from "../platform/users.js";
 
 const PASSWD = "root:x:0:0:root:/root:/bin/bash\nistio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n";
 
@@ -41,10 +42,35 @@ const ENV: Record<Profile, Record<string, string>> = {
 const PROFILES: readonly Profile[] = ["legacy", "istiod"];
 const FAMILIES: readonly Family[] = [4, 6];
 
-async function plan(profile: Profile): Promise<InterceptionPlan> {
-  const fs = new MemoryFileSystem({ "/etc/passwd": PASSWD });
-  const values = requireValid(await loadConfig({ env: ENV[profile], fs }));
-  return planInterception(await interceptionSettings(values, fs));
+async function plan(profile: Profile, extra: Record<string, string> = {}): Promise<InterceptionPlan> {
+  const fs = new MemoryFileSystem({
+    "/etc/passwd": PASSWD,
+    "/etc/resolv.conf": "nameserver 10.0.0.2\nnameserver fd00::53\n",
+  });
+  const values = requireValid(await loadConfig({ env: { ...ENV[profile], ...extra }, fs }));
+  return planInterception(await interceptionSettings(values, passwdFileUsers(fs, "/etc/passwd"), fs));
+}
+
+const DNS_ON = { ISTIO_META_DNS_CAPTURE: "true" };
+
+function tablesOf(p: InterceptionPlan, family: Family): readonly TablePlan[] {
+  return p.families.find((f) => f.family === family)?.tables ?? [];
+}
+
+/** A kernel holding every table of `tables` (an iptables-save dump of several tables), read back as show.ts does. */
+function kernelHoldingAll(
+  tables: readonly TablePlan[],
+  extra: Partial<Record<string, readonly string[]>> = {},
+): FamilyState {
+  const dump = tables
+    .map((t) => {
+      const lines = [...t.chains.map((c) => `:${c} - [0:0]`), ...(extra[t.table] ?? []), ...t.rules.map(ruleLine)];
+      return t.table === "nat"
+        ? natDump(lines)
+        : ["*raw", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ...lines, "COMMIT", ""].join("\n");
+    })
+    .join("");
+  return familyState(dump);
 }
 
 function table(p: InterceptionPlan, family: Family): TablePlan {
@@ -89,6 +115,34 @@ describe("iptables-restore input", () => {
         "-A CNI-HOSTPORT -p tcp -j ISTIO_REDIRECT",
       ]);
       await expect(restoreInput(undefined, state)).toMatchFileSnapshot(`__golden__/restore/clean-ipv${family}.golden`);
+    });
+  }
+});
+
+describe("iptables-restore input with DNS capture (nat and raw in one restore)", () => {
+  for (const family of FAMILIES) {
+    test(`istiod-dns-ipv${family}: from an empty kernel`, async () => {
+      const tables = tablesOf(await plan("istiod", DNS_ON), family);
+      expect(tables.map((t) => t.table)).toEqual(["nat", "raw"]);
+      await expect(familyRestoreInput(tables)).toMatchFileSnapshot(`__golden__/restore/istiod-dns-ipv${family}.golden`);
+    });
+
+    test(`istiod-dns-ipv${family}: DNS turned off over a kernel holding it (raw chains and jumps removed)`, async () => {
+      const state = kernelHoldingAll(tablesOf(await plan("istiod", DNS_ON), family));
+      const input = familyRestoreInput(tablesOf(await plan("istiod"), family), state);
+      await expect(input).toMatchFileSnapshot(`__golden__/restore/istiod-dns-off-ipv${family}.golden`);
+      expect(input).toContain("-X ISTIO_OUTPUT_DNS");
+    });
+
+    test(`clean-dns-ipv${family}: both tables emptied, a raw chain someone else jumps to kept`, async () => {
+      const state = kernelHoldingAll(tablesOf(await plan("istiod", DNS_ON), family), {
+        raw: [":OTHER - [0:0]", "-A OTHER -j ISTIO_INBOUND"],
+      });
+      const input = familyRestoreInput([], state);
+      await expect(input).toMatchFileSnapshot(`__golden__/restore/clean-dns-ipv${family}.golden`);
+      const raw = input.slice(input.indexOf("*raw"));
+      expect(raw).toContain("-X ISTIO_OUTPUT_DNS");
+      expect(raw).not.toContain("-X ISTIO_INBOUND");
     });
   }
 });

@@ -2,8 +2,10 @@
  * Reads `iptables-save` output: which of our chains exist, their rules, the jumps to them from built-in chains, and
  * who else points at them. `diffWithPlan` compares that with a plan line by line (plans are written in save form).
  */
-import type { OurChain, OurState, Rule, TablePlan } from "./planner.js";
-import { BUILTIN_NAT_CHAINS, EMPTY_STATE, OUR_CHAINS, isOurChain, ruleLine } from "./planner.js";
+import type { FamilyState, OurChain, OurState, Rule, TableName, TablePlan } from "./planner.js";
+import { BUILTIN_CHAINS, TABLES, TABLE_CHAINS, emptyState, isOurChain, ruleLine, stateIsEmpty } from "./planner.js";
+
+export { stateIsEmpty };
 
 export interface SavedTable {
   readonly name: string;
@@ -43,33 +45,51 @@ export function natTable(text: string): SavedTable | undefined {
   return parseSave(text).find((t) => t.name === "nat");
 }
 
+/** Our state in every table of TABLES, from one `iptables-save` dump of a family. */
+export function familyState(text: string): FamilyState {
+  const tables = parseSave(text);
+  return TABLES.map((name) =>
+    ourState(
+      tables.find((t) => t.name === name),
+      name,
+    ),
+  );
+}
+
+export function familyStateIsEmpty(states: FamilyState): boolean {
+  return states.every(stateIsEmpty);
+}
+
+/** A line or chain name of a table other than nat carries the table, as `iptables -t raw` would. */
+export function qualified(table: TableName, text: string): string {
+  return table === "nat" ? text : `-t ${table} ${text}`;
+}
+
 /** The jump target of a rule (`-j X` or `-g X`), if any. */
 export function ruleTarget(spec: string): string | undefined {
   return /(?:^|\s)-[jg]\s+(\S+)/.exec(spec)?.[1];
 }
 
-export function ourState(table: SavedTable | undefined): OurState {
-  if (table === undefined) return EMPTY_STATE;
-  const builtin = new Set<string>(BUILTIN_NAT_CHAINS);
-  const chains = OUR_CHAINS.filter((c) => table.chains.includes(c));
-  const rules = table.rules.filter((r) => isOurChain(r.chain));
+export function ourState(table: SavedTable | undefined, name: TableName = "nat"): OurState {
+  if (table === undefined) return emptyState(name);
+  const tableName: TableName = table.name === "raw" ? "raw" : "nat";
+  const isOurs = (chain: string): chain is OurChain => isOurChain(chain, tableName);
+  const builtin = new Set<string>(BUILTIN_CHAINS[tableName]);
+  const chains = TABLE_CHAINS[tableName].filter((c) => table.chains.includes(c));
+  const rules = table.rules.filter((r) => isOurs(r.chain));
   const jumps: Rule[] = [];
   const referencedByOthers = new Map<OurChain, string[]>();
   for (const rule of table.rules) {
-    if (isOurChain(rule.chain)) continue;
+    if (isOurs(rule.chain)) continue;
     const target = ruleTarget(rule.spec);
-    if (target === undefined || !isOurChain(target)) continue;
+    if (target === undefined || !isOurs(target)) continue;
     if (builtin.has(rule.chain)) {
       jumps.push(rule);
     } else {
       referencedByOthers.set(target, [...(referencedByOthers.get(target) ?? []), rule.chain]);
     }
   }
-  return { chains, rules, jumps, referencedByOthers };
-}
-
-export function stateIsEmpty(state: OurState): boolean {
-  return state.chains.length === 0 && state.jumps.length === 0;
+  return { table: tableName, chains, rules, jumps, referencedByOthers };
 }
 
 export interface PlanDiff {
@@ -78,8 +98,8 @@ export interface PlanDiff {
   readonly missing: readonly string[];
   /** Rules and chains of ours in the kernel that the plan does not have. */
   readonly unexpected: readonly string[];
-  /** Same rules, different order in one of our chains. */
-  readonly outOfOrder: readonly OurChain[];
+  /** Same rules, different order in one of our chains (`-t raw CHAIN` outside nat). */
+  readonly outOfOrder: readonly string[];
 }
 
 function multisetMinus(a: readonly string[], b: readonly string[]): string[] {
@@ -94,21 +114,55 @@ function multisetMinus(a: readonly string[], b: readonly string[]): string[] {
   return result;
 }
 
-/** Compares the kernel's rules of ours with a plan (undefined: the plan captures nothing in this family). */
+/** Compares the kernel's rules of ours in one table with its plan (undefined: nothing planned in that table). */
 export function diffWithPlan(plan: TablePlan | undefined, state: OurState): PlanDiff {
   const plannedLines = [...(plan?.chains ?? []).map((c) => `:${c}`), ...(plan?.rules ?? []).map(ruleLine)];
   const actualLines = [...state.chains.map((c) => `:${c}`), ...state.jumps.map(ruleLine), ...state.rules.map(ruleLine)];
   const missing = multisetMinus(plannedLines, actualLines);
   const unexpected = multisetMinus(actualLines, plannedLines);
-  const outOfOrder = OUR_CHAINS.filter((chain) => {
-    const planned = (plan?.rules ?? []).filter((r) => r.chain === chain).map((r) => r.spec);
-    const actual = state.rules.filter((r) => r.chain === chain).map((r) => r.spec);
-    return planned.length === actual.length && planned.join("\n") !== actual.join("\n");
-  }).filter((chain) => !missing.some((l) => l.startsWith(`-A ${chain} `)));
+  const outOfOrder = TABLE_CHAINS[state.table]
+    .filter((chain) => {
+      const planned = (plan?.rules ?? []).filter((r) => r.chain === chain).map((r) => r.spec);
+      const actual = state.rules.filter((r) => r.chain === chain).map((r) => r.spec);
+      return planned.length === actual.length && planned.join("\n") !== actual.join("\n");
+    })
+    .filter((chain) => !missing.some((l) => l.startsWith(`-A ${chain} `)));
   return {
     matches: missing.length === 0 && unexpected.length === 0 && outOfOrder.length === 0,
     missing,
     unexpected,
     outOfOrder,
   };
+}
+
+/** Compares one family's tables with its plan; lines of tables other than nat are qualified (`-t raw -A …`). */
+export function diffFamily(tables: readonly TablePlan[], states: FamilyState): PlanDiff {
+  const diffs = TABLES.map((name) => {
+    const state = states.find((s) => s.table === name) ?? emptyState(name);
+    const diff = diffWithPlan(
+      tables.find((t) => t.table === name),
+      state,
+    );
+    return {
+      matches: diff.matches,
+      missing: diff.missing.map((l) => qualified(name, l)),
+      unexpected: diff.unexpected.map((l) => qualified(name, l)),
+      outOfOrder: diff.outOfOrder.map((c) => qualified(name, c)),
+    };
+  });
+  return {
+    matches: diffs.every((d) => d.matches),
+    missing: diffs.flatMap((d) => d.missing),
+    unexpected: diffs.flatMap((d) => d.unexpected),
+    outOfOrder: diffs.flatMap((d) => d.outOfOrder),
+  };
+}
+
+/** Our chains, jumps and rules of one family as `iptables-save` lines (qualified outside nat), for `show`. */
+export function stateLines(states: FamilyState): string[] {
+  return states.flatMap((s) =>
+    [...s.chains.map((c) => `:${c}`), ...s.jumps.map(ruleLine), ...s.rules.map(ruleLine)].map((l) =>
+      qualified(s.table, l),
+    ),
+  );
 }

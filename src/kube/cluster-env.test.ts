@@ -4,6 +4,7 @@ import { loadConfig } from "../config/load.js";
 import { KubeApiError } from "./client.js";
 import {
   PROBE_SERVICE_NAME,
+  decideDnsCapture,
   discoverServiceCidr,
   parseValidRange,
   planClusterEnv,
@@ -80,6 +81,35 @@ describe("planClusterEnv", () => {
       POD_NAMESPACE: "default",
     });
     expect(values["ISTIO_META_WORKLOAD_NAME"]).toBeUndefined();
+  });
+});
+
+describe("DNS proxy default (istiod profile)", () => {
+  const base = {
+    profile: "istiod" as const,
+    serviceCidr: "10.96.0.0/12",
+    systemNamespace: "istio-system",
+    authPolicy: "MUTUAL_TLS" as const,
+    workload: { namespace: "shop", serviceAccount: "vm", trustDomain: "cluster.local", clusterId: "Kubernetes" },
+  };
+
+  it("is on when the cluster has no kube-dns load balancer, off when it has one; the flag wins either way", () => {
+    expect(decideDnsCapture("auto", "kube-system/dns-ilb", false)).toMatchObject({ capture: true });
+    expect(decideDnsCapture("auto", "kube-system/dns-ilb", true)).toMatchObject({ capture: false });
+    expect(decideDnsCapture("false", "kube-system/dns-ilb", false)).toEqual({
+      capture: false,
+      reason: "--dns-capture",
+    });
+    expect(decideDnsCapture("true", "kube-system/dns-ilb", true)).toEqual({ capture: true, reason: "--dns-capture" });
+  });
+
+  it("writes ISTIO_META_DNS_CAPTURE='true' only when on, and the agent reads it back", async () => {
+    expect(planClusterEnv(base)).not.toContain("DNS_CAPTURE");
+    const text = planClusterEnv({ ...base, dnsCapture: true });
+    expect(text).toContain("ISTIO_META_DNS_CAPTURE='true'\n");
+    const fs = new MemoryFileSystem({ "/var/lib/istio/envoy/cluster.env": text });
+    const loaded = await loadConfig({ env: { ISTIO_SVC_IP: "10.0.0.5" }, fs });
+    expect(loaded.values.ISTIO_META_DNS_CAPTURE).toBe(true);
   });
 });
 

@@ -367,6 +367,21 @@ export interface IstiodWorkload {
   readonly istioVersion?: string;
   /** PROXY_CONFIG: the mesh config's `defaultConfig`, written as JSON. */
   readonly proxyConfig?: Readonly<Record<string, unknown>>;
+  /** ISTIO_META_AUTO_REGISTER_GROUP: the WorkloadGroup istiod registers the VM into (src/kube/workload-group.ts). */
+  readonly autoRegisterGroup?: string;
+  /** The workload's labels (the group's `metadata.labels`), merged into ISTIO_METAJSON_LABELS. */
+  readonly labels?: Readonly<Record<string, string>>;
+  /** The group's probe: PROXY_CONFIG's `readinessProbe`, as istioctl puts it into the mesh config's defaultConfig. */
+  readonly readinessProbe?: Readonly<Record<string, unknown>>;
+}
+
+/** `pkg/kube/labels` CanonicalService's name and revision lookups (istio/istio 1.24), with their fallbacks. */
+function canonicalFrom(labels: Readonly<Record<string, string>>, workloadName: string): [string, string | undefined] {
+  const name =
+    labels["service.istio.io/canonical-name"] ?? labels["app.kubernetes.io/name"] ?? labels["app"] ?? workloadName;
+  const revision =
+    labels["service.istio.io/canonical-revision"] ?? labels["app.kubernetes.io/version"] ?? labels["version"];
+  return [name, revision];
 }
 
 export interface ClusterEnvInput {
@@ -383,6 +398,31 @@ export interface ClusterEnvInput {
    * and TLS name then have to be written out, as istioctl writes CA_ADDR.
    */
   readonly istiodService?: string;
+  /** istiod profile: ISTIO_META_DNS_CAPTURE=true is written (the agent's DNS proxy and its capture). */
+  readonly dnsCapture?: boolean;
+}
+
+export type DnsCaptureChoice = "auto" | "true" | "false";
+
+export interface DnsCaptureDecision {
+  readonly capture: boolean;
+  readonly reason: string;
+}
+
+/**
+ * Whether VMs resolve mesh names through the agent's DNS proxy (as current Istio does) or through dnsmasq and a
+ * kube-dns load balancer (`istio-vm dnsmasq`). `auto`: the proxy, unless the cluster has that load balancer — a
+ * Service the admin created for VMs, so the dnsmasq path is what they chose. The flag overrides either way.
+ */
+export function decideDnsCapture(
+  choice: DnsCaptureChoice,
+  dnsService: string,
+  serviceExists: boolean,
+): DnsCaptureDecision {
+  if (choice !== "auto") return { capture: choice === "true", reason: "--dns-capture" };
+  return serviceExists
+    ? { capture: false, reason: `kube-dns load balancer ${dnsService} found: VMs resolve through dnsmasq` }
+    : { capture: true, reason: `no kube-dns load balancer (${dnsService}): the agent's DNS proxy answers mesh names` };
 }
 
 export interface EnvEntry {
@@ -410,6 +450,7 @@ export function clusterEnvEntries(input: ClusterEnvInput): EnvEntry[] {
     { key: "TRUST_DOMAIN", value: w.trustDomain },
     { key: "ISTIO_META_CLUSTER_ID", value: w.clusterId },
   );
+  if (input.dnsCapture === true) entries.push({ key: "ISTIO_META_DNS_CAPTURE", value: "true" });
   const istiod = input.istiodService;
   if (istiod !== undefined && istiod !== "istiod") {
     const host = `${istiod}.${input.systemNamespace}.svc`;
@@ -423,25 +464,42 @@ export function clusterEnvEntries(input: ClusterEnvInput): EnvEntry[] {
   if (w.istioVersion !== undefined && w.istioVersion !== "") {
     entries.push({ key: "ISTIO_VERSION", value: w.istioVersion });
   }
-  if (w.proxyConfig !== undefined && Object.keys(w.proxyConfig).length > 0) {
-    entries.push({ key: "PROXY_CONFIG", value: JSON.stringify(w.proxyConfig) });
+  const proxyConfig = {
+    ...(w.proxyConfig ?? {}),
+    ...(w.readinessProbe === undefined ? {} : { readinessProbe: w.readinessProbe }),
+  };
+  if (Object.keys(proxyConfig).length > 0) {
+    entries.push({ key: "PROXY_CONFIG", value: JSON.stringify(proxyConfig) });
+  }
+  if (w.autoRegisterGroup !== undefined) {
+    entries.push({ key: "ISTIO_META_AUTO_REGISTER_GROUP", value: w.autoRegisterGroup });
   }
   if (w.meshId !== undefined) entries.push({ key: "ISTIO_META_MESH_ID", value: w.meshId });
   if (w.network !== undefined) entries.push({ key: "ISTIO_META_NETWORK", value: w.network });
   if (w.workloadName !== undefined) {
-    const revision = w.canonicalRevision ?? "latest";
+    const given = w.labels ?? {};
+    const [canonicalName, labelRevision] = canonicalFrom(given, w.workloadName);
+    const revision = w.canonicalRevision ?? labelRevision ?? "latest";
+    const labels: Record<string, string> = {
+      app: w.workloadName,
+      ...given,
+      "service.istio.io/canonical-name": canonicalName,
+      "service.istio.io/canonical-revision": revision,
+    };
     entries.push(
       { key: "ISTIO_META_WORKLOAD_NAME", value: w.workloadName },
       { key: "ISTIO_SERVICE", value: `${w.workloadName}.${w.namespace}` },
-      { key: "CANONICAL_SERVICE", value: w.workloadName },
+      { key: "CANONICAL_SERVICE", value: canonicalName },
       { key: "CANONICAL_REVISION", value: revision },
       {
         key: "ISTIO_METAJSON_LABELS",
-        value: JSON.stringify({
-          app: w.workloadName,
-          "service.istio.io/canonical-name": w.workloadName,
-          "service.istio.io/canonical-revision": revision,
-        }),
+        value: JSON.stringify(
+          Object.fromEntries(
+            Object.keys(labels)
+              .sort()
+              .map((k) => [k, labels[k]]),
+          ),
+        ),
       },
     );
   }

@@ -142,7 +142,11 @@ export function planRemoveAddress(
   return { endpoints, removed };
 }
 
-/** `<name>-<ip with . and : replaced by ->`, as istiod names auto-registered entries; at most 253 characters. */
+/**
+ * `<name>-<ip with . and : replaced by ->`, at most 253 characters: istio-vm's own name for a registered entry. (istiod
+ * names auto-registered entries differently, replacing only ':' and adding the network: `<group>-10.0.0.1[-<net>]`,
+ * docs/protocols.md "Auto-registration and health"; the two never collide.)
+ */
 export function workloadEntryName(service: string, ip: string): string {
   return `${service}-${ip.replace(/[.:]/g, "-")}`.slice(0, 253).replace(/-+$/, "");
 }

@@ -85,7 +85,7 @@ describe("planners", () => {
     expect(after.subsets).toEqual([{ addresses: [{ ip: "10.0.0.2" }], ports: [{ name: "http", port: 80 }] }]);
   });
 
-  it("names WorkloadEntries as istiod names auto-registered ones", () => {
+  it("names WorkloadEntries <service>-<ip with . and : as ->", () => {
     expect(workloadEntryName("web", "10.0.0.1")).toBe("web-10-0-0-1");
     expect(workloadEntryName("web", "2001:db8::1")).toBe("web-2001-db8--1");
   });

@@ -14,10 +14,11 @@
  * the cgroup is SIGKILLed), which also covers the one window the watchdog cannot: a SIGKILL between the fork of a
  * child and the write of its group id.
  */
-import { spawn } from "node:child_process";
+import type * as ChildProcesses from "node:child_process";
 import type { ChildProcess } from "node:child_process";
-import { createInterface } from "node:readline";
+import type * as Readline from "node:readline";
 import type { Writable } from "node:stream";
+import { loadBuiltin } from "./fs.js";
 import { spawnError } from "./process.js";
 
 export interface ChildExit {
@@ -92,6 +93,9 @@ export interface ChildSpawnerOptions {
 
 /** The real spawner. One per agent process: it owns the exit handler and the watchdog. */
 export function createChildSpawner(options: ChildSpawnerOptions = {}): ChildSpawner {
+  // Loaded here, not at import: the composition root names this module for every command (src/main.ts).
+  const { spawn } = loadBuiltin("node:child_process") as typeof ChildProcesses;
+  const { createInterface } = loadBuiltin("node:readline") as typeof Readline;
   const live = new Set<number>();
   let watchdog: { process: ChildProcess; stdin: Writable } | undefined;
   const killAllNow = (): void => {

@@ -5,8 +5,12 @@
  * `ares_init_options` ARES_OPT_TIMEOUTMS, gives the first try that timeout and later tries longer ones), so a timer
  * calls `resolver.cancel()`.
  */
-import { lookup as dnsLookup, promises as dnsPromises } from "node:dns";
+import type * as Dns from "node:dns";
 import { timerDelay } from "./clock.js";
+import { loadBuiltin } from "./fs.js";
+
+/** node:dns, loaded on first use (commands that resolve nothing do not pay for it). */
+const nodeDns = (): typeof Dns => loadBuiltin("node:dns") as typeof Dns;
 
 export type DnsOutcome =
   | { readonly ok: true; readonly addresses: readonly string[] }
@@ -43,7 +47,7 @@ export const nodeDnsClient: DnsClient = {
       const timer = setTimeout(() => {
         resolve(timeoutOutcome(timeoutMs));
       }, timerDelay(timeoutMs));
-      dnsLookup(name, { all: true, family: 0 }, (error, addresses) => {
+      nodeDns().lookup(name, { all: true, family: 0 }, (error, addresses) => {
         clearTimeout(timer);
         if (error !== null) resolve(failure(error));
         else resolve({ ok: true, addresses: addresses.map((a) => a.address) });
@@ -52,7 +56,7 @@ export const nodeDnsClient: DnsClient = {
   },
 
   async queryServer(name, server, timeoutMs) {
-    const resolver = new dnsPromises.Resolver({ timeout: Math.max(1, Math.floor(timeoutMs / 2)), tries: 2 });
+    const resolver = new (nodeDns().promises.Resolver)({ timeout: Math.max(1, Math.floor(timeoutMs / 2)), tries: 2 });
     try {
       resolver.setServers([server]);
     } catch (error) {

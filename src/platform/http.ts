@@ -3,10 +3,11 @@
  * the control plane must not go to HTTPS_PROXY), the CA bundle and client certificate are per call, and every call
  * has a deadline.
  */
-import { request as httpRequest } from "node:http";
-import { request as httpsRequest } from "node:https";
+import type * as Http from "node:http";
 import type { IncomingHttpHeaders } from "node:http";
+import type * as Https from "node:https";
 import { timerDelay } from "./clock.js";
+import { loadBuiltin } from "./fs.js";
 
 export interface HttpRequest {
   readonly url: string;
@@ -23,6 +24,8 @@ export interface HttpRequest {
   readonly key?: string | Buffer;
   /** HTTPS: the name the server certificate must carry when it differs from the URL's host. */
   readonly servername?: string;
+  /** HTTPS: accept any server certificate (application health probes, as Kubernetes and istio-agent probe). */
+  readonly insecureSkipVerify?: boolean;
 }
 
 export interface HttpResponse {
@@ -73,6 +76,9 @@ export const nodeHttpClient: HttpClient = {
         const code = (error as NodeJS.ErrnoException).code;
         reject(new HttpError(typeof code === "string" ? code : "ERROR", error.message, error));
       };
+      // Loaded on first use: node:https brings TLS, which a command that never makes a request must not pay for.
+      const { request: httpRequest } = loadBuiltin("node:http") as typeof Http;
+      const { request: httpsRequest } = loadBuiltin("node:https") as typeof Https;
       const client =
         url.protocol === "https:"
           ? httpsRequest(
@@ -83,6 +89,7 @@ export const nodeHttpClient: HttpClient = {
                 ...(req.cert === undefined ? {} : { cert: req.cert }),
                 ...(req.key === undefined ? {} : { key: req.key }),
                 ...(req.servername === undefined ? {} : { servername: req.servername }),
+                ...(req.insecureSkipVerify === true ? { rejectUnauthorized: false } : {}),
               },
               onResponse,
             )

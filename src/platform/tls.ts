@@ -2,11 +2,12 @@
  * A TCP connect followed by a TLS handshake, as separate steps, so a check can say which one failed: nothing
  * listening (TCP) is a different fix from a server presenting the wrong identity or an unknown root (TLS).
  */
-import { connect as netConnect } from "node:net";
+import type * as Net from "node:net";
 import type { Socket } from "node:net";
-import { checkServerIdentity as tlsCheck, connect as tlsConnect } from "node:tls";
+import type * as Tls from "node:tls";
 import type { PeerCertificate } from "node:tls";
 import { timerDelay } from "./clock.js";
+import { loadBuiltin } from "./fs.js";
 
 export interface TlsProbeRequest {
   readonly host: string;
@@ -68,6 +69,7 @@ function codeOf(error: unknown): string {
 
 function connectTcp(host: string, port: number, timeoutMs: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
+    const { connect: netConnect } = loadBuiltin("node:net") as typeof Net;
     const socket = netConnect({ host, port });
     const timer = setTimeout(() => {
       socket.destroy();
@@ -99,6 +101,8 @@ export const nodeTlsProber: TlsProber = {
     }
     const address = `${socket.remoteAddress ?? req.host}:${socket.remotePort ?? req.port}`;
     const remaining = Math.max(1, req.timeoutMs - (Date.now() - started));
+    // Loaded on first use, as in http.ts: commands that probe nothing do not load TLS.
+    const { checkServerIdentity: tlsCheck, connect: tlsConnect } = loadBuiltin("node:tls") as typeof Tls;
     return await new Promise<TlsProbeResult>((resolve) => {
       let presented: PeerIdentity | undefined;
       const tls = tlsConnect({

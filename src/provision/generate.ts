@@ -7,6 +7,7 @@ import { EnvFileError, parseEnvFile } from "../config/env-file.js";
 import { discoverServiceCidr, planClusterEnv, readMeshSettings } from "../kube/cluster-env.js";
 import type { ClusterEnvInput } from "../kube/cluster-env.js";
 import type { KubeClient } from "../kube/client.js";
+import type { WorkloadGroupSettings } from "../kube/workload-group.js";
 import { fetchIstiodBootstrap, fetchLegacyCerts } from "../kube/bootstrap-certs.js";
 import { DEFAULT_LB_OPTIONS, kubednsTargets, planKubedns, resolveLoadBalancers } from "../kube/kubedns.js";
 import type { ControlPlaneProfile, DetectedProfile } from "../kube/profile.js";
@@ -35,6 +36,8 @@ export interface ClusterSourceOptions {
   readonly serviceCidr?: string;
   readonly authPolicy: "MUTUAL_TLS" | "NONE";
   readonly workloadName?: string;
+  /** istiod: the WorkloadGroup the VM auto-registers into (its name is the workload's name). */
+  readonly workloadGroup?: WorkloadGroupSettings;
   readonly gatewayAddress?: string;
   readonly waitMs: number;
   readonly tokenSeconds: number;
@@ -71,6 +74,14 @@ export async function sourcesFromCluster(client: KubeClient, options: ClusterSou
         ...(mesh.meshId === undefined ? {} : { meshId: mesh.meshId }),
         ...(mesh.network === undefined ? {} : { network: mesh.network }),
         ...(options.workloadName === undefined ? {} : { workloadName: options.workloadName }),
+        ...(options.workloadGroup === undefined
+          ? {}
+          : {
+              workloadName: options.workloadGroup.name,
+              autoRegisterGroup: options.workloadGroup.name,
+              labels: options.workloadGroup.labels,
+              ...(options.workloadGroup.probe === undefined ? {} : { readinessProbe: options.workloadGroup.probe }),
+            }),
         ...(mesh.istioVersion === undefined ? {} : { istioVersion: mesh.istioVersion.value }),
         ...(mesh.proxyConfig === undefined ? {} : { proxyConfig: mesh.proxyConfig }),
       },

@@ -11,7 +11,7 @@
 import { createHash } from "node:crypto";
 import { isAbsolute, normalize } from "node:path";
 import { AgentError } from "../platform/errors.js";
-import type { ExistingFile } from "./install.js";
+import type { ExistingFile } from "./install-plan.js";
 
 export const INSTALL_RECORD_PATH = "/var/lib/istio-vm-agent/install-record.json";
 const KIND = "istio-vm-install-record";

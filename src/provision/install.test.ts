@@ -3,11 +3,14 @@ import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import type { Clock } from "../platform/clock.js";
 import type { ProcessRunner, RunResult } from "../platform/process.js";
 import { planBundle, renderBundle } from "./bundle.js";
-import type { ExistingFile, InstallPorts } from "./install.js";
-import { InstallStepError, mergeEnvSettings, runInstall } from "./install.js";
+import type { ExistingFile } from "./install-plan.js";
+import { mergeEnvSettings } from "./install-plan.js";
+import type { InstallPorts } from "./install-system.js";
+import { InstallStepError, runInstall } from "./install.js";
 import { INSTALL_RECORD_PATH, parseInstallRecord, recordWrites, renderInstallRecord } from "./install-record.js";
 import { planUninstall, runUninstall, withoutLoopback } from "./uninstall.js";
 import { kubednsDomains, renderResolvedDropin, routingDomains, withLoopbackFirst } from "./resolver.js";
+import { passwdFileUsers } from "../platform/users.js";
 
 /** Time that passes only through sleep (instantly). */
 class InstantClock implements Clock {
@@ -126,6 +129,7 @@ function world(version: string): { fs: MemoryFileSystem; system: FakeSystem; por
       runner: system,
       clock: new InstantClock(),
       env: {},
+      users: passwdFileUsers(fs, "/etc/passwd"),
       isRoot: true,
       progress: (line) => progress.push(line),
     },

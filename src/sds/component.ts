@@ -10,16 +10,13 @@ import { CertStore } from "../certs/store.js";
 import type { ConfigValues } from "../config/registry.js";
 import { describeError } from "../platform/errors.js";
 import type { FileOwner } from "../platform/fs.js";
-import { nodeLinkFileSystem } from "../platform/links.js";
-import { parsePasswd, passwdPath } from "../intercept/settings.js";
 import { SdsServer } from "./server.js";
 import { sdsSocketPath, usesSds } from "./socket.js";
 
 /** Envoy's user when the agent runs as root (it then starts Envoy as ENVOY_USER); undefined: the agent's own. */
 export async function envoyOwner(deps: AgentDeps, uid: number): Promise<FileOwner | undefined> {
   if (uid !== 0) return undefined;
-  const text = await deps.fs.readTextIfExists(passwdPath(deps.config));
-  const entry = text === undefined ? undefined : parsePasswd(text).find((e) => e.name === deps.config.ENVOY_USER);
+  const entry = await deps.users.lookup(deps.config.ENVOY_USER);
   return entry === undefined ? undefined : { uid: entry.uid, gid: entry.gid };
 }
 
@@ -91,7 +88,7 @@ class SdsComponent implements AgentComponent {
   async #refresh(): Promise<void> {
     const server = this.#server;
     if (server === undefined) return;
-    const store = new CertStore({ dir: this.#config.OUTPUT_CERTS, fs: this.#deps.fs, links: nodeLinkFileSystem });
+    const store = new CertStore({ dir: this.#config.OUTPUT_CERTS, fs: this.#deps.fs, links: this.#deps.links });
     try {
       const [pair, rootPem] = [await store.read(), await store.readRoot()];
       if (pair === undefined || rootPem === undefined) {
@@ -141,9 +138,5 @@ class SdsComponent implements AgentComponent {
   }
 }
 
-/** The factory with a given agent uid (tests run as root or not). */
-export function sdsComponentWith(ports: { readonly uid?: number }): ComponentFactory {
-  return (deps) => (usesSds(deps.config) ? new SdsComponent(deps, ports.uid ?? process.getuid?.() ?? 0) : undefined);
-}
-
-export const sdsComponent: ComponentFactory = sdsComponentWith({});
+export const sdsComponent: ComponentFactory = (deps) =>
+  usesSds(deps.config) ? new SdsComponent(deps, deps.uid ?? 0) : undefined;

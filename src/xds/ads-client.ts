@@ -5,6 +5,7 @@
  * the stream. Everything runs under one deadline. Failures carry the gRPC status.
  */
 import * as grpc from "@grpc/grpc-js";
+import type { PeerCertificate } from "node:tls";
 import type { DiscoveryRequest, DiscoveryResponse, XdsNode } from "./protos.js";
 import {
   ADS_METHOD,
@@ -20,6 +21,11 @@ export interface AdsProbeTls {
   readonly servername: string;
   readonly certChainPem?: string;
   readonly keyPem?: string;
+  /**
+   * Check this URI SAN instead of the server name, as Envoy's `verify_subject_alt_name` does (legacy Pilot's
+   * certificate names its SPIFFE id: src/envoy/bootstrap.ts discoverySan).
+   */
+  readonly uriSan?: string;
 }
 
 export interface AdsProbeOptions {
@@ -67,6 +73,15 @@ export class AdsProbeError extends Error {
   }
 }
 
+function uriSanCheck(wanted: string): (host: string, cert: PeerCertificate) => Error | undefined {
+  return (_host, cert) => {
+    const sans = (cert.subjectaltname ?? "").split(", ").filter((n) => n.startsWith("URI:"));
+    return sans.includes(`URI:${wanted}`)
+      ? undefined
+      : new Error(`the server certificate's SANs (${sans.join(", ") || "none"}) do not include ${wanted}`);
+  };
+}
+
 /**
  * A gRPC client for an ADS server: plain text, or TLS with the given root, server name and (mTLS) client pair; no
  * retries by grpc-js (callers decide), messages up to 64 MiB. The one-shot probe and the long-lived watch share it.
@@ -83,6 +98,7 @@ export function createAdsClient(
           Buffer.from(tls.rootPem),
           tls.keyPem === undefined ? null : Buffer.from(tls.keyPem),
           tls.certChainPem === undefined ? null : Buffer.from(tls.certChainPem),
+          tls.uriSan === undefined ? {} : { checkServerIdentity: uriSanCheck(tls.uriSan) },
         );
   return new grpc.Client(target, credentials, {
     ...(tls === undefined

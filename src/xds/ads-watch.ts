@@ -5,6 +5,10 @@
  * capped exponential backoff through the clock until `signal` aborts. The connection settings are fetched anew for
  * every attempt, so a renewed client certificate is used on the next connect. The subscription is a plain function
  * of (connection, type, handler): the same handler can later be fed from the agent's xDS proxy stream instead.
+ *
+ * An `outbox` adds the agent's own requests to each stream (its health reports: src/health/report.ts): it is
+ * attached when a stream opens and detached when it ends. Without a `typeUrl` the stream subscribes to nothing and
+ * carries only the outbox's requests. The node goes on the first request a stream sends, whichever it is.
  */
 import * as grpc from "@grpc/grpc-js";
 import type { Clock } from "../platform/clock.js";
@@ -15,12 +19,22 @@ import { ADS_METHOD, decodeDiscoveryResponse, encodeDiscoveryRequest } from "./p
 
 export type AdsConnection = Omit<AdsProbeOptions, "timeoutMs" | "signal">;
 
+/** Requests the agent itself sends on a stream (no node: the stream adds it to its first request). */
+export type AdsRequest = Omit<DiscoveryRequest, "node">;
+
+export interface AdsOutbox {
+  /** A stream opened: `send` writes on it until the returned detach is called (when the stream ends). */
+  attach(send: (request: AdsRequest) => void): () => void;
+}
+
 export interface AdsWatchOptions {
-  readonly typeUrl: string;
+  /** The type to subscribe to; none: the stream carries only the outbox's requests. */
+  readonly typeUrl?: string;
   /** The target, TLS material, token and node for the next attempt. A throw counts as a failed attempt. */
   connection(): Promise<AdsConnection>;
   /** Returns undefined to ACK, or the reason to NACK. */
-  onResources(resources: readonly AnyResource[], version: string): string | undefined;
+  onResources?(resources: readonly AnyResource[], version: string): string | undefined;
+  readonly outbox?: AdsOutbox;
   /** Each stream that ends, with why (for logs and status). */
   onDisconnect?(reason: string): void;
   readonly clock: Clock;
@@ -49,9 +63,17 @@ function runStream(
     let received = false;
     let accepted = "";
     let ended = false;
+    let nodeSent = false;
+    const write = (request: AdsRequest): void => {
+      if (ended) return;
+      call.write(nodeSent ? request : { ...request, node: connection.node });
+      nodeSent = true;
+    };
+    const detachers: (() => void)[] = [];
     const end = (reason: string): void => {
       if (ended) return;
       ended = true;
+      for (const detach of detachers.splice(0)) detach();
       signal.removeEventListener("abort", onAbort);
       call.cancel();
       client.close();
@@ -62,16 +84,16 @@ function runStream(
     };
     signal.addEventListener("abort", onAbort, { once: true });
     call.on("data", (response: DiscoveryResponse) => {
-      if (response.type_url !== options.typeUrl) return;
+      if (options.typeUrl === undefined || response.type_url !== options.typeUrl) return;
       received = true;
       let problem: string | undefined;
       try {
-        problem = options.onResources(response.resources, response.version_info);
+        problem = options.onResources?.(response.resources, response.version_info);
       } catch (error) {
         problem = (error as Error).message;
       }
       if (problem === undefined) accepted = response.version_info;
-      call.write({
+      write({
         version_info: accepted,
         resource_names: [],
         type_url: options.typeUrl,
@@ -89,13 +111,10 @@ function runStream(
       onAbort();
       return;
     }
-    call.write({
-      version_info: "",
-      node: connection.node,
-      resource_names: [],
-      type_url: options.typeUrl,
-      response_nonce: "",
-    });
+    if (options.typeUrl !== undefined) {
+      write({ version_info: "", resource_names: [], type_url: options.typeUrl, response_nonce: "" });
+    }
+    if (options.outbox !== undefined) detachers.push(options.outbox.attach(write));
   });
 }
 
@@ -107,6 +126,7 @@ export async function watchAds(options: AdsWatchOptions, signal: AbortSignal): P
   const stopped = (): boolean => signal.aborted;
   while (!stopped()) {
     let outcome: { reason: string; received: boolean };
+    const started = options.clock.monotonic();
     try {
       outcome = await runStream(await options.connection(), options, signal);
     } catch (error) {
@@ -114,7 +134,10 @@ export async function watchAds(options: AdsWatchOptions, signal: AbortSignal): P
     }
     if (stopped()) return;
     options.onDisconnect?.(outcome.reason);
-    backoff = outcome.received ? initial : Math.min(max, backoff * 2);
+    // A stream that carried a response, or lived longer than the longest backoff (one that only sends, such as the
+    // health reports', gets none), was a working connection: the next attempt starts from the initial backoff.
+    const worked = outcome.received || options.clock.monotonic() - started >= max;
+    backoff = worked ? initial : Math.min(max, backoff * 2);
     try {
       await options.clock.sleep(backoff * (0.8 + Math.random() * 0.4), signal);
     } catch {

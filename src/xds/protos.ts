@@ -11,6 +11,11 @@ import descriptor from "./xds-descriptor.json" with { type: "json" };
 
 export const CLUSTER_TYPE_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 export const ENDPOINT_TYPE_URL = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/**
+ * The agent's health reports to istiod (istio/istio `pkg/model/xds.go` HealthInfoType): a DiscoveryRequest of this
+ * type with no error_detail says healthy, one with error_detail (code 13, INTERNAL) unhealthy; istiod never answers it.
+ */
+export const HEALTH_INFO_TYPE_URL = "type.googleapis.com/istio.v1.HealthInformation";
 export const ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
 interface XdsTypes {
@@ -117,7 +122,7 @@ function toStructValue(value: StructValue): object {
   return { structValue: toStruct(value) };
 }
 
-function toStruct(value: Readonly<Record<string, StructValue>>): object {
+export function toStruct(value: Readonly<Record<string, StructValue>>): object {
   return { fields: Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toStructValue(v)])) };
 }
 
@@ -133,7 +138,7 @@ function fromStructValue(value: Record<string, unknown>): StructValue {
   return null;
 }
 
-function fromStruct(struct: { fields?: Record<string, Record<string, unknown>> } | undefined): {
+export function fromStruct(struct: { fields?: Record<string, Record<string, unknown>> } | undefined): {
   [key: string]: StructValue;
 } {
   return Object.fromEntries(Object.entries(struct?.fields ?? {}).map(([k, v]) => [k, fromStructValue(v)]));

@@ -186,13 +186,17 @@ describe.skipIf(missing !== undefined)("istio-vm-agent.service on a booted Debia
       expect(props["ActiveState"]).toBe("active");
       expect(props["SubState"]).toBe("running");
       expect(props["StatusText"]).not.toBe("");
-      const status = await m.run(["systemctl", "status", "--no-pager", UNIT]);
-      expect(status.stdout).toContain(`Status: "${props["StatusText"] ?? ""}"`);
 
       // READY=1 comes before the components start (systemd's start never waits on the network): readiness is
       // awaited the way scripts do, with `istio-vm check --wait`.
       const waited = await m.run(["istio-vm", "check", "--only", "interception", "--wait=30s"]);
       expect(waited.code, `${waited.stdout}\n${waited.stderr}`).toBe(0);
+      // Compared once the components run: until then STATUS= changes as each starts, so a StatusText read just
+      // before `systemctl status` may already be stale (CI saw "waiting for traffic capture…" vs "ready…").
+      const settled = await m.unitProperties(UNIT, ["StatusText"]);
+      expect(settled["StatusText"]).toMatch(/^ready: /);
+      const status = await m.run(["systemctl", "status", "--no-pager", UNIT]);
+      expect(status.stdout).toContain(`Status: "${settled["StatusText"] ?? ""}"`);
       const health = await m.check([
         "curl",
         "-sS",

@@ -1,7 +1,9 @@
 /**
  * `npm start`'s walkthrough (scripts/demo.sh bundles this file with esbuild and runs it): the recipe of
- * test/e2e/recipe.ts printed to the terminal. `--profile legacy|istiod` (default legacy). Ctrl-C or SIGTERM runs the
- * cleanup (namespaces, container, processes, temp dirs) before exiting 130.
+ * test/e2e/recipe.ts printed to the terminal. `--profile legacy|istiod` (default legacy); `--loopback` runs the
+ * unprivileged walkthrough (dev plane on loopback, no VM container) even as root — on the istiod profile it ends with
+ * auto-registration and a health flip. Ctrl-C or SIGTERM runs the cleanup (namespaces, container, processes, temp
+ * dirs) before exiting 130.
  */
 import type { Profile } from "./recipe.js";
 import { Cleanups, runRecipe } from "./recipe.js";
@@ -36,7 +38,7 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
   });
 }
 
-const report = await runRecipe({ profile, print, cleanups });
+const report = await runRecipe({ profile, print, cleanups, ...(args.includes("--loopback") ? { root: false } : {}) });
 const skipped = report.steps.filter((s) => s.status === "skipped");
 print(`\n\x1b[1m== summary\x1b[0m\n`);
 for (const s of report.steps) {

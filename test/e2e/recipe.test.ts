@@ -211,3 +211,32 @@ describe("the recipe without root, as npm start runs it for an unprivileged user
     expect(transcript).toMatch(/cleanup: stop istio-vm dev/);
   }, 120_000);
 });
+
+describe("the recipe without root on the istiod profile: auto-registration and health", () => {
+  it("creates the WorkloadGroup, istiod registers the VM, a probe flip moves it out of EDS and back, and it leaves", async () => {
+    let transcript = "";
+    const report = await runRecipe({
+      profile: "istiod",
+      root: false,
+      print: (text) => {
+        transcript += text;
+      },
+    });
+    expect(report.ok, transcript).toBe(true);
+    const ids = report.steps.filter((s) => s.status === "ok").map((s) => s.id);
+    expect(ids).toEqual(expect.arrayContaining(["workload-group", "auto-register", "health-flip", "deregister"]));
+    const registered = report.steps.find((s) => s.id === "auto-register");
+    expect(registered?.data["entry"]).toMatchObject({
+      metadata: {
+        name: "vm-app-10.0.0.6-network1",
+        annotations: { "istio.io/autoRegistrationGroup": "vm-app", "proxy.istio.io/health-checks-enabled": "true" },
+        ownerReferences: [{ kind: "WorkloadGroup", name: "vm-app", controller: true }],
+      },
+    });
+    expect(registered?.data["eds"]).toMatch(/^10\.0\.0\.6:\d+$/);
+    const flip = report.steps.find((s) => s.id === "health-flip");
+    expect(flip?.data["edsDown"]).toBe("");
+    expect(flip?.data["edsBack"]).toBe(registered?.data["eds"]);
+    expect(transcript).toMatch(/cleanup: stop the health agent/);
+  }, 180_000);
+});

@@ -23,6 +23,7 @@ import { join } from "node:path";
 import type { CommandResult, DebianMachine } from "./debian-harness.js";
 import { BASE_PACKAGES, bootDebian, runHost } from "./debian-harness.js";
 import { REPO, debPath, ensureDeb } from "./deb-package.js";
+import { autoRegistrationWalkthrough } from "./recipe-autoreg.js";
 
 export type Profile = "legacy" | "istiod";
 
@@ -865,6 +866,23 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
       },
     );
     skip("capture", "Cluster → VM:3306 captured on the VM", "needs root (namespaces, iptables)");
+    if (profile === "istiod") {
+      await autoRegistrationWalkthrough({
+        cli: CLI,
+        work,
+        kubeconfig,
+        grpc: find("pilot", /^grpc \(/),
+        grpcTls: find("pilot", /^grpc\+tls/),
+        eds: await edsClient(),
+        step,
+        show,
+        must,
+        admin: (args) => admin(undefined, args),
+        addCleanup: (label, action) => {
+          cleanups.add(label, action);
+        },
+      });
+    }
   }
 
   async function edsClient(): Promise<string> {

@@ -227,6 +227,9 @@ describe("admin commands against an istiod (Istio 1.x) dev cluster", () => {
     expect(text).toContain("SERVICE_ACCOUNT='default'\n");
     expect(text).toContain("ISTIO_SERVICE='vm.default'\n");
     expect(text).not.toContain("ISTIO_INBOUND_PORTS");
+    // No kube-dns load balancer in this cluster: VMs resolve mesh names through the agent's DNS proxy.
+    expect(text).toContain("ISTIO_META_DNS_CAPTURE='true'\n");
+    expect(result.stdout).toContain("DNS proxy on (no kube-dns load balancer (kube-system/dns-ilb)");
     // The mesh's version (the istiod Deployment's image tag) and its defaultConfig, read from the dev API.
     expect(text).toContain("ISTIO_VERSION='1.24.2'\n");
     expect(text).toMatch(
@@ -251,6 +254,30 @@ describe("admin commands against an istiod (Istio 1.x) dev cluster", () => {
       WORKLOAD_NAME: "vm",
       PROXY_CONFIG: { holdApplicationUntilProxyStarts: true, serviceCluster: "vm.default", tracing: { sampling: 1 } },
     });
+  });
+
+  it("cluster-env: a kube-dns load balancer turns the DNS proxy off (dnsmasq path); --dns-capture overrides", async () => {
+    const store = c().plane.context.store;
+    store.create("services", {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { name: "dns-ilb", namespace: "kube-system" },
+      spec: { type: "LoadBalancer", ports: [{ name: "dns", port: 53, protocol: "UDP" }] },
+    });
+    try {
+      const auto = await c().cli(["cluster-env", "-n", "default", "--json"]);
+      expect(auto.code, auto.stderr).toBe(0);
+      const report = JSON.parse(auto.stdout) as { dnsCapture: { capture: boolean }; content: string };
+      expect(report.dnsCapture.capture).toBe(false);
+      expect(report.content).not.toMatch(/^ISTIO_META_DNS_CAPTURE=/m);
+      const forced = await c().cli(["cluster-env", "-n", "default", "--dns-capture", "true"]);
+      expect(forced.stdout).toContain("ISTIO_META_DNS_CAPTURE='true'\n");
+    } finally {
+      store.delete("services", "kube-system", "dns-ilb");
+    }
+    const off = await c().cli(["cluster-env", "-n", "default", "--dns-capture", "false"]);
+    expect(off.code, off.stderr).toBe(0);
+    expect(off.stdout).not.toMatch(/^ISTIO_META_DNS_CAPTURE=/m);
   });
 
   it("cluster-env: --istio-version and --proxy-config override what the cluster says; a bad --proxy-config exits 2", async () => {

@@ -1,6 +1,7 @@
 /**
  * The agent's discovery watch, end to end: the built `istio-vm agent` runs only its discovery component against the
- * dev Pilot's v1 REST API on loopback, and /healthz/ready and systemd's STATUS= follow Pilot's health.
+ * dev Pilot's v1 REST API (or, with ENVOY_XDS_API=v2, its ADS v2) on loopback, and /healthz/ready and systemd's
+ * STATUS= follow Pilot's health.
  */
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -8,6 +9,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { startPilotRest } from "../../src/devplane/pilot-rest.js";
+import { startPilotXds } from "../../src/devplane/pilot-xds.js";
+import { ADS_V2 } from "../../src/devplane/pilot-xds-v2.js";
 import { ObjectStore } from "../../src/devplane/store.js";
 import { CLI } from "../support/cli.js";
 import { freePort } from "../support/net.js";
@@ -111,6 +114,68 @@ describe("istio-vm agent discovery watch", () => {
     expect(stderr).toMatch(/discovery check failed .*hint=/);
     expect(stderr).toMatch(/discovery recovered/);
 
+    child.kill("SIGTERM");
+    expect(await exit).toBe(0);
+  });
+
+  it("ENVOY_XDS_API=v2: the watch is an ADS v2 fetch (CDS, LDS) and readiness follows Pilot's stream", async () => {
+    const store = new ObjectStore();
+    store.create("services", {
+      metadata: { name: "mysqldb", namespace: "default" },
+      spec: { clusterIP: "10.96.0.20", ports: [{ name: "mysql", port: 3306 }] },
+    });
+    store.create("endpoints", {
+      metadata: { name: "mysqldb", namespace: "default" },
+      subsets: [{ addresses: [{ ip: "10.0.0.5" }], ports: [{ name: "mysql", port: 3306 }] }],
+    });
+    const pilot = await startPilotXds({ store, v3OnlyWhenAsked: true, alsoServe: ADS_V2 });
+    cleanups.push(() => pilot.close());
+    const root = mkdtempSync(join(tmpdir(), "istio-vm-watch-"));
+    cleanups.push(() => {
+      rmSync(root, { recursive: true, force: true });
+    });
+    mkdirSync(join(root, "var/lib/istio/envoy"), { recursive: true });
+    writeFileSync(
+      join(root, "var/lib/istio/envoy/cluster.env"),
+      "ISTIO_CONTROL_PLANE=legacy\nENVOY_XDS_API=v2\nCONTROL_PLANE_AUTH_POLICY=NONE\n",
+    );
+    const statusPort = await freePort();
+    writeFileSync(
+      join(root, "var/lib/istio/envoy/sidecar.env"),
+      [
+        "ISTIO_SVC_IP=10.0.0.5",
+        "ISTIO_INBOUND_PORTS=3306",
+        `STATUS_PORT=${statusPort}`,
+        "ISTIO_AGENT_COMPONENTS=discovery",
+        `DISCOVERY_ADDRESS=${pilot.address}`,
+        "DISCOVERY_CHECK_INTERVAL=1s",
+        "",
+      ].join("\n"),
+    );
+    const notify = new NotifySocket(join(root, "notify.sock"));
+    const child = spawn(process.execPath, [CLI, "agent"], {
+      env: { PATH: process.env["PATH"], ISTIO_VM_ROOT: root, NOTIFY_SOCKET: notify.path },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const exit = new Promise<number | null>((resolve) => child.on("exit", resolve));
+    cleanups.push(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      notify.close();
+    });
+    await notify.waitFor("READY", "1");
+    const ready = await notify.waitForStatus(/^ready: /);
+    expect(ready["STATUS"], stderr).toContain("pilot ok (v2 ADS: 3 clusters, 3 listeners, inbound 3306, ACKed)");
+    expect(
+      pilot.events.some((e) => e.kind === "ack" && e.typeUrl === "type.googleapis.com/envoy.api.v2.Listener"),
+    ).toBe(true);
+    // Pilot stops serving v2 streams (a reset on every request): not ready, with the gRPC status.
+    pilot.setFault("stream-reset");
+    const failing = await until(statusPort, (r) => r.status === 503);
+    expect(failing.body).toContain("discovery: not ready: discovery failing: ADS v2 to");
+    pilot.setFault("none");
+    await until(statusPort, (r) => r.status === 200);
     child.kill("SIGTERM");
     expect(await exit).toBe(0);
   });

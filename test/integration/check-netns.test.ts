@@ -333,6 +333,12 @@ describe.skipIf(missing !== undefined)(
       expect(kubernetes?.direct.addresses).toEqual(["10.96.0.1"]);
       // ENVOY_XDS_API=v1 (the legacy default): this node's CDS and LDS from Pilot's v1 API.
       expect(json.checks[1]?.summary).toMatch(/^pilot ok \(v1: \d+ clusters, \d+ listeners\)$/);
+      // ENVOY_XDS_API=v2 (Istio 0.8): CDS then LDS over ADS v2 on 15011, mTLS to Pilot's SPIFFE id.
+      const adsV2 = await check(["--only", "discovery"], { ENVOY_XDS_API: "v2" });
+      expect(adsV2.json.checks[0]?.summary).toMatch(/^pilot ok \(v2 ADS: \d+ clusters, \d+ listeners, ACKed\)$/);
+      expect(adsV2.json.checks[0]?.details).toContain(
+        "ADS v2 mTLS (server SAN spiffe://cluster.local/ns/istio-system/sa/istio-pilot-service-account) to istio-pilot.istio-system:15011",
+      );
       const v2 = await check(["--only", "discovery"], { ENVOY_XDS_API: "v3" });
       expect(v2.json.checks[0]?.summary).toMatch(
         /^pilot ok \(1 host for istio-pilot\.istio-system\.svc\.cluster\.local\|http-discovery\)$/,

@@ -153,6 +153,9 @@ function badValues(files: {
       { args: ["-o", join(root, "b.tgz"), "--from", files.zero] },
       { args: ["-o", join(root, "b.tgz"), "--from", files.fromZero, "--no-deb"] },
       { args: ["-o", files.dir, "--from", files.fromZero, "--no-deb"] },
+      { args: ["-o", join(root, "b.tgz"), "--no-deb", "--workload-group", "wg", "--probe", "{"] },
+      { args: ["-o", join(root, "b.tgz"), "--no-deb", "--workload-group", "Not_A_Name"] },
+      { args: ["-o", join(root, "b.tgz"), "--no-deb", "--ports", "http:99999"] },
     ],
     // Commands without value flags: a value no flag takes, and an unknown log level.
     uninstall: [{ args: ["extra-argument"] }, { args: ["--log-level", "loud"] }],

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { runCli } from "../support/cli.js";
-import { checkAgainstProto } from "../support/envoy-proto.js";
+import { checkAgainstProto, checkAgainstV2Proto } from "../support/envoy-proto.js";
 import { checkAgainstV1Schema } from "../support/envoy-v1-schema.js";
 
 const ENV = { PATH: process.env["PATH"] ?? "/usr/bin:/bin", ISTIO_VM_ROOT: "/nonexistent-vm-root" };
@@ -43,6 +43,17 @@ describe("istio-vm envoy bootstrap", () => {
       env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3", ISTIO_CONTROL_PLANE: "legacy" },
     });
     expect(checkAgainstV1Schema("bootstrap", JSON.parse(json.stdout))).toEqual([]);
+    const v2 = await runCli(["envoy", "bootstrap"], {
+      env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3", ISTIO_CONTROL_PLANE: "legacy", ENVOY_XDS_API: "v2" },
+    });
+    expect(v2.code, v2.stderr).toBe(0);
+    expect(v2.stdout).toContain("# API v2: xDS v2 over ADS: Istio 0.8 Pilot, Envoy ≤ 1.16; set by ENVOY_XDS_API");
+    expect(v2.stdout).toContain("# discovery: istio-pilot.istio-system:15011 over mTLS");
+    expect(v2.stdout).toContain("--max-obj-name-len 189");
+    const v2Json = await runCli(["envoy", "bootstrap", "--json"], {
+      env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3", ISTIO_CONTROL_PLANE: "legacy", ENVOY_XDS_API: "v2" },
+    });
+    expect(checkAgainstV2Proto(JSON.parse(v2Json.stdout)).errors).toEqual([]);
     const v3 = await runCli(["envoy", "bootstrap"], {
       env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3", ISTIO_CONTROL_PLANE: "legacy", ENVOY_XDS_API: "v3" },
     });

@@ -29,6 +29,9 @@ import { nodeHttpClient } from "../../src/platform/http.js";
 import { createLogger } from "../../src/platform/logger.js";
 import { freePort } from "../support/net.js";
 import { requirements } from "../support/requirements.js";
+import { systemUsers } from "../../src/platform/users.js";
+import { nodeProcessRunner } from "../../src/platform/process.js";
+import { nodeLinkFileSystem } from "../../src/platform/links.js";
 
 const FAKE_ENVOY = fileURLToPath(new URL("../fixtures/fake-envoy.mjs", import.meta.url));
 
@@ -161,6 +164,8 @@ async function makeVm(
     extraMetadata: {},
     hostname: "vm-1",
     fs: nodeFileSystem,
+    links: nodeLinkFileSystem,
+    users: systemUsers({ ISTIO_VM_ROOT: root }, nodeFileSystem, nodeProcessRunner),
     spawner: createChildSpawner(),
     http: nodeHttpClient,
     clock: systemClock,

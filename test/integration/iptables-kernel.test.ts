@@ -17,6 +17,8 @@ import { nodeFileSystem } from "../../src/platform/fs.js";
 import { requirements } from "../support/requirements.js";
 import type { Listener } from "./iptables-netns.js";
 import { Namespace, cliPath, connect, link, listen, pinCli, unpinCli } from "./iptables-netns.js";
+import { systemUsers } from "../../src/platform/users.js";
+import { nodeProcessRunner } from "../../src/platform/process.js";
 
 const missing = requirements({
   root: true,
@@ -50,7 +52,9 @@ function environment(backend: "nft" | "legacy", extra: Record<string, string> = 
 
 async function planFor(env: Record<string, string>): Promise<InterceptionPlan> {
   const values = requireValid(await loadConfig({ env, fs: nodeFileSystem }));
-  return planInterception(await interceptionSettings(values, nodeFileSystem));
+  return planInterception(
+    await interceptionSettings(values, systemUsers(env, nodeFileSystem, nodeProcessRunner), nodeFileSystem),
+  );
 }
 
 interface World {

@@ -41,6 +41,11 @@ describe("start-up loads only what the command uses", () => {
     expect(builtinsLoaded(args).filter((m) => NETWORK.includes(m))).toEqual([]);
   });
 
+  it("the composition root builds every port without loading what the ports use (src/main.ts: realContext)", () => {
+    const ports = ["child_process", "readline", "os", ...NETWORK];
+    expect(builtinsLoaded(["--version"]).filter((m) => ports.includes(m))).toEqual([]);
+  });
+
   it("a command that talks to a server does load the network stack (the check above can fail)", () => {
     expect(builtinsLoaded(["check", "--help"])).toEqual(expect.arrayContaining(["http2"]));
   });

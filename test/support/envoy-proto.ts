@@ -280,3 +280,37 @@ export function checkAgainstProto(json: unknown, messageType = "envoy.config.boo
   }
   return { errors: walker.errors, typesSeen: walker.typesSeen, verify };
 }
+
+let cachedV2: protobuf.Root | undefined;
+
+/**
+ * Envoy's v2 Bootstrap (Istio 0.8's), from the subset in proto/envoy-v2/ (no installed package carries Envoy's v2
+ * protos; the subset restates their names, numbers and types, see proto/envoy-v2/core.proto). The same walker
+ * checks it: every key a field of that message, every value of its type, one member per oneof.
+ */
+export function envoyV2ProtoRoot(): protobuf.Root {
+  if (cachedV2 === undefined) {
+    cachedV2 = protoUtil.loadProtosWithOptionsSync(["envoy-v2/bootstrap.proto"], {
+      keepCase: true,
+      includeDirs: [fileURLToPath(new URL("proto", repo))],
+    });
+    cachedV2.resolveAll();
+  }
+  return cachedV2;
+}
+
+export function checkAgainstV2Proto(json: unknown): ProtoCheck {
+  const root = envoyV2ProtoRoot();
+  const type = root.lookupType("envoy.config.bootstrap.v2.Bootstrap");
+  const walker = new Walker(root);
+  const converted = walker.message("", type, json);
+  let verify: string | null;
+  try {
+    const message = type.fromObject(converted as Record<string, unknown>);
+    verify = type.verify(message);
+    type.decode(type.encode(message).finish());
+  } catch (error) {
+    verify = (error as Error).message;
+  }
+  return { errors: walker.errors, typesSeen: walker.typesSeen, verify };
+}

@@ -1,8 +1,8 @@
 /**
- * How the agent's long-lived streams reach istiod (DISCOVERY_ADDRESS): TLS with the mesh root and the workload's
- * key and chain from OUTPUT_CERTS (read anew for every connection, so a renewal is used on the next one), the
- * server name ISTIOD_SAN, `clusterid`; the service-account token only while there is no certificate yet (istiod
- * authenticates a client certificate first, docs/protocols.md). Plain text when CONTROL_PLANE_AUTH_POLICY=NONE.
+ * The connection settings of the agent's own ADS streams to istiod (the NDS stream of the DNS proxy, the stream
+ * that carries health reports): DISCOVERY_ADDRESS, and under MUTUAL_TLS the mesh root, ISTIOD_SAN, the workload
+ * certificate when there is one and the bootstrap token until then, read anew for each connect so a renewed
+ * certificate is used on the next one.
  */
 import { controlPlaneUsesTls } from "../config/load.js";
 import type { ConfigValues } from "../config/registry.js";
@@ -10,11 +10,11 @@ import type { FileSystem } from "../platform/fs.js";
 import type { AdsConnection } from "./ads-watch.js";
 import type { XdsNode } from "./protos.js";
 
-export async function istiodConnection(fs: FileSystem, values: ConfigValues, node: XdsNode): Promise<AdsConnection> {
+export async function agentAdsConnection(fs: FileSystem, values: ConfigValues, node: XdsNode): Promise<AdsConnection> {
   const address = values.DISCOVERY_ADDRESS;
   const target = address.host.includes(":") ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
-  if (!controlPlaneUsesTls(values)) return { target, node, clusterId: values.ISTIO_META_CLUSTER_ID };
   const dir = values.OUTPUT_CERTS.replace(/\/+$/, "");
+  if (!controlPlaneUsesTls(values)) return { target, node, clusterId: values.ISTIO_META_CLUSTER_ID };
   const rootPem = await fs.readText(`${dir}/root-cert.pem`);
   const certChainPem = await fs.readTextIfExists(`${dir}/cert-chain.pem`);
   const keyPem = await fs.readTextIfExists(`${dir}/key.pem`);

@@ -1,0 +1,31 @@
+/**
+ * A TCP connect as a port (the agent's tcpSocket health probe): resolves once the connection is established and
+ * closes it at once, rejects with the errno-style code (ECONNREFUSED, …) or ETIMEDOUT past the deadline.
+ */
+import { connect } from "node:net";
+import { timerDelay } from "./clock.js";
+
+export type TcpConnector = (host: string, port: number, timeoutMs: number, signal?: AbortSignal) => Promise<void>;
+
+export const nodeTcpConnector: TcpConnector = (host, port, timeoutMs, signal) =>
+  new Promise<void>((resolve, reject) => {
+    const deadline = AbortSignal.timeout(timerDelay(timeoutMs));
+    const abort = signal === undefined ? deadline : AbortSignal.any([deadline, signal]);
+    const socket = connect({ host, port, signal: abort });
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve();
+    });
+    socket.once("error", (error: NodeJS.ErrnoException) => {
+      socket.destroy();
+      if (deadline.aborted) {
+        reject(
+          Object.assign(new Error(`dial tcp ${host}:${port}: i/o timeout after ${timeoutMs} ms`), {
+            code: "ETIMEDOUT",
+          }),
+        );
+        return;
+      }
+      reject(error);
+    });
+  });
