@@ -21,6 +21,7 @@ import type { LogLevel } from "./platform/logger.js";
 import { LOG_LEVELS, createLogger, redact, stderrIsJournal } from "./platform/logger.js";
 import { createNotifier } from "./platform/notify.js";
 import { nodeProcessRunner } from "./platform/process.js";
+import { nodeTcpConnector } from "./platform/tcp.js";
 import { nodeTlsProber } from "./platform/tls.js";
 import { systemUsers } from "./platform/users.js";
 import { programVersion } from "./version.js";
@@ -209,6 +210,7 @@ export function realContext(): CommandContext {
     dns: nodeDnsClient,
     http: nodeHttpClient,
     tls: nodeTlsProber,
+    tcp: nodeTcpConnector,
     users: systemUsers(process.env, nodeFileSystem, nodeProcessRunner),
     uid: process.getuid?.(),
     hostname: () => (loadBuiltin("node:os") as typeof Os).hostname(),

@@ -131,6 +131,7 @@ export class CertificateLoop implements AgentComponent {
     } catch {
       // stop never throws; the loop already logged its last error.
     }
+    this.#settings?.context.close?.();
   }
 
   /**
@@ -333,6 +334,8 @@ export class CertificateLoop implements AgentComponent {
     try {
       const next = await this.#options.settings();
       this.#settings = next;
+      // No renewal is in flight between the loop's steps: the old context's CA connection can go.
+      if (before !== next) before?.context.close?.();
       this.#identity = next.context.identity;
       const changes: Record<string, string> = {};
       if (before?.caAddress !== next.caAddress) changes["ca"] = next.caAddress;

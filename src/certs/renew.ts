@@ -28,8 +28,13 @@ export class RenewError extends Error {
 export interface RenewContext {
   readonly store: CertStore;
   readonly protocol: CaProtocol;
-  /** Builds the CA client for one attempt, trusting the root-cert.pem read for it (a new root is picked up). */
+  /**
+   * The CA client for one attempt, trusting the root-cert.pem read for it (a new root is picked up). It may hand out
+   * the same client again: the CA connection is kept between renewals (see ca-client.ts) until `close`.
+   */
   readonly connect: (rootPem: string) => CaClient;
+  /** Ends the CA connection kept between renewals (absent: `connect` keeps none). */
+  readonly close?: () => void;
   readonly clock: Clock;
   readonly fs: FileSystem;
   readonly identity: string;

@@ -2,7 +2,7 @@
 import type { LoadedConfig } from "../config/load.js";
 import type { ConfigValues } from "../config/registry.js";
 import type { SystemPorts } from "../platform/ports.js";
-import { caServerName, createCaClient } from "./ca-client.js";
+import { caServerName, createCaClient, keptCaConnection } from "./ca-client.js";
 import { spiffeUri } from "./identity.js";
 import type { RenewContext } from "./renew.js";
 import type { RenewalPolicy } from "./schedule.js";
@@ -45,17 +45,23 @@ export async function createRenewContext(loaded: LoadedConfig, deps: CertSetupDe
     explicit: loaded.variables.ISTIOD_SAN.source.kind !== "default",
   });
   const protocol = config.ISTIO_CONTROL_PLANE;
+  const ca = keptCaConnection((rootPem) =>
+    createCaClient(protocol, {
+      address: config.CA_ADDR,
+      serverName,
+      rootPem,
+      timeoutMs: config.CA_CALL_TIMEOUT,
+      clusterId: config.ISTIO_META_CLUSTER_ID,
+      now: () => deps.clock.now(),
+    }),
+  );
   return {
     store,
     protocol,
-    connect: (rootPem) =>
-      createCaClient(protocol, {
-        address: config.CA_ADDR,
-        serverName,
-        rootPem,
-        timeoutMs: config.CA_CALL_TIMEOUT,
-        clusterId: config.ISTIO_META_CLUSTER_ID,
-      }),
+    connect: (rootPem) => ca.connect(rootPem),
+    close: () => {
+      ca.close();
+    },
     clock: deps.clock,
     fs: deps.fs,
     identity: workloadIdentity(config),

@@ -26,11 +26,16 @@
  * - Concurrent writers (the agent and `istio-vm certs renew`) do not corrupt each other: the last swap wins, and a
  *   writer removes only its own old generations or those of writers that died.
  *
- * A write is four fsyncs, the fewest that keep it crash-safe: each of the two files (their data must be on disk
- * before a name points at them), the generation directory (their entries), and /etc/certs after the rename of a new
- * `..data` link over the old one (the swap, and the generation's own entry made in the same directory, which a
- * journaling file system commits in order). After that fsync the new pair survives power loss, so only then are
- * older generations removed. (Before this layout a write took five: the pair directory was renamed into place too.)
+ * A write is four fsyncs, the fewest that keep it crash-safe on a POSIX file system, which promises durability only
+ * for what an fsync covered: each of the two files (their data must be on disk before a name points at them; the two
+ * are written and fsynced side by side, so they cost the wall time of one), the generation directory (the entries
+ * of both files: without it a crash after the swap could leave `..data` naming a directory that comes back empty),
+ * and /etc/certs after the rename of a new `..data` link over the old one (the swap itself, together with the
+ * generation's own entry made in the same directory earlier). Fewer is not safe: one fsync of the directory cannot
+ * stand in for the files' (it does not write their data), and the files' cannot stand in for their directory's
+ * entries. After the last fsync the new pair survives power loss, so only then are older generations removed.
+ * (Before this layout a write took five: the pair directory was renamed into place too; issue 14's table counted
+ * six, the temporary-link layout before that.)
  *
  * Upgrades: `istio-vm install` writes key.pem and cert-chain.pem as plain files, and earlier versions of this store
  * linked them through `live` -> `pairs/<id>`. A write first migrates whatever it finds without changing what the
@@ -237,13 +242,15 @@ export class CertStore {
    */
   async #removeOldGenerations(keep: ReadonlySet<string>): Promise<void> {
     const current = await this.#links.readSymlink(join(this.paths.dir, DATA_LINK));
-    for (const name of await this.#fs.readdir(this.paths.dir)) {
+    const names = await this.#fs.readdir(this.paths.dir);
+    for (const name of names) {
       const m = GENERATION.exec(name);
       if (m === null || keep.has(name) || name === current || inFlight.has(join(this.paths.dir, name))) continue;
       const pid = Number(m[1]);
       if (pid === process.pid || !processAlive(pid)) await this.#removeIfAllowed(join(this.paths.dir, name));
     }
-    if ((await this.#current()) !== undefined) {
+    // The old layout is looked at only when the listing shows some of it (a migration, or one a crash interrupted).
+    if ((names.includes(OLD_LIVE) || names.includes(OLD_PAIRS)) && (await this.#current()) !== undefined) {
       if ((await this.#links.readSymlink(join(this.paths.dir, OLD_LIVE))) !== undefined)
         await this.#removeIfAllowed(join(this.paths.dir, OLD_LIVE));
       await this.#removeIfAllowed(join(this.paths.dir, OLD_PAIRS));

@@ -25,6 +25,18 @@ function reason(fn: () => unknown): string | undefined {
 }
 
 describe("verifyPair", () => {
+  it("verifying the same pair again still judges its validity at the new time, and a changed text afresh", async () => {
+    const pair = await mesh.issueKeyPair({ identity: ID, ttlMs: HOUR });
+    const input = { ...pair, rootPem: mesh.rootCertPem, expectedIdentity: ID };
+    const first = verifyPair({ ...input, now: Date.now() });
+    expect(verifyPair({ ...input, now: Date.now() }).info).toEqual(first.info);
+    expect(reason(() => verifyPair({ ...input, now: Date.now() + 2 * HOUR }))).toBe("expired");
+    expect(reason(() => verifyPair({ ...input, now: Date.now() - HOUR }))).toBe("not-yet-valid");
+    expect(reason(() => verifyPair({ ...input, expectedIdentity: `${ID}-other`, now: Date.now() }))).toBe("identity");
+    expect(reason(() => verifyPair({ ...input, rootPem: other.rootCertPem, now: Date.now() }))).toBe("chain");
+    expect(reason(() => verifyPair({ ...input, now: Date.now() }))).toBeUndefined();
+  });
+
   it("accepts a pair issued by the root for the expected identity, and describes it", async () => {
     const pair = await mesh.issueKeyPair({ identity: ID, ttlMs: 2 * HOUR });
     const { info } = verifyPair({ ...pair, rootPem: mesh.rootCertPem, expectedIdentity: ID, now: Date.now() });

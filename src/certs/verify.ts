@@ -62,9 +62,9 @@ function uriSans(cert: X509Certificate): string[] {
   return san.names.items.filter((n) => n.type === "url").map((n) => n.value);
 }
 
-function describe(cert: X509Certificate): CertificateInfo {
+function describe(cert: X509Certificate, uris: readonly string[] = uriSans(cert)): CertificateInfo {
   return {
-    uris: uriSans(cert),
+    uris,
     subject: (cert.subject as string | undefined)?.replaceAll("\n", ", ") ?? "",
     issuer: (cert.issuer as string | undefined)?.replaceAll("\n", ", ") ?? "",
     serialNumber: cert.serialNumber,
@@ -113,9 +113,18 @@ export function chainWithoutRoots(chain: readonly string[], rootPem: string): st
   return kept.map((pem) => (pem.endsWith("\n") ? pem : `${pem}\n`)).join("");
 }
 
-function checkValidity(cert: X509Certificate, label: string, now: number): void {
-  const from = new Date(cert.validFrom).getTime();
-  const to = new Date(cert.validTo).getTime();
+/** A certificate's validity window, with the label its messages use. */
+interface ValidityWindow {
+  readonly label: string;
+  readonly from: number;
+  readonly to: number;
+}
+
+function windowOf(cert: X509Certificate, label: string): ValidityWindow {
+  return { label, from: new Date(cert.validFrom).getTime(), to: new Date(cert.validTo).getTime() };
+}
+
+function checkWindow({ label, from, to }: ValidityWindow, now: number): void {
   if (now < from) {
     throw new CertificateRejected("not-yet-valid", `${label} is not valid before ${new Date(from).toISOString()}`);
   }
@@ -137,8 +146,29 @@ export interface VerifiedPair {
   readonly privateKey: KeyObject;
 }
 
+/**
+ * The last pair that passed every check, and the validity windows it was checked against in order. Everything but
+ * the windows is a function of the PEM texts and the identity, so the same texts need only the windows checked
+ * again: a renewal verifies the new pair before the swap, and the next renewal and `certs status` read that pair
+ * back (the parsing, the chain signatures and the SAN decoding cost milliseconds of CPU each time).
+ */
+let lastVerified:
+  { readonly key: string; readonly windows: readonly ValidityWindow[]; readonly result: VerifiedPair } | undefined;
+
 /** Throws `CertificateRejected` naming the first check that fails. */
 export function verifyPair(input: VerifyPairInput): VerifiedPair {
+  const key = [input.keyPem, input.chainPem, input.rootPem, input.expectedIdentity].join("\0");
+  if (lastVerified?.key === key) {
+    for (const window of lastVerified.windows) checkWindow(window, input.now);
+    return lastVerified.result;
+  }
+  const windows: ValidityWindow[] = [];
+  const result = verifyPairOnce(input, windows);
+  lastVerified = { key, windows, result };
+  return result;
+}
+
+function verifyPairOnce(input: VerifyPairInput, windows: ValidityWindow[]): VerifiedPair {
   const pems = splitPemCertificates(input.chainPem);
   if (pems.length === 0) throw new CertificateRejected("malformed", "cert-chain.pem holds no certificate");
   const chain = parseCertificates(pems, "cert-chain.pem");
@@ -164,9 +194,11 @@ export function verifyPair(input: VerifyPairInput): VerifiedPair {
           `the chain does not lead to a root in root-cert.pem (issuer ${cert.issuer.replaceAll("\n", ", ")})`,
         );
       }
-      checkValidity(root, "the root certificate", input.now);
+      windows.push(windowOf(root, "the root certificate"));
+      checkWindow(windows[windows.length - 1] as ValidityWindow, input.now);
     }
-    checkValidity(cert, label, input.now);
+    windows.push(windowOf(cert, label));
+    checkWindow(windows[windows.length - 1] as ValidityWindow, input.now);
   }
 
   const uris = uriSans(leaf);
@@ -186,5 +218,5 @@ export function verifyPair(input: VerifyPairInput): VerifiedPair {
   if (!leaf.checkPrivateKey(privateKey)) {
     throw new CertificateRejected("key-mismatch", "key.pem is not the key of the certificate in cert-chain.pem");
   }
-  return { info: { ...describe(leaf), chainLength: chain.length }, privateKey };
+  return { info: { ...describe(leaf, uris), chainLength: chain.length }, privateKey };
 }

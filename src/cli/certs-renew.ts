@@ -37,7 +37,7 @@ export function certsRenewCommand(runtime: () => CommandRuntime): CommandModule<
       const { config, context } = await renewContextFor(rt);
       let result;
       try {
-        result = await withCertAccess(config.OUTPUT_CERTS, () => renewOnce(context));
+        result = await withCertAccess(config.OUTPUT_CERTS, () => renewOnce(context).finally(() => context.close?.()));
       } catch (error) {
         if (!(error instanceof RenewError)) throw error;
         const hint =

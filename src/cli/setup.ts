@@ -8,10 +8,10 @@ import { join } from "node:path";
 import type { CommandModule } from "yargs";
 import { AgentError, UsageError } from "../platform/errors.js";
 import type { VerifiedBundle } from "../provision/bundle.js";
-import { readBundle, sha256 } from "../provision/bundle.js";
+import { planBundleWithoutDeb, readBundle, renderBundle, sha256 } from "../provision/bundle.js";
 import { exceededLimits, renderCloudInit } from "../provision/cloud-init.js";
 import { redraw, renderFrame, renderPlainLine } from "../provision/progress.js";
-import type { HostResult, HostStatus, SetupSettings } from "../provision/setup.js";
+import type { HostResult, HostStatus, PackageSettings, SetupSettings } from "../provision/setup.js";
 import { parseHost, parseLogin, runSetup } from "../provision/setup.js";
 import { readUserText } from "../platform/user-file.js";
 import { checkBundleFile } from "../provision/bundle-file.js";
@@ -39,6 +39,7 @@ interface SetupArgs extends BundleArgs {
   timeout: string;
   "remote-command": string | undefined;
   "cloud-init": boolean;
+  multiplex: boolean;
   output: string | undefined;
 }
 
@@ -200,6 +201,13 @@ export function setupCommand(
             "run this instead of the bootstrap + `sudo istio-vm install` ({bundle}: the copied bundle, {host}: the host)",
           requiresArg: true,
         })
+        .option("multiplex", {
+          type: "boolean",
+          default: true,
+          describe:
+            "share one SSH connection per host between the steps (OpenSSH ControlMaster); --no-multiplex for an " +
+            "--ssh/--scp that is not OpenSSH",
+        })
         .option("cloud-init", {
           type: "boolean",
           default: false,
@@ -212,9 +220,11 @@ export function setupCommand(
           requiresArg: true,
         })
         .epilogue(
-          "Per host: scp the bundle to the login directory; one ssh runs: if istio-vm is missing, the bundle's .deb " +
+          "Per host: when the bundle has a .deb, ssh asks dpkg for the installed version (a host that has it gets the " +
+            "bundle without the .deb); scp the bundle to the login directory; one ssh runs: if istio-vm is missing, the bundle's .deb " +
             "(checked against SHA256SUMS) is installed with sudo dpkg -i; then sudo -n istio-vm install (with --set " +
-            "ISTIO_SVC_IP=<host> when HOST is an IP address and the bundle has none); then the copy is removed. ssh " +
+            "ISTIO_SVC_IP=<host> when HOST is an IP address and the bundle has none); then the copy is removed. The " +
+            "steps of a host share one SSH connection, closed when the host is done. ssh " +
             "and scp run with BatchMode=yes (no prompts: use keys or an agent; passwordless sudo). Progress is live on " +
             "a terminal and plain lines otherwise; the table at the end has every host. Exit 1 if any host failed. " +
             "--cloud-init: user-data that does the same at first boot; check your provider's size limit (EC2: 16 KiB) " +
@@ -277,35 +287,71 @@ export function setupCommand(
           }
           return;
         }
-        const settings: SetupSettings = {
-          ssh: {
-            ssh,
-            scp,
-            ...(args.user === undefined ? {} : { user: args.user }),
-            ...(args.port === undefined ? {} : { port: args.port }),
-            ...(args.identity === undefined ? {} : { identity: args.identity }),
-            connectTimeoutS: Math.max(1, Math.round(connectMs / 1000)),
-          },
-          bundlePath: bundle.path,
-          remoteName: `.istio-vm-bundle-${sha256(bundle.bytes).slice(0, 12)}`,
-          debMember,
-          bundleHasSvcIp,
-          ...(args["remote-command"] === undefined ? {} : { remoteCommand: args["remote-command"] }),
-          parallel: args.parallel,
-          retries: args.retries,
-          retryBaseMs,
-          commandTimeoutMs,
-        };
-        const progress = progressReporter(rt, hosts);
         let results: HostResult[];
+        // Both are made once for the fleet and removed afterwards: the bundle without its .deb (hosts that have the
+        // version get it) and the private directory of the shared connections' sockets.
+        const made: string[] = [];
         try {
-          results = await runSetup(hosts, settings, {
-            runner: rt.runner,
-            clock: rt.clock,
-            onUpdate: progress.onUpdate,
-          });
+          let pkg: PackageSettings | undefined;
+          const deb = bundle.verified.deb;
+          if (deb !== undefined) {
+            const slimBundlePath = join(tmpdir(), `istio-vm-setup-${randomBytes(6).toString("hex")}-no-deb.tgz`);
+            const slim = renderBundle(planBundleWithoutDeb(bundle.verified), {
+              mtimeMs: Date.parse(bundle.verified.info.createdAt),
+              gzip: true,
+            });
+            await rt.fs.writeFileAtomic(slimBundlePath, slim, { mode: 0o600 });
+            made.push(slimBundlePath);
+            pkg = { name: deb.info.package, version: deb.info.version, slimBundlePath };
+          }
+          let controlDir: string | undefined;
+          if (args.multiplex) {
+            // Socket paths are short (see controlPath): a long TMPDIR falls back to /tmp.
+            const base = tmpdir().length <= 48 ? tmpdir() : "/tmp";
+            controlDir = join(base, `istio-vm-ssh-${randomBytes(6).toString("hex")}`);
+            await rt.fs.mkdirp(controlDir, 0o700);
+            made.push(controlDir);
+          }
+          const settings: SetupSettings = {
+            ssh: {
+              ssh,
+              scp,
+              ...(args.user === undefined ? {} : { user: args.user }),
+              ...(args.port === undefined ? {} : { port: args.port }),
+              ...(args.identity === undefined ? {} : { identity: args.identity }),
+              connectTimeoutS: Math.max(1, Math.round(connectMs / 1000)),
+              // Long enough to bridge the gap between two steps of a host, short enough to end a master whose
+              // `ssh -O exit` never came (this process killed).
+              ...(controlDir === undefined ? {} : { multiplex: { controlDir, persistS: 60 } }),
+            },
+            bundlePath: bundle.path,
+            remoteName: `.istio-vm-bundle-${sha256(bundle.bytes).slice(0, 12)}`,
+            debMember,
+            ...(pkg === undefined ? {} : { package: pkg }),
+            bundleHasSvcIp,
+            ...(args["remote-command"] === undefined ? {} : { remoteCommand: args["remote-command"] }),
+            parallel: args.parallel,
+            retries: args.retries,
+            retryBaseMs,
+            commandTimeoutMs,
+          };
+          const progress = progressReporter(rt, hosts);
+          try {
+            results = await runSetup(hosts, settings, {
+              runner: rt.runner,
+              clock: rt.clock,
+              onUpdate: progress.onUpdate,
+            });
+          } finally {
+            progress.stop();
+          }
         } finally {
-          progress.stop();
+          for (const path of made.reverse()) {
+            // A master that did not exit leaves its socket: the directory stays, and the command's outcome with it.
+            await rt.fs.remove(path).catch((error: unknown) => {
+              rt.err(`warning: could not remove ${path}: ${(error as Error).message}\n`);
+            });
+          }
         }
         rt.out(
           rt.options.json

@@ -10,8 +10,8 @@ import { createCsr } from "../certs/csr.js";
 import { generateWorkloadKey } from "../certs/keys.js";
 import { RenewError, renewOnce } from "../certs/renew.js";
 import { verifyPair } from "../certs/verify.js";
-import type { CaFaultKind } from "./ca-server.js";
-import { CA_FAULT_KINDS, parseCaFault, setRemoteCaFault } from "./ca-server.js";
+import type { CaFaultKind } from "./ca-faults.js";
+import { CA_FAULT_KINDS, parseCaFault, setRemoteCaFault } from "./ca-faults.js";
 
 let fixture: CertFixture | undefined;
 afterEach(async () => {

@@ -12,8 +12,9 @@
  *
  * TTL: the requested lifetime, capped at `maxTtlMs`; `defaultTtlMs` when none is requested.
  *
- * Fault injection (`server.fault = …`, or `parseCaFault` for a command-line flag): deny, delay, unavailable, garbage
- * (an answer that is not a valid protobuf message), wrong-identity, expired, foreign-chain (signed by another root).
+ * Fault injection (`server.fault = …`, or `parseCaFault` for a command-line flag; ca-faults.ts): deny, delay,
+ * unavailable, garbage (an answer that is not a valid protobuf message), wrong-identity, expired, foreign-chain
+ * (signed by another root).
  */
 import * as grpc from "@grpc/grpc-js";
 import { generateKeyPairSync } from "node:crypto";
@@ -22,10 +23,8 @@ import {
   LEGACY_HANDLE_CSR_PATH,
   decodeCsrRequest,
   decodeIstioCertificateRequest,
-  decodeSetFaultRequest,
   encodeCsrResponse,
   encodeIstioCertificateResponse,
-  encodeSetFaultRequest,
 } from "../certs/ca-messages.js";
 import type {
   CsrRequest,
@@ -33,49 +32,15 @@ import type {
   IstioCertificateRequest,
   IstioCertificateResponse,
 } from "../certs/ca-messages.js";
+import type { ParsedCsr } from "../certs/csr.js";
 import { parseCsr } from "../certs/csr.js";
 import { parseSpiffeUri } from "../certs/identity.js";
 import type { Logger } from "../platform/logger.js";
 import { silentLogger } from "../platform/logger.js";
 import type { MeshCa } from "./mesh-ca.js";
 import { createMeshCa } from "./mesh-ca.js";
-import { FAULT_SPEC_MAX_BYTES, NOT_LOOPBACK_MESSAGE, isLoopbackPeer } from "./fault-switch.js";
-
-export type CaFaultKind = "deny" | "delay" | "unavailable" | "garbage" | "wrong-identity" | "expired" | "foreign-chain";
-
-export const CA_FAULT_KINDS: readonly CaFaultKind[] = [
-  "deny",
-  "delay",
-  "unavailable",
-  "garbage",
-  "wrong-identity",
-  "expired",
-  "foreign-chain",
-];
-
-export interface CaFault {
-  readonly kind: CaFaultKind;
-  /** `delay`: how long to hold each call before answering normally. */
-  readonly delayMs?: number;
-  /** Apply to this many calls, then clear; absent: until changed. */
-  readonly times?: number;
-}
-
-/** Parses `deny`, `delay:5000`, `expired*3` (three calls), `none`. Throws with a usage message. */
-export function parseCaFault(text: string): CaFault | undefined {
-  const m = /^([a-z-]+)(?::(\d+))?(?:\*(\d+))?$/.exec(text.trim());
-  if (m?.[1] === "none") return undefined;
-  const kind = CA_FAULT_KINDS.find((k) => k === m?.[1]);
-  if (m === null || kind === undefined) {
-    throw new Error(`unknown CA fault '${text}': use none, ${CA_FAULT_KINDS.join(", ")} (delay:MS, KIND*TIMES)`);
-  }
-  if (kind === "delay" && m[2] === undefined) throw new Error("the delay fault needs milliseconds, e.g. delay:5000");
-  return {
-    kind,
-    ...(m[2] === undefined ? {} : { delayMs: Number(m[2]) }),
-    ...(m[3] === undefined ? {} : { times: Number(m[3]) }),
-  };
-}
+import type { CaFault } from "./ca-faults.js";
+import { faultAdminService } from "./ca-faults.js";
 
 /** Resolves a service-account JWT to its identity, or undefined when it is not valid (TokenReview's job in istiod). */
 export type TokenVerifier = (token: string) => Promise<{ namespace: string; serviceAccount: string } | undefined>;
@@ -87,6 +52,8 @@ export interface CaCall {
   readonly identity: string | undefined;
   /** "issued", a fault kind, or the gRPC status name of a refusal. */
   readonly outcome: string;
+  /** The caller's address and port: calls over one connection share it. */
+  readonly peer: string;
 }
 
 export interface DevCaServerOptions {
@@ -133,9 +100,6 @@ export const DEFAULT_CA_SERVER_NAMES: readonly string[] = [
 ];
 
 const HOUR = 3_600_000;
-
-/** Not an Istio method: the dev CA's fault-injection switch for tests that run `istio-vm dev` as a subprocess. */
-export const DEV_CA_SET_FAULT_PATH = "/istio_vm.dev.DevCaAdmin/SetFault";
 
 /** A certificate provider that never changes: what grpc-js needs to request (but not require) client certificates. */
 class StaticCertificates {
@@ -200,6 +164,93 @@ function bearer(call: grpc.ServerUnaryCall<unknown, unknown>): string | undefine
   return m?.[1];
 }
 
+const serialize =
+  <Res>(encode: (value: Res) => Buffer) =>
+  (value: Res | Garbage): Buffer =>
+    isGarbage(value) ? GARBAGE : encode(value);
+
+const LEGACY_SERVICE: grpc.ServiceDefinition = {
+  HandleCSR: {
+    path: LEGACY_HANDLE_CSR_PATH,
+    requestStream: false,
+    responseStream: false,
+    requestDeserialize: decodeCsrRequest,
+    requestSerialize: () => Buffer.alloc(0),
+    responseSerialize: serialize(encodeCsrResponse),
+    responseDeserialize: () => ({}),
+  },
+};
+const ISTIOD_SERVICE: grpc.ServiceDefinition = {
+  CreateCertificate: {
+    path: ISTIOD_CREATE_CERTIFICATE_PATH,
+    requestStream: false,
+    responseStream: false,
+    requestDeserialize: decodeIstioCertificateRequest,
+    requestSerialize: () => Buffer.alloc(0),
+    responseSerialize: serialize(encodeIstioCertificateResponse),
+    responseDeserialize: () => ({}),
+  },
+};
+
+/** Parses a CSR, or refuses the call as istiod does (INVALID_ARGUMENT). */
+async function parseCsrOrRefuse(csrPem: string): Promise<ParsedCsr> {
+  try {
+    return await parseCsr(csrPem);
+  } catch (error) {
+    throw new Refusal(grpc.status.INVALID_ARGUMENT, `CSR parsing error (${(error as Error).message})`);
+  }
+}
+
+/** Signs a parsed CSR for `identity` (or what the fault makes of it); returns leaf and root PEMs. */
+function createSigner(
+  mesh: MeshCa,
+  ttl: { readonly defaultTtl: number; readonly maxTtl: number },
+): (csr: ParsedCsr, identity: string, ttlRequestedMs: number, fault: CaFault | undefined) => Promise<[string, string]> {
+  let foreign: Promise<MeshCa> | undefined;
+  return async (csr, identity, ttlRequestedMs, fault) => {
+    if (ttlRequestedMs > ttl.maxTtl) {
+      throw new Refusal(
+        grpc.status.INTERNAL,
+        `CSR signing error (requested TTL ${Math.round(ttlRequestedMs / 1000)}s is greater than the max allowed TTL ${Math.round(ttl.maxTtl / 1000)}s)`,
+      );
+    }
+    const ttlMs = ttlRequestedMs > 0 ? ttlRequestedMs : ttl.defaultTtl;
+    let issuer = mesh;
+    let issuedIdentity = identity;
+    let validity: { notBefore?: Date; notAfter?: Date; ttlMs?: number } = { ttlMs };
+    if (fault?.kind === "wrong-identity") {
+      const parsed = parseSpiffeUri(identity);
+      issuedIdentity = mesh.spiffeId(parsed?.namespace ?? "default", `${parsed?.serviceAccount ?? "vm"}-impostor`);
+    } else if (fault?.kind === "expired") {
+      const now = Date.now();
+      validity = { notBefore: new Date(now - 2 * HOUR), notAfter: new Date(now - HOUR) };
+    } else if (fault?.kind === "foreign-chain") {
+      foreign ??= createMeshCa({ trustDomain: mesh.trustDomain, commonName: "a different root" });
+      issuer = await foreign;
+    }
+    const leaf = await issuer.issue({ publicKey: csr.publicKey, identity: issuedIdentity, ...validity });
+    return [leaf, issuer.rootCertPem];
+  };
+}
+
+/** The serving certificate (for every name clients may verify), as grpc-js's certificate provider. */
+async function servingCertificates(mesh: MeshCa, serverNames: readonly string[]): Promise<StaticCertificates> {
+  const servingKey = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const servingCert = await mesh.issue({
+    publicKey: servingKey.publicKey,
+    dnsNames: serverNames,
+    ipAddresses: ["127.0.0.1", "::1"],
+    subject: { organization: mesh.trustDomain, commonName: "istio-vm dev CA" },
+    ttlMs: 365 * 24 * HOUR,
+    clientAuth: false,
+  });
+  return new StaticCertificates(
+    servingCert,
+    servingKey.privateKey.export({ format: "pem", type: "pkcs8" }).toString(),
+    mesh.rootCertPem,
+  );
+}
+
 export async function startDevCaServer(options: DevCaServerOptions): Promise<DevCaServer> {
   const mesh = options.mesh;
   const logger = options.logger ?? silentLogger;
@@ -207,22 +258,8 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
   const defaultTtl = options.defaultTtlMs ?? 24 * HOUR;
   const maxTtl = options.maxTtlMs ?? 90 * 24 * HOUR;
   const calls: CaCall[] = [];
-  let foreign: Promise<MeshCa> | undefined;
 
-  const servingKey = generateKeyPairSync("ec", { namedCurve: "P-256" });
-  const servingCert = await mesh.issue({
-    publicKey: servingKey.publicKey,
-    dnsNames: options.serverNames ?? DEFAULT_CA_SERVER_NAMES,
-    ipAddresses: ["127.0.0.1", "::1"],
-    subject: { organization: mesh.trustDomain, commonName: "istio-vm dev CA" },
-    ttlMs: 365 * 24 * HOUR,
-    clientAuth: false,
-  });
-  const provider = new StaticCertificates(
-    servingCert,
-    servingKey.privateKey.export({ format: "pem", type: "pkcs8" }).toString(),
-    mesh.rootCertPem,
-  );
+  const provider = await servingCertificates(mesh, options.serverNames ?? DEFAULT_CA_SERVER_NAMES);
 
   const server: DevCaServer & { fault: CaFault | undefined } = {
     host,
@@ -251,42 +288,7 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
     return fault;
   };
 
-  /** Signs for `identity` (or what the fault makes of it); returns leaf and root PEMs. */
-  const sign = async (
-    csrPem: string,
-    identity: string,
-    ttlRequestedMs: number,
-    fault: CaFault | undefined,
-  ): Promise<[string, string]> => {
-    let csr;
-    try {
-      csr = await parseCsr(csrPem);
-    } catch (error) {
-      throw new Refusal(grpc.status.INVALID_ARGUMENT, `CSR parsing error (${(error as Error).message})`);
-    }
-    if (ttlRequestedMs > maxTtl) {
-      throw new Refusal(
-        grpc.status.INTERNAL,
-        `CSR signing error (requested TTL ${Math.round(ttlRequestedMs / 1000)}s is greater than the max allowed TTL ${Math.round(maxTtl / 1000)}s)`,
-      );
-    }
-    const ttlMs = ttlRequestedMs > 0 ? ttlRequestedMs : defaultTtl;
-    let issuer = mesh;
-    let issuedIdentity = identity;
-    let validity: { notBefore?: Date; notAfter?: Date; ttlMs?: number } = { ttlMs };
-    if (fault?.kind === "wrong-identity") {
-      const parsed = parseSpiffeUri(identity);
-      issuedIdentity = mesh.spiffeId(parsed?.namespace ?? "default", `${parsed?.serviceAccount ?? "vm"}-impostor`);
-    } else if (fault?.kind === "expired") {
-      const now = Date.now();
-      validity = { notBefore: new Date(now - 2 * HOUR), notAfter: new Date(now - HOUR) };
-    } else if (fault?.kind === "foreign-chain") {
-      foreign ??= createMeshCa({ trustDomain: mesh.trustDomain, commonName: "a different root" });
-      issuer = await foreign;
-    }
-    const leaf = await issuer.issue({ publicKey: csr.publicKey, identity: issuedIdentity, ...validity });
-    return [leaf, issuer.rootCertPem];
-  };
+  const sign = createSigner(mesh, { defaultTtl, maxTtl });
 
   const record = (entry: CaCall): void => {
     calls.push(entry);
@@ -309,17 +311,24 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
     ) =>
     (call: grpc.ServerUnaryCall<Req, Res | Garbage>, callback: grpc.sendUnaryData<Res | Garbage>): void => {
       const fault = takeFault();
+      const peer = call.getPeer();
       const run = async (): Promise<void> => {
         if (fault?.kind === "delay") await new Promise((resolve) => setTimeout(resolve, fault.delayMs ?? 0));
         if (fault?.kind === "unavailable")
           throw new Refusal(grpc.status.UNAVAILABLE, "CA unavailable (fault injected)");
         const result = await body(call, fault);
         if (fault?.kind === "garbage") {
-          record({ protocol, authenticatedBy: result.by, identity: result.identity, outcome: "garbage" });
+          record({ protocol, authenticatedBy: result.by, identity: result.identity, outcome: "garbage", peer });
           callback(null, { garbage: true });
           return;
         }
-        record({ protocol, authenticatedBy: result.by, identity: result.identity, outcome: fault?.kind ?? "issued" });
+        record({
+          protocol,
+          authenticatedBy: result.by,
+          identity: result.identity,
+          outcome: fault?.kind ?? "issued",
+          peer,
+        });
         callback(null, result.response);
       };
       run().catch((error: unknown) => {
@@ -332,6 +341,7 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
           authenticatedBy: undefined,
           identity: peerIdentity(call),
           outcome: grpc.status[refusal.code],
+          peer,
         });
         callback({ code: refusal.code, details: refusal.message });
       });
@@ -352,19 +362,14 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
         },
       };
     }
-    let csr;
-    try {
-      csr = await parseCsr(call.request.csrPem);
-    } catch (error) {
-      throw new Refusal(grpc.status.INVALID_ARGUMENT, `CSR parsing error (${(error as Error).message})`);
-    }
+    const csr = await parseCsrOrRefuse(call.request.csrPem);
     if (csr.uris.length !== 1 || csr.otherNames.length > 0 || csr.uris[0] !== identity) {
       throw new Refusal(
         grpc.status.PERMISSION_DENIED,
         `request is not authorized (the CSR must name only ${identity})`,
       );
     }
-    const [leaf, root] = await sign(call.request.csrPem, identity, call.request.requestedTtlMinutes * 60_000, fault);
+    const [leaf, root] = await sign(csr, identity, call.request.requestedTtlMinutes * 60_000, fault);
     const response: CsrResponse =
       options.legacyLayout === "0.7"
         ? { isApproved: true, signedCert: leaf + root, certChain: "" }
@@ -389,73 +394,17 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
     }
     if (fault?.kind === "deny")
       throw new Refusal(grpc.status.PERMISSION_DENIED, "request is not authorized (fault injected)");
-    const [leaf, root] = await sign(call.request.csr, identity, call.request.validityDurationSeconds * 1000, fault);
+    const csr = await parseCsrOrRefuse(call.request.csr);
+    const [leaf, root] = await sign(csr, identity, call.request.validityDurationSeconds * 1000, fault);
     return { identity, by, response: { certChain: [leaf, root] } };
   });
 
-  const serialize =
-    <Res>(encode: (value: Res) => Buffer) =>
-    (value: Res | Garbage): Buffer =>
-      isGarbage(value) ? GARBAGE : encode(value);
-
-  const definition: grpc.ServiceDefinition = {
-    HandleCSR: {
-      path: LEGACY_HANDLE_CSR_PATH,
-      requestStream: false,
-      responseStream: false,
-      requestDeserialize: decodeCsrRequest,
-      requestSerialize: () => Buffer.alloc(0),
-      responseSerialize: serialize(encodeCsrResponse),
-      responseDeserialize: () => ({}),
-    },
-  };
-  const istiodDefinition: grpc.ServiceDefinition = {
-    CreateCertificate: {
-      path: ISTIOD_CREATE_CERTIFICATE_PATH,
-      requestStream: false,
-      responseStream: false,
-      requestDeserialize: decodeIstioCertificateRequest,
-      requestSerialize: () => Buffer.alloc(0),
-      responseSerialize: serialize(encodeIstioCertificateResponse),
-      responseDeserialize: () => ({}),
-    },
-  };
-
-  /** The admin method for tests driving a dev CA in another process; loopback callers only. */
-  const setFault = (call: grpc.ServerUnaryCall<string, object>, callback: grpc.sendUnaryData<object>): void => {
-    if (!isLoopbackPeer(call.getPeer())) {
-      callback({ code: grpc.status.PERMISSION_DENIED, details: NOT_LOOPBACK_MESSAGE });
-      return;
-    }
-    if (Buffer.byteLength(call.request) > FAULT_SPEC_MAX_BYTES) {
-      callback({ code: grpc.status.INVALID_ARGUMENT, details: `a fault is at most ${FAULT_SPEC_MAX_BYTES} bytes` });
-      return;
-    }
-    try {
-      server.fault = parseCaFault(call.request);
-      logger.info("dev CA fault set", { fault: call.request });
-      callback(null, {});
-    } catch (error) {
-      callback({ code: grpc.status.INVALID_ARGUMENT, details: (error as Error).message });
-    }
-  };
-  const adminDefinition: grpc.ServiceDefinition = {
-    SetFault: {
-      path: DEV_CA_SET_FAULT_PATH,
-      requestStream: false,
-      responseStream: false,
-      requestDeserialize: (data: Buffer) => decodeSetFaultRequest(data),
-      requestSerialize: () => Buffer.alloc(0),
-      responseSerialize: () => Buffer.alloc(0),
-      responseDeserialize: () => ({}),
-    },
-  };
-
   const grpcServer = new grpc.Server();
-  grpcServer.addService(definition, { HandleCSR: legacy as grpc.UntypedHandleCall });
-  grpcServer.addService(istiodDefinition, { CreateCertificate: istiod as grpc.UntypedHandleCall });
+  grpcServer.addService(LEGACY_SERVICE, { HandleCSR: legacy as grpc.UntypedHandleCall });
+  grpcServer.addService(ISTIOD_SERVICE, { CreateCertificate: istiod as grpc.UntypedHandleCall });
   const credentials = grpc.experimental.createCertificateProviderServerCredentials(provider, provider, false);
-  grpcServer.addService(adminDefinition, { SetFault: setFault as grpc.UntypedHandleCall });
+  const admin = faultAdminService(server, logger);
+  grpcServer.addService(admin.definition, admin.implementation);
   const bind = (address: string): Promise<number> =>
     new Promise<number>((resolve, reject) => {
       grpcServer.bindAsync(address, credentials, (error, bound) => {
@@ -473,36 +422,4 @@ export async function startDevCaServer(options: DevCaServerOptions): Promise<Dev
   Object.assign(server, { port, addresses });
   logger.info("dev CA listening", { addresses: addresses.join(","), protocols: "HandleCSR, CreateCertificate" });
   return server;
-}
-
-/** Client of the dev CA's admin method: sets (or clears, with "none") the fault of a dev CA in another process. */
-export async function setRemoteCaFault(options: {
-  readonly address: string;
-  readonly rootCertPem: string;
-  readonly serverName?: string;
-  readonly fault: string;
-}): Promise<void> {
-  const serverName = options.serverName ?? "istio-ca";
-  const client = new grpc.Client(options.address, grpc.credentials.createSsl(Buffer.from(options.rootCertPem)), {
-    "grpc.ssl_target_name_override": serverName,
-    "grpc.default_authority": serverName,
-  });
-  try {
-    await new Promise<void>((resolve, reject) => {
-      client.makeUnaryRequest(
-        DEV_CA_SET_FAULT_PATH,
-        (fault: string) => encodeSetFaultRequest(fault),
-        () => ({}),
-        options.fault,
-        new grpc.Metadata(),
-        { deadline: Date.now() + 5000 },
-        (error) => {
-          if (error === null) resolve();
-          else reject(new Error(`dev CA ${options.address}: ${error.details}`));
-        },
-      );
-    });
-  } finally {
-    client.close();
-  }
 }

@@ -7,8 +7,10 @@
  * lifetime given when none is requested and the cap on requested lifetimes.
  */
 import type { DevService } from "./dev-plane.js";
-import type { CaFault, DevCaServer } from "./ca-server.js";
-import { parseCaFault, startDevCaServer } from "./ca-server.js";
+import type { CaFault } from "./ca-faults.js";
+import { parseCaFault } from "./ca-faults.js";
+import type { DevCaServer } from "./ca-server.js";
+import { startDevCaServer } from "./ca-server.js";
 import { DEFAULT_TOKEN_AUDIENCE } from "./sa-tokens.js";
 import { duration } from "../config/types.js";
 

@@ -18,7 +18,6 @@ import type { ConfigValues } from "../config/registry.js";
 import type { ReadinessProbe } from "../config/readiness-probe.js";
 import { describeProbe, parseReadinessProbe } from "../config/readiness-probe.js";
 import { AgentError } from "../platform/errors.js";
-import { nodeTcpConnector } from "../platform/tcp.js";
 import { programVersion } from "../version.js";
 import { watchAds } from "../xds/ads-watch.js";
 import { agentAdsConnection } from "../xds/agent-connection.js";
@@ -184,12 +183,12 @@ export function createHealthComponent(ports: HealthPorts): ComponentFactory {
   };
 }
 
-/** The production health component: hostname and HTTP from the composition root (src/main.ts), real TCP. */
+/** The real one, for src/agent/components.ts: the ports come with the agent's deps. */
 export const healthComponent: ComponentFactory = (deps) =>
   createHealthComponent({
     hostname: deps.hostname(),
     http: deps.http,
-    tcp: nodeTcpConnector,
+    tcp: deps.tcp,
     // On the xDS proxy's upstream stream when the agent runs one, else on a stream of the health component's own.
     sink: upstreamHealthSink(adsHealthSink(deps.hostname())),
   })(deps);

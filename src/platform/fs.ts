@@ -1,6 +1,7 @@
 import type * as Crypto from "node:crypto";
-import { constants } from "node:fs";
-import * as fsp from "node:fs/promises";
+import type { Stats } from "node:fs";
+import { constants, lstat, readFile, readdir, stat } from "node:fs";
+import type * as FsPromises from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 /**
@@ -12,6 +13,34 @@ import { basename, dirname, join } from "node:path";
 export function loadBuiltin(id: string): object | undefined {
   return process.getBuiltinModule(id);
 }
+
+/**
+ * node:fs/promises on first use. It loads a dozen more built-in modules (streams, readline, file watching) than
+ * node:fs, which every process has loaded already; the reads below use node:fs's callbacks, so a command that only
+ * reads (`istio-vm config`, the agent's start) never loads it.
+ */
+export function fsp(): typeof FsPromises {
+  return loadBuiltin("node:fs/promises") as typeof FsPromises;
+}
+
+/** A node:fs callback call as a promise (node:util's promisify, without loading node:util). */
+function promised<T>(call: (done: (error: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> {
+  return new Promise((resolve, reject) => {
+    call((error, value) => {
+      if (error === null) resolve(value);
+      else reject(error);
+    });
+  });
+}
+
+const readBytes = (path: string): Promise<Buffer> =>
+  promised<Buffer>((done) => {
+    readFile(path, done);
+  });
+const readUtf8 = (path: string): Promise<string> =>
+  promised<string>((done) => {
+    readFile(path, "utf8", done);
+  });
 
 export interface FileOwner {
   readonly uid: number;
@@ -55,7 +84,7 @@ export interface FileSystem {
   stat(path: string): Promise<FileStat | undefined>;
   mkdirp(path: string, mode?: number): Promise<void>;
   readdir(path: string): Promise<string[]>;
-  /** Removes a file; a missing file is not an error. */
+  /** Removes a file or an empty directory; a missing one is not an error. */
   remove(path: string): Promise<void>;
   chown(path: string, owner: FileOwner): Promise<void>;
   chmod(path: string, mode: number): Promise<void>;
@@ -68,7 +97,7 @@ export function isNotFound(error: unknown): boolean {
 
 /** Makes the directory's entries (a rename, a new link) durable. */
 export async function fsyncDirectory(path: string): Promise<void> {
-  const handle = await fsp.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
+  const handle = await fsp().open(path, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     await handle.sync();
   } finally {
@@ -87,7 +116,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, o
   const dir = dirname(path);
   const tmp = temporaryName(path);
   // O_EXCL: never follow or reuse a file someone planted under the temporary name.
-  const handle = await fsp.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, options.mode);
+  const handle = await fsp().open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, options.mode);
   try {
     try {
       await handle.writeFile(data);
@@ -97,27 +126,27 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, o
     } finally {
       await handle.close();
     }
-    await fsp.rename(tmp, path);
+    await fsp().rename(tmp, path);
   } catch (error) {
-    await fsp.rm(tmp, { force: true });
+    await fsp().rm(tmp, { force: true });
     throw error;
   }
   await fsyncDirectory(dir);
 }
 
 export const nodeFileSystem: FileSystem = {
-  readFile: (path) => fsp.readFile(path),
-  readText: (path) => fsp.readFile(path, "utf8"),
+  readFile: readBytes,
+  readText: readUtf8,
   async readTextIfExists(path) {
     try {
-      return await fsp.readFile(path, "utf8");
+      return await readUtf8(path);
     } catch (error) {
       if (isNotFound(error)) return undefined;
       throw error;
     }
   },
   async readPrefix(path, limit) {
-    const handle = await fsp.open(path, "r");
+    const handle = await fsp().open(path, "r");
     try {
       // Chunk by chunk: the limit is a bound, not a size to allocate.
       const chunks: Buffer[] = [];
@@ -137,7 +166,9 @@ export const nodeFileSystem: FileSystem = {
   writeFileAtomic,
   async exists(path) {
     try {
-      await fsp.lstat(path);
+      await promised<Stats>((done) => {
+        lstat(path, done);
+      });
       return true;
     } catch (error) {
       if (isNotFound(error)) return false;
@@ -146,7 +177,9 @@ export const nodeFileSystem: FileSystem = {
   },
   async stat(path) {
     try {
-      const s = await fsp.stat(path);
+      const s = await promised<Stats>((done) => {
+        stat(path, done);
+      });
       return {
         mode: s.mode & 0o7777,
         uid: s.uid,
@@ -161,10 +194,20 @@ export const nodeFileSystem: FileSystem = {
     }
   },
   async mkdirp(path, mode) {
-    await fsp.mkdir(path, { recursive: true, ...(mode === undefined ? {} : { mode }) });
+    await fsp().mkdir(path, { recursive: true, ...(mode === undefined ? {} : { mode }) });
   },
-  readdir: (path) => fsp.readdir(path),
-  remove: (path) => fsp.rm(path, { force: true }),
-  chown: (path, owner) => fsp.chown(path, owner.uid, owner.gid),
-  chmod: (path, mode) => fsp.chmod(path, mode),
+  readdir: (path) =>
+    promised<string[]>((done) => {
+      readdir(path, done);
+    }),
+  async remove(path) {
+    try {
+      await fsp().rm(path, { force: true });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ERR_FS_EISDIR") throw error;
+      await fsp().rmdir(path);
+    }
+  },
+  chown: (path, owner) => fsp().chown(path, owner.uid, owner.gid),
+  chmod: (path, mode) => fsp().chmod(path, mode),
 };

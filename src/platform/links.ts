@@ -4,10 +4,9 @@
  * and durable when it returns; `writeDirectory` makes a directory nobody names yet durable in its content.
  */
 import { constants } from "node:fs";
-import * as fsp from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { FileOwner } from "./fs.js";
-import { fsyncDirectory, isNotFound, temporaryName } from "./fs.js";
+import { fsp, fsyncDirectory, isNotFound, temporaryName } from "./fs.js";
 
 export interface DirectoryFile {
   readonly name: string;
@@ -37,19 +36,19 @@ export interface LinkFileSystem {
 export const nodeLinkFileSystem: LinkFileSystem = {
   async replaceSymlink(path, target, owner) {
     const tmp = temporaryName(path);
-    await fsp.symlink(target, tmp);
+    await fsp().symlink(target, tmp);
     try {
-      if (owner !== undefined) await fsp.lchown(tmp, owner.uid, owner.gid);
-      await fsp.rename(tmp, path);
+      if (owner !== undefined) await fsp().lchown(tmp, owner.uid, owner.gid);
+      await fsp().rename(tmp, path);
     } catch (error) {
-      await fsp.rm(tmp, { force: true });
+      await fsp().rm(tmp, { force: true });
       throw error;
     }
     await fsyncDirectory(dirname(path));
   },
   async readSymlink(path) {
     try {
-      return await fsp.readlink(path);
+      return await fsp().readlink(path);
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (isNotFound(error) || code === "EINVAL") return undefined;
@@ -57,30 +56,36 @@ export const nodeLinkFileSystem: LinkFileSystem = {
     }
   },
   async writeDirectory(dir, files, options) {
-    await fsp.mkdir(dir, { mode: options.mode });
+    await fsp().mkdir(dir, { mode: options.mode });
     try {
-      await fsp.chmod(dir, options.mode);
-      if (options.owner !== undefined) await fsp.chown(dir, options.owner.uid, options.owner.gid);
-      for (const file of files) {
-        const handle = await fsp.open(
-          join(dir, file.name),
-          constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
-          file.mode,
-        );
-        try {
-          await handle.writeFile(file.data);
-          await handle.chmod(file.mode);
-          if (options.owner !== undefined) await handle.chown(options.owner.uid, options.owner.gid);
-          await handle.sync();
-        } finally {
-          await handle.close();
-        }
-      }
+      await fsp().chmod(dir, options.mode);
+      if (options.owner !== undefined) await fsp().chown(dir, options.owner.uid, options.owner.gid);
+      // The files are written and fsynced side by side (the thread pool runs both fsyncs at once); the directory's
+      // own fsync, or the clean-up after a failure, waits for all of them.
+      const written = await Promise.allSettled(
+        files.map(async (file) => {
+          const handle = await fsp().open(
+            join(dir, file.name),
+            constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
+            file.mode,
+          );
+          try {
+            await handle.writeFile(file.data);
+            await handle.chmod(file.mode);
+            if (options.owner !== undefined) await handle.chown(options.owner.uid, options.owner.gid);
+            await handle.sync();
+          } finally {
+            await handle.close();
+          }
+        }),
+      );
+      const failed = written.find((r) => r.status === "rejected");
+      if (failed !== undefined) throw failed.reason;
       await fsyncDirectory(dir);
     } catch (error) {
-      await fsp.rm(dir, { recursive: true, force: true });
+      await fsp().rm(dir, { recursive: true, force: true });
       throw error;
     }
   },
-  removeTree: (path) => fsp.rm(path, { recursive: true, force: true }),
+  removeTree: (path) => fsp().rm(path, { recursive: true, force: true }),
 };

@@ -11,6 +11,7 @@ import type { FileSystem } from "./fs.js";
 import type { HttpClient } from "./http.js";
 import type { LinkFileSystem } from "./links.js";
 import type { ProcessRunner } from "./process.js";
+import type { TcpConnector } from "./tcp.js";
 import type { TlsProber } from "./tls.js";
 import type { UserDirectory } from "./users.js";
 
@@ -30,6 +31,8 @@ export interface SystemPorts {
   readonly dns: DnsClient;
   readonly http: HttpClient;
   readonly tls: TlsProber;
+  /** A bare TCP connect (the tcpSocket health probe). */
+  readonly tcp: TcpConnector;
   /** The user database (the proxy user's uid and gid). */
   readonly users: UserDirectory;
   /** This process's effective uid; undefined on a platform without one. Decides whether files can be chowned. */
@@ -50,6 +53,7 @@ export function portsOf(from: SystemPorts): SystemPorts {
     dns: from.dns,
     http: from.http,
     tls: from.tls,
+    tcp: from.tcp,
     users: from.users,
     uid: from.uid,
     hostname: from.hostname,

@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { AgentError, ConfigError } from "../platform/errors.js";
 import { nodeProcessRunner } from "../platform/process.js";
 import type { BundleInput } from "./bundle.js";
-import { planBundle, readBundle, renderBundle, settingsProblems } from "./bundle.js";
+import { planBundle, planBundleWithoutDeb, readBundle, renderBundle, settingsProblems } from "./bundle.js";
 import { readTar, writeTar } from "./tar.js";
 
 const input: BundleInput = {
@@ -83,6 +83,26 @@ describe("bundle archive", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("stores the .deb as is (it is compressed already) and deflates the rest", () => {
+    // Compressible on purpose: deflated again, these bytes would not appear verbatim and the archive would shrink.
+    const data = Buffer.from(Array.from({ length: 200_000 }, (_, i) => String(i)).join(" "));
+    const withDeb = { ...input, deb: { info: input.deb?.info ?? ({} as never), data } };
+    const gz = archive(planBundle(withDeb));
+    expect(gz.length).toBeGreaterThan(data.length);
+    expect(gz.includes(data.subarray(500_000, 504_096))).toBe(true);
+    expect(gz.includes(Buffer.from(input.clusterEnv))).toBe(false);
+    expect(Buffer.from(readBundle(gz, "b.tgz").deb?.data ?? []).equals(data)).toBe(true);
+  });
+
+  it("has a variant without the .deb that verifies and holds everything else", () => {
+    const original = readBundle(archive(), "b.tgz");
+    const slim = readBundle(archive(planBundleWithoutDeb(original)), "slim.tgz");
+    expect(slim.deb).toBeUndefined();
+    expect(slim.info.deb).toBeNull();
+    expect({ ...slim, info: undefined, deb: undefined }).toEqual({ ...original, info: undefined, deb: undefined });
+    expect(slim.info.createdAt).toBe(original.info.createdAt);
   });
 
   it("names a tampered member", () => {

@@ -178,7 +178,7 @@ export function planBundle(input: BundleInput): TarMember[] {
         hint: "rename the .deb to <package>_<version>_<arch>.deb",
       });
     }
-    body.push({ name: input.deb.info.file, data: input.deb.data, mode: PUBLIC_MODE });
+    body.push({ name: input.deb.info.file, data: input.deb.data, mode: PUBLIC_MODE, compressed: true });
   }
   const info: BundleInfo = {
     format: BUNDLE_FORMAT,
@@ -193,6 +193,25 @@ export function planBundle(input: BundleInput): TarMember[] {
   const listed = [infoMember, ...body];
   const manifest = listed.map((m) => `${sha256(m.data)}  ${m.name}\n`).join("");
   return [text(MANIFEST_NAME, manifest, PUBLIC_MODE), ...listed];
+}
+
+/**
+ * The same bundle without its .deb (pure): what `setup` copies to a host that already has the package's version, so
+ * the fleet's one bundle is re-planned once, not per host. Created-by and -at stay those of the original.
+ */
+export function planBundleWithoutDeb(bundle: VerifiedBundle): TarMember[] {
+  return planBundle({
+    profile: bundle.info.profile,
+    clusterEnv: bundle.clusterEnv,
+    kubedns: bundle.kubedns,
+    credentials: CREDENTIAL_NAMES.flatMap((name) => {
+      const content = bundle.credentials.get(name);
+      return content === undefined ? [] : [{ name, content }];
+    }),
+    settings: bundle.sidecarSettings,
+    createdBy: bundle.info.createdBy,
+    createdAtMs: Date.parse(bundle.info.createdAt),
+  });
 }
 
 /** The archive bytes: gzip unless the output name ends in `.tar`. */

@@ -6,6 +6,7 @@ import type { HostPhase, HostStatus } from "./setup.js";
 
 const LABEL: Record<HostPhase, string> = {
   queued: "queued",
+  checking: "checking",
   copying: "copying",
   installing: "installing",
   waiting: "retrying",
@@ -41,7 +42,7 @@ export function renderFrame(
   const hostWidth = Math.min(40, Math.max(4, ...statuses.map((s) => s.host.length)));
   const header = `setup: ${done} ok, ${failed} failed, ${statuses.length - done - failed} to go (of ${statuses.length})`;
   const lines = statuses.map((s) => {
-    const active = s.phase === "copying" || s.phase === "installing" || s.phase === "waiting";
+    const active = s.phase === "checking" || s.phase === "copying" || s.phase === "installing" || s.phase === "waiting";
     const mark = active
       ? (SPINNER[options.tick % SPINNER.length] ?? "*")
       : s.phase === "done"

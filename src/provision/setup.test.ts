@@ -5,7 +5,10 @@ import { renderFrame, renderPlainLine } from "./progress.js";
 import type { HostStatus, SetupSettings } from "./setup.js";
 import {
   backoffMs,
+  checkCommand,
+  closeCommand,
   copyCommand,
+  hasPackageVersion,
   parseHost,
   parseLogin,
   remoteScript,
@@ -200,6 +203,116 @@ describe("runSetup", () => {
       "waiting",
       "copying",
       "failed",
+    ]);
+  });
+});
+
+describe("one bundle for the fleet, the .deb only where it is missing, one connection per host", () => {
+  const fleet: SetupSettings = {
+    ...settings,
+    ssh: { ...settings.ssh, multiplex: { controlDir: "/tmp/istio-vm-ssh-x", persistS: 60 } },
+    package: { name: "istio-vm-agent", version: "1.0.0", slimBundlePath: "/tmp/b-no-deb.tgz" },
+  };
+
+  it("every ssh and scp of a host names the same control socket; the close command ends it", () => {
+    const socket = (args: readonly string[]): string | undefined =>
+      args.find((a) => a.startsWith("ControlPath="))?.slice("ControlPath=".length);
+    const path = socket(copyCommand(fleet, "10.0.0.5").args);
+    expect(path).toMatch(/^\/tmp\/istio-vm-ssh-x\/[0-9a-f]{12}$/);
+    expect(socket(runCommand(fleet, "10.0.0.5").args)).toBe(path);
+    expect(socket(checkCommand(fleet, "10.0.0.5").args)).toBe(path);
+    expect(socket(copyCommand(fleet, "10.0.0.6").args)).not.toBe(path);
+    expect(copyCommand(fleet, "10.0.0.5").args).toContain("ControlMaster=auto");
+    expect(closeCommand(fleet, "10.0.0.5")).toEqual({
+      command: "ssh",
+      args: [
+        "-F",
+        "cfg",
+        "-o",
+        `ControlPath=${path ?? ""}`,
+        "-p",
+        "2222",
+        "-l",
+        "admin",
+        "-O",
+        "exit",
+        "--",
+        "10.0.0.5",
+      ],
+    });
+    expect(closeCommand(settings, "10.0.0.5")).toBeUndefined();
+    expect(copyCommand(settings, "10.0.0.5").args.join(" ")).not.toContain("Control");
+  });
+
+  it("asks dpkg for the version and reads its answer", () => {
+    expect(checkCommand(fleet, "10.0.0.5").args.at(-1)).toBe(
+      `sh -c 'dpkg-query -W -f '\\''\${Status}\\t\${Version}\\n'\\'' istio-vm-agent 2>/dev/null; true
+'`,
+    );
+    expect(hasPackageVersion("install ok installed\t1.0.0\n", "1.0.0")).toBe(true);
+    expect(hasPackageVersion("install ok installed\t0.9.0\n", "1.0.0")).toBe(false);
+    expect(hasPackageVersion("deinstall ok config-files\t1.0.0\n", "1.0.0")).toBe(false);
+    expect(hasPackageVersion("", "1.0.0")).toBe(false);
+  });
+
+  it("copies the bundle without the .deb to a host with the version, and the install does not bootstrap from it", () => {
+    expect(copyCommand(fleet, "10.0.0.5", "without-deb").args.at(-2)).toBe("/tmp/b-no-deb.tgz");
+    expect(copyCommand(fleet, "10.0.0.5").args.at(-2)).toBe("/tmp/b.tgz");
+    expect(remoteScript(fleet, "10.0.0.5", "without-deb")).not.toContain("dpkg -i");
+    expect(remoteScript(fleet, "10.0.0.5")).toContain("dpkg -i");
+  });
+
+  it("runSetup: check, copy, install per host, and the connection closed also after a failure", async () => {
+    const runner = new (class implements ProcessRunner {
+      readonly calls: string[] = [];
+      run(command: string, args: readonly string[]): Promise<RunResult> {
+        const host = args.at(-1)?.startsWith("sh -c") === true ? (args.at(-2) ?? "") : (args.at(-1) ?? "");
+        const key = host.replace(/^.*@/, "").replace(/:.*$/, "");
+        const what = args.includes("-O")
+          ? "close"
+          : command === "scp"
+            ? `copy ${args.at(-2) ?? ""}`
+            : (args.at(-1) ?? "");
+        this.calls.push(
+          `${key} ${what.startsWith("sh -c 'dpkg-query") ? "check" : what.startsWith("sh -c") ? "install" : what}`,
+        );
+        const installed = key === "10.0.0.1" ? "install ok installed\t1.0.0\n" : "";
+        const failing = key === "10.0.0.3" && command === "scp";
+        return Promise.resolve({
+          code: failing ? 1 : 0,
+          signal: null,
+          stdout: what.startsWith("sh -c 'dpkg-query") ? installed : "",
+          stderr: failing ? "scp: disk full\n" : "",
+          timedOut: false,
+        });
+      }
+    })();
+    const results = await runSetup(
+      ["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+      { ...fleet, parallel: 1 },
+      {
+        runner,
+        clock: new CountingClock(),
+        onUpdate: () => undefined,
+      },
+    );
+    expect(results.map((r) => [r.host, r.ok, r.step, r.package])).toEqual([
+      ["10.0.0.1", true, undefined, "present"],
+      ["10.0.0.2", true, undefined, "copied"],
+      ["10.0.0.3", false, "copy", undefined],
+    ]);
+    expect(runner.calls).toEqual([
+      "10.0.0.1 check",
+      "10.0.0.1 copy /tmp/b-no-deb.tgz",
+      "10.0.0.1 install",
+      "10.0.0.1 close",
+      "10.0.0.2 check",
+      "10.0.0.2 copy /tmp/b.tgz",
+      "10.0.0.2 install",
+      "10.0.0.2 close",
+      "10.0.0.3 check",
+      "10.0.0.3 copy /tmp/b.tgz",
+      "10.0.0.3 close",
     ]);
   });
 });

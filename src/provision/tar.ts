@@ -3,6 +3,11 @@
  * modes, owner root. The reader refuses everything else (links, devices, directories, path traversal, duplicate
  * names, corrupt headers), so a bundle cannot make `install` write outside the files it knows. gzip on top is
  * detected by its magic number.
+ *
+ * A member marked `compressed` (the .deb: its data.tar is xz already) is stored, not deflated again: the gzip output
+ * is a series of gzip members (RFC 1952 §2.2 allows any number; gzip, tar -z and zlib's gunzip read them as one
+ * stream), deflated at level 6 around such a member's bytes and at level 0 (stored blocks, a CRC and a copy) for
+ * them. Deflating a 28 MB package again costs about a second of CPU and saves nothing.
  */
 import { gunzipSync, gzipSync } from "node:zlib";
 import { AgentError } from "../platform/errors.js";
@@ -12,6 +17,8 @@ export interface TarMember {
   readonly data: Uint8Array;
   /** Permission bits, e.g. 0o600. */
   readonly mode: number;
+  /** Already compressed (a .deb): stored as is inside the gzip stream. */
+  readonly compressed?: boolean;
 }
 
 const BLOCK = 512;
@@ -51,16 +58,27 @@ function headerFor(member: TarMember, mtimeSeconds: number): Buffer {
 
 /** A tar archive of `members` in the given order, gzip-compressed when `gzip` is true. */
 export function writeTar(members: readonly TarMember[], options: { mtimeMs: number; gzip: boolean }): Buffer {
-  const parts: Buffer[] = [];
+  // Runs of tar bytes, each deflated (level 6) or stored (level 0) as one gzip member.
+  const runs: { stored: boolean; parts: Buffer[] }[] = [{ stored: false, parts: [] }];
+  const append = (stored: boolean, part: Buffer): void => {
+    let last = runs[runs.length - 1];
+    if (last?.stored !== stored) {
+      last = { stored, parts: [] };
+      runs.push(last);
+    }
+    last.parts.push(part);
+  };
   for (const member of members) {
-    parts.push(headerFor(member, options.mtimeMs / 1000));
-    parts.push(Buffer.from(member.data));
+    append(false, headerFor(member, options.mtimeMs / 1000));
+    append(member.compressed === true, Buffer.from(member.data));
     const pad = (BLOCK - (member.data.length % BLOCK)) % BLOCK;
-    if (pad > 0) parts.push(Buffer.alloc(pad));
+    if (pad > 0) append(false, Buffer.alloc(pad));
   }
-  parts.push(Buffer.alloc(BLOCK * 2));
-  const tar = Buffer.concat(parts);
-  return options.gzip ? gzipSync(tar, { level: 6 }) : tar;
+  append(false, Buffer.alloc(BLOCK * 2));
+  if (!options.gzip) return Buffer.concat(runs.flatMap((r) => r.parts));
+  return Buffer.concat(
+    runs.filter((r) => r.parts.length > 0).map((r) => gzipSync(Buffer.concat(r.parts), { level: r.stored ? 0 : 6 })),
+  );
 }
 
 function invalid(subject: string, message: string): AgentError {

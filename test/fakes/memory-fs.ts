@@ -75,7 +75,12 @@ export class MemoryFileSystem implements FileSystem {
     return Promise.resolve([...names].filter((n) => n !== "").sort());
   }
   remove(path: string): Promise<void> {
+    const prefix = `${path}/`;
+    if (this.dirs.has(path) && [...this.files.keys(), ...this.dirs].some((p) => p.startsWith(prefix))) {
+      return Promise.reject(Object.assign(new Error(`ENOTEMPTY: ${path}`), { code: "ENOTEMPTY" }));
+    }
     this.files.delete(path);
+    this.dirs.delete(path);
     return Promise.resolve();
   }
   chown(path: string, owner: FileOwner): Promise<void> {

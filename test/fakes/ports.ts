@@ -36,6 +36,7 @@ export function fakePorts(given: Partial<SystemPorts> = {}): SystemPorts {
     dns: given.dns ?? { lookupSystem: rejecting("dns"), queryServer: rejecting("dns") },
     http: given.http ?? { request: rejecting("http") },
     tls: given.tls ?? { probe: rejecting("tls") },
+    tcp: given.tcp ?? rejecting("tcp"),
     users: given.users ?? passwdFileUsers(fs, join(env["ISTIO_VM_ROOT"] ?? "", "/etc/passwd")),
     uid: "uid" in given ? given.uid : TEST_UID,
     hostname: given.hostname ?? (() => TEST_HOSTNAME),

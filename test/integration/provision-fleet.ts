@@ -22,6 +22,8 @@ export interface Fleet {
   /** ssh and scp command lines for --ssh/--scp (their own -F config with key and known_hosts). */
   readonly ssh: string;
   readonly scp: string;
+  /** Each host's sshd: its PID (undefined for hosts without one) and what it logged so far (`-e`: to stderr). */
+  readonly sshd: readonly { readonly pid: number | undefined; readonly log: () => string }[];
   /** Runs the built CLI inside the client namespace. */
   cli(args: readonly string[], options?: { env?: Record<string, string>; timeoutMs?: number }): Promise<CliOutput>;
   dispose(): Promise<void>;
@@ -72,6 +74,7 @@ export async function startFleet(options: {
   const namespaces: string[] = [];
   const daemons: ChildProcess[] = [];
   const hosts: string[] = [];
+  const sshd: { pid: number | undefined; log: () => string }[] = [];
   const dispose = async (): Promise<void> => {
     for (const d of daemons) {
       if (d.exitCode === null && d.signalCode === null && d.pid !== undefined) {
@@ -108,8 +111,15 @@ export async function startFleet(options: {
       await must("ip", ["-n", ns, "link", "set", "lo", "up"]);
       hosts.push(address);
       known.push(`${address} ${hostPub}`);
-      if (options.withoutSshd?.includes(i - 1) === true) continue;
+      if (options.withoutSshd?.includes(i - 1) === true) {
+        sshd.push({ pid: undefined, log: () => "" });
+        continue;
+      }
       const config = join(dir, `sshd_${i}.conf`);
+      const extra = options.sshdExtra ?? [];
+      const setEnv = extra
+        .filter((line) => line.startsWith("SetEnv "))
+        .map((line) => line.slice("SetEnv ".length).trim());
       await writeFile(
         config,
         [
@@ -125,7 +135,13 @@ export async function startFleet(options: {
           "PidFile none",
           "MaxStartups 100",
           "Subsystem sftp /usr/lib/openssh/sftp-server",
-          ...(options.sshdExtra ?? []),
+          // The "VMs" log in as this machine's root, and bash runs ~/.bashrc for an ssh session even when it is not
+          // interactive (Debian builds it with SSH_SOURCE_BASHRC) unless SHLVL says it is nested: this machine's
+          // rc files (version managers and the like) would otherwise run in every session and be measured as the
+          // cost of a session, which a VM's own login does not have. sshd takes only its first SetEnv line, so the
+          // caller's SetEnv values join this one.
+          `SetEnv SHLVL=1 ${setEnv.join(" ")}`.trimEnd(),
+          ...extra.filter((line) => !line.startsWith("SetEnv ")),
           "",
         ].join("\n"),
       );
@@ -148,6 +164,8 @@ export async function startFleet(options: {
       );
       daemons.push(daemon);
       let log = "";
+      // `ip netns exec`, `unshare` and the shell's `exec` each replace the process: the PID is sshd's own.
+      sshd.push({ pid: daemon.pid, log: () => log });
       ready.push(
         new Promise<void>((resolve, reject) => {
           const timer = setTimeout(() => {
@@ -188,6 +206,7 @@ export async function startFleet(options: {
       dir,
       client,
       hosts,
+      sshd,
       ssh: `ssh -F ${sshConfig}`,
       scp: `scp -F ${sshConfig}`,
       cli: (args, cliOptions = {}) =>

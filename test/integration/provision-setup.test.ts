@@ -11,7 +11,39 @@ import { requirements } from "../support/requirements.js";
 import type { Fleet } from "./provision-fleet.js";
 import { FLEET_TOOLS, run, startFleet } from "./provision-fleet.js";
 
-const missing = requirements({ root: true, tools: [...FLEET_TOOLS, "python3"] });
+const missing = requirements({ root: true, tools: [...FLEET_TOOLS, "python3", "dpkg-deb"] });
+
+/** Connections an sshd accepted so far (its log at the default level has one line per authenticated connection). */
+function accepted(log: string): number {
+  return log.match(/^Accepted publickey for /gm)?.length ?? 0;
+}
+
+/** PIDs of processes whose command line mentions `text` (the ssh masters of one run name its control directory). */
+async function processesMentioning(text: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
+    if (cmdline.includes(text)) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+/** A small real .deb of package istio-vm-agent (nothing in it is ever installed: the remote command lists it). */
+async function makeDeb(dir: string, version: string): Promise<string> {
+  const root = join(dir, `deb-${version}`);
+  await mkdir(join(root, "DEBIAN"), { recursive: true });
+  await writeFile(
+    join(root, "DEBIAN", "control"),
+    `Package: istio-vm-agent\nVersion: ${version}\nArchitecture: amd64\nMaintainer: test <t@example.org>\nDescription: stand-in\n`,
+  );
+  await mkdir(join(root, "usr", "share", "doc", "istio-vm-agent"), { recursive: true });
+  await writeFile(join(root, "usr", "share", "doc", "istio-vm-agent", "README"), "stand-in\n");
+  const out = join(dir, `istio-vm-agent_${version}_amd64.deb`);
+  const built = await run("dpkg-deb", ["--root-owner-group", "--build", root, out]);
+  if (built.code !== 0) throw new Error(built.stderr);
+  return out;
+}
 
 /** A bundle made with `bundle --from` out of small stand-in files (setup does not look inside credentials). */
 async function makeBundle(fleet: Fleet, name: string, extra: readonly string[] = []): Promise<string> {
@@ -21,7 +53,8 @@ async function makeBundle(fleet: Fleet, name: string, extra: readonly string[] =
   await writeFile(join(from, "kubedns"), "server=/svc.cluster.local/10.128.0.6\naddress=/istio-pilot/10.128.0.8\n");
   for (const f of ["root-cert.pem", "cert-chain.pem", "key.pem"]) await writeFile(join(from, f), `${f}\n`);
   const out = join(fleet.dir, `${name}.tgz`);
-  const made = await fleet.cli(["bundle", "--from", from, "--no-deb", "-o", out, ...extra]);
+  const debArgs = extra.includes("--deb") ? [] : ["--no-deb"];
+  const made = await fleet.cli(["bundle", "--from", from, ...debArgs, "-o", out, ...extra]);
   if (made.code !== 0) throw new Error(made.stderr);
   return out;
 }
@@ -191,6 +224,103 @@ describe.skipIf(missing !== undefined)("setup over SSH to namespace VMs", () => 
       expect((await readFile(record, "utf8")).trim().split("\n").pop()).toMatch(/^0 install \S+$/);
     } finally {
       await withEnv.dispose();
+    }
+  });
+
+  it("shares one SSH connection per host between the steps, and leaves no master or socket behind", async () => {
+    const tmp = join(f().dir, "tmp-multiplex");
+    await mkdir(tmp, { recursive: true });
+    const hosts = [f().hosts[0] ?? "", f().hosts[1] ?? ""];
+    const before = [0, 1].map((i) => accepted(f().sshd[i]?.log() ?? ""));
+    const result = await f().cli(
+      ["setup", ...hosts, "--bundle", bundle, "--ssh", f().ssh, "--scp", f().scp, "--remote-command", "true"],
+      { env: { TMPDIR: tmp } },
+    );
+    expect(result.code, result.stderr).toBe(0);
+    // scp and the remote run went over one connection per host (two each without ControlMaster).
+    expect([0, 1].map((i) => accepted(f().sshd[i]?.log() ?? "") - (before[i] ?? 0))).toEqual([1, 1]);
+    // The masters were told to exit, and the private socket directory is gone.
+    expect(await readdir(tmp)).toEqual([]);
+    expect(await processesMentioning(tmp)).toEqual([]);
+
+    const separate = await f().cli(
+      [
+        "setup",
+        hosts[0] ?? "",
+        "--bundle",
+        bundle,
+        "--ssh",
+        f().ssh,
+        "--scp",
+        f().scp,
+        "--remote-command",
+        "true",
+      ].concat("--no-multiplex"),
+    );
+    expect(separate.code, separate.stderr).toBe(0);
+    expect(accepted(f().sshd[0]?.log() ?? "") - (before[0] ?? 0)).toBe(3);
+  });
+
+  it("copies the .deb only to hosts that lack its version; a failed host does not stop the others", async () => {
+    // dpkg-query on the "VMs" is a stand-in: the first host has 0.2.0 installed, the second 0.1.0, the third none.
+    const bin = join(f().dir, "bin-dpkg");
+    await mkdir(bin, { recursive: true });
+    const [h0 = "", h1 = ""] = f().hosts;
+    await writeFile(
+      join(bin, "dpkg-query"),
+      [
+        "#!/bin/sh",
+        'case "$SSH_CONNECTION" in',
+        `  *" ${h0} "*) printf 'install ok installed\\t0.2.0\\n' ;;`,
+        `  *" ${h1} "*) printf 'install ok installed\\t0.1.0\\n' ;;`,
+        "  *) echo 'dpkg-query: no packages found matching istio-vm-agent' >&2; exit 1 ;;",
+        "esac",
+        "",
+      ].join("\n"),
+    );
+    await chmod(join(bin, "dpkg-query"), 0o755);
+    const fleet2 = await startFleet({
+      size: 4,
+      withoutSshd: [3],
+      sshdExtra: [`SetEnv PATH=${bin}:/usr/sbin:/usr/bin:/sbin:/bin`],
+    });
+    try {
+      const deb = await makeDeb(fleet2.dir, "0.2.0");
+      const withDeb = await makeBundle(fleet2, "deb", ["--deb", deb]);
+      const tmp = join(fleet2.dir, "tmp");
+      await mkdir(tmp);
+      const result = await fleet2.cli(
+        [
+          "setup",
+          ...fleet2.hosts,
+          "--bundle",
+          withDeb,
+          "--ssh",
+          fleet2.ssh,
+          "--scp",
+          fleet2.scp,
+          "--retries",
+          "0",
+          "--remote-command",
+          "echo $(tar -tzf {bundle} | grep -c 'deb$')",
+          "--json",
+        ],
+        { env: { TMPDIR: tmp } },
+      );
+      expect(result.code, result.stderr).toBe(1);
+      const report = JSON.parse(result.stdout) as {
+        hosts: { host: string; ok: boolean; package?: string; detail: string; step?: string }[];
+      };
+      expect(report.hosts.map((h) => [h.host, h.ok, h.package ?? null, h.ok ? h.detail : h.step])).toEqual([
+        [fleet2.hosts[0], true, "present", "0"],
+        [fleet2.hosts[1], true, "copied", "1"],
+        [fleet2.hosts[2], true, "copied", "1"],
+        [fleet2.hosts[3], false, null, "check"],
+      ]);
+      // The bundle without the .deb and the socket directory were temporary.
+      expect(await readdir(tmp)).toEqual([]);
+    } finally {
+      await fleet2.dispose();
     }
   });
 

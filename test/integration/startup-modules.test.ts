@@ -46,6 +46,12 @@ describe("start-up loads only what the command uses", () => {
     expect(builtinsLoaded(["--version"]).filter((m) => ports.includes(m))).toEqual([]);
   });
 
+  // node:assert (yargs' invariant checks, scripts/build.mjs gives it two small functions instead) and
+  // node:fs/promises (src/platform/fs.ts reads through node:fs) each pull in several more built-in modules.
+  it.each([["--version"], ["config"]])("istio-vm %s loads neither node:assert nor node:fs/promises", (...args) => {
+    expect(builtinsLoaded(args).filter((m) => m === "assert" || m === "fs/promises")).toEqual([]);
+  });
+
   it("a command that talks to a server does load the network stack (the check above can fail)", () => {
     expect(builtinsLoaded(["check", "--help"])).toEqual(expect.arrayContaining(["http2"]));
   });

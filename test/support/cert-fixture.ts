@@ -6,7 +6,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { CaProtocol } from "../../src/certs/ca-client.js";
-import { createCaClient } from "../../src/certs/ca-client.js";
+import { createCaClient, keptCaConnection } from "../../src/certs/ca-client.js";
 import type { WorkloadKeySpec } from "../../src/certs/keys.js";
 import type { RenewContext } from "../../src/certs/renew.js";
 import { CertStore } from "../../src/certs/store.js";
@@ -65,18 +65,26 @@ export async function createCertFixture(options: {
   const identity = mesh.spiffeId(NAMESPACE, SERVICE_ACCOUNT);
   const tokenFile = join(dir, "istio-token");
   const serverName = options.protocol === "legacy" ? "istio-ca" : "istiod.istio-system.svc";
+  const clock = options.clock ?? systemClock;
+  // As the agent's context (src/certs/setup.ts): the CA connection is kept between renewals.
+  const ca = keptCaConnection((rootPem) =>
+    createCaClient(options.protocol, {
+      address: { host: "127.0.0.1", port: server.port },
+      serverName,
+      rootPem,
+      timeoutMs: options.timeoutMs ?? 5000,
+      clusterId: "Kubernetes",
+      now: () => clock.now(),
+    }),
+  );
   const context: RenewContext = {
     store: new CertStore({ dir, fs: nodeFileSystem, links: nodeLinkFileSystem }),
     protocol: options.protocol,
-    connect: (rootPem) =>
-      createCaClient(options.protocol, {
-        address: { host: "127.0.0.1", port: server.port },
-        serverName,
-        rootPem,
-        timeoutMs: options.timeoutMs ?? 5000,
-        clusterId: "Kubernetes",
-      }),
-    clock: options.clock ?? systemClock,
+    connect: (rootPem) => ca.connect(rootPem),
+    close: () => {
+      ca.close();
+    },
+    clock,
     fs: nodeFileSystem,
     identity,
     keySpec: options.keySpec ?? { type: "EC" },
@@ -108,6 +116,7 @@ export async function createCertFixture(options: {
       return token;
     },
     async close() {
+      ca.close();
       await server.close();
       await rm(dir, { recursive: true, force: true });
     },
