@@ -24,6 +24,7 @@ import { agentProblems, loadConfig } from "../config/load.js";
 import type { ConfigValues } from "../config/registry.js";
 import type { AgentComponent, AgentDeps, ComponentLoader } from "./component.js";
 import { createAgentEvents } from "./events.js";
+import { createAgentXdsChannels } from "../xds/agent-channel.js";
 import { MetricsRegistry } from "./metrics.js";
 import { registerProcessMetrics } from "./process-metrics.js";
 import type { StatusServer } from "./status-server.js";
@@ -120,6 +121,7 @@ export async function runAgent(options: AgentOptions): Promise<number> {
   const watchdogPings = metrics.counter("istio_vm_agent_watchdog_pings_total", "WATCHDOG=1 messages sent to systemd.");
 
   const events = createAgentEvents();
+  const xds = createAgentXdsChannels();
   const abort = new AbortController();
   /** Components whose start began, in order (the last may still be starting). */
   const started: AgentComponent[] = [];
@@ -248,7 +250,7 @@ export async function runAgent(options: AgentOptions): Promise<number> {
 
   let exitCode = EXIT_OK;
   const ports = portsOf(options);
-  const depsFor = (): AgentDeps => ({ ...ports, config, loaded: currentLoaded, logger, metrics, events });
+  const depsFor = (): AgentDeps => ({ ...ports, config, loaded: currentLoaded, logger, metrics, events, xds });
 
   /**
    * Starts the components in order, after READY=1. Each is built when its turn comes, from the configuration in

@@ -7,6 +7,7 @@ import type { ConfigValues } from "../config/registry.js";
 import type { LoadedConfig } from "../config/load.js";
 import type { Logger } from "../platform/logger.js";
 import type { SystemPorts } from "../platform/ports.js";
+import type { AgentXdsChannels } from "../xds/agent-channel.js";
 import type { MetricsRegistry } from "./metrics.js";
 
 export interface ComponentStatus {
@@ -39,6 +40,12 @@ export interface AgentDeps extends SystemPorts {
   readonly logger: Logger;
   readonly metrics: MetricsRegistry;
   readonly events: AgentEvents;
+  /**
+   * The xDS proxy's upstream stream to istiod, for the agent's own requests (NDS, health reports): provided by the
+   * xDS proxy component, taken by the components after it (src/xds/agent-channel.ts). Absent in tests that do not
+   * need it.
+   */
+  readonly xds?: AgentXdsChannels;
 }
 
 export interface AgentComponent {

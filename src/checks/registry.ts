@@ -12,6 +12,7 @@ import { dnsCheck } from "./dns.js";
 import { envoyCheck } from "./envoy.js";
 import { interceptionCheck } from "./interception.js";
 import { sdsCheck } from "./sds.js";
+import { xdsProxyCheck } from "./xds-proxy.js";
 
 export interface CheckEntry {
   readonly name: string;
@@ -46,6 +47,11 @@ export const CHECKS: readonly CheckEntry[] = [
     name: "sds",
     description: "istiod: the agent's SDS socket serves Envoy the chain in cert-chain.pem",
     factory: sdsCheck,
+  },
+  {
+    name: "xds-proxy",
+    description: "istiod: the agent proxies Envoy's xDS (socket 0600, istiod answered CDS and LDS)",
+    factory: xdsProxyCheck,
   },
   { name: "envoy", description: "Envoy's admin /ready answers 200", factory: envoyCheck },
 ];

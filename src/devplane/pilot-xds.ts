@@ -236,7 +236,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
         api !== undefined && node !== undefined
           ? api.resources(store, typeUrl, names, node)
           : typeUrl === CLUSTER_TYPE_URL
-            ? clusterResources(store)
+            ? clusterResources(store, options.v3OnlyWhenAsked !== true)
             : typeUrl === ENDPOINT_TYPE_URL
               ? endpointResources(store, names)
               : typeUrl === NAME_TABLE_TYPE_URL

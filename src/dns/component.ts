@@ -1,7 +1,7 @@
 /**
  * The agent's `dns` component (istiod profile, ISTIO_META_DNS_CAPTURE=true): the DNS proxy on 127.0.0.1:DNS_PROXY_PORT
- * (UDP and TCP), fed with the NDS name table from the agent's own ADS stream to istiod (src/xds/ads-watch.ts; the
- * stream can later be replaced by the agent's xDS proxy through `NameTableSource`).
+ * (UDP and TCP), fed with the NDS name table istiod sends on the agent's xDS proxy's upstream stream
+ * (src/dns/nds-upstream.ts), or, where no proxy runs, on a stream of the agent's own (src/xds/ads-watch.ts).
  *
  * Also on [::1]:DNS_PROXY_PORT once resolv.conf lists an IPv6 nameserver: the capture rules redirect an IPv6 query
  * there (REDIRECT of a local packet goes to the loopback address of its family), as istio-agent listens per
@@ -23,6 +23,7 @@ import { agentAdsConnection } from "../xds/agent-connection.js";
 import { decodeNameTable, NAME_TABLE_TYPE_URL } from "../xds/nds.js";
 import { probeNode } from "../xds/node.js";
 import { createForwarder } from "./forwarder.js";
+import { upstreamNameTableSource } from "./nds-upstream.js";
 import type { NameTable } from "./name-table.js";
 import { DnsProxy, startDnsServer } from "./proxy.js";
 import type { DnsServer } from "./proxy.js";
@@ -290,5 +291,9 @@ const DEFAULT_PORTS = {
 };
 
 export function dnsProxyComponentFor(hostname: string): ComponentFactory {
-  return createDnsProxyComponent({ ...DEFAULT_PORTS, hostname, source: adsNameTableSource(hostname) });
+  return createDnsProxyComponent({
+    ...DEFAULT_PORTS,
+    hostname,
+    source: upstreamNameTableSource(adsNameTableSource(hostname)),
+  });
 }

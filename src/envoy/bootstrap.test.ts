@@ -225,23 +225,32 @@ describe("renderBootstrap", () => {
       expect(check.errors).toEqual([]);
       expect(check.verify).toBeNull();
       expect(check.typesSeen).toContain("envoy.extensions.upstreams.http.v3.HttpProtocolOptions");
-      if (name.endsWith("mtls")) {
+      if (name.startsWith("legacy") && name.endsWith("mtls")) {
         expect(check.typesSeen).toContain("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext");
       }
     });
   }
 
-  it("istiod: no certificate file is named; key, chain and roots come over SDS from the agent's socket (pipe)", async () => {
-    const bootstrap = renderBootstrap(await PROFILES["istiod-mtls"]());
-    const text = JSON.stringify(bootstrap);
-    expect(text).not.toMatch(/"filename"|key\.pem|cert-chain\.pem|root-cert\.pem/);
-    const clusters = (bootstrap["static_resources"] as { clusters: { name: string }[] }).clusters;
-    const sds = clusters.find((c) => c.name === "sds-grpc");
-    expect(JSON.stringify(sds)).toContain('"pipe":{"path":"/run/istio-vm/workload-spiffe-uds/socket"}');
-    const xds = JSON.stringify(clusters.find((c) => c.name === "xds-grpc"));
-    expect(xds).toContain('"tls_certificate_sds_secret_configs":[{"name":"default"');
-    expect(xds).toContain('"validation_context_sds_secret_config":{"name":"ROOTCA"');
-    expect(xds).toContain('"matcher":{"exact":"istiod.istio-system.svc"}');
+  it("istiod: no certificate file is named; SDS and xDS go to the agent's sockets (pipe), never to istiod", async () => {
+    for (const profile of ["istiod-mtls", "istiod-plain"] as const) {
+      const bootstrap = renderBootstrap(await PROFILES[profile]());
+      const text = JSON.stringify(bootstrap);
+      expect(text).not.toMatch(/"filename"|key\.pem|cert-chain\.pem|root-cert\.pem/);
+      // Envoy's only TLS connection was to istiod; the agent makes it now.
+      expect(text).not.toContain("UpstreamTlsContext");
+      const clusters = (bootstrap["static_resources"] as { clusters: { name: string }[] }).clusters;
+      const sds = clusters.find((c) => c.name === "sds-grpc");
+      expect(JSON.stringify(sds)).toContain('"pipe":{"path":"/run/istio-vm/workload-spiffe-uds/socket"}');
+      const xds = clusters.find((c) => c.name === "xds-grpc");
+      expect(xds).toMatchObject({
+        type: "STATIC",
+        load_assignment: {
+          endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path: "/run/istio-vm/xds/XDS" } } } }] }],
+        },
+      });
+      expect(JSON.stringify(xds)).toContain('"http2_protocol_options":{}');
+      expect(JSON.stringify(xds)).not.toMatch(/istiod|1501[02]|socket_address/);
+    }
   });
 
   it("legacy: Envoy reads the files in OUTPUT_CERTS (hot restart on renewal), no SDS cluster", async () => {
@@ -332,10 +341,15 @@ describe("renderBootstrap", () => {
     expect(discoverySan(ip.config).value).toBe("spiffe://cluster.local/ns/istio-system/sa/istio-pilot-service-account");
   });
 
-  it("dials an IP discovery address as a STATIC cluster and a name as STRICT_DNS", async () => {
-    const byIp = renderBootstrap(await input(ISTIOD_CLUSTER, VM, { DISCOVERY_ADDRESS: "192.0.2.10:15012" }));
+  it("legacy: dials an IP discovery address as a STATIC cluster and a name as STRICT_DNS", async () => {
+    const byIp = renderBootstrap(
+      await input(LEGACY_CLUSTER, VM, { ENVOY_XDS_API: "v3", DISCOVERY_ADDRESS: "192.0.2.10:15011" }),
+    );
     const clusters = (byIp["static_resources"] as { clusters: { name: string; type: string }[] }).clusters;
     expect(clusters.find((c) => c.name === "xds-grpc")?.type).toBe("STATIC");
     expect(checkAgainstProto(byIp).errors).toEqual([]);
+    const byName = renderBootstrap(await input(LEGACY_CLUSTER, VM, { ENVOY_XDS_API: "v3" }));
+    const named = (byName["static_resources"] as { clusters: { name: string; type: string }[] }).clusters;
+    expect(named.find((c) => c.name === "xds-grpc")?.type).toBe("STRICT_DNS");
   });
 });

@@ -9,18 +9,20 @@
  *   settings; the agent's own xDS streams send the same node).
  * - `admin` on 127.0.0.1 only: /ready, /drain_listeners and /quitquitquit are how the agent drives Envoy, and nothing
  *   off the machine may reach them.
- * - one static cluster `xds-grpc` to DISCOVERY_ADDRESS, HTTP/2 (gRPC), mTLS from the workload files in OUTPUT_CERTS
- *   with the control plane's SAN checked (or plain text under CONTROL_PLANE_AUTH_POLICY=NONE); everything else
- *   (listeners, clusters, routes, endpoints) comes over ADS, so the bootstrap depends only on configuration and
- *   certificates, never on Pilot's data.
+ * - one static cluster `xds-grpc`, HTTP/2 (gRPC): istiod profile, the agent's xDS proxy socket
+ *   (src/xds/proxy-socket.ts), which carries the stream to istiod with the agent's own mTLS; legacy profile,
+ *   DISCOVERY_ADDRESS with mTLS from the workload files in OUTPUT_CERTS and the control plane's SAN checked (or plain
+ *   text under CONTROL_PLANE_AUTH_POLICY=NONE). Everything else (listeners, clusters, routes, endpoints) comes over
+ *   ADS, so the bootstrap depends only on configuration, never on Pilot's data.
  * - optionally Istio's Prometheus listener (ENVOY_STATS_PORT, 15090) that serves the admin's /stats/prometheus, and
  *   (istiod profile) Istio's health listener (ENVOY_STATUS_PORT, 15021) that serves the agent's /healthz/ready.
  *
  * Certificates (istiod profile): Envoy gets them from the agent over SDS, as Istio's own bootstrap does (istio/istio
  * tools/packaging/common/envoy_bootstrap.json): a static cluster `sds-grpc` reaches the agent's Unix socket
- * (src/sds/socket.ts) as a `pipe`, and every TLS context names Istio's secrets `default` (key and chain) and
- * `ROOTCA` (trust bundle) there. No file name of a key is in the bootstrap, so Envoy never reads one from disk, and
- * a renewal is an SDS push: the bootstrap does not change and no epoch starts.
+ * (src/sds/socket.ts) as a `pipe`, and the TLS contexts istiod sends over CDS and LDS name Istio's secrets
+ * `default` (key and chain) and `ROOTCA` (trust bundle) there. The bootstrap itself holds no TLS context (its one
+ * TLS connection, to istiod, is the agent's), no file name of a key, so Envoy never reads one from disk, and a
+ * renewal is an SDS push: the bootstrap does not change and no epoch starts.
  *
  * Legacy profile: the certificate files are referenced by path, not inlined: Envoy reads them when the epoch starts,
  * and a renewal makes the supervisor start a new epoch (hot restart), as pilot-agent 0.8 did.
@@ -33,7 +35,7 @@ import { buildNodeBlock, nodeId } from "../xds/node-block.js";
 import type { StructValue } from "../xds/protos.js";
 import { XDS_API_HEADER } from "../xds/protos.js";
 import { sdsSocketPath, usesSds } from "../sds/socket.js";
-import { ROOT_SECRET, WORKLOAD_SECRET } from "../sds/names.js";
+import { usesXdsProxy, xdsProxySocketPath } from "../xds/proxy-socket.js";
 import { renderV2Bootstrap } from "./bootstrap-v2.js";
 
 /** The JSON value of a bootstrap: plain data, so it can be hashed, diffed, written and validated. */
@@ -91,7 +93,7 @@ function tlsTransportSocket(config: BootstrapConfig): BootstrapJson {
       "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
       // istiod behind an east-west gateway is routed by SNI; legacy Pilot's certificate names a SPIFFE URI, no host.
       ...(san.type === "DNS" ? { sni: san.value } : {}),
-      common_tls_context: usesSds(config) ? sdsTlsContext(san) : fileTlsContext(config, san),
+      common_tls_context: fileTlsContext(config, san),
     },
   };
 }
@@ -111,35 +113,6 @@ function fileTlsContext(config: BootstrapConfig, san: San): BootstrapJson {
     validation_context: {
       trusted_ca: { filename: join(config.OUTPUT_CERTS, CERT_FILES.root) },
       match_typed_subject_alt_names: [{ san_type: san.type, matcher: { exact: san.value } }],
-    },
-  };
-}
-
-/** An SDS config source: the agent's socket through the `sds-grpc` cluster (Istio's bootstrap has the same). */
-function sdsConfig(): BootstrapJson {
-  return {
-    api_config_source: {
-      api_type: "GRPC",
-      transport_api_version: "V3",
-      set_node_on_first_message_only: true,
-      grpc_services: [{ envoy_grpc: { cluster_name: SDS_CLUSTER } }],
-    },
-    // 0s: wait for the secret as long as it takes (the agent serves it before Envoy starts).
-    initial_fetch_timeout: "0s",
-    resource_api_version: "V3",
-  };
-}
-
-/** istiod: key and chain (`default`) and trust bundle (`ROOTCA`) over SDS; the SAN is checked in the bootstrap. */
-function sdsTlsContext(san: San): BootstrapJson {
-  return {
-    alpn_protocols: ["h2"],
-    tls_certificate_sds_secret_configs: [{ name: WORKLOAD_SECRET, sds_config: sdsConfig() }],
-    combined_validation_context: {
-      default_validation_context: {
-        match_typed_subject_alt_names: [{ san_type: san.type, matcher: { exact: san.value } }],
-      },
-      validation_context_sds_secret_config: { name: ROOT_SECRET, sds_config: sdsConfig() },
     },
   };
 }
@@ -167,7 +140,38 @@ function sdsCluster(config: BootstrapConfig): BootstrapJson {
 /** Limits far above what one control-plane connection needs: Envoy's defaults (1024) would only ever hurt. */
 const GENEROUS_LIMITS = { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 };
 
+/**
+ * istiod: the agent's xDS proxy socket as a `pipe`, HTTP/2 for gRPC, as Istio's bootstrap has it (istio/istio
+ * tools/packaging/common/envoy_bootstrap.json, `xds-grpc` to `./etc/istio/proxy/XDS`). No TLS and no keepalive:
+ * the agent authenticates the stream to istiod and watches that connection itself (src/xds/proxy.ts).
+ */
+function xdsProxyCluster(config: BootstrapConfig): BootstrapJson {
+  return {
+    name: XDS_CLUSTER,
+    type: "STATIC",
+    connect_timeout: "1s",
+    lb_policy: "ROUND_ROBIN",
+    load_assignment: {
+      cluster_name: XDS_CLUSTER,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path: xdsProxySocketPath(config) } } } }] }],
+    },
+    circuit_breakers: {
+      thresholds: [
+        { priority: "DEFAULT", ...GENEROUS_LIMITS },
+        { priority: "HIGH", ...GENEROUS_LIMITS },
+      ],
+    },
+    typed_extension_protocol_options: {
+      "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        explicit_http_config: { http2_protocol_options: {} },
+      },
+    },
+  };
+}
+
 function xdsCluster(config: BootstrapConfig): BootstrapJson {
+  if (usesXdsProxy(config)) return xdsProxyCluster(config);
   const { host, port } = config.DISCOVERY_ADDRESS;
   const literal = isIP(host) !== 0;
   return {

@@ -7,8 +7,8 @@
  *
  * The stream subscribes to nothing and carries only the reports: it opens at start and sends the node with the first
  * report (until then Envoy's own stream, whose node carries AUTO_REGISTER_GROUP too, keeps the VM registered), and
- * re-sends the last report on every reconnect. `ports.sink` replaces it (an xDS proxy's upstream stream can take the
- * reports instead: `LatestHealthReport` is an `AdsOutbox` any stream can attach).
+ * re-sends the last report on every reconnect. Where the agent runs its xDS proxy (istiod with Envoy), the reports
+ * ride the proxy's upstream stream instead (src/health/upstream-sink.ts), as istio-agent sends them.
  * When the agent runs Envoy, Envoy's readiness (admin `/ready`) is checked before the application's probe, as
  * istio-agent does. The probe's state is not part of the agent's readiness: an unhealthy application leaves the agent ready and
  * Envoy running, and istiod takes the VM out of EDS. STATUS= and /metrics show it.
@@ -28,6 +28,7 @@ import type { ProberPorts } from "./probers.js";
 import { envoyReady, runProbe } from "./probers.js";
 import type { HealthReport, HealthReportSink } from "./report.js";
 import { LatestHealthReport } from "./report.js";
+import { upstreamHealthSink } from "./upstream-sink.js";
 
 export interface HealthPorts extends Omit<ProberPorts, "runner"> {
   readonly hostname: string;
@@ -184,4 +185,10 @@ export function createHealthComponent(ports: HealthPorts): ComponentFactory {
 
 /** The real one, for src/agent/components.ts: the ports come with the agent's deps. */
 export const healthComponent: ComponentFactory = (deps) =>
-  createHealthComponent({ hostname: deps.hostname(), http: deps.http, tcp: deps.tcp })(deps);
+  createHealthComponent({
+    hostname: deps.hostname(),
+    http: deps.http,
+    tcp: deps.tcp,
+    // On the xDS proxy's upstream stream when the agent runs one, else on a stream of the health component's own.
+    sink: upstreamHealthSink(adsHealthSink(deps.hostname())),
+  })(deps);

@@ -14,7 +14,7 @@ import { SdsServer } from "./server.js";
 import { sdsSocketPath, usesSds } from "./socket.js";
 
 /** Envoy's user when the agent runs as root (it then starts Envoy as ENVOY_USER); undefined: the agent's own. */
-async function envoyOwner(deps: AgentDeps, uid: number): Promise<FileOwner | undefined> {
+export async function envoyOwner(deps: AgentDeps, uid: number): Promise<FileOwner | undefined> {
   if (uid !== 0) return undefined;
   const entry = await deps.users.lookup(deps.config.ENVOY_USER);
   return entry === undefined ? undefined : { uid: entry.uid, gid: entry.gid };

@@ -309,9 +309,9 @@ const ROWS: readonly Row[] = [
         },
       },
       {
-        upstream: "(deliberate difference) DNS_CAPTURE is not sent: the VM runs no DNS proxy for istiod's name table",
+        upstream: `GetNodeMetaData: ISTIO_META_DNS_CAPTURE → DNS_CAPTURE, ${CONFIG_GO}; istiod's NDS needs it (pilot/pkg/xds/nds.go)`,
         check: (n) => {
-          expect(md(n)["DNS_CAPTURE"]).toBeUndefined();
+          expect(md(n)["DNS_CAPTURE"]).toBe("true");
         },
       },
     ],

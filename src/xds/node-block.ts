@@ -21,8 +21,10 @@
  *
  * Where this VM differs from a pod, the ProxyConfig says what this agent really does: its discovery address, auth
  * policy, admin and status ports, and ISTIO_SERVICE as `serviceCluster` when set (as istio-start.sh passes it).
- * DNS_CAPTURE is never sent: the VM resolves through dnsmasq and runs no DNS proxy that could use istiod's name
- * table. INTERCEPTION_MODE is the mode the agent's iptables rules really use.
+ * DNS_CAPTURE is "true" exactly when the agent runs its DNS proxy (ISTIO_META_DNS_CAPTURE=true, istiod profile),
+ * whatever the mesh's proxyMetadata says: istiod sends the NDS name table only to a proxy that says it captures
+ * DNS (pilot/pkg/xds/nds.go), and the agent's NDS subscription rides Envoy's stream with Envoy's node
+ * (src/xds/proxy.ts). INTERCEPTION_MODE is the mode the agent's iptables rules really use.
  *
  * Legacy profile (Pilot 0.2–0.8): unchanged from what pilot-agent 0.8 sent, `istio: sidecar` included.
  */
@@ -52,6 +54,7 @@ export type NodeBlockConfig = Pick<
   | "CANONICAL_SERVICE"
   | "CANONICAL_REVISION"
   | "ISTIO_INBOUND_INTERCEPTION_MODE"
+  | "ISTIO_META_DNS_CAPTURE"
   | "ENVOY_ADMIN_PORT"
   | "ENVOY_STATS_PORT"
   | "ENVOY_STATUS_PORT"
@@ -245,8 +248,8 @@ export function nodeId(config: NodeBlockConfig, hostname: string): string {
   return `sidecar~${config.ISTIO_SVC_IP}~${podName(config, hostname)}.${ns}~${ns}.svc.cluster.local`;
 }
 
-/** Metadata keys the agent never sends (see the module comment). */
-const NEVER_SENT = new Set(["DNS_CAPTURE"]);
+/** Metadata keys only the agent's own settings decide (see the module comment), whatever ISTIO_META_* says. */
+const DECIDED_BY_THE_AGENT = new Set(["DNS_CAPTURE"]);
 
 function parseJson(raw: string): StructValue | undefined {
   try {
@@ -312,15 +315,17 @@ function istiodMetadata(input: NodeBlockInput, proxyConfig: ProxyConfigJson): Re
   set("NAMESPACE", config.POD_NAMESPACE);
   set("SERVICE_ACCOUNT", config.SERVICE_ACCOUNT);
   set("INTERCEPTION_MODE", config.ISTIO_INBOUND_INTERCEPTION_MODE);
+  if (config.ISTIO_META_DNS_CAPTURE) set("DNS_CAPTURE", "true");
   set("ENVOY_STATUS_PORT", config.ENVOY_STATUS_PORT);
   set("ENVOY_PROMETHEUS_PORT", config.ENVOY_STATS_PORT);
   if (config.CONTROL_PLANE_AUTH_POLICY === "MUTUAL_TLS") set("PILOT_SAN", [config.ISTIOD_SAN]);
 
+  for (const key of DECIDED_BY_THE_AGENT) Reflect.deleteProperty(untyped, key);
   const merged: Record<string, StructValue> = { ...untyped, ...typed };
   const out: Record<string, StructValue> = {};
   for (const key of Object.keys(merged).sort()) {
     const value = merged[key];
-    if (!NEVER_SENT.has(key) && value !== undefined) out[key] = value;
+    if (value !== undefined) out[key] = value;
   }
   return out;
 }

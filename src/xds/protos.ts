@@ -91,6 +91,11 @@ export interface ClusterResource {
   readonly type?: "EDS" | "STATIC" | "STRICT_DNS" | "LOGICAL_DNS" | "ORIGINAL_DST";
   readonly eds_cluster_config?: { readonly service_name: string; readonly eds_config: { readonly ads: object } };
   readonly connect_timeout?: { readonly seconds: number; readonly nanos?: number };
+  /** Envoy's TransportSocket; `typed_config` an Any (e.g. an UpstreamTlsContext, encoded by the caller). */
+  readonly transport_socket?: {
+    readonly name: string;
+    readonly typed_config: { readonly type_url: string; readonly value: Uint8Array };
+  };
 }
 
 export interface LbEndpointResource {

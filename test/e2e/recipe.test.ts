@@ -104,7 +104,7 @@ describe.skipIf(missing !== undefined).each(PROFILES)(
     });
 
     it.runIf(profile === "istiod")(
-      "a renewal reaches the running Envoy over SDS: new serial, same PID and epoch",
+      "a renewal reaches the running Envoy over SDS: new serial, same PID and epoch; its xDS came through the agent",
       () => {
         const rotation = step("rotation");
         const before = rotation.data["before"] as { serial: string; epoch: number; pids: string };
@@ -114,6 +114,9 @@ describe.skipIf(missing !== undefined).each(PROFILES)(
         expect(after.serial).not.toBe(before.serial);
         expect(after.epoch).toBe(0);
         expect(after.pids).toBe(before.pids);
+        // Envoy's CDS came through the agent's xDS proxy from the dev istiod, and the proxy's stream is up.
+        expect(rotation.data["clusters"]).toContain("outbound|443||kubernetes.default.svc.cluster.local");
+        expect(rotation.data["xdsProxy"]).toMatch(/istiod \S+ answered CDS, LDS/);
       },
     );
 

@@ -550,7 +550,9 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
         async (s) => {
           print(
             "   istiod profile: Envoy gets its key and chain from the agent over SDS (a Unix socket in /run/istio-vm),\n" +
-              "   so a new certificate is pushed to the running Envoy: same PID, same hot-restart epoch, new serial.\n",
+              "   so a new certificate is pushed to the running Envoy: same PID, same hot-restart epoch, new serial.\n" +
+              "   Its xDS goes through the agent too (/run/istio-vm/xds/XDS): one mTLS stream to istiod, which the\n" +
+              "   agent authenticates with the certificate it renews; the clusters name the secrets Envoy asks SDS for.\n",
           );
           const adminGet = (path: string): string =>
             `/usr/local/bin/node -e "fetch('http://127.0.0.1:15000${path}').then(r=>r.text()).then(t=>process.stdout.write(t))"`;
@@ -586,6 +588,13 @@ export async function runRecipe(options: RecipeOptions): Promise<RecipeReport> {
           s.data["before"] = before;
           s.data["after"] = after;
           s.data["store"] = renewed;
+          const dump = JSON.parse(must("GET /config_dump", await inVm(adminGet("/config_dump"))).stdout) as {
+            configs: { "@type": string; dynamic_active_clusters?: { cluster: { name: string } }[] }[];
+          };
+          s.data["clusters"] = (
+            dump.configs.find((c) => c["@type"].endsWith("ClustersConfigDump"))?.dynamic_active_clusters ?? []
+          ).map((c) => c.cluster.name);
+          s.data["xdsProxy"] = must("xds-proxy check", await inVm("istio-vm check --only xds-proxy")).stdout;
           if (after.serial !== renewed) throw new Error(`the stand-in holds ${after.serial}, the store ${renewed}`);
           s.saw.push(
             `serial ${before.serial} → ${after.serial} in the running Envoy; epoch ${String(after.epoch)}, pid ${after.pids} (unchanged)`,

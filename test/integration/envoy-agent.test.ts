@@ -13,12 +13,14 @@ import { afterEach, describe, expect, it } from "vitest";
 import { CLI } from "../support/cli.js";
 import { freePort } from "../support/net.js";
 import { NotifySocket } from "../support/notify-socket.js";
+import { startPilotXds } from "../../src/devplane/pilot-xds.js";
+import { ObjectStore } from "../../src/devplane/store.js";
 
 const FAKE_ENVOY = fileURLToPath(new URL("../fixtures/fake-envoy.mjs", import.meta.url));
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+const cleanups: (() => void | Promise<void>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
 function alive(pid: number): boolean {
@@ -67,6 +69,8 @@ async function startAgent(): Promise<Agent> {
   for (const f of ["cert-chain.pem", "key.pem", "root-cert.pem"]) writeFileSync(join(root, "etc/certs", f), f);
   const statusPort = await freePort();
   writeFileSync(join(root, "var/lib/istio/envoy/cluster.env"), "ISTIO_SERVICE_CIDR=10.96.0.0/12\n");
+  // istiod (plain text, 15010-style): the agent's xDS proxy is ready once it answered the stand-in's CDS and LDS.
+  const pilot = await startPilotXds({ store: new ObjectStore() });
   writeFileSync(
     join(root, "var/lib/istio/envoy/sidecar.env"),
     [
@@ -83,6 +87,8 @@ async function startAgent(): Promise<Agent> {
       // Long enough that both epochs are alive after a hot restart, when the agent gets SIGKILLed.
       "ENVOY_PARENT_SHUTDOWN_DURATION=60s",
       "ENVOY_LOG_LEVEL=info",
+      "CONTROL_PLANE_AUTH_POLICY=NONE",
+      `DISCOVERY_ADDRESS=${pilot.address}`,
       "",
     ].join("\n"),
   );
@@ -111,6 +117,7 @@ async function startAgent(): Promise<Agent> {
     for (const pid of standInPids(agent)) if (alive(pid)) process.kill(pid, "SIGKILL");
     notify.close();
     rmSync(root, { recursive: true, force: true });
+    return pilot.close();
   });
   return agent;
 }

@@ -67,13 +67,27 @@ describe("istio-vm envoy bootstrap", () => {
     expect(bad.stderr).toContain("ENVOY_XDS_API");
   });
 
-  it("plain text under CONTROL_PLANE_AUTH_POLICY=NONE: no TLS in the bootstrap", async () => {
+  it("plain text under CONTROL_PLANE_AUTH_POLICY=NONE: no TLS in the bootstrap; istiod's xDS goes through the agent", async () => {
     const r = await runCli(["envoy", "bootstrap", "--json"], {
       env: { ...ENV, ISTIO_SVC_IP: "10.1.2.3", CONTROL_PLANE_AUTH_POLICY: "NONE" },
     });
     expect(r.code).toBe(0);
     expect(r.stdout).not.toContain("transport_socket");
-    expect(r.stdout).toContain('"port_value": 15010');
+    // The agent's xDS proxy dials istiod:15010; Envoy dials the agent's socket.
+    expect(r.stdout).toContain('"discoveryAddress": "istiod.istio-system.svc:15010"');
+    expect(r.stdout).toMatch(/"pipe": \{\s*"path": "[^"]*\/run\/istio-vm\/xds\/XDS"/);
+    const legacy = await runCli(["envoy", "bootstrap", "--json"], {
+      env: {
+        ...ENV,
+        ISTIO_SVC_IP: "10.1.2.3",
+        CONTROL_PLANE_AUTH_POLICY: "NONE",
+        ISTIO_CONTROL_PLANE: "legacy",
+        ENVOY_XDS_API: "v3",
+      },
+    });
+    expect(legacy.code, legacy.stderr).toBe(0);
+    expect(legacy.stdout).not.toContain("transport_socket");
+    expect(legacy.stdout).toContain('"port_value": 15010');
   });
 
   it("istiod profile: ISTIO_VERSION, PROXY_CONFIG over Istio's defaults and node.cluster by Istio's rule", async () => {
