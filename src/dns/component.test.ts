@@ -45,6 +45,17 @@ function answers(packet: Packet): string[] {
 const TABLE_PATH = "/vm/var/lib/istio/nds/name-table.json";
 const RESOLV = "/vm/etc/resolv.conf";
 
+/** A VM under /vm in namespace bookinfo with the DNS proxy on (istiod profile) at `port`. */
+function proxyEnv(port: number): Record<string, string> {
+  return {
+    ISTIO_VM_ROOT: "/vm",
+    ISTIO_SVC_IP: "10.0.0.5",
+    POD_NAMESPACE: "bookinfo",
+    ISTIO_META_DNS_CAPTURE: "true",
+    DNS_PROXY_PORT: String(port),
+  };
+}
+
 describe("dns component", () => {
   it("answers from the persisted table before istiod, then from istiod's, persists it, and follows resolv.conf", async () => {
     const port = await freePort();
@@ -55,13 +66,7 @@ describe("dns component", () => {
         receivedAt: Date.parse("2026-12-05T11:00:00Z"),
       }),
     });
-    const env = {
-      ISTIO_VM_ROOT: "/vm",
-      ISTIO_SVC_IP: "10.0.0.5",
-      POD_NAMESPACE: "bookinfo",
-      ISTIO_META_DNS_CAPTURE: "true",
-      DNS_PROXY_PORT: String(port),
-    };
+    const env = proxyEnv(port);
     const loaded = await loadConfig({ env, fs });
     const clock = new FakeClock(Date.parse("2026-12-05T12:00:00Z"));
     const metrics = new MetricsRegistry();
@@ -150,13 +155,7 @@ describe("dns component", () => {
         receivedAt: 0,
       }),
     });
-    const env = {
-      ISTIO_VM_ROOT: "/vm",
-      ISTIO_SVC_IP: "10.0.0.5",
-      POD_NAMESPACE: "bookinfo",
-      ISTIO_META_DNS_CAPTURE: "true",
-      DNS_PROXY_PORT: String(port),
-    };
+    const env = proxyEnv(port);
     const loaded = await loadConfig({ env, fs });
     const clock = new FakeClock(0);
     const component = createDnsProxyComponent({
@@ -239,12 +238,8 @@ describe("dns component with the real NDS source", () => {
       "/vm/etc/certs/key.pem": client.keyPem,
     });
     const env = {
-      ISTIO_VM_ROOT: "/vm",
-      ISTIO_SVC_IP: "10.0.0.5",
-      POD_NAMESPACE: "bookinfo",
+      ...proxyEnv(port),
       SERVICE_ACCOUNT: "vm",
-      ISTIO_META_DNS_CAPTURE: "true",
-      DNS_PROXY_PORT: String(port),
       PILOT_ADDRESS: xds.address,
     };
     const loaded = await loadConfig({ env, fs });
