@@ -6,7 +6,7 @@ import type { PilotRestServer } from "./pilot-rest.js";
 import { startPilotRest } from "./pilot-rest.js";
 import { clusterName, virtualHostDomains } from "./pilot-v1.js";
 import type { ObjectStore } from "./store.js";
-import { recipeMeshStore } from "../../test/support/recipe-mesh.js";
+import { HELLO_DOMAINS, recipeMeshStore } from "../../test/support/recipe-mesh.js";
 
 const VM_IP = "10.0.0.5";
 const NODE = `sidecar~${VM_IP}~vm1.default~default.svc.cluster.local`;
@@ -141,20 +141,7 @@ describe("dev Pilot v1 discovery (CDS, LDS, RDS) as Istio 0.2's Pilot served it"
       virtual_hosts: [
         {
           name: "hello.default.svc.cluster.local|http",
-          domains: [
-            "hello:80",
-            "hello",
-            "hello.default:80",
-            "hello.default",
-            "hello.default.svc:80",
-            "hello.default.svc",
-            "hello.default.svc.cluster:80",
-            "hello.default.svc.cluster",
-            "hello.default.svc.cluster.local:80",
-            "hello.default.svc.cluster.local",
-            "10.96.1.1:80",
-            "10.96.1.1",
-          ],
+          domains: HELLO_DOMAINS,
           routes: [{ prefix: "/", cluster: "out.hello.default.svc.cluster.local|http", timeout_ms: 0 }],
         },
       ],

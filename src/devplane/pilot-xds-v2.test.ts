@@ -10,7 +10,7 @@ import { parseServiceNode } from "./pilot-v1.js";
 import { ADS_V2, v2Routes } from "./pilot-xds-v2.js";
 import { startPilotXds } from "./pilot-xds.js";
 import type { ObjectStore } from "./store.js";
-import { recipeMeshStore } from "../../test/support/recipe-mesh.js";
+import { HELLO_DOMAINS, recipeMeshStore } from "../../test/support/recipe-mesh.js";
 
 const VM_IP = "10.150.0.5";
 const node: XdsNode = {
@@ -102,20 +102,7 @@ describe("dev Pilot, xDS v2 (Istio 0.8)", () => {
           virtual_hosts: [
             {
               name: "hello.default.svc.cluster.local:80",
-              domains: [
-                "hello:80",
-                "hello",
-                "hello.default:80",
-                "hello.default",
-                "hello.default.svc:80",
-                "hello.default.svc",
-                "hello.default.svc.cluster:80",
-                "hello.default.svc.cluster",
-                "hello.default.svc.cluster.local:80",
-                "hello.default.svc.cluster.local",
-                "10.96.1.1:80",
-                "10.96.1.1",
-              ],
+              domains: HELLO_DOMAINS,
               routes: [{ match: { prefix: "/" }, route: { cluster: "outbound|80||hello.default.svc.cluster.local" } }],
             },
           ],

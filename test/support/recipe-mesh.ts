@@ -24,3 +24,19 @@ export function recipeMeshStore(vmIp: string): ObjectStore {
   });
   return store;
 }
+
+/** The virtual host domains both Pilot generations (v1 RDS, v2 RDS) give `hello` (default namespace, 10.96.1.1:80). */
+export const HELLO_DOMAINS = [
+  "hello:80",
+  "hello",
+  "hello.default:80",
+  "hello.default",
+  "hello.default.svc:80",
+  "hello.default.svc",
+  "hello.default.svc.cluster:80",
+  "hello.default.svc.cluster",
+  "hello.default.svc.cluster.local:80",
+  "hello.default.svc.cluster.local",
+  "10.96.1.1:80",
+  "10.96.1.1",
+];
