@@ -12,7 +12,11 @@ import { ObjectStore } from "../devplane/store.js";
 import { systemClock } from "../platform/clock.js";
 import { NAME_TABLE_TYPE_URL } from "../xds/nds.js";
 import { MetricsRegistry } from "../agent/metrics.js";
+import type { LoadedConfig } from "../config/load.js";
 import { loadConfig } from "../config/load.js";
+import type { AgentDeps } from "../agent/component.js";
+import type { Clock } from "../platform/clock.js";
+import type { FileSystem } from "../platform/fs.js";
 import { createLogger } from "../platform/logger.js";
 import { nodeProcessRunner } from "../platform/process.js";
 import type { NameTableSource } from "./component.js";
@@ -44,6 +48,24 @@ function answers(packet: Packet): string[] {
 
 const TABLE_PATH = "/vm/var/lib/istio/nds/name-table.json";
 const RESOLV = "/vm/etc/resolv.conf";
+
+/** What the agent gives the component: its configuration, `fs`, real processes, a quiet logger. */
+function agentDeps(
+  loaded: LoadedConfig,
+  env: Record<string, string>,
+  fs: FileSystem,
+  clock: Clock,
+  metrics = new MetricsRegistry(),
+): AgentDeps {
+  return {
+    config: loaded.values,
+    loaded,
+    ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
+    logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
+    metrics,
+    events: createAgentEvents(),
+  };
+}
 
 /** A VM under /vm in namespace bookinfo with the DNS proxy on (istiod profile) at `port`. */
 function proxyEnv(port: number): Record<string, string> {
@@ -90,14 +112,7 @@ describe("dns component", () => {
       source,
       resolvConfPollMs: 5000,
       forwardTimeoutMs: 1000,
-    })({
-      config: loaded.values,
-      loaded,
-      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
-      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-      metrics,
-      events: createAgentEvents(),
-    });
+    })(agentDeps(loaded, env, fs, clock, metrics));
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();
     try {
@@ -168,15 +183,7 @@ describe("dns component", () => {
         }),
       resolvConfPollMs: 5000,
       forwardTimeoutMs: 1000,
-    })({
-      config: loaded.values,
-      loaded,
-      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
-      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-      metrics: new MetricsRegistry(),
-      events: createAgentEvents(),
-      env,
-    });
+    })(agentDeps(loaded, env, fs, clock));
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();
     try {
@@ -202,16 +209,7 @@ describe("dns component", () => {
         resolvConfPollMs: 5000,
         forwardTimeoutMs: 1000,
       });
-      expect(
-        factory({
-          config: loaded.values,
-          loaded,
-          ...fakePorts({ env: {}, fs, runner: nodeProcessRunner, clock: new FakeClock(0) }),
-          logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-          metrics: new MetricsRegistry(),
-          events: createAgentEvents(),
-        }),
-      ).toBeUndefined();
+      expect(factory(agentDeps(loaded, {}, fs, new FakeClock(0)))).toBeUndefined();
     }
   });
 });
@@ -248,14 +246,7 @@ describe("dns component with the real NDS source", () => {
       source: adsNameTableSource("vm1"),
       resolvConfPollMs: 5000,
       forwardTimeoutMs: 1000,
-    })({
-      config: loaded.values,
-      loaded,
-      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock: systemClock }),
-      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-      metrics: new MetricsRegistry(),
-      events: createAgentEvents(),
-    });
+    })(agentDeps(loaded, env, fs, systemClock));
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();
     try {
