@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { applyInterception, cleanInterception } from "../src/intercept/applier.js";
 import type { InterceptionSettings } from "../src/intercept/planner.js";
-import { planInterception, restoreInput } from "../src/intercept/planner.js";
+import { planInterception } from "../src/intercept/planner.js";
+import { restoreInput } from "../src/intercept/restore-input.js";
 import type { ProcessRunner } from "../src/platform/process.js";
 import { nodeProcessRunner } from "../src/platform/process.js";
 

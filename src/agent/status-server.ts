@@ -1,5 +1,5 @@
 import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
+import { listenOn } from "../platform/tcp.js";
 
 export interface Readiness {
   readonly ready: boolean;
@@ -49,14 +49,7 @@ export async function startStatusServer(options: StatusServerOptions): Promise<S
     res.writeHead(404, { "content-type": "text/plain" }).end("not found: try /healthz/ready or /metrics\n");
   });
   server.keepAliveTimeout = 5000;
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(options.port, options.host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  const info = server.address() as AddressInfo;
+  const info = await listenOn(server, options.port, options.host);
   return {
     address: `${info.address}:${info.port}`,
     close: () =>

@@ -25,6 +25,33 @@ afterEach(async () => {
   fixture = undefined;
 });
 
+/** The real agent frame with only the certificate component, on the real file system under `root` (ISTIO_VM_ROOT). */
+function startAgent(root: string): {
+  notifier: RecordingNotifier;
+  signals: ManualSignals;
+  logs: string[];
+  run: Promise<number>;
+} {
+  const notifier = new RecordingNotifier();
+  const signals = new ManualSignals();
+  const logs: string[] = [];
+  const run = runAgent({
+    ...fakePorts({
+      env: { ISTIO_VM_ROOT: root },
+      fs: nodeFileSystem,
+      runner: nodeProcessRunner,
+      clock: systemClock,
+      links: nodeLinkFileSystem,
+    }),
+    logger: createLogger({ level: "debug", format: "plain", write: (l) => logs.push(l) }),
+    notifier,
+    signals,
+    components: [certificateComponent],
+    version: "0.0.0-test",
+  });
+  return { notifier, signals, logs, run };
+}
+
 describe("certificate component in the agent", () => {
   it.each(["legacy", "istiod"] as const)(
     "%s: READY=1, then STATUS= ready with identity and expiry, stops on SIGTERM",
@@ -46,23 +73,7 @@ describe("certificate component in the agent", () => {
         join(root, "var/lib/istio/envoy/sidecar.env"),
         `ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${await freePort()}\nOUTPUT_CERTS=${fixture.dir}\n`,
       );
-      const notifier = new RecordingNotifier();
-      const signals = new ManualSignals();
-      const logs: string[] = [];
-      const run = runAgent({
-        ...fakePorts({
-          env: { ISTIO_VM_ROOT: root },
-          fs: nodeFileSystem,
-          runner: nodeProcessRunner,
-          clock: systemClock,
-          links: nodeLinkFileSystem,
-        }),
-        logger: createLogger({ level: "debug", format: "plain", write: (l) => logs.push(l) }),
-        notifier,
-        signals,
-        components: [certificateComponent],
-        version: "0.0.0-test",
-      });
+      const { notifier, signals, logs, run } = startAgent(root);
       await notifier.waitFor("READY", "1");
       const ready = await Promise.race([
         notifier.waitForStatus(/^ready: /),
@@ -97,23 +108,7 @@ describe("certificate component in the agent", () => {
       join(root, "var/lib/istio/envoy/sidecar.env"),
       `ISTIO_SVC_IP=10.0.0.5\nSTATUS_PORT=${await freePort()}\nOUTPUT_CERTS=${fixture.dir}\n`,
     );
-    const notifier = new RecordingNotifier();
-    const signals = new ManualSignals();
-    const logs: string[] = [];
-    const run = runAgent({
-      ...fakePorts({
-        env: { ISTIO_VM_ROOT: root },
-        fs: nodeFileSystem,
-        runner: nodeProcessRunner,
-        clock: systemClock,
-        links: nodeLinkFileSystem,
-      }),
-      logger: createLogger({ level: "debug", format: "plain", write: (l) => logs.push(l) }),
-      notifier,
-      signals,
-      components: [certificateComponent],
-      version: "0.0.0-test",
-    });
+    const { notifier, signals, logs, run } = startAgent(root);
     await notifier.waitForStatus(/^ready: .*renewal failing \(unavailable\)/);
     expect(fixture.server.calls).toEqual([]);
     await writeFile(join(root, "var/lib/istio/envoy/cluster.env"), cluster(fixture.server.port, "2h"));

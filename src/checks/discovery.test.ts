@@ -64,16 +64,17 @@ async function closedPort(): Promise<number> {
   return port;
 }
 
-describe("legacy discovery check, ENVOY_XDS_API=v1 (Pilot's v1 CDS and LDS for this node)", () => {
-  function meshStore(): ObjectStore {
-    const store = pilotStore();
-    store.create("services", {
-      metadata: { name: "mysqldb", namespace: "default" },
-      spec: { clusterIP: "10.96.0.20", ports: [{ name: "mysql", port: 3306 }] },
-    });
-    return store;
-  }
+/** Pilot's own Services plus the VM's service mysqldb (3306), not registered yet: the legacy v1 and v2 checks' mesh. */
+function meshStore(): ObjectStore {
+  const store = pilotStore();
+  store.create("services", {
+    metadata: { name: "mysqldb", namespace: "default" },
+    spec: { clusterIP: "10.96.0.20", ports: [{ name: "mysql", port: 3306 }] },
+  });
+  return store;
+}
 
+describe("legacy discovery check, ENVOY_XDS_API=v1 (Pilot's v1 CDS and LDS for this node)", () => {
   it("passes when CDS and LDS answer and the VM's inbound listener for each ISTIO_INBOUND_PORTS port is there", async () => {
     const store = meshStore();
     const pilot = await startPilotRest({ store });
@@ -141,15 +142,6 @@ describe("legacy discovery check, ENVOY_XDS_API=v2 (ADS v2 CDS and LDS, Istio 0.
     });
     workload = await ca.issueKeyPair({ identity: ca.spiffeId("default", "default") });
   });
-
-  function meshStore(): ObjectStore {
-    const store = pilotStore();
-    store.create("services", {
-      metadata: { name: "mysqldb", namespace: "default" },
-      spec: { clusterIP: "10.96.0.20", ports: [{ name: "mysql", port: 3306 }] },
-    });
-    return store;
-  }
 
   it("fetches CDS then LDS over mTLS to Pilot's SPIFFE id, ACKs both, and wants the VM's inbound listener", async () => {
     const store = meshStore();

@@ -5,7 +5,8 @@ import { RecordingIptablesRunner, natDump } from "../../test/fakes/iptables-runn
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { loadConfig } from "../config/load.js";
 import { createMeshCa } from "../devplane/mesh-ca.js";
-import { planInterception, restoreInput } from "../intercept/planner.js";
+import { planInterception } from "../intercept/planner.js";
+import { restoreInput } from "../intercept/restore-input.js";
 import { interceptionSettings } from "../intercept/settings.js";
 import { systemClock } from "../platform/clock.js";
 import type { Clock } from "../platform/clock.js";

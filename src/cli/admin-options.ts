@@ -39,6 +39,20 @@ export function withProfileOptions<T>(y: Argv<T>): Argv<T & ProfileArgs> {
     });
 }
 
+export interface OutputArgs {
+  output: string | undefined;
+}
+
+/** `-o/--output FILE` of a generator that prints its one public file unless told where to write it (see emitFile). */
+export function withOutputOption<T>(y: Argv<T>): Argv<T & OutputArgs> {
+  return y.option("output", {
+    alias: "o",
+    type: "string",
+    describe: "write to FILE (atomically, mode 0644) instead of standard output",
+    requiresArg: true,
+  });
+}
+
 /** The profile from --revision (Service istiod-<rev> must exist), --profile, or detection. */
 export async function profileFor(client: KubeClient, args: ProfileArgs): Promise<DetectedProfile> {
   if (args.revision !== undefined) {

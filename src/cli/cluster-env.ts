@@ -13,15 +13,14 @@ import {
 import { DEFAULT_LB_OPTIONS } from "../kube/kubedns.js";
 import type { ControlPlaneProfile } from "../kube/profile.js";
 import { corePath, getIfExists } from "../kube/profile.js";
-import type { KubeConnector, ProfileArgs } from "./admin-options.js";
-import { connectKube, profileFor, emitFile, withProfileOptions } from "./admin-options.js";
+import type { KubeConnector, OutputArgs, ProfileArgs } from "./admin-options.js";
+import { connectKube, profileFor, emitFile, withOutputOption, withProfileOptions } from "./admin-options.js";
 import type { CommandRuntime } from "./context.js";
 import type { KubeArgs } from "./kube-options.js";
 import { KUBE_OPTIONS_EPILOGUE, withKubeOptions } from "./kube-options.js";
 import { renderJson } from "./render.js";
 
-interface ClusterEnvArgs extends KubeArgs, ProfileArgs {
-  output: string | undefined;
+interface ClusterEnvArgs extends KubeArgs, ProfileArgs, OutputArgs {
   "service-cidr": string | undefined;
   "auth-policy": "MUTUAL_TLS" | "NONE";
   "inbound-ports": string | undefined;
@@ -68,13 +67,7 @@ export function clusterEnvCommand(
     command: "cluster-env",
     describe: "Generate cluster.env (service CIDR, control plane, identity) from the cluster's API",
     builder: (y) =>
-      withProfileOptions(withKubeOptions(y))
-        .option("output", {
-          alias: "o",
-          type: "string",
-          describe: "write to FILE (atomically, mode 0644) instead of standard output",
-          requiresArg: true,
-        })
+      withOutputOption(withProfileOptions(withKubeOptions(y)))
         .option("service-cidr", {
           type: "string",
           describe: "service CIDR(s), comma-separated, or * for all outbound traffic; default: asked from the cluster",

@@ -2,15 +2,21 @@ import type { CommandModule } from "yargs";
 import type { LbAddresses, LbRole } from "../kube/kubedns.js";
 import { DEFAULT_LB_OPTIONS, kubednsTargets, planKubedns, resolveLoadBalancers } from "../kube/kubedns.js";
 import type { ControlPlaneProfile } from "../kube/profile.js";
-import type { KubeConnector, ProfileArgs } from "./admin-options.js";
-import { connectKube, profileFor, emitFile, parseDurationFlag, withProfileOptions } from "./admin-options.js";
+import type { KubeConnector, OutputArgs, ProfileArgs } from "./admin-options.js";
+import {
+  connectKube,
+  profileFor,
+  emitFile,
+  parseDurationFlag,
+  withOutputOption,
+  withProfileOptions,
+} from "./admin-options.js";
 import type { CommandRuntime } from "./context.js";
 import type { KubeArgs } from "./kube-options.js";
 import { KUBE_OPTIONS_EPILOGUE, withKubeOptions } from "./kube-options.js";
 import { renderJson } from "./render.js";
 
-interface DnsmasqArgs extends KubeArgs, ProfileArgs {
-  output: string | undefined;
+interface DnsmasqArgs extends KubeArgs, ProfileArgs, OutputArgs {
   wait: string;
   "poll-interval": string;
   "dns-namespace": string;
@@ -36,13 +42,7 @@ export function dnsmasqCommand(
     command: "dnsmasq",
     describe: "Generate the dnsmasq file kubedns that resolves the control plane's names to its load balancers",
     builder: (y) =>
-      withProfileOptions(withKubeOptions(y))
-        .option("output", {
-          alias: "o",
-          type: "string",
-          describe: "write to FILE (atomically, mode 0644) instead of standard output",
-          requiresArg: true,
-        })
+      withOutputOption(withProfileOptions(withKubeOptions(y)))
         .option("wait", {
           type: "string",
           default: "2m",

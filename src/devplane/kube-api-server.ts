@@ -32,6 +32,7 @@ import { toTable } from "./kube-table.js";
 import type { ServiceAccountTokens } from "./sa-tokens.js";
 import { API_SERVER_AUDIENCE } from "./sa-tokens.js";
 import type { StoreEvent } from "./store.js";
+import { listenOn } from "../platform/tcp.js";
 
 const OPENAPI_HASH = "istio-vm-dev-1";
 
@@ -316,15 +317,8 @@ export async function startKubeApiServer(options: KubeApiServerOptions): Promise
           },
         );
       });
-      await new Promise<void>((resolve, reject) => {
-        server.once("error", reject);
-        server.listen(address.port, address.host, () => {
-          server.off("error", reject);
-          resolve();
-        });
-      });
+      const { port } = await listenOn(server, address.port, address.host);
       servers.push(server);
-      const port = (server.address() as { port: number }).port;
       urls.push(`https://${hostForUrl}:${port}`);
     }
   } catch (error) {

@@ -12,10 +12,11 @@ import { createSocket } from "node:dgram";
 import { networkInterfaces } from "node:os";
 import type { Socket as UdpSocket } from "node:dgram";
 import { isIP, createServer } from "node:net";
-import type { Server as TcpServer, Socket } from "node:net";
+import type { Socket } from "node:net";
 import * as dnsPacket from "dns-packet";
 import type { Answer, Packet, Question } from "dns-packet";
 import type { KubeObject, ObjectStore } from "./store.js";
+import { listenOn } from "../platform/tcp.js";
 
 export const CLUSTER_DOMAIN = "cluster.local";
 /** Short, as kube-dns' 5 s for services: the store changes under tests and demos. */
@@ -169,16 +170,6 @@ function bindUdp(host: string, port: number): Promise<UdpSocket> {
   });
 }
 
-function listenTcp(server: TcpServer, host: string, port: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-}
-
 function serveTcpConnection(socket: Socket, handle: (message: Buffer) => Buffer | undefined): void {
   let pending = Buffer.alloc(0);
   socket.setTimeout(10_000, () => socket.destroy());
@@ -225,7 +216,7 @@ export async function startKubeDns(options: StartKubeDnsOptions): Promise<KubeDn
       serveTcpConnection(socket, handle);
     });
     try {
-      await listenTcp(tcp, host, port);
+      await listenOn(tcp, port, host);
     } catch (error) {
       udp.close();
       if ((options.port ?? 0) === 0 && attempt < 10) continue;

@@ -22,13 +22,13 @@
 import { createServer } from "node:http";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
-import type { AddressInfo } from "node:net";
 import type { ProxyConnection } from "./pilot-xds.js";
 import type { ObjectStore } from "./store.js";
 import type { MeshService, ServiceInstance } from "./pilot-registry.js";
 import { findService, instancesOf, listServices } from "./pilot-registry.js";
 import { FAULT_SPEC_MAX_BYTES, NOT_LOOPBACK_MESSAGE, isLoopbackPeer, readFaultSpec } from "./fault-switch.js";
 import { v1Discovery } from "./pilot-v1.js";
+import { listenOn } from "../platform/tcp.js";
 
 export type PilotRestFault = "none" | "registry-unavailable";
 
@@ -228,14 +228,7 @@ export async function startPilotRest(options: StartPilotRestOptions): Promise<Pi
           },
           handler,
         );
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(options.port ?? 0, options.host ?? "127.0.0.1", () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  const info = server.address() as AddressInfo;
+  const info = await listenOn(server, options.port ?? 0, options.host ?? "127.0.0.1");
   const host = info.address;
   return {
     host,

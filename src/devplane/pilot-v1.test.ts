@@ -5,29 +5,15 @@ import { createMeshCa } from "./mesh-ca.js";
 import type { PilotRestServer } from "./pilot-rest.js";
 import { startPilotRest } from "./pilot-rest.js";
 import { clusterName, virtualHostDomains } from "./pilot-v1.js";
-import { ObjectStore } from "./store.js";
+import type { ObjectStore } from "./store.js";
+import { HELLO_DOMAINS, recipeMeshStore } from "../../test/support/recipe-mesh.js";
 
 const VM_IP = "10.0.0.5";
 const NODE = `sidecar~${VM_IP}~vm1.default~default.svc.cluster.local`;
 
+/** The recipe's mesh and a service in another namespace. */
 function seed(): ObjectStore {
-  const store = new ObjectStore();
-  store.create("services", {
-    metadata: { name: "mysqldb", namespace: "default" },
-    spec: { clusterIP: "10.96.0.20", ports: [{ name: "mysql", port: 3306 }] },
-  });
-  store.create("endpoints", {
-    metadata: { name: "mysqldb", namespace: "default" },
-    subsets: [{ addresses: [{ ip: VM_IP }], ports: [{ name: "mysql", port: 3306 }] }],
-  });
-  store.create("services", {
-    metadata: { name: "hello", namespace: "default" },
-    spec: { clusterIP: "10.96.1.1", ports: [{ name: "http", port: 80 }] },
-  });
-  store.create("endpoints", {
-    metadata: { name: "hello", namespace: "default" },
-    subsets: [{ addresses: [{ ip: "10.1.1.1" }], ports: [{ name: "http", port: 8080 }] }],
-  });
+  const store = recipeMeshStore(VM_IP);
   store.create("services", {
     metadata: { name: "web", namespace: "other" },
     spec: { clusterIP: "10.96.2.2", ports: [{ name: "http-api", port: 9080 }] },
@@ -155,20 +141,7 @@ describe("dev Pilot v1 discovery (CDS, LDS, RDS) as Istio 0.2's Pilot served it"
       virtual_hosts: [
         {
           name: "hello.default.svc.cluster.local|http",
-          domains: [
-            "hello:80",
-            "hello",
-            "hello.default:80",
-            "hello.default",
-            "hello.default.svc:80",
-            "hello.default.svc",
-            "hello.default.svc.cluster:80",
-            "hello.default.svc.cluster",
-            "hello.default.svc.cluster.local:80",
-            "hello.default.svc.cluster.local",
-            "10.96.1.1:80",
-            "10.96.1.1",
-          ],
+          domains: HELLO_DOMAINS,
           routes: [{ prefix: "/", cluster: "out.hello.default.svc.cluster.local|http", timeout_ms: 0 }],
         },
       ],

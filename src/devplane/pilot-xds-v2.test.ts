@@ -9,7 +9,8 @@ import { envoyProtoRoot } from "../../test/support/envoy-proto.js";
 import { parseServiceNode } from "./pilot-v1.js";
 import { ADS_V2, v2Routes } from "./pilot-xds-v2.js";
 import { startPilotXds } from "./pilot-xds.js";
-import { ObjectStore } from "./store.js";
+import type { ObjectStore } from "./store.js";
+import { HELLO_DOMAINS, recipeMeshStore } from "../../test/support/recipe-mesh.js";
 
 const VM_IP = "10.150.0.5";
 const node: XdsNode = {
@@ -18,27 +19,7 @@ const node: XdsNode = {
   metadata: { NAMESPACE: "default", istio: "sidecar" },
 };
 
-/** The legacy recipe's mesh: mysqldb (3306) registered on the VM, and an HTTP service in the cluster. */
-function seed(): ObjectStore {
-  const store = new ObjectStore();
-  store.create("services", {
-    metadata: { name: "mysqldb", namespace: "default" },
-    spec: { clusterIP: "10.96.0.20", ports: [{ name: "mysql", port: 3306 }] },
-  });
-  store.create("endpoints", {
-    metadata: { name: "mysqldb", namespace: "default" },
-    subsets: [{ addresses: [{ ip: VM_IP }], ports: [{ name: "mysql", port: 3306 }] }],
-  });
-  store.create("services", {
-    metadata: { name: "hello", namespace: "default" },
-    spec: { clusterIP: "10.96.1.1", ports: [{ name: "http", port: 80 }] },
-  });
-  store.create("endpoints", {
-    metadata: { name: "hello", namespace: "default" },
-    subsets: [{ addresses: [{ ip: "10.1.1.1" }], ports: [{ name: "http", port: 8080 }] }],
-  });
-  return store;
-}
+const seed = (): ObjectStore => recipeMeshStore(VM_IP);
 
 function legacyXds(store: ObjectStore) {
   return startPilotXds({ store, v3OnlyWhenAsked: true, alsoServe: ADS_V2 });
@@ -121,20 +102,7 @@ describe("dev Pilot, xDS v2 (Istio 0.8)", () => {
           virtual_hosts: [
             {
               name: "hello.default.svc.cluster.local:80",
-              domains: [
-                "hello:80",
-                "hello",
-                "hello.default:80",
-                "hello.default",
-                "hello.default.svc:80",
-                "hello.default.svc",
-                "hello.default.svc.cluster:80",
-                "hello.default.svc.cluster",
-                "hello.default.svc.cluster.local:80",
-                "hello.default.svc.cluster.local",
-                "10.96.1.1:80",
-                "10.96.1.1",
-              ],
+              domains: HELLO_DOMAINS,
               routes: [{ match: { prefix: "/" }, route: { cluster: "outbound|80||hello.default.svc.cluster.local" } }],
             },
           ],

@@ -29,7 +29,6 @@
 import { randomBytes } from "node:crypto";
 import { constants as h2, createSecureServer, createServer } from "node:http2";
 import type { Http2SecureServer, Http2Server, IncomingHttpHeaders, ServerHttp2Stream } from "node:http2";
-import type { AddressInfo } from "node:net";
 import type { AnyResource, DiscoveryRequest, DiscoveryResponse, XdsNode } from "../xds/protos.js";
 import {
   ADS_METHOD,
@@ -46,6 +45,7 @@ import { NAME_TABLE_TYPE_URL, packNameTable } from "../xds/nds.js";
 import type { AutoRegistration, RegisteredProxy } from "./pilot-autoreg.js";
 import { AutoRegistrationError } from "./pilot-autoreg.js";
 import { clusterResources, endpointResources, nameTable } from "./xds-resources.js";
+import { listenOn } from "../platform/tcp.js";
 import {
   GRPC,
   bearerToken,
@@ -447,14 +447,7 @@ export async function startPilotXds(options: StartPilotXdsOptions): Promise<Pilo
   const unwatch = store.watch((event) => {
     if (["services", "endpoints", "workloadentries"].includes(event.resource)) for (const push of active) push();
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(options.port ?? 0, options.host ?? "127.0.0.1", () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  const info = server.address() as AddressInfo;
+  const info = await listenOn(server, options.port ?? 0, options.host ?? "127.0.0.1");
   listening = info.address.includes(":") ? `[${info.address}]:${info.port}` : `${info.address}:${info.port}`;
   return {
     host: info.address,

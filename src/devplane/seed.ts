@@ -102,6 +102,17 @@ export function seedObjects(
     resource: "serviceaccounts",
     object: { apiVersion: "v1", kind: "ServiceAccount", metadata: { name, namespace } },
   });
+  /** A legacy component's ClusterIP Service in istio-system, labelled and selected by `istio: <component>`. */
+  const component = (name: string, istio: string, ports: Port[]): { resource: string; object: KubeObject } =>
+    svc({ name, namespace: ISTIO_NAMESPACE, selector: { istio }, labels: { istio }, ports });
+  /** One of mesh-expansion.yaml's internal load balancers (`*-ilb`): a LoadBalancer with GKE's internal annotations. */
+  const ilb = (
+    name: string,
+    namespace: string,
+    selector: Record<string, string>,
+    ports: Port[],
+  ): { resource: string; object: KubeObject } =>
+    svc({ name, namespace, type: "LoadBalancer", selector, annotations: ILB_ANNOTATIONS, ports });
   const objects = [
     ns("default"),
     ns("kube-system"),
@@ -146,73 +157,27 @@ export function seedObjects(
       sa(ISTIO_NAMESPACE, "istio-pilot-service-account"),
       sa(ISTIO_NAMESPACE, "istio-mixer-service-account"),
       sa(ISTIO_NAMESPACE, "istio-ca-service-account"),
-      svc({
-        name: "istio-pilot",
-        namespace: ISTIO_NAMESPACE,
-        selector: { istio: "pilot" },
-        labels: { istio: "pilot" },
-        ports: [
-          { name: "http-discovery", port: 8080 },
-          { name: "https-discovery", port: 15005 },
-          { name: "grpc-xds", port: 15010 },
-          { name: "https-xds", port: 15011 },
-        ],
-      }),
-      svc({
-        name: "istio-mixer",
-        namespace: ISTIO_NAMESPACE,
-        selector: { istio: "mixer" },
-        labels: { istio: "mixer" },
-        ports: [
-          { name: "grpc-mixer", port: 9091 },
-          { name: "grpc-mixer-mtls", port: 15004 },
-          { name: "http-monitoring", port: 9093 },
-        ],
-      }),
-      svc({
-        name: "istio-ca",
-        namespace: ISTIO_NAMESPACE,
-        selector: { istio: "istio-ca" },
-        labels: { istio: "istio-ca" },
-        ports: [{ name: "grpc-ca", port: 8060 }],
-      }),
-      svc({
-        name: "istio-pilot-ilb",
-        namespace: ISTIO_NAMESPACE,
-        type: "LoadBalancer",
-        selector: { istio: "pilot" },
-        annotations: ILB_ANNOTATIONS,
-        ports: [
-          { name: "https-pilot", port: 15005 },
-          { name: "http-pilot", port: 8080 },
-          { name: "grpc-pilot", port: 15010 },
-          { name: "tls-grpc-pilot", port: 15011 },
-        ],
-      }),
-      svc({
-        name: "mixer-ilb",
-        namespace: ISTIO_NAMESPACE,
-        type: "LoadBalancer",
-        selector: { istio: "mixer" },
-        annotations: ILB_ANNOTATIONS,
-        ports: [{ name: "grpc-mixer-mtls", port: 15004 }],
-      }),
-      svc({
-        name: "istio-ca-ilb",
-        namespace: ISTIO_NAMESPACE,
-        type: "LoadBalancer",
-        selector: { istio: "istio-ca" },
-        annotations: ILB_ANNOTATIONS,
-        ports: [{ name: "grpc-ca", port: 8060 }],
-      }),
-      svc({
-        name: "dns-ilb",
-        namespace: "kube-system",
-        type: "LoadBalancer",
-        selector: { "k8s-app": "kube-dns" },
-        annotations: ILB_ANNOTATIONS,
-        ports: [{ name: "dns", port: 53, protocol: "UDP" }],
-      }),
+      component("istio-pilot", "pilot", [
+        { name: "http-discovery", port: 8080 },
+        { name: "https-discovery", port: 15005 },
+        { name: "grpc-xds", port: 15010 },
+        { name: "https-xds", port: 15011 },
+      ]),
+      component("istio-mixer", "mixer", [
+        { name: "grpc-mixer", port: 9091 },
+        { name: "grpc-mixer-mtls", port: 15004 },
+        { name: "http-monitoring", port: 9093 },
+      ]),
+      component("istio-ca", "istio-ca", [{ name: "grpc-ca", port: 8060 }]),
+      ilb("istio-pilot-ilb", ISTIO_NAMESPACE, { istio: "pilot" }, [
+        { name: "https-pilot", port: 15005 },
+        { name: "http-pilot", port: 8080 },
+        { name: "grpc-pilot", port: 15010 },
+        { name: "tls-grpc-pilot", port: 15011 },
+      ]),
+      ilb("mixer-ilb", ISTIO_NAMESPACE, { istio: "mixer" }, [{ name: "grpc-mixer-mtls", port: 15004 }]),
+      ilb("istio-ca-ilb", ISTIO_NAMESPACE, { istio: "istio-ca" }, [{ name: "grpc-ca", port: 8060 }]),
+      ilb("dns-ilb", "kube-system", { "k8s-app": "kube-dns" }, [{ name: "dns", port: 53, protocol: "UDP" }]),
     );
   }
   if (profile === "istiod") {

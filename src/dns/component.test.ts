@@ -12,7 +12,11 @@ import { ObjectStore } from "../devplane/store.js";
 import { systemClock } from "../platform/clock.js";
 import { NAME_TABLE_TYPE_URL } from "../xds/nds.js";
 import { MetricsRegistry } from "../agent/metrics.js";
+import type { LoadedConfig } from "../config/load.js";
 import { loadConfig } from "../config/load.js";
+import type { AgentDeps } from "../agent/component.js";
+import type { Clock } from "../platform/clock.js";
+import type { FileSystem } from "../platform/fs.js";
 import { createLogger } from "../platform/logger.js";
 import { nodeProcessRunner } from "../platform/process.js";
 import type { NameTableSource } from "./component.js";
@@ -45,6 +49,35 @@ function answers(packet: Packet): string[] {
 const TABLE_PATH = "/vm/var/lib/istio/nds/name-table.json";
 const RESOLV = "/vm/etc/resolv.conf";
 
+/** What the agent gives the component: its configuration, `fs`, real processes, a quiet logger. */
+function agentDeps(
+  loaded: LoadedConfig,
+  env: Record<string, string>,
+  fs: FileSystem,
+  clock: Clock,
+  metrics = new MetricsRegistry(),
+): AgentDeps {
+  return {
+    config: loaded.values,
+    loaded,
+    ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
+    logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
+    metrics,
+    events: createAgentEvents(),
+  };
+}
+
+/** A VM under /vm in namespace bookinfo with the DNS proxy on (istiod profile) at `port`. */
+function proxyEnv(port: number): Record<string, string> {
+  return {
+    ISTIO_VM_ROOT: "/vm",
+    ISTIO_SVC_IP: "10.0.0.5",
+    POD_NAMESPACE: "bookinfo",
+    ISTIO_META_DNS_CAPTURE: "true",
+    DNS_PROXY_PORT: String(port),
+  };
+}
+
 describe("dns component", () => {
   it("answers from the persisted table before istiod, then from istiod's, persists it, and follows resolv.conf", async () => {
     const port = await freePort();
@@ -55,13 +88,7 @@ describe("dns component", () => {
         receivedAt: Date.parse("2026-12-05T11:00:00Z"),
       }),
     });
-    const env = {
-      ISTIO_VM_ROOT: "/vm",
-      ISTIO_SVC_IP: "10.0.0.5",
-      POD_NAMESPACE: "bookinfo",
-      ISTIO_META_DNS_CAPTURE: "true",
-      DNS_PROXY_PORT: String(port),
-    };
+    const env = proxyEnv(port);
     const loaded = await loadConfig({ env, fs });
     const clock = new FakeClock(Date.parse("2026-12-05T12:00:00Z"));
     const metrics = new MetricsRegistry();
@@ -85,14 +112,7 @@ describe("dns component", () => {
       source,
       resolvConfPollMs: 5000,
       forwardTimeoutMs: 1000,
-    })({
-      config: loaded.values,
-      loaded,
-      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
-      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-      metrics,
-      events: createAgentEvents(),
-    });
+    })(agentDeps(loaded, env, fs, clock, metrics));
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();
     try {
@@ -150,13 +170,7 @@ describe("dns component", () => {
         receivedAt: 0,
       }),
     });
-    const env = {
-      ISTIO_VM_ROOT: "/vm",
-      ISTIO_SVC_IP: "10.0.0.5",
-      POD_NAMESPACE: "bookinfo",
-      ISTIO_META_DNS_CAPTURE: "true",
-      DNS_PROXY_PORT: String(port),
-    };
+    const env = proxyEnv(port);
     const loaded = await loadConfig({ env, fs });
     const clock = new FakeClock(0);
     const component = createDnsProxyComponent({
@@ -169,15 +183,7 @@ describe("dns component", () => {
         }),
       resolvConfPollMs: 5000,
       forwardTimeoutMs: 1000,
-    })({
-      config: loaded.values,
-      loaded,
-      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock }),
-      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-      metrics: new MetricsRegistry(),
-      events: createAgentEvents(),
-      env,
-    });
+    })(agentDeps(loaded, env, fs, clock));
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();
     try {
@@ -203,16 +209,7 @@ describe("dns component", () => {
         resolvConfPollMs: 5000,
         forwardTimeoutMs: 1000,
       });
-      expect(
-        factory({
-          config: loaded.values,
-          loaded,
-          ...fakePorts({ env: {}, fs, runner: nodeProcessRunner, clock: new FakeClock(0) }),
-          logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-          metrics: new MetricsRegistry(),
-          events: createAgentEvents(),
-        }),
-      ).toBeUndefined();
+      expect(factory(agentDeps(loaded, {}, fs, new FakeClock(0)))).toBeUndefined();
     }
   });
 });
@@ -239,12 +236,8 @@ describe("dns component with the real NDS source", () => {
       "/vm/etc/certs/key.pem": client.keyPem,
     });
     const env = {
-      ISTIO_VM_ROOT: "/vm",
-      ISTIO_SVC_IP: "10.0.0.5",
-      POD_NAMESPACE: "bookinfo",
+      ...proxyEnv(port),
       SERVICE_ACCOUNT: "vm",
-      ISTIO_META_DNS_CAPTURE: "true",
-      DNS_PROXY_PORT: String(port),
       PILOT_ADDRESS: xds.address,
     };
     const loaded = await loadConfig({ env, fs });
@@ -253,14 +246,7 @@ describe("dns component with the real NDS source", () => {
       source: adsNameTableSource("vm1"),
       resolvConfPollMs: 5000,
       forwardTimeoutMs: 1000,
-    })({
-      config: loaded.values,
-      loaded,
-      ...fakePorts({ env, fs, runner: nodeProcessRunner, clock: systemClock }),
-      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-      metrics: new MetricsRegistry(),
-      events: createAgentEvents(),
-    });
+    })(agentDeps(loaded, env, fs, systemClock));
     if (component === undefined) throw new Error("no component");
     const controller = new AbortController();
     try {

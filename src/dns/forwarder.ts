@@ -28,76 +28,105 @@ function rcodeOf(response: Buffer): number {
   return (response[3] ?? 0) & 0x0f;
 }
 
-function exchangeUdp(query: Buffer, server: string, signal: AbortSignal): Promise<Buffer> {
-  const { host, port } = splitServer(server);
+/** How an exchange ends: with the answer, or with a failure named after the server. */
+interface Settle {
+  answer(message: Buffer): void;
+  fail(reason: string): void;
+}
+
+/**
+ * One exchange with `server` on a fresh socket (`open`), settled once by `start`'s answer or failure, a socket error or `signal`;
+ * settling closes the socket (`close`) and drops the abort listener, so a late event changes nothing.
+ */
+function exchangeOn<S extends { on(event: "error", listener: (error: Error) => void): unknown }>(
+  server: string,
+  signal: AbortSignal,
+  open: () => S,
+  close: (socket: S) => void,
+  start: (socket: S, settle: Settle) => void,
+): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const socket = createSocket(isIP(host.replace(/%.*$/, "")) === 6 ? "udp6" : "udp4");
-    let closed = false;
-    const done = (): void => {
-      if (closed) return;
-      closed = true;
+    const socket = open();
+    let settled = false;
+    const finish = (end: () => void): void => {
+      if (settled) return;
+      settled = true;
       signal.removeEventListener("abort", onAbort);
-      socket.close();
+      close(socket);
+      end();
+    };
+    const fail = (reason: string): void => {
+      finish(() => {
+        reject(new Error(`${server}: ${reason}`));
+      });
     };
     const onAbort = (): void => {
-      done();
-      reject(new Error(`${server}: cancelled`));
+      fail("cancelled");
     };
     signal.addEventListener("abort", onAbort, { once: true });
     socket.on("error", (error) => {
-      done();
-      reject(new Error(`${server}: ${error.message}`));
+      fail(error.message);
     });
-    socket.on("message", (message, rinfo) => {
-      // Only the server we asked, with our id, may answer (anything else is stray or spoofed).
-      if (rinfo.port !== port || rinfo.address !== host.replace(/%.*$/, "") || message.length < 12) return;
-      if (message.readUInt16BE(0) !== query.readUInt16BE(0)) return;
-      done();
-      resolve(message);
+    start(socket, {
+      answer: (message) => {
+        finish(() => {
+          resolve(message);
+        });
+      },
+      fail,
     });
-    socket.send(query, port, host);
   });
+}
+
+function exchangeUdp(query: Buffer, server: string, signal: AbortSignal): Promise<Buffer> {
+  const { host, port } = splitServer(server);
+  const address = host.replace(/%.*$/, "");
+  return exchangeOn(
+    server,
+    signal,
+    () => createSocket(isIP(address) === 6 ? "udp6" : "udp4"),
+    (socket) => socket.close(),
+    (socket, settle) => {
+      socket.on("message", (message, rinfo) => {
+        // Only the server we asked, with our id, may answer (anything else is stray or spoofed).
+        if (rinfo.port !== port || rinfo.address !== address || message.length < 12) return;
+        if (message.readUInt16BE(0) !== query.readUInt16BE(0)) return;
+        settle.answer(message);
+      });
+      socket.send(query, port, host);
+    },
+  );
 }
 
 function exchangeTcp(query: Buffer, server: string, signal: AbortSignal): Promise<Buffer> {
   const { host, port } = splitServer(server);
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host, port });
-    let buffered = Buffer.alloc(0);
-    const done = (): void => {
-      signal.removeEventListener("abort", onAbort);
-      socket.destroy();
-    };
-    const onAbort = (): void => {
-      done();
-      reject(new Error(`${server}: cancelled`));
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-    socket.on("error", (error) => {
-      done();
-      reject(new Error(`${server}: ${error.message}`));
-    });
-    socket.on("close", () => {
-      done();
-      reject(new Error(`${server}: connection closed before an answer`));
-    });
-    socket.on("connect", () => {
-      const length = Buffer.alloc(2);
-      length.writeUInt16BE(query.length);
-      socket.write(Buffer.concat([length, query]));
-    });
-    socket.on("data", (chunk) => {
-      buffered = Buffer.concat([buffered, chunk]);
-      if (buffered.length < 2) return;
-      const size = buffered.readUInt16BE(0);
-      if (buffered.length < 2 + size) return;
-      const message = buffered.subarray(2, 2 + size);
-      done();
-      if (message.length < 12 || message.readUInt16BE(0) !== query.readUInt16BE(0)) {
-        reject(new Error(`${server}: answer with a foreign id`));
-      } else resolve(Buffer.from(message));
-    });
-  });
+  return exchangeOn(
+    server,
+    signal,
+    () => connect({ host, port }),
+    (socket) => socket.destroy(),
+    (socket, settle) => {
+      let buffered = Buffer.alloc(0);
+      socket.on("close", () => {
+        settle.fail("connection closed before an answer");
+      });
+      socket.on("connect", () => {
+        const length = Buffer.alloc(2);
+        length.writeUInt16BE(query.length);
+        socket.write(Buffer.concat([length, query]));
+      });
+      socket.on("data", (chunk) => {
+        buffered = Buffer.concat([buffered, chunk]);
+        if (buffered.length < 2) return;
+        const size = buffered.readUInt16BE(0);
+        if (buffered.length < 2 + size) return;
+        const message = buffered.subarray(2, 2 + size);
+        if (message.length < 12 || message.readUInt16BE(0) !== query.readUInt16BE(0)) {
+          settle.fail("answer with a foreign id");
+        } else settle.answer(Buffer.from(message));
+      });
+    },
+  );
 }
 
 export interface ForwarderOptions {

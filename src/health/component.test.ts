@@ -8,7 +8,10 @@ import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { freePort } from "../../test/support/net.js";
 import { createAgentEvents } from "../agent/events.js";
 import { MetricsRegistry } from "../agent/metrics.js";
+import type { LoadedConfig } from "../config/load.js";
 import { loadConfig } from "../config/load.js";
+import type { AgentDeps } from "../agent/component.js";
+import type { Clock } from "../platform/clock.js";
 import { createMeshCa } from "../devplane/mesh-ca.js";
 import { AutoRegistration } from "../devplane/pilot-autoreg.js";
 import { startPilotXds } from "../devplane/pilot-xds.js";
@@ -23,6 +26,28 @@ import { createHealthComponent } from "./component.js";
 import type { HealthReport } from "./report.js";
 
 const CLUSTER = "outbound|80||vm-app.default.svc.cluster.local";
+
+/** What the agent gives a component: `fs` and its configuration, real HTTP and processes, a quiet logger. */
+function agentDeps(
+  fs: MemoryFileSystem,
+  loaded: LoadedConfig,
+  env: Record<string, string>,
+  clock: Clock,
+  metrics = new MetricsRegistry(),
+): AgentDeps {
+  return {
+    ...fakePorts({ fs, http: nodeHttpClient, hostname: () => "vm1" }),
+    config: loaded.values,
+    loaded,
+    fs,
+    runner: nodeProcessRunner,
+    clock,
+    logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
+    metrics,
+    events: createAgentEvents(),
+    env,
+  };
+}
 
 function listen(port: number): Promise<Server> {
   return new Promise((resolve, reject) => {
@@ -108,18 +133,9 @@ describe("health component against the dev istiod (real sockets)", () => {
     expect(loaded.problems).toEqual([]);
     const clock = new FakeClock();
     const metrics = new MetricsRegistry();
-    const component = createHealthComponent({ hostname: "vm1", http: nodeHttpClient, tcp: nodeTcpConnector })({
-      ...fakePorts({ fs, http: nodeHttpClient, hostname: () => "vm1" }),
-      config: loaded.values,
-      loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock,
-      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-      metrics,
-      events: createAgentEvents(),
-      env,
-    });
+    const component = createHealthComponent({ hostname: "vm1", http: nodeHttpClient, tcp: nodeTcpConnector })(
+      agentDeps(fs, loaded, env, clock, metrics),
+    );
     if (component === undefined) throw new Error("no health component");
     const controller = new AbortController();
     const entry = () => store.tryGet("workloadentries", "default", "vms-10.0.0.5");
@@ -212,18 +228,7 @@ describe("health component against the dev istiod (real sockets)", () => {
           });
         }),
       }),
-    })({
-      ...fakePorts({ fs, http: nodeHttpClient, hostname: () => "vm1" }),
-      config: loaded.values,
-      loaded,
-      fs,
-      runner: nodeProcessRunner,
-      clock,
-      logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-      metrics: new MetricsRegistry(),
-      events: createAgentEvents(),
-      env,
-    });
+    })(agentDeps(fs, loaded, env, clock));
     if (component === undefined) throw new Error("no health component");
     const controller = new AbortController();
     try {
@@ -252,21 +257,8 @@ describe("health component against the dev istiod (real sockets)", () => {
 
   it("is absent without a readinessProbe, and refuses one it cannot run", async () => {
     const fs = new MemoryFileSystem({});
-    const deps = async (env: Record<string, string>) => {
-      const loaded = await loadConfig({ env, fs });
-      return {
-        ...fakePorts({ fs, http: nodeHttpClient, hostname: () => "vm1" }),
-        config: loaded.values,
-        loaded,
-        fs,
-        runner: nodeProcessRunner,
-        clock: new FakeClock(),
-        logger: createLogger({ level: "error", format: "plain", write: () => undefined }),
-        metrics: new MetricsRegistry(),
-        events: createAgentEvents(),
-        env,
-      };
-    };
+    const deps = async (env: Record<string, string>): Promise<AgentDeps> =>
+      agentDeps(fs, await loadConfig({ env, fs }), env, new FakeClock());
     const factory = createHealthComponent({ hostname: "vm1", http: nodeHttpClient, tcp: nodeTcpConnector });
     expect(factory(await deps({ ISTIO_SVC_IP: "10.0.0.5" }))).toBeUndefined();
     const legacy = { ISTIO_CONTROL_PLANE: "legacy", PROXY_CONFIG: '{"readinessProbe":{"tcpSocket":{"port":1}}}' };

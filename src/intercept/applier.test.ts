@@ -1,7 +1,8 @@
 import { describe, expect, test } from "vitest";
 import { RecordingIptablesRunner, natDump } from "../../test/fakes/iptables-runner.js";
 import type { InterceptionSettings } from "./planner.js";
-import { planInterception, restoreInput, ruleLine } from "./planner.js";
+import { planInterception, ruleLine } from "./planner.js";
+import { restoreInput } from "./restore-input.js";
 import { applyInterception, cleanInterception } from "./applier.js";
 import { diffWithPlan, natTable, ourState } from "./show.js";
 

@@ -12,8 +12,10 @@
 import { AgentError } from "../platform/errors.js";
 import type { Logger } from "../platform/logger.js";
 import type { ProcessRunner } from "../platform/process.js";
-import type { Family, FamilyState, InterceptionPlan, TablePlan } from "./planner.js";
-import { FAMILIES, familyRestoreInput } from "./planner.js";
+import type { Family, InterceptionPlan, TablePlan } from "./planner.js";
+import type { FamilyState } from "./restore-input.js";
+import { FAMILIES } from "./planner.js";
+import { familyRestoreInput } from "./restore-input.js";
 import { diffFamily, familyState, familyStateIsEmpty, qualified } from "./show.js";
 
 export type Backend = "legacy" | "nft" | "default";

@@ -3,7 +3,9 @@ import { describe, expect, test } from "vitest";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { loadConfig, requireValid } from "../config/load.js";
 import type { InterceptionPlan, Rule } from "./planner.js";
-import { canonicalCidr, planInterception, renderPlan, ruleLine } from "./planner.js";
+import { planInterception, ruleLine } from "./planner.js";
+import { renderPlan } from "./restore-input.js";
+import { canonicalCidr } from "./canonical.js";
 import { interceptionSettings } from "./settings.js";
 import { passwdFileUsers } from "../platform/users.js";
 

@@ -1,7 +1,8 @@
 /**
- * The interception planner: configuration → the nat rules that send traffic to Envoy, as `iptables-restore` input.
+ * The interception planner: configuration → the nat rules that send traffic to Envoy (and the raw DNS zones).
  * Pure: no I/O, so the same plan is what `istio-vm iptables plan` prints, what the applier feeds to the kernel and
- * what `show` compares the kernel with. Rules are written exactly as `iptables-save` prints them (both back ends), so
+ * what `show` compares the kernel with; restore-input.ts writes it as `iptables-restore` text, canonical.ts writes
+ * addresses the way `iptables-save` does. Rules are written exactly as `iptables-save` prints them (both back ends), so
  * a plan and a saved table compare line by line.
  *
  * Semantics chosen where the original changed between versions (see README.md in this folder):
@@ -16,6 +17,7 @@
 import type { ConfigValues } from "../config/registry.js";
 import type { Cidr, CidrsOrAll, PortsOrAll } from "../config/types.js";
 import { inboundExcludePorts } from "../config/load.js";
+import { canonicalCidr } from "./canonical.js";
 
 export type Family = 4 | 6;
 export const FAMILIES: readonly Family[] = [4, 6];
@@ -163,60 +165,6 @@ export function parseInterfaceList(raw: string): string[] {
 
 export function invalidInterfaces(names: readonly string[]): string[] {
   return names.filter((n) => !INTERFACE_NAME.test(n));
-}
-
-function ipv4Canonical(address: string): string {
-  return address
-    .split(".")
-    .map((o) => String(Number(o)))
-    .join(".");
-}
-
-function ipv6Canonical(address: string): string {
-  let text = address.toLowerCase();
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4?.[1] !== undefined) {
-    const octets = v4[1].split(".").map(Number);
-    const hi = (((octets[0] ?? 0) << 8) | (octets[1] ?? 0)).toString(16);
-    const lo = (((octets[2] ?? 0) << 8) | (octets[3] ?? 0)).toString(16);
-    text = `${text.slice(0, -v4[1].length)}${hi}:${lo}`;
-  }
-  const [head = "", tail] = text.split("::");
-  const headGroups = head === "" ? [] : head.split(":");
-  const tailGroups = tail === undefined || tail === "" ? [] : tail.split(":");
-  const fill = tail === undefined ? 0 : 8 - headGroups.length - tailGroups.length;
-  const groups = [...headGroups, ...Array<string>(fill).fill("0"), ...tailGroups].map((g) => parseInt(g, 16));
-  // RFC 5952: compress the longest run (≥ 2) of zero groups, the first one on a tie.
-  let bestStart = -1;
-  let bestLength = 0;
-  for (let i = 0; i < groups.length;) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < groups.length && groups[j] === 0) j++;
-    if (j - i > bestLength && j - i >= 2) {
-      bestStart = i;
-      bestLength = j - i;
-    }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  // Like glibc's inet_ntop (so like iptables-save): an IPv4-compatible or -mapped address ends in dotted IPv4.
-  if (bestStart === 0 && (bestLength === 6 || (bestLength === 5 && groups[5] === 0xffff))) {
-    const [hi = 0, lo = 0] = groups.slice(6);
-    const v4 = [hi >> 8, hi & 0xff, lo >> 8, lo & 0xff].join(".");
-    return bestLength === 6 ? `::${v4}` : `::ffff:${v4}`;
-  }
-  if (bestStart < 0) return hex.join(":");
-  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
-}
-
-/** A CIDR as iptables-save prints it (`10.23.0.0/16`, `fd00::/64`). */
-export function canonicalCidr(cidr: Cidr): string {
-  const address = cidr.family === 4 ? ipv4Canonical(cidr.address) : ipv6Canonical(cidr.address);
-  return `${address}/${cidr.prefix}`;
 }
 
 /** `-d CIDR ` or nothing: iptables-save omits a match on the whole address space. */
@@ -508,80 +456,6 @@ export function ruleLine(rule: Rule): string {
   return `-A ${rule.chain} ${rule.spec}`;
 }
 
-/** What the kernel holds of ours in one table of one family (show.ts reads it from `iptables-save`). */
-export interface OurState {
-  readonly table: TableName;
-  /** Our chains that exist, in OUR_CHAINS order. */
-  readonly chains: readonly OurChain[];
-  /** Rules inside our chains, in kernel order per chain. */
-  readonly rules: readonly Rule[];
-  /** Rules in built-in chains that jump to one of our chains (tagged or left by an older tool with our names). */
-  readonly jumps: readonly Rule[];
-  /** Our chains that a chain of someone else's jumps to: they can be flushed but not deleted. */
-  readonly referencedByOthers: ReadonlyMap<OurChain, readonly string[]>;
-}
-
-export function emptyState(table: TableName): OurState {
-  return { table, chains: [], rules: [], jumps: [], referencedByOthers: new Map() };
-}
-
-export const EMPTY_STATE: OurState = emptyState("nat");
-
-/** One family's state: one entry per table of TABLES (a table missing from the save is empty). */
-export type FamilyState = readonly OurState[];
-
-export function stateIsEmpty(state: OurState): boolean {
-  return state.chains.length === 0 && state.jumps.length === 0;
-}
-
-/**
- * The `iptables-restore --noflush` input that turns `state` into `plan` (undefined plan: remove everything of ours);
- * the only place restore text is written. Our jumps in built-in chains are deleted by their exact saved text (a
- * changed rule makes the restore fail rather than delete the wrong one); every chain of ours is declared, which
- * creates or flushes it; chains no longer planned are then deleted unless someone else's chain jumps to them (those
- * stay, empty). The built-in chains are never flushed. From an empty kernel this is the plan itself.
- */
-export function restoreInput(plan: TablePlan | undefined, state: OurState = EMPTY_STATE): string {
-  const planned = new Set<OurChain>(plan?.chains ?? []);
-  const stale = state.chains.filter((c) => !planned.has(c));
-  const lines = [
-    `*${plan?.table ?? state.table}`,
-    ...state.jumps.map((j) => `-D ${j.chain} ${j.spec}`),
-    ...[...planned, ...stale].map((c) => `:${c} - [0:0]`),
-    ...stale.filter((c) => !state.referencedByOthers.has(c)).map((c) => `-X ${c}`),
-    ...(plan?.rules ?? []).map(ruleLine),
-    "COMMIT",
-    "",
-  ];
-  return lines.join("\n");
-}
-
-/**
- * One family's `iptables-restore --noflush` input: a `*table … COMMIT` block for each table that is planned or
- * holds something of ours, nat first (a rejected raw block then leaves the redirects without zones, which still
- * resolve, rather than zones without redirects).
- */
-export function familyRestoreInput(tables: readonly TablePlan[], states: FamilyState = []): string {
-  return TABLES.map((name) => {
-    const plan = tables.find((t) => t.table === name);
-    const state = states.find((s) => s.table === name) ?? emptyState(name);
-    return plan === undefined && stateIsEmpty(state) ? "" : restoreInput(plan, state);
-  }).join("");
-}
-
 export function ruleCount(plan: InterceptionPlan): number {
   return plan.families.reduce((n, f) => n + f.tables.reduce((m, t) => m + t.rules.length, 0), 0);
-}
-
-/** The whole plan as text, one block per family: what `istio-vm iptables plan` prints (the restore input for an
- * empty kernel). */
-export function renderPlan(plan: InterceptionPlan): string {
-  return plan.families
-    .map((f) => {
-      const tool = f.family === 4 ? "iptables-restore" : "ip6tables-restore";
-      const header = `# IPv${f.family}: ${tool} --noflush input`;
-      if (f.tables.length === 0) return `${header}\n# (nothing to capture)\n`;
-      return `${header}\n${familyRestoreInput(f.tables)}`;
-    })
-    .join("\n");
 }

@@ -2,8 +2,10 @@
  * Reads `iptables-save` output: which of our chains exist, their rules, the jumps to them from built-in chains, and
  * who else points at them. `diffWithPlan` compares that with a plan line by line (plans are written in save form).
  */
-import type { FamilyState, OurChain, OurState, Rule, TableName, TablePlan } from "./planner.js";
-import { BUILTIN_CHAINS, TABLES, TABLE_CHAINS, emptyState, isOurChain, ruleLine, stateIsEmpty } from "./planner.js";
+import type { OurChain, Rule, TableName, TablePlan } from "./planner.js";
+import type { FamilyState, OurState } from "./restore-input.js";
+import { BUILTIN_CHAINS, TABLES, TABLE_CHAINS, isOurChain, ruleLine } from "./planner.js";
+import { emptyState, stateIsEmpty } from "./restore-input.js";
 
 export { stateIsEmpty };
 

@@ -57,6 +57,17 @@ function decodeData(data: string, field: string, context: ResolvedContext): stri
 }
 
 /** The credential provider for the selected user: static material, a token file, or an exec plugin. */
+/** A PEM a kubeconfig gives as `<field>-data` (inline, base64) or `<field>` (a file); `-data` wins, as in kubectl. */
+async function pemFrom(
+  fs: FileSystem,
+  source: { readonly data: string | undefined; readonly path: string | undefined },
+  field: string,
+  context: ResolvedContext,
+): Promise<string | undefined> {
+  if (source.data !== undefined) return decodeData(source.data, field, context);
+  return source.path === undefined ? undefined : readReferenced(fs, source.path, field, context);
+}
+
 async function credentialsFor(
   context: ResolvedContext,
   options: CreateKubeClientOptions,
@@ -74,18 +85,13 @@ async function credentialsFor(
       kind: "config",
     });
   }
-  let certPem =
-    user.clientCertificateData !== undefined
-      ? decodeData(user.clientCertificateData, "client-certificate", context)
-      : user.clientCertificate === undefined
-        ? undefined
-        : await readReferenced(options.fs, user.clientCertificate, "client-certificate", context);
-  let keyPem =
-    user.clientKeyData !== undefined
-      ? decodeData(user.clientKeyData, "client-key", context)
-      : user.clientKey === undefined
-        ? undefined
-        : await readReferenced(options.fs, user.clientKey, "client-key", context);
+  let certPem = await pemFrom(
+    options.fs,
+    { data: user.clientCertificateData, path: user.clientCertificate },
+    "client-certificate",
+    context,
+  );
+  let keyPem = await pemFrom(options.fs, { data: user.clientKeyData, path: user.clientKey }, "client-key", context);
   if ((certPem === undefined) !== (keyPem === undefined)) {
     throw new AgentError({
       code: "KUBECONFIG_INVALID",
@@ -169,12 +175,12 @@ export async function resolveKubeContext(options: CreateKubeClientOptions): Prom
 export async function createKubeClient(options: CreateKubeClientOptions): Promise<HttpKubeClient> {
   const context = await resolveKubeContext(options);
   const { cluster } = context;
-  let caPem: string | undefined;
-  if (cluster.certificateAuthorityData !== undefined) {
-    caPem = decodeData(cluster.certificateAuthorityData, "certificate-authority", context);
-  } else if (cluster.certificateAuthority !== undefined) {
-    caPem = await readReferenced(options.fs, cluster.certificateAuthority, "certificate-authority", context);
-  }
+  const caPem = await pemFrom(
+    options.fs,
+    { data: cluster.certificateAuthorityData, path: cluster.certificateAuthority },
+    "certificate-authority",
+    context,
+  );
   if (cluster.insecureSkipTlsVerify) {
     options.logger?.warn(
       `cluster "${context.clusterName}" sets insecure-skip-tls-verify: the API server's identity is not checked, so anyone on the network path can impersonate it`,

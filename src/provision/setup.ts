@@ -237,8 +237,17 @@ export function copyCommand(
   return { command, args: [...pre, ...commonArgs(settings.ssh, "-P", rawHost), "-q", "--", local, target] };
 }
 
-/** An ssh command line that runs `script` with sh on HOST (pure). */
-function sshCommand(settings: SetupSettings, rawHost: string, script: string): { command: string; args: string[] } {
+/**
+ * `ssh` (with the words of --ssh) for HOST ([user@]host): `options`, the login, `control` (ssh's own requests, e.g.
+ * `-O exit`), then `--`, the host and `remote` (pure). `--` ends ssh's options: the host is never read as one. After
+ * it, OpenSSH (ssh.c, opt_terminated) takes the host and then the command verbatim; older versions parse options
+ * again after the host, which the command word (it starts with `sh`) never looks like.
+ */
+function sshInvocation(
+  settings: SetupSettings,
+  rawHost: string,
+  parts: { readonly options: readonly string[]; readonly control?: readonly string[]; readonly remote?: string },
+): { command: string; args: string[] } {
   const { user, host } = parseHost(rawHost);
   const login = user ?? settings.ssh.user;
   const [command = "ssh", ...pre] = settings.ssh.ssh;
@@ -246,16 +255,22 @@ function sshCommand(settings: SetupSettings, rawHost: string, script: string): {
     command,
     args: [
       ...pre,
-      ...commonArgs(settings.ssh, "-p", rawHost),
+      ...parts.options,
       ...(login === undefined ? [] : ["-l", login]),
-      // `--` ends ssh's options: the host is never read as one. After it, OpenSSH (ssh.c, opt_terminated) takes the
-      // host and then the command verbatim; older versions parse options again after the host, which the command
-      // word (it starts with `sh`) never looks like.
+      ...(parts.control ?? []),
       "--",
       host,
-      `sh -c ${shellQuote(script)}`,
+      ...(parts.remote === undefined ? [] : [parts.remote]),
     ],
   };
+}
+
+/** An ssh command line that runs `script` with sh on HOST (pure). */
+function sshCommand(settings: SetupSettings, rawHost: string, script: string): { command: string; args: string[] } {
+  return sshInvocation(settings, rawHost, {
+    options: commonArgs(settings.ssh, "-p", rawHost),
+    remote: `sh -c ${shellQuote(script)}`,
+  });
 }
 
 /** The check before the copy: the package's status and version as dpkg has them, one line (pure). */
@@ -277,23 +292,14 @@ export function closeCommand(
 ): { command: string; args: string[] } | undefined {
   const m = settings.ssh.multiplex;
   if (m === undefined) return undefined;
-  const { user, host } = parseHost(rawHost);
-  const login = user ?? settings.ssh.user;
-  const [command = "ssh", ...pre] = settings.ssh.ssh;
-  return {
-    command,
-    args: [
-      ...pre,
+  return sshInvocation(settings, rawHost, {
+    options: [
       "-o",
       `ControlPath=${controlPath(m, rawHost)}`,
       ...(settings.ssh.port === undefined ? [] : ["-p", String(settings.ssh.port)]),
-      ...(login === undefined ? [] : ["-l", login]),
-      "-O",
-      "exit",
-      "--",
-      host,
     ],
-  };
+    control: ["-O", "exit"],
+  });
 }
 
 /** The remote shell script run after the copy (pure). */

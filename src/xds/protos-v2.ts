@@ -10,7 +10,7 @@
 import protobuf from "protobufjs";
 import descriptor from "./xds-v2-descriptor.json" with { type: "json" };
 import type { AnyResource, DiscoveryRequest, DiscoveryResponse, RpcStatus, StructValue, XdsNode } from "./protos.js";
-import { fromStruct, toStruct } from "./protos.js";
+import { discoveryResponseFrom, fromStruct, toStruct } from "./protos.js";
 
 /** The v2 resource type URLs Istio 0.8's Pilot served over ADS. */
 export const V2_TYPE = {
@@ -87,15 +87,7 @@ export function encodeDiscoveryResponseV2(response: DiscoveryResponse): Buffer {
 
 export function decodeDiscoveryResponseV2(bytes: Buffer): DiscoveryResponse {
   const type = v2Type("envoy.api.v2.DiscoveryResponse");
-  const object = type.toObject(type.decode(bytes), { ...CONVERT, defaults: true }) as Record<string, unknown>;
-  const controlPlane = object["control_plane"] as { identifier: string } | null | undefined;
-  return {
-    version_info: object["version_info"] as string,
-    resources: object["resources"] as AnyResource[],
-    type_url: object["type_url"] as string,
-    nonce: object["nonce"] as string,
-    ...(controlPlane === null || controlPlane === undefined ? {} : { control_plane: controlPlane }),
-  };
+  return discoveryResponseFrom(type.toObject(type.decode(bytes), { ...CONVERT, defaults: true }));
 }
 
 /** A v2 resource in protobufjs' object form (snake_case; Struct, Duration and wrappers in their message shapes). */

@@ -187,6 +187,11 @@ export function decodeDiscoveryResponse(bytes: Buffer): DiscoveryResponse {
     string,
     unknown
   >;
+  return discoveryResponseFrom(object);
+}
+
+/** A DiscoveryResponse from protobufjs' object form (v3's and v2's have the same fields). */
+export function discoveryResponseFrom(object: Record<string, unknown>): DiscoveryResponse {
   const controlPlane = object["control_plane"] as { identifier: string } | null | undefined;
   return {
     version_info: object["version_info"] as string,
@@ -222,17 +227,22 @@ export function unpackClusterLoadAssignment(resource: AnyResource): ClusterLoadA
   ) as ClusterLoadAssignmentResource;
 }
 
-/** The ADS service for @grpc/grpc-js (client constructor and server), with the encoders above. */
-export const ADS_SERVICE: ServiceDefinition = {
-  StreamAggregatedResources: {
-    path: ADS_METHOD,
+/** A bidirectional stream of v3 DiscoveryRequests and DiscoveryResponses at `path` (ADS and SDS alike). */
+function discoveryStream(path: string): ServiceDefinition[string] {
+  return {
+    path,
     requestStream: true,
     responseStream: true,
     requestSerialize: (value: DiscoveryRequest) => encodeDiscoveryRequest(value),
     requestDeserialize: (bytes: Buffer) => decodeDiscoveryRequest(bytes),
     responseSerialize: (value: DiscoveryResponse) => encodeDiscoveryResponse(value),
     responseDeserialize: (bytes: Buffer) => decodeDiscoveryResponse(bytes),
-  },
+  };
+}
+
+/** The ADS service for @grpc/grpc-js (client constructor and server), with the encoders above. */
+export const ADS_SERVICE: ServiceDefinition = {
+  StreamAggregatedResources: discoveryStream(ADS_METHOD),
 };
 
 /**
@@ -270,13 +280,5 @@ export function unpackSecret(resource: AnyResource): SecretResource {
 
 /** The SDS service (StreamSecrets only: the agent does not implement delta or fetch), with the encoders above. */
 export const SDS_SERVICE: ServiceDefinition = {
-  StreamSecrets: {
-    path: SDS_METHOD,
-    requestStream: true,
-    responseStream: true,
-    requestSerialize: (value: DiscoveryRequest) => encodeDiscoveryRequest(value),
-    requestDeserialize: (bytes: Buffer) => decodeDiscoveryRequest(bytes),
-    responseSerialize: (value: DiscoveryResponse) => encodeDiscoveryResponse(value),
-    responseDeserialize: (bytes: Buffer) => decodeDiscoveryResponse(bytes),
-  },
+  StreamSecrets: discoveryStream(SDS_METHOD),
 };
