@@ -34,6 +34,7 @@ import {
   encodeIstioCertificateRequest,
 } from "./ca-messages.js";
 import { splitPemCertificates } from "./verify.js";
+import { reasonError } from "../platform/errors.js";
 
 export type CaProtocol = "legacy" | "istiod";
 
@@ -44,14 +45,7 @@ export type CaProtocol = "legacy" | "istiod";
 export type CaFailureReason =
   "unavailable" | "untrusted" | "deadline" | "unauthenticated" | "denied" | "invalid-response" | "cancelled" | "error";
 
-export class CaCallError extends Error {
-  readonly reason: CaFailureReason;
-  constructor(reason: CaFailureReason, message: string) {
-    super(message);
-    this.name = "CaCallError";
-    this.reason = reason;
-  }
-}
+export class CaCallError extends reasonError<CaFailureReason>("CaCallError") {}
 
 /** How the call authenticates: the current pair (mTLS), or a Kubernetes service-account token (istiod only). */
 export type CaCredential =

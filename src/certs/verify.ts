@@ -10,19 +10,13 @@ import * as x509 from "@peculiar/x509";
 import { X509Certificate, createPrivateKey, webcrypto } from "node:crypto";
 import type { KeyObject } from "node:crypto";
 import { describeKey } from "./keys.js";
+import { reasonError } from "../platform/errors.js";
 
 x509.cryptoProvider.set(webcrypto);
 
 export type RejectReason = "malformed" | "chain" | "identity" | "expired" | "not-yet-valid" | "key-mismatch";
 
-export class CertificateRejected extends Error {
-  readonly reason: RejectReason;
-  constructor(reason: RejectReason, message: string) {
-    super(message);
-    this.name = "CertificateRejected";
-    this.reason = reason;
-  }
-}
+export class CertificateRejected extends reasonError<RejectReason>("CertificateRejected") {}
 
 const CERT_BLOCK = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
 

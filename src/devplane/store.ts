@@ -4,6 +4,7 @@
  * `istio-vm dev` all read from this one store.
  */
 import { randomUUID } from "node:crypto";
+import { reasonError } from "../platform/errors.js";
 
 export interface ObjectMeta {
   name: string;
@@ -28,14 +29,7 @@ export type Resource = string;
 
 export type StoreErrorReason = "NotFound" | "AlreadyExists" | "Conflict" | "Invalid";
 
-export class StoreError extends Error {
-  readonly reason: StoreErrorReason;
-  constructor(reason: StoreErrorReason, message: string) {
-    super(message);
-    this.name = "StoreError";
-    this.reason = reason;
-  }
-}
+export class StoreError extends reasonError<StoreErrorReason>("StoreError") {}
 
 export type StoreEvent = { type: "ADDED" | "MODIFIED" | "DELETED"; resource: Resource; object: KubeObject };
 

@@ -63,6 +63,22 @@ export class ConfigError extends AgentError {
   }
 }
 
+/**
+ * An error class whose instances carry a machine-readable `reason` beside the message (a CA call's failure kind, a
+ * rejected certificate's, a store conflict's): `class CaCallError extends reasonError<CaFailureReason>("CaCallError")
+ * {}`. `name` is given, not taken from the class, so minified bundles keep it.
+ */
+export function reasonError<R>(name: string) {
+  return class extends Error {
+    readonly reason: R;
+    constructor(reason: R, message: string) {
+      super(message);
+      this.name = name;
+      this.reason = reason;
+    }
+  };
+}
+
 /** A message for any thrown value, without leaking stack traces into user output. */
 export function describeError(error: unknown): string {
   if (error instanceof Error) return error.message;

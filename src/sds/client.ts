@@ -3,6 +3,7 @@
  * take the first response, and close without ACKing (a check is not a subscriber). Under one deadline.
  */
 import * as grpc from "@grpc/grpc-js";
+import { reasonError } from "../platform/errors.js";
 import { grpcStatusName } from "../xds/ads-client.js";
 import type { DiscoveryRequest, DiscoveryResponse, SecretResource } from "../xds/protos.js";
 import {
@@ -18,15 +19,8 @@ export interface FetchedSecrets {
   readonly secrets: readonly SecretResource[];
 }
 
-export class SdsFetchError extends Error {
-  /** The socket's errno (ENOENT, EACCES, ECONNREFUSED) when the connection failed, else the gRPC status name. */
-  readonly reason: string;
-  constructor(reason: string, message: string) {
-    super(message);
-    this.name = "SdsFetchError";
-    this.reason = reason;
-  }
-}
+/** The socket's errno (ENOENT, EACCES, ECONNREFUSED) when the connection failed, else the gRPC status name. */
+export class SdsFetchError extends reasonError<string>("SdsFetchError") {}
 
 export function fetchSecrets(
   socketPath: string,
