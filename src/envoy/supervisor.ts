@@ -10,7 +10,9 @@
  *   every epoch (hot-restart races, as pilot-agent said), and epoch 0 starts again after a backoff (RestartPolicy).
  *   When the budget is spent the supervisor gives up: `onFatal` is called, and the agent exits non-zero.
  * - Readiness is the admin's /ready of the newest epoch (its /server_info must name that epoch: during a hot restart
- *   the parent answers on the admin port until the child takes it over).
+ *   the parent answers on the admin port until the child takes it over; admin.ts).
+ * - Certificates (certificate-watch.ts): legacy profile, a change (announced, or noticed by hashing the PEM files
+ *   every certPollMs) asks for a new epoch once per debounce window; istiod profile, nothing (SDS pushes them).
  * - Stop: POST /drain_listeners?graceful, wait the drain time (or until Envoy exits), SIGTERM each process group, and
  *   SIGKILL what is left after `killTimeoutMs`.
  * - Before epoch 0 (housekeeping.ts): shared-memory files in ISTIO_SHM_DIR owned by another user are removed (Envoy
@@ -31,7 +33,9 @@ import type { Logger } from "../platform/logger.js";
 import { formatCommand } from "../platform/process.js";
 import type { UserDirectory } from "../platform/users.js";
 import { usesSds } from "../sds/socket.js";
+import { epochReady } from "./admin.js";
 import type { BootstrapJson } from "./bootstrap.js";
+import { CertificateWatch } from "./certificate-watch.js";
 import type { Housekeeping } from "./housekeeping.js";
 import { certificateHash, envoyEnv, prepareFirstEpoch, resolveEnvoyOwner } from "./housekeeping.js";
 import { bootstrapPath, renderBootstrap, serializeBootstrap, serviceNode } from "./bootstrap.js";
@@ -118,10 +122,7 @@ export class EnvoySupervisor {
   #nextAttemptAt: number | undefined;
   /** Pending timers on the clock port, as cancel functions (any delay is safe there; see src/platform/clock.ts). */
   #cancelRetry: (() => void) | undefined;
-  #cancelDebounce: (() => void) | undefined;
-  readonly #poll = new AbortController();
-  #polling: Promise<void> | undefined;
-  #lastCertHash: string | undefined;
+  readonly #certs: CertificateWatch;
   #pendingReason: RestartReason = "start";
   #stopping = false;
   #owner: FileOwner | undefined;
@@ -132,6 +133,19 @@ export class EnvoySupervisor {
     this.#config = options.config;
     this.#log = options.logger;
     this.#policy = options.policy ?? DEFAULT_RESTART_POLICY;
+    this.#certs = new CertificateWatch({
+      clock: options.clock,
+      logger: options.logger,
+      ...(options.debounceMs === undefined ? {} : { debounceMs: options.debounceMs }),
+      ...(options.certPollMs === undefined ? {} : { pollMs: options.certPollMs }),
+      hash: () => certificateHash(this.#housekeeping()),
+      // Not started yet: start() hashes the files it finds, nothing to restart.
+      paused: () => this.#stopping || this.#state === "idle",
+      pushed: () => usesSds(this.#config), // pushed over SDS by the agent's sds component, no restart
+      restart: () => {
+        this.#enqueue("certificates");
+      },
+    });
   }
 
   /** Starts epoch 0 and resolves once it is ready; rejects when the restart budget runs out first, or on abort. */
@@ -156,10 +170,9 @@ export class EnvoySupervisor {
       this.#firstReady?.reject(new Error("Envoy start aborted: the agent is stopping"));
     };
     signal.addEventListener("abort", onAbort, { once: true });
-    this.#lastCertHash = await certificateHash(this.#housekeeping());
+    this.#certs.seen(await certificateHash(this.#housekeeping()));
     this.#enqueue("start");
-    const poll = this.#o.certPollMs ?? 5000;
-    if (poll > 0) this.#polling ??= this.#pollLoop(poll);
+    this.#certs.startPolling();
     try {
       await ready;
     } finally {
@@ -173,15 +186,7 @@ export class EnvoySupervisor {
    * istiod profile: nothing (SDS pushes them).
    */
   certificatesChanged(): void {
-    if (this.#stopping) return;
-    if (usesSds(this.#config)) return; // pushed over SDS by the agent's sds component, no restart
-    // Not started yet: start() hashes the files it finds, nothing to restart.
-    if (this.#state === "idle") return;
-    if (this.#cancelDebounce !== undefined) return;
-    this.#cancelDebounce = scheduleOnce(this.#o.clock, this.#o.debounceMs ?? 2000, () => {
-      this.#cancelDebounce = undefined;
-      this.#enqueue("certificates");
-    });
+    this.#certs.changed();
   }
 
   /** A reloaded configuration: a new epoch when the bootstrap or the command line changed. */
@@ -216,9 +221,7 @@ export class EnvoySupervisor {
     this.#stopping = true;
     this.#setState("stopping");
     this.#cancelRetry?.();
-    this.#cancelDebounce?.();
-    this.#poll.abort();
-    await this.#polling;
+    await this.#certs.stop();
     this.#firstReady?.reject(new Error("Envoy start aborted: the agent is stopping"));
     // Whatever is in flight (a start waiting for readiness) ends as soon as the epochs it waits for are gone.
     await this.#terminateAll();
@@ -240,32 +243,6 @@ export class EnvoySupervisor {
 
   #render(): BootstrapJson {
     return renderBootstrap({ config: this.#config, extraMetadata: this.#o.extraMetadata, hostname: this.#o.hostname });
-  }
-
-  /** Hashes the PEM files every `everyMs` until stop (the clock's sleep: the fake clock sees it). */
-  async #pollLoop(everyMs: number): Promise<void> {
-    const signal = this.#poll.signal;
-    while (!signal.aborted) {
-      try {
-        await this.#o.clock.sleep(everyMs, signal);
-      } catch {
-        return;
-      }
-      try {
-        await this.#pollCertificates();
-      } catch (error) {
-        this.#log.warn("could not hash the certificate files", { error: describeError(error) });
-      }
-    }
-  }
-
-  async #pollCertificates(): Promise<void> {
-    if (this.#stopping || this.#state === "idle") return;
-    const current = await certificateHash(this.#housekeeping());
-    if (current !== this.#lastCertHash) {
-      this.#log.info("certificate files changed on disk");
-      this.certificatesChanged();
-    }
   }
 
   async #desired(): Promise<Desired> {
@@ -296,7 +273,7 @@ export class EnvoySupervisor {
     if (this.#stopping) return;
     const reason = this.#pendingReason;
     const desired = await this.#desired();
-    this.#lastCertHash = desired.certHash;
+    this.#certs.seen(desired.certHash);
     const newest = this.#newest();
     if (newest !== undefined && newest.hash === desired.hash) {
       if (reason !== "start") this.#log.info("Envoy configuration unchanged, no restart", { reason });
@@ -362,7 +339,7 @@ export class EnvoySupervisor {
       seen.exited = true;
     });
     while (!seen.exited && !this.#stopping && !record.ending) {
-      if (await this.#isReady(admin, record.epoch)) {
+      if (await epochReady(this.#o.http, admin, record.epoch)) {
         record.ready = true;
         this.#nextAttemptAt = undefined;
         this.#setState("running");
@@ -375,20 +352,6 @@ export class EnvoySupervisor {
     if (seen.exited && !this.#stopping && !record.ending) {
       const exit = await record.child.exited;
       throw new Error(`exited before it was ready (${describeExit(exit)})`);
-    }
-  }
-
-  async #isReady(admin: string, epoch: number): Promise<boolean> {
-    try {
-      const ready = await this.#o.http.request({ url: `${admin}/ready`, timeoutMs: 1000 });
-      if (ready.status !== 200) return false;
-      if (epoch === 0) return true;
-      // During a hot restart the parent answers until the child takes the admin port over.
-      const info = await this.#o.http.request({ url: `${admin}/server_info`, timeoutMs: 1000 });
-      const parsed = JSON.parse(info.body.toString("utf8")) as { command_line_options?: { restart_epoch?: number } };
-      return parsed.command_line_options?.restart_epoch === epoch;
-    } catch {
-      return false;
     }
   }
 

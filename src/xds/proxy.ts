@@ -25,46 +25,36 @@
  *
  * The socket is 0600 in a 0700 directory, both owned by Envoy's user (as the SDS socket, src/sds/server.ts): whoever
  * connects speaks to istiod with this VM's identity.
+ *
+ * This file holds the proxy's state and its routing: the upstream loop (open, end, back off, reopen), Envoy's streams
+ * and the agent's subscriptions and reports. The socket server is in proxy-server.ts, one upstream stream (opening,
+ * writing, the agent's requests and ACK/NACK) in proxy-upstream.ts, type names and node bytes in proxy-wire.ts.
  */
-import { dirname } from "node:path";
 import * as grpc from "@grpc/grpc-js";
-import protobuf from "protobufjs";
 import type { Clock } from "../platform/clock.js";
 import { describeError } from "../platform/errors.js";
 import type { FileOwner, FileSystem } from "../platform/fs.js";
 import type { Logger } from "../platform/logger.js";
 import type { AgentReport, AgentSubscription, AgentXdsChannel } from "./agent-channel.js";
-import { createAdsClient, grpcStatusName } from "./ads-client.js";
 import type { AdsConnection } from "./ads-watch.js";
-import type { DiscoveryRequest, DiscoveryResponse, StructValue, XdsNode } from "./protos.js";
+import type { DiscoveryRequest, DiscoveryResponse } from "./protos.js";
+import { CLUSTER_TYPE_URL, decodeDiscoveryRequest, decodeDiscoveryResponse, encodeDiscoveryRequest } from "./protos.js";
+import type { Downstream, EnvoyCall } from "./proxy-server.js";
+import { serveAdsSocket } from "./proxy-server.js";
+import type { StreamOutcome, Upstream } from "./proxy-upstream.js";
 import {
-  ADS_METHOD,
-  CLUSTER_TYPE_URL,
-  decodeDiscoveryRequest,
-  decodeDiscoveryResponse,
-  encodeDiscoveryRequest,
-} from "./protos.js";
+  answerSubscribers,
+  openUpstream,
+  reportRequest,
+  subscriptionRequest,
+  writeUpstream,
+} from "./proxy-upstream.js";
+import type { NodeBytes } from "./proxy-wire.js";
+import { LISTENER_TYPE_URL, encodeNode, fieldBytes, nodeKey, typeName } from "./proxy-wire.js";
 
-export const LISTENER_TYPE_URL = "type.googleapis.com/envoy.config.listener.v3.Listener";
+export { LISTENER_TYPE_URL, typeName } from "./proxy-wire.js";
 
-const SHORT_NAMES: Readonly<Record<string, string>> = {
-  [CLUSTER_TYPE_URL]: "CDS",
-  [LISTENER_TYPE_URL]: "LDS",
-  "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment": "EDS",
-  "type.googleapis.com/envoy.config.route.v3.RouteConfiguration": "RDS",
-  "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret": "SDS",
-  "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig": "ECDS",
-  "type.googleapis.com/istio.networking.nds.v1.NameTable": "NDS",
-  "type.googleapis.com/istio.v1.HealthInformation": "health",
-  "type.googleapis.com/istio.mesh.v1alpha1.ProxyConfig": "PCDS",
-};
-
-/** CDS, LDS, NDS …: the short name of a type URL (for logs, status and metric labels). */
-export function typeName(typeUrl: string): string {
-  return SHORT_NAMES[typeUrl] ?? (typeUrl.split("/").pop() || "unknown");
-}
-
-/** What the proxy reports to counters (src/xds/proxy-component.ts wires them to /metrics). */
+/** What the proxy reports to counters (src/envoy/xds-proxy-component.ts wires them to /metrics). */
 export interface XdsProxyObserver {
   /** Envoy opened a stream on the socket. */
   envoyStreamOpened?(): void;
@@ -114,84 +104,6 @@ export interface XdsProxyStatus {
   readonly nextAttemptAt: number | undefined;
 }
 
-type RawCall = grpc.ClientDuplexStream<Buffer, Buffer>;
-
-interface Upstream {
-  readonly call: RawCall;
-  readonly client: grpc.Client;
-  readonly target: string;
-  /** The node the stream presents (key: id, cluster, metadata), once its first message is sent. */
-  nodeKey: string | undefined;
-  readonly answered: Set<string>;
-  received: boolean;
-  /** Set when the proxy itself ends the stream. */
-  endReason: "node" | "stop" | "reload" | undefined;
-  /** Last accepted version per agent-subscribed type. */
-  readonly accepted: Map<string, string>;
-  /** The node a first message without one gets: Envoy's last, else the bootstrap's. */
-  readonly fallbackNode: { readonly bytes: Uint8Array; readonly key: string };
-}
-
-interface StreamOutcome {
-  readonly reason: string;
-  /** The status Envoy's stream ends with: istiod's (PERMISSION_DENIED …), else UNAVAILABLE. */
-  readonly code: grpc.status;
-  readonly received: boolean;
-  readonly endReason: Upstream["endReason"];
-}
-
-interface Downstream {
-  readonly id: number;
-  readonly call: grpc.ServerDuplexStream<Buffer, Buffer>;
-  /** Requests waiting for an upstream stream, in order. */
-  queue: { readonly raw: Buffer; readonly request: DiscoveryRequest }[];
-  first: boolean;
-  closed: boolean;
-}
-
-/** The raw bytes of a message's length-delimited field `number` (the first occurrence), if any. */
-function fieldBytes(message: Uint8Array, number: number): Uint8Array | undefined {
-  const reader = protobuf.Reader.create(message);
-  while (reader.pos < reader.len) {
-    const tag = reader.uint32();
-    if (tag >>> 3 === number && (tag & 7) === 2) return reader.bytes();
-    reader.skipType(tag & 7);
-  }
-  return undefined;
-}
-
-/** `message` with field 2 (DiscoveryRequest.node) appended; protobuf merges fields in any order. */
-function withNode(message: Uint8Array, nodeBytes: Uint8Array): Buffer {
-  const field = protobuf.Writer.create()
-    .uint32((2 << 3) | 2)
-    .bytes(nodeBytes)
-    .finish();
-  return Buffer.concat([message, field]);
-}
-
-function sortedJson(value: StructValue | undefined): string {
-  if (value === null || value === undefined || typeof value !== "object") return JSON.stringify(value ?? null);
-  if (Array.isArray(value)) return `[${value.map(sortedJson).join(",")}]`;
-  const keys = Object.keys(value).sort();
-  return `{${keys.map((k) => `${JSON.stringify(k)}:${sortedJson(value[k])}`).join(",")}}`;
-}
-
-/** What istiod takes from a node: id, cluster and metadata (compared, not the user agent or extensions). */
-function nodeKey(node: XdsNode): string {
-  return sortedJson({ id: node.id, cluster: node.cluster, metadata: node.metadata as Record<string, StructValue> });
-}
-
-function nodeBytesOf(node: XdsNode): Uint8Array {
-  const encoded = encodeDiscoveryRequest({
-    version_info: "",
-    node,
-    resource_names: [],
-    type_url: "",
-    response_nonce: "",
-  });
-  return fieldBytes(encoded, 2) ?? new Uint8Array();
-}
-
 export class XdsProxy implements AgentXdsChannel {
   readonly #o: XdsProxyOptions;
   #server: grpc.Server | undefined;
@@ -206,7 +118,7 @@ export class XdsProxy implements AgentXdsChannel {
   #upstreamStreams = 0;
   #reconnects = 0;
   /** Envoy's node as it last presented it (encoded Node and its key). */
-  #envoyNode: { bytes: Uint8Array; key: string } | undefined;
+  #envoyNode: NodeBytes | undefined;
   readonly #subscriptions = new Set<AgentSubscription>();
   readonly #reports = new Map<string, AgentReport>();
   readonly #stop = new AbortController();
@@ -220,42 +132,9 @@ export class XdsProxy implements AgentXdsChannel {
   /** Creates the socket (replacing a stale one) with its final mode, serves it, and starts the upstream loop. */
   async listen(): Promise<void> {
     const { fs, socketPath, owner } = this.#o;
-    const dir = dirname(socketPath);
-    await fs.mkdirp(dir, 0o700);
-    await fs.chmod(dir, 0o700);
-    if (owner !== undefined) await fs.chown(dir, owner);
-    await fs.remove(socketPath);
-    const server = new grpc.Server({
-      "grpc.max_send_message_length": -1,
-      "grpc.max_receive_message_length": 64 * 1024 * 1024,
+    this.#server = await serveAdsSocket(fs, socketPath, owner, (call) => {
+      this.#openDownstream(call);
     });
-    server.addService(
-      {
-        StreamAggregatedResources: {
-          path: ADS_METHOD,
-          requestStream: true,
-          responseStream: true,
-          requestSerialize: (b: Buffer) => b,
-          requestDeserialize: (b: Buffer) => b,
-          responseSerialize: (b: Buffer) => b,
-          responseDeserialize: (b: Buffer) => b,
-        },
-      },
-      {
-        StreamAggregatedResources: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
-          this.#openDownstream(call);
-        },
-      },
-    );
-    await new Promise<void>((resolve, reject) => {
-      server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (error) => {
-        if (error === null) resolve();
-        else reject(error);
-      });
-    });
-    await fs.chmod(socketPath, 0o600);
-    if (owner !== undefined) await fs.chown(socketPath, owner);
-    this.#server = server;
     this.#o.logger.info("xDS proxy listening", { socket: socketPath });
     this.#loop = this.#run();
   }
@@ -315,7 +194,7 @@ export class XdsProxy implements AgentXdsChannel {
 
   // ── Envoy's side ────────────────────────────────────────────────────────────────────────
 
-  #openDownstream(call: grpc.ServerDuplexStream<Buffer, Buffer>): void {
+  #openDownstream(call: EnvoyCall): void {
     const d: Downstream = { id: this.#nextId++, call, queue: [], first: true, closed: false };
     this.#downstreams.set(d.id, d);
     const previous = this.#active;
@@ -488,30 +367,15 @@ export class XdsProxy implements AgentXdsChannel {
 
   /** One upstream stream, until it ends. */
   #stream(connection: AdsConnection): Promise<StreamOutcome> {
-    const client = createAdsClient(connection.target, connection.tls, { "grpc.keepalive_time_ms": 30_000 });
-    const metadata = new grpc.Metadata();
-    if (connection.token !== undefined) metadata.set("authorization", `Bearer ${connection.token}`);
-    if (connection.clusterId !== undefined && connection.clusterId !== "") {
-      metadata.set("clusterid", connection.clusterId);
-    }
-    for (const [key, value] of Object.entries(connection.headers ?? {})) metadata.set(key, value);
-    const call = client.makeBidiStreamRequest<Buffer, Buffer>(
-      ADS_METHOD,
-      (b: Buffer) => b,
-      (b: Buffer) => b,
-      metadata,
-    );
-    const upstream: Upstream = {
-      call,
-      client,
-      target: connection.target,
-      nodeKey: undefined,
-      answered: new Set(),
-      received: false,
-      endReason: undefined,
-      accepted: new Map(),
-      fallbackNode: this.#envoyNode ?? { bytes: nodeBytesOf(connection.node), key: nodeKey(connection.node) },
-    };
+    const { upstream, outcome } = openUpstream(connection, this.#envoyNode ?? encodeNode(connection.node), {
+      data: (raw) => {
+        this.#fromIstiod(upstream, raw);
+      },
+      ended: () => {
+        // At once, not when the loop resumes: what Envoy sends from now on waits for the next stream.
+        if (this.#upstream === upstream) this.#upstream = undefined;
+      },
+    });
     this.#target = connection.target;
     this.#upstream = upstream;
     const reconnect = this.#upstreamStreams > 0;
@@ -519,52 +383,19 @@ export class XdsProxy implements AgentXdsChannel {
     if (reconnect) this.#reconnects++;
     this.#o.observer?.upstreamOpened?.(reconnect);
     this.#o.logger.info("xDS upstream stream to istiod opened", { target: connection.target });
-
-    return new Promise((resolve) => {
-      let ended = false;
-      const end = (reason: string, code: grpc.status): void => {
-        if (ended) return;
-        ended = true;
-        // At once, not when the loop resumes: what Envoy sends from now on waits for the next stream.
-        if (this.#upstream === upstream) this.#upstream = undefined;
-        call.cancel();
-        client.close();
-        resolve({ reason, code, received: upstream.received, endReason: upstream.endReason });
-      };
-      call.on("data", (raw: Buffer) => {
-        this.#fromIstiod(upstream, raw);
-      });
-      call.on("status", (status: grpc.StatusObject) => {
-        // An upstream that ended OK is still gone for Envoy: it hears UNAVAILABLE and reconnects.
-        const code = status.code === grpc.status.OK ? grpc.status.UNAVAILABLE : status.code;
-        end(`gRPC ${grpcStatusName(status.code)}: ${status.details || "stream ended"}`, code);
-      });
-      call.on("error", () => {
-        // Reported through "status".
-      });
-      const active = this.#active;
-      if (active !== undefined) {
-        const queued = active.queue;
-        active.queue = [];
-        for (const q of queued) this.#sendUpstream(upstream, q.raw, q.request);
-      }
-      for (const report of this.#reports.values()) this.#sendReport(upstream, report);
-      for (const subscription of this.#subscriptions) this.#sendSubscription(upstream, subscription);
-    });
+    const active = this.#active;
+    if (active !== undefined) {
+      const queued = active.queue;
+      active.queue = [];
+      for (const q of queued) this.#sendUpstream(upstream, q.raw, q.request);
+    }
+    for (const report of this.#reports.values()) this.#sendReport(upstream, report);
+    for (const subscription of this.#subscriptions) this.#sendSubscription(upstream, subscription);
+    return outcome;
   }
 
-  /** Writes a request upstream; the stream's first message gets a node when it has none. */
   #sendUpstream(upstream: Upstream, raw: Buffer, request: DiscoveryRequest): void {
-    let bytes = raw;
-    if (upstream.nodeKey === undefined) {
-      if (request.node !== undefined && request.node.id !== "") {
-        upstream.nodeKey = nodeKey(request.node);
-      } else {
-        bytes = withNode(raw, upstream.fallbackNode.bytes);
-        upstream.nodeKey = upstream.fallbackNode.key;
-      }
-    }
-    upstream.call.write(bytes);
+    writeUpstream(upstream, raw, request);
     this.#o.observer?.forwarded?.("upstream", typeName(request.type_url));
   }
 
@@ -573,22 +404,11 @@ export class XdsProxy implements AgentXdsChannel {
   }
 
   #sendSubscription(upstream: Upstream, subscription: AgentSubscription): void {
-    this.#sendAgentRequest(upstream, {
-      version_info: upstream.accepted.get(subscription.typeUrl) ?? "",
-      resource_names: [...(subscription.resourceNames ?? [])],
-      type_url: subscription.typeUrl,
-      response_nonce: "",
-    });
+    this.#sendAgentRequest(upstream, subscriptionRequest(upstream, subscription));
   }
 
   #sendReport(upstream: Upstream, report: AgentReport): void {
-    this.#sendAgentRequest(upstream, {
-      version_info: "",
-      resource_names: [],
-      type_url: report.typeUrl,
-      response_nonce: "",
-      ...(report.errorDetail === undefined ? {} : { error_detail: report.errorDetail }),
-    });
+    this.#sendAgentRequest(upstream, reportRequest(report));
   }
 
   #fromIstiod(upstream: Upstream, raw: Buffer): void {
@@ -616,23 +436,11 @@ export class XdsProxy implements AgentXdsChannel {
     }
     const subscribers = [...this.#subscriptions].filter((s) => s.typeUrl === type);
     if (subscribers.length > 0) {
-      let problem: string | undefined;
-      for (const s of subscribers) {
-        try {
-          problem ??= s.onResponse(response);
-        } catch (error) {
-          problem ??= describeError(error);
-        }
+      const { problem, request } = answerSubscribers(upstream, subscribers, response);
+      if (problem !== undefined) {
+        this.#o.logger.warn("the agent rejected an xDS response (NACK)", { type: typeName(type), error: problem });
       }
-      if (problem === undefined) upstream.accepted.set(type, response.version_info);
-      else this.#o.logger.warn("the agent rejected an xDS response (NACK)", { type: typeName(type), error: problem });
-      this.#sendAgentRequest(upstream, {
-        version_info: upstream.accepted.get(type) ?? "",
-        resource_names: [...(subscribers[0]?.resourceNames ?? [])],
-        type_url: type,
-        response_nonce: response.nonce,
-        ...(problem === undefined ? {} : { error_detail: { code: grpc.status.INVALID_ARGUMENT, message: problem } }),
-      });
+      this.#sendAgentRequest(upstream, request);
     } else if (this.#reports.has(type)) {
       // An answer to one of the agent's reports (istiod sends none for health): never Envoy's business.
       this.#o.logger.debug("response to an agent report dropped", { type: typeName(type) });
