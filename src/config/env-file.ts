@@ -55,6 +55,14 @@ const NOT_UTF8 = "not UTF-8: a byte here is not valid UTF-8 (read as U+FFFD); sa
 
 class LineError extends Error {}
 
+// Runs of characters that need no decision, taken in one step (a 1,000-port list is 6,000 characters; one closure
+// call per character was most of reading sidecar.env at every start). Each class leaves out exactly what the
+// character-by-character path below treats specially (line ends, quotes, escapes, expansion and shell syntax, NUL,
+// a byte-order mark, U+FFFD), so those still go through it.
+const PLAIN_RUN = /[^ \t\n'"\\$`;|&<>()\r\0\uFEFF\uFFFD]+/y;
+const SINGLE_QUOTED_RUN = /[^'\n\0\uFEFF\uFFFD]+/y;
+const DOUBLE_QUOTED_RUN = /[^"\\$`\n\0\uFEFF\uFFFD]+/y;
+
 /** Names a character a person cannot see (U+00A0, a zero-width space, a control character), or nothing. */
 function invisible(ch: string | undefined): string {
   if (ch === undefined || ch === "\n") return "";
@@ -92,9 +100,18 @@ export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry
     return ch;
   };
 
+  /** The run of `pattern` (a sticky class) at pos, consumed; "" when there is none. */
+  const takeRun = (pattern: RegExp): string => {
+    pattern.lastIndex = pos;
+    const run = pattern.exec(text)?.[0] ?? "";
+    pos += run.length;
+    return run;
+  };
+
   const parseValue = (): string => {
     let value = "";
     for (;;) {
+      value += takeRun(PLAIN_RUN);
       if (atLineEnd()) return value;
       const ch = peek() ?? "";
       if (ch === " " || ch === "\t") {
@@ -110,6 +127,7 @@ export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry
         const startLine = line;
         pos++;
         for (;;) {
+          value += takeRun(SINGLE_QUOTED_RUN);
           if (pos >= text.length) throw new LineError(`unterminated single quote (opened on line ${startLine})`);
           const c = take();
           if (c === "'") break;
@@ -121,6 +139,7 @@ export function parseEnvFile(input: string | Uint8Array, file: string): EnvEntry
         const startLine = line;
         pos++;
         for (;;) {
+          value += takeRun(DOUBLE_QUOTED_RUN);
           if (pos >= text.length) throw new LineError(`unterminated double quote (opened on line ${startLine})`);
           const c = take();
           if (c === '"') break;

@@ -180,6 +180,13 @@ export async function loadConfig(options: LoadOptions): Promise<LoadedConfig> {
   };
 
   const root = paths.root;
+  // Which variable is another's older name (the first one declared, as a search of VARIABLE_NAMES finds it),
+  // worked out once instead of by a search through every variable for each variable.
+  const aliasFor = new Map<string, VariableName>();
+  for (const n of VARIABLE_NAMES) {
+    const target = spec(n).aliasOf;
+    if (target !== undefined && n !== "ISTIO_INBOUND_EXCLUDE_PORTS" && !aliasFor.has(target)) aliasFor.set(target, n);
+  }
   const resolved = new Map<VariableName, ResolvedVariable>();
   const resolving = new Set<string>();
   const resolve = (name: VariableName): ResolvedVariable => {
@@ -190,7 +197,7 @@ export async function loadConfig(options: LoadOptions): Promise<LoadedConfig> {
     const s = spec(name);
     let result: ResolvedVariable;
     const set = explicit(name);
-    const alias = VARIABLE_NAMES.find((n) => spec(n).aliasOf === name && n !== "ISTIO_INBOUND_EXCLUDE_PORTS");
+    const alias = aliasFor.get(name);
     const aliasValue = alias === undefined ? undefined : explicit(alias);
     if (set !== undefined) {
       result = { name, raw: set.raw, source: set.source };

@@ -99,9 +99,11 @@ export async function detectBackend(deps: IptablesDeps, family: Family): Promise
     if (denied !== undefined) throw denied;
     return { backend: deps.choice, saved, others: new Map() };
   }
-  const legacy = await runSave(deps, family, "legacy");
-  if (legacy.ok && holdsRules(legacy.text)) return { backend: "legacy", saved: legacy, others: new Map() };
-  const nft = await runSave(deps, family, "nft");
+  // Both back ends are read at once (apply needs both anyway: the one not chosen is checked for residue of ours), so a
+  // start waits for one save instead of two in a row.
+  const [legacy, nft] = await Promise.all([runSave(deps, family, "legacy"), runSave(deps, family, "nft")]);
+  if (legacy.ok && holdsRules(legacy.text))
+    return { backend: "legacy", saved: legacy, others: new Map([["nft", nft]]) };
   if (nft.ok) return { backend: "nft", saved: nft, others: new Map([["legacy", legacy]]) };
   const denied = deniedError(family, "nft", nft) ?? deniedError(family, "legacy", legacy);
   if (denied !== undefined) throw denied;
@@ -158,8 +160,8 @@ async function applyFamily(
   tables: readonly TablePlan[],
   family: Family,
   options: ApplyOptions,
+  detected: Detected,
 ): Promise<FamilyApplyResult> {
-  const detected = await detectBackend(deps, family);
   const { backend } = detected;
   const rules = tables.reduce((n, t) => n + t.rules.length, 0);
   const planned = tables.length > 0;
@@ -195,10 +197,18 @@ export async function applyInterception(
   plan: InterceptionPlan,
   options: ApplyOptions = {},
 ): Promise<FamilyApplyResult[]> {
+  // Every family's rules are read at once: reading changes nothing, and one family's restore never touches another
+  // family's tables, so IPv6's save runs while IPv4 is read and restored instead of after it (a whole `iptables
+  // apply` then waits for one save less). The families are still applied in order, and the first failing one
+  // (detection included) is the error, as before.
+  const detections = FAMILIES.map((family) => detectBackend(deps, family));
+  for (const detection of detections) detection.catch(() => undefined);
   const results: FamilyApplyResult[] = [];
-  for (const family of FAMILIES) {
+  for (const [i, family] of FAMILIES.entries()) {
     const tables = plan.families.find((f) => f.family === family)?.tables ?? [];
-    results.push(await applyFamily(deps, tables, family, options));
+    const detected = detections[i];
+    if (detected === undefined) throw new Error(`no detection for family ${family}`);
+    results.push(await applyFamily(deps, tables, family, options, await detected));
   }
   return results;
 }
@@ -300,20 +310,25 @@ export interface FamilyShow {
 
 /** What the kernel holds of ours, per family, in the back end apply would use. */
 export async function readInterception(deps: IptablesDeps): Promise<FamilyShow[]> {
+  // Reads only: every family at once; the first family that fails is the error, as when they were read in turn.
+  const detections = FAMILIES.map((family) => detectBackend(deps, family));
+  for (const detection of detections) detection.catch(() => undefined);
   const shows: FamilyShow[] = [];
-  for (const family of FAMILIES) {
-    const detected = await detectBackend(deps, family);
-    if (!detected.saved.ok) {
-      shows.push({
-        family,
-        backend: detected.backend,
-        readable: false,
-        reason: detected.saved.reason,
-        states: familyState(""),
-      });
-      continue;
-    }
-    shows.push({ family, backend: detected.backend, readable: true, states: familyState(detected.saved.text) });
+  for (const [i, family] of FAMILIES.entries()) {
+    const pending = detections[i];
+    if (pending === undefined) throw new Error(`no detection for family ${family}`);
+    const detected = await pending;
+    shows.push(
+      detected.saved.ok
+        ? { family, backend: detected.backend, readable: true, states: familyState(detected.saved.text) }
+        : {
+            family,
+            backend: detected.backend,
+            readable: false,
+            reason: detected.saved.reason,
+            states: familyState(""),
+          },
+    );
   }
   return shows;
 }

@@ -4,9 +4,10 @@
  * Node's own list of the built-in modules a process loaded (`process.moduleLoadList`), written at exit by a preload.
  */
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Script } from "node:vm";
 import { afterAll, describe, expect, it } from "vitest";
 import { CLI } from "../support/cli.js";
 
@@ -50,6 +51,20 @@ describe("start-up loads only what the command uses", () => {
   // node:fs/promises (src/platform/fs.ts reads through node:fs) each pull in several more built-in modules.
   it.each([["--version"], ["config"]])("istio-vm %s loads neither node:assert nor node:fs/promises", (...args) => {
     expect(builtinsLoaded(args).filter((m) => m === "assert" || m === "fs/promises")).toEqual([]);
+  });
+
+  // scripts/build.mjs makes the cache in a child process after running a few commands (scripts/warm-cache.mjs); V8
+  // turns a cache away silently when it was made for other source or under other flags, and every start would then
+  // compile the bundle from source.
+  it("this Node accepts the launcher's code cache for the bundle", () => {
+    const file = join(CLI, "..", "istio-vm-main.cjs");
+    const source = readFileSync(file, "latin1");
+    const cache = readFileSync(`${file}.v8`);
+    const script = new Script(
+      `(function (exports, require, module, __filename, __dirname) { ${source.replace(/^#!/, "//")}\n});`,
+      { filename: file, cachedData: cache.subarray(32) },
+    );
+    expect(script.cachedDataRejected).toBe(false);
   });
 
   it("a command that talks to a server does load the network stack (the check above can fail)", () => {
