@@ -71,6 +71,27 @@ function summary(actions: readonly ObjectAction[]): string {
   return actions.map((a) => `${a.kind} ${PAST[a.action]}`).join(", ");
 }
 
+/** How register and deregister run: dry run or not, the clock for conflict retries, progress lines on stderr. */
+function runOptions(
+  rt: CommandRuntime,
+  args: TargetArgs,
+): { dryRun: boolean; clock: CommandRuntime["clock"]; log: (line: string) => void } {
+  return {
+    dryRun: args["dry-run"],
+    clock: rt.clock,
+    log: (line) => {
+      rt.err(`${line}\n`);
+    },
+  };
+}
+
+/** The report as JSON (--json), a dry run's objects as YAML, else the one line `line` makes of it. */
+function printReport(rt: CommandRuntime, report: RegisterReport | DeregisterReport, line: () => string): void {
+  if (rt.options.json) rt.out(renderJson(report));
+  else if (report.dryRun) rt.out(renderDryRun(report.actions));
+  else rt.out(line());
+}
+
 async function requireIstiod(client: Awaited<ReturnType<KubeConnector>>, args: ProfileArgs): Promise<void> {
   const detected = await profileFor(client, args);
   if (detected.profile !== "istiod") {
@@ -162,22 +183,15 @@ export function registerCommand(
           serviceAccount: args.serviceaccount,
           workloadEntry: args["workload-entry"],
         },
-        {
-          dryRun: args["dry-run"],
-          clock: rt.clock,
-          log: (line) => {
-            rt.err(`${line}\n`);
-          },
-        },
+        runOptions(rt, args),
       );
-      if (rt.options.json) rt.out(renderJson(report));
-      else if (report.dryRun) rt.out(renderDryRun(report.actions));
-      else {
-        rt.out(
+      printReport(
+        rt,
+        report,
+        () =>
           `registered ${report.ip} in ${report.namespace}/${report.service}: ${summary(report.actions)}; ${report.endpoints} endpoints` +
-            `${report.duplicatesRemoved > 0 ? `; removed ${report.duplicatesRemoved} duplicate(s)` : ""}\n`,
-        );
-      }
+          `${report.duplicatesRemoved > 0 ? `; removed ${report.duplicatesRemoved} duplicate(s)` : ""}\n`,
+      );
     },
   };
 }
@@ -208,23 +222,13 @@ export function deregisterCommand(
       const report: DeregisterReport = await deregister(
         client,
         { service: args.svc, namespace: client.namespace, ip: args.ip, workloadEntry: args["workload-entry"] },
-        {
-          dryRun: args["dry-run"],
-          clock: rt.clock,
-          log: (line) => {
-            rt.err(`${line}\n`);
-          },
-        },
+        runOptions(rt, args),
       );
-      if (rt.options.json) rt.out(renderJson(report));
-      else if (report.dryRun) rt.out(renderDryRun(report.actions));
-      else {
-        rt.out(
-          report.removed === 0
-            ? `${report.ip} was not registered in ${report.namespace}/${report.service}\n`
-            : `deregistered ${report.ip} from ${report.namespace}/${report.service}: ${report.endpoints} endpoints left\n`,
-        );
-      }
+      printReport(rt, report, () =>
+        report.removed === 0
+          ? `${report.ip} was not registered in ${report.namespace}/${report.service}\n`
+          : `deregistered ${report.ip} from ${report.namespace}/${report.service}: ${report.endpoints} endpoints left\n`,
+      );
     },
   };
 }
