@@ -14,10 +14,9 @@ import { AdsTestClient, CDS_TYPE, LDS_TYPE, clusterNames, clusterSdsSecrets } fr
 import { requirements } from "../../test/support/requirements.js";
 import { connectAs } from "../../test/support/sds-client.js";
 import type { IssuedKeyPair, MeshCa } from "../devplane/mesh-ca.js";
-import { createMeshCa } from "../devplane/mesh-ca.js";
 import type { PilotXdsServer } from "../devplane/pilot-xds.js";
-import { startPilotXds } from "../devplane/pilot-xds.js";
-import { ObjectStore } from "../devplane/store.js";
+import { meshPairs, startTlsPilot, storeWithServices } from "../../test/support/mesh-pilot.js";
+import type { ObjectStore } from "../devplane/store.js";
 import { systemClock } from "../platform/clock.js";
 import { nodeFileSystem } from "../platform/fs.js";
 import { createLogger } from "../platform/logger.js";
@@ -37,9 +36,7 @@ let ca: MeshCa;
 let serving: IssuedKeyPair;
 let workload: IssuedKeyPair;
 beforeAll(async () => {
-  ca = await createMeshCa();
-  serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
-  workload = await ca.issueKeyPair({ identity: ca.spiffeId("default", "vm") });
+  ({ ca, serving, workload } = await meshPairs("default", "vm"));
 });
 
 let dir: string;
@@ -50,12 +47,12 @@ const clients: AdsTestClient[] = [];
 const logs: string[] = [];
 
 function seed(): ObjectStore {
-  const s = new ObjectStore();
-  s.create("services", {
-    metadata: { name: "hello", namespace: "default" },
-    spec: { clusterIP: "10.96.1.1", ports: [{ name: "http", port: 80 }] },
+  return storeWithServices({
+    name: "hello",
+    namespace: "default",
+    clusterIP: "10.96.1.1",
+    ports: [{ name: "http", port: 80 }],
   });
-  return s;
 }
 
 /** The dev Pilot running now (a function: tests stop and start it). */
@@ -64,11 +61,7 @@ function current(): PilotXdsServer | undefined {
 }
 
 async function startPilot(port = 0): Promise<PilotXdsServer> {
-  pilot = await startPilotXds({
-    store,
-    port,
-    tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem },
-  });
+  pilot = await startTlsPilot({ ca, serving }, store, { port, requireClientCert: false });
   return pilot;
 }
 
