@@ -146,17 +146,8 @@ describe("legacy discovery check, ENVOY_XDS_API=v2 (ADS v2 CDS and LDS, Istio 0.
 
   it("fetches CDS then LDS over mTLS to Pilot's SPIFFE id, ACKs both, and wants the VM's inbound listener", async () => {
     const store = meshStore();
-    const xds = await startPilotXds({
-      store,
-      tls: { certPem: pilotCert.chainPem, keyPem: pilotCert.keyPem, caPem: ca.rootCertPem, requireClientCert: true },
-      v3OnlyWhenAsked: true,
-      alsoServe: ADS_V2,
-    });
-    const files = {
-      "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
-      "/vm/etc/certs/cert-chain.pem": workload.chainPem,
-      "/vm/etc/certs/key.pem": workload.keyPem,
-    };
+    const xds = await startTlsPilot({ ca, serving: pilotCert }, store, { v3OnlyWhenAsked: true, alsoServe: ADS_V2 });
+    const files = vmCertFiles({ ca, workload });
     const env = {
       ISTIO_CONTROL_PLANE: "legacy",
       ENVOY_XDS_API: "v2",

@@ -1,5 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { openAdsStream } from "../../test/support/ads-stream.js";
+import { meshPairs } from "../../test/support/mesh-pilot.js";
 import * as grpc from "@grpc/grpc-js";
 import { AdsProbeError, probeAds } from "../xds/ads-client.js";
 import { watchAds } from "../xds/ads-watch.js";
@@ -56,9 +57,7 @@ describe("dev Pilot ADS server", () => {
   let serving: IssuedKeyPair;
   let client: IssuedKeyPair;
   beforeAll(async () => {
-    ca = await createMeshCa();
-    serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
-    client = await ca.issueKeyPair({ identity: ca.spiffeId("default", "vm") });
+    ({ ca, serving, workload: client } = await meshPairs("default", "vm"));
   });
 
   it("answers CDS over plain gRPC with one EDS cluster per service port and records the ACK", async () => {
@@ -340,9 +339,7 @@ describe("dev Pilot ADS server: istiod's authentication and identity check, and 
     }
   };
   beforeAll(async () => {
-    ca = await createMeshCa();
-    serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
-    client = await ca.issueKeyPair({ identity: ca.spiffeId("default", "vm") });
+    ({ ca, serving, workload: client } = await meshPairs("default", "vm"));
   });
 
   it("TLS without a certificate: a service-account token authenticates, nothing gives UNAUTHENTICATED", async () => {
