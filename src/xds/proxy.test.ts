@@ -65,6 +65,19 @@ async function startPilot(port = 0): Promise<PilotXdsServer> {
   return pilot;
 }
 
+/** Subscribes the agent to NDS on `proxy`'s upstream stream; the decoded tables collect in the returned list. */
+function nameTables(proxy: XdsProxy): NdsNameTable[] {
+  const tables: NdsNameTable[] = [];
+  proxy.subscribe({
+    typeUrl: NAME_TABLE_TYPE_URL,
+    onResponse: (response) => {
+      tables.push(decodeNameTable(response.resources[0]?.value ?? new Uint8Array()));
+      return undefined;
+    },
+  });
+  return tables;
+}
+
 async function startProxy(overrides: Partial<XdsProxyOptions> = {}): Promise<XdsProxy> {
   const target = pilot?.address ?? "";
   proxy = new XdsProxy({
@@ -169,14 +182,7 @@ describe("xDS proxy: Envoy ↔ agent socket ↔ one mTLS stream ↔ istiod", () 
     const p = await startProxy();
     const e = envoy();
     await subscribe(e);
-    const tables: NdsNameTable[] = [];
-    p.subscribe({
-      typeUrl: NAME_TABLE_TYPE_URL,
-      onResponse: (response) => {
-        tables.push(decodeNameTable(response.resources[0]?.value ?? new Uint8Array()));
-        return undefined;
-      },
-    });
+    const tables = nameTables(p);
     await until("a name table", () => tables.length === 1);
     expect(Object.keys(tables[0] ?? {})).toEqual(["hello.default.svc.cluster.local"]);
     const events = pilot?.events ?? [];
@@ -189,14 +195,7 @@ describe("xDS proxy: Envoy ↔ agent socket ↔ one mTLS stream ↔ istiod", () 
   it("subscribes for the agent before Envoy connects, with the bootstrap's node", async () => {
     await startPilot();
     const p = await startProxy();
-    const tables: NdsNameTable[] = [];
-    p.subscribe({
-      typeUrl: NAME_TABLE_TYPE_URL,
-      onResponse: (response) => {
-        tables.push(decodeNameTable(response.resources[0]?.value ?? new Uint8Array()));
-        return undefined;
-      },
-    });
+    const tables = nameTables(p);
     await until("a name table", () => tables.length === 1);
     expect(pilot?.connections()[0]?.node.id).toBe(ENVOY.id);
   });
