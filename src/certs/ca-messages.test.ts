@@ -16,35 +16,19 @@ import {
   WireError,
 } from "./ca-messages.js";
 
-const root = protobuf.Root.fromJSON({
-  nested: {
-    istio: {
-      nested: {
-        CsrRequest: {
-          fields: {
-            csr_pem: { type: "bytes", id: 1 },
-            node_agent_credential: { type: "bytes", id: 2 },
-            credential_type: { type: "string", id: 3 },
-            requested_ttl_minutes: { type: "int32", id: 4 },
-          },
-        },
-        Status: { fields: { code: { type: "int32", id: 1 }, message: { type: "string", id: 2 } } },
-        CsrResponse: {
-          fields: {
-            is_approved: { type: "bool", id: 1 },
-            status: { type: "Status", id: 2 },
-            signed_cert: { type: "bytes", id: 3 },
-            cert_chain: { type: "bytes", id: 4 },
-          },
-        },
-        IstioCertificateRequest: {
-          fields: { csr: { type: "string", id: 1 }, validity_duration: { type: "int64", id: 3 } },
-        },
-        IstioCertificateResponse: { fields: { cert_chain: { rule: "repeated", type: "string", id: 1 } } },
-      },
-    },
-  },
-});
+// Written here from the upstream field numbers (istio/istio security/proto/ca_service.proto, release 0.8.0;
+// istio/api security/v1alpha1/ca.proto, release 1.24), apart from proto/istio-ca.proto on purpose.
+const root = protobuf.parse(
+  `syntax = "proto3";
+  package istio;
+  message CsrRequest { bytes csr_pem = 1; bytes node_agent_credential = 2; string credential_type = 3;
+    int32 requested_ttl_minutes = 4; }
+  message Status { int32 code = 1; string message = 2; }
+  message CsrResponse { bool is_approved = 1; Status status = 2; bytes signed_cert = 3; bytes cert_chain = 4; }
+  message IstioCertificateRequest { string csr = 1; int64 validity_duration = 3; }
+  message IstioCertificateResponse { repeated string cert_chain = 1; }`,
+  { keepCase: true },
+).root;
 const type = (name: string): protobuf.Type => root.lookupType(`istio.${name}`);
 
 describe("legacy IstioCAService messages", () => {

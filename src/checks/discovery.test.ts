@@ -5,6 +5,7 @@ import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { loadConfig } from "../config/load.js";
 import type { IssuedKeyPair, MeshCa } from "../devplane/mesh-ca.js";
 import { createMeshCa } from "../devplane/mesh-ca.js";
+import { meshPairs, startTlsPilot, vmCertFiles } from "../../test/support/mesh-pilot.js";
 import { startPilotRest } from "../devplane/pilot-rest.js";
 import { startPilotXds } from "../devplane/pilot-xds.js";
 import { ADS_V2 } from "../devplane/pilot-xds-v2.js";
@@ -145,17 +146,8 @@ describe("legacy discovery check, ENVOY_XDS_API=v2 (ADS v2 CDS and LDS, Istio 0.
 
   it("fetches CDS then LDS over mTLS to Pilot's SPIFFE id, ACKs both, and wants the VM's inbound listener", async () => {
     const store = meshStore();
-    const xds = await startPilotXds({
-      store,
-      tls: { certPem: pilotCert.chainPem, keyPem: pilotCert.keyPem, caPem: ca.rootCertPem, requireClientCert: true },
-      v3OnlyWhenAsked: true,
-      alsoServe: ADS_V2,
-    });
-    const files = {
-      "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
-      "/vm/etc/certs/cert-chain.pem": workload.chainPem,
-      "/vm/etc/certs/key.pem": workload.keyPem,
-    };
+    const xds = await startTlsPilot({ ca, serving: pilotCert }, store, { v3OnlyWhenAsked: true, alsoServe: ADS_V2 });
+    const files = vmCertFiles({ ca, workload });
     const env = {
       ISTIO_CONTROL_PLANE: "legacy",
       ENVOY_XDS_API: "v2",
@@ -268,24 +260,15 @@ describe("istiod discovery check (ADS)", () => {
   let serving: IssuedKeyPair;
   let workload: IssuedKeyPair;
   beforeAll(async () => {
-    ca = await createMeshCa();
-    serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
-    workload = await ca.issueKeyPair({ identity: ca.spiffeId("default", "default") });
+    ({ ca, serving, workload } = await meshPairs("default", "default"));
   });
 
   it("sends this VM's node (never AUTO_REGISTER_GROUP) over mTLS, gets clusters and ACKs them", async () => {
-    const xds = await startPilotXds({
-      store: pilotStore(),
-      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem, requireClientCert: true },
-    });
+    const xds = await startTlsPilot({ ca, serving }, pilotStore());
     try {
       const d = await deps(
         { DISCOVERY_ADDRESS: xds.address, ISTIOD_SAN: "istiod.istio-system.svc" },
-        {
-          "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
-          "/vm/etc/certs/cert-chain.pem": workload.chainPem,
-          "/vm/etc/certs/key.pem": workload.keyPem,
-        },
+        vmCertFiles({ ca, workload }),
       );
       const result = await discoveryCheck(d).run(signal);
       expect(result.status, result.hint).toBe("pass");
@@ -301,16 +284,9 @@ describe("istiod discovery check (ADS)", () => {
   });
 
   it("reports PERMISSION_DENIED with the identity hint, and a reset stream with the reset hint", async () => {
-    const xds = await startPilotXds({
-      store: pilotStore(),
-      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem },
-    });
+    const xds = await startTlsPilot({ ca, serving }, pilotStore(), { requireClientCert: false });
     try {
-      const files = {
-        "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
-        "/vm/etc/certs/cert-chain.pem": workload.chainPem,
-        "/vm/etc/certs/key.pem": workload.keyPem,
-      };
+      const files = vmCertFiles({ ca, workload });
       const wrongSa = await deps({ DISCOVERY_ADDRESS: xds.address, SERVICE_ACCOUNT: "other" }, files);
       const denied = await discoveryCheck(wrongSa).run(signal);
       expect(denied.summary).toBe(`ADS to ${xds.address} failed: gRPC PERMISSION_DENIED`);
@@ -344,10 +320,7 @@ describe("CA check", () => {
     const ca = await createMeshCa();
     const other = await createMeshCa();
     const serving = await ca.issueKeyPair({ dnsNames: ["istio-ca"] });
-    const xds = await startPilotXds({
-      store: pilotStore(),
-      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem },
-    });
+    const xds = await startTlsPilot({ ca, serving }, pilotStore(), { requireClientCert: false });
     try {
       const env = { ISTIO_CONTROL_PLANE: "legacy", CA_ADDR: xds.address };
       const good = await caCheck(await deps(env, { "/vm/etc/certs/root-cert.pem": ca.rootCertPem })).run(signal);

@@ -1,17 +1,10 @@
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import * as grpc from "@grpc/grpc-js";
 import { FakeClock } from "../../test/fakes/fake-clock.js";
-import { createAdsClient } from "../xds/ads-client.js";
+import { openAdsStream } from "../../test/support/ads-stream.js";
 import type { AdsProbeTls } from "../xds/ads-client.js";
-import type { DiscoveryRequest, DiscoveryResponse, StructValue, XdsNode } from "../xds/protos.js";
-import {
-  ADS_METHOD,
-  ENDPOINT_TYPE_URL,
-  HEALTH_INFO_TYPE_URL,
-  decodeDiscoveryResponse,
-  encodeDiscoveryRequest,
-  unpackClusterLoadAssignment,
-} from "../xds/protos.js";
+import type { DiscoveryResponse, StructValue, XdsNode } from "../xds/protos.js";
+import { ENDPOINT_TYPE_URL, HEALTH_INFO_TYPE_URL, unpackClusterLoadAssignment } from "../xds/protos.js";
 import type { IssuedKeyPair, MeshCa } from "./mesh-ca.js";
 import { createMeshCa } from "./mesh-ca.js";
 import { AutoRegistration, autoRegisteredEntryName, rfc3339Nano, workloadEntryFromGroup } from "./pilot-autoreg.js";
@@ -130,63 +123,6 @@ describe("auto-registered WorkloadEntry names and contents, as istiod makes them
   });
 });
 
-interface Stream {
-  readonly responses: DiscoveryResponse[];
-  send(
-    request: Omit<DiscoveryRequest, "version_info" | "resource_names" | "response_nonce"> & Partial<DiscoveryRequest>,
-  ): void;
-  next(count: number): Promise<DiscoveryResponse>;
-  /** Half-closes and waits for the server's status. */
-  close(): Promise<grpc.StatusObject>;
-  readonly status: Promise<grpc.StatusObject>;
-}
-
-function openStream(address: string, tls: AdsProbeTls | undefined): Stream {
-  const client = createAdsClient(address, tls);
-  const call = client.makeBidiStreamRequest<DiscoveryRequest, DiscoveryResponse>(
-    ADS_METHOD,
-    encodeDiscoveryRequest,
-    decodeDiscoveryResponse,
-    new grpc.Metadata(),
-  );
-  const responses: DiscoveryResponse[] = [];
-  const waiters: (() => void)[] = [];
-  call.on("data", (r: DiscoveryResponse) => {
-    responses.push(r);
-    for (const w of waiters.splice(0)) w();
-  });
-  call.on("error", () => undefined);
-  const status = new Promise<grpc.StatusObject>((resolve) => {
-    call.on("status", (s: grpc.StatusObject) => {
-      client.close();
-      for (const w of waiters.splice(0)) w();
-      resolve(s);
-    });
-  });
-  let ended = false;
-  void status.then(() => {
-    ended = true;
-  });
-  return {
-    responses,
-    status,
-    send: (request) => {
-      call.write({ version_info: "", resource_names: [], response_nonce: "", ...request });
-    },
-    next: async (count) => {
-      while (responses.length < count) {
-        if (ended) throw new Error(`stream ended after ${responses.length} responses`);
-        await new Promise<void>((resolve) => waiters.push(resolve));
-      }
-      return responses[count - 1] as DiscoveryResponse;
-    },
-    close: () => {
-      call.end();
-      return status;
-    },
-  };
-}
-
 function endpointsOf(response: DiscoveryResponse): string[] {
   return response.resources
     .map(unpackClusterLoadAssignment)
@@ -241,7 +177,7 @@ describe("dev istiod auto-registration over real sockets (mTLS port)", () => {
   it("creates the entry on connect, feeds EDS from its health reports, and deletes it 10 s after the stream closes", async () => {
     const store = seed();
     const { xds, clock } = await start(store);
-    const stream = openStream(xds.address, tls);
+    const stream = openAdsStream(xds.address, tls);
     stream.send({ node, type_url: ENDPOINT_TYPE_URL, resource_names: [CLUSTER] });
     // Health checks are on (the node's ProxyConfig has a readinessProbe): no endpoint before the first report.
     expect(endpointsOf(await stream.next(1))).toEqual([]);
@@ -302,7 +238,7 @@ describe("dev istiod auto-registration over real sockets (mTLS port)", () => {
   it("keeps the entry when the proxy reconnects within the grace period, and while a second stream is open", async () => {
     const store = seed();
     const { xds, clock } = await start(store);
-    const first = openStream(xds.address, tls);
+    const first = openAdsStream(xds.address, tls);
     first.send({ node, type_url: ENDPOINT_TYPE_URL, resource_names: [CLUSTER] });
     await first.next(1);
     await first.close();
@@ -312,13 +248,13 @@ describe("dev istiod auto-registration over real sockets (mTLS port)", () => {
     ).toBeDefined();
 
     clock.advance(GRACE_MS / 2);
-    const again = openStream(xds.address, tls);
+    const again = openAdsStream(xds.address, tls);
     again.send({ node, type_url: ENDPOINT_TYPE_URL, resource_names: [CLUSTER] });
     await again.next(1);
     const reconnected = annotations(store.get("workloadentries", "default", "vms-10.0.0.5"));
     expect(reconnected["istio.io/connectedAt"]).toBe(rfc3339Nano(clock.now()));
     expect(reconnected["istio.io/disconnectedAt"]).toBeUndefined();
-    const second = openStream(xds.address, tls);
+    const second = openAdsStream(xds.address, tls);
     second.send({ node, type_url: ENDPOINT_TYPE_URL, resource_names: [CLUSTER] });
     await second.next(1);
 
@@ -339,7 +275,7 @@ describe("dev istiod auto-registration over real sockets (mTLS port)", () => {
   it("ends the stream when the group is missing, the identity does not fit, or nobody is authenticated", async () => {
     const store = seed();
     const { xds, plain } = await start(store);
-    const missing = openStream(xds.address, tls);
+    const missing = openAdsStream(xds.address, tls);
     missing.send({
       node: { ...node, metadata: { ...node.metadata, AUTO_REGISTER_GROUP: "ghosts" } },
       type_url: ENDPOINT_TYPE_URL,
@@ -352,14 +288,14 @@ describe("dev istiod auto-registration over real sockets (mTLS port)", () => {
       ...store.get("workloadgroups", "default", "vms"),
       spec: { template: { serviceAccount: "db" } },
     });
-    const wrongSa = openStream(xds.address, tls);
+    const wrongSa = openAdsStream(xds.address, tls);
     wrongSa.send({
       node: { ...node, metadata: { ...node.metadata, SERVICE_ACCOUNT: "" } },
       type_url: ENDPOINT_TYPE_URL,
     });
     expect((await wrongSa.status).details).toContain('service account mismatch: "vm" vs "db"');
 
-    const anonymous = openStream(plain.address, undefined);
+    const anonymous = openAdsStream(plain.address, undefined);
     anonymous.send({ node, type_url: ENDPOINT_TYPE_URL });
     expect((await anonymous.status).details).toContain("requires a verified identity");
     expect(store.list("workloadentries")).toEqual([]);
@@ -368,7 +304,7 @@ describe("dev istiod auto-registration over real sockets (mTLS port)", () => {
     const rest = Object.fromEntries(
       Object.entries(node.metadata).filter(([k]) => k !== "AUTO_REGISTER_GROUP"),
     ) as Record<string, StructValue>;
-    const unregistered = openStream(xds.address, tls);
+    const unregistered = openAdsStream(xds.address, tls);
     unregistered.send({ node: { ...node, metadata: rest }, type_url: ENDPOINT_TYPE_URL, resource_names: [CLUSTER] });
     await unregistered.next(1);
     unregistered.send({ type_url: HEALTH_INFO_TYPE_URL });

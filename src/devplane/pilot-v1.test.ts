@@ -1,8 +1,8 @@
 import { request } from "node:https";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { pilotRestPerTest } from "../../test/support/pilot-rest.js";
 import { checkAgainstV1Schema } from "../../test/support/envoy-v1-schema.js";
 import { createMeshCa } from "./mesh-ca.js";
-import type { PilotRestServer } from "./pilot-rest.js";
 import { startPilotRest } from "./pilot-rest.js";
 import { clusterName, virtualHostDomains } from "./pilot-v1.js";
 import type { ObjectStore } from "./store.js";
@@ -28,18 +28,10 @@ async function getJson(url: string): Promise<{ status: number; body: unknown }> 
 }
 
 describe("dev Pilot v1 discovery (CDS, LDS, RDS) as Istio 0.2's Pilot served it", () => {
-  let store: ObjectStore;
-  let pilot: PilotRestServer;
-  beforeEach(async () => {
-    store = seed();
-    pilot = await startPilotRest({ store });
-  });
-  afterEach(async () => {
-    await pilot.close();
-  });
+  const rest = pilotRestPerTest(seed);
 
   it("CDS: in.<port> static clusters for the node's own endpoints, out.<service-key> SDS clusters; Envoy's v1 schemas accept it", async () => {
-    const { status, body } = await getJson(`${pilot.url}/v1/clusters/rawvm/${NODE}`);
+    const { status, body } = await getJson(`${rest.pilot.url}/v1/clusters/rawvm/${NODE}`);
     expect(status).toBe(200);
     expect(checkAgainstV1Schema("cds", body)).toEqual([]);
     expect(body).toEqual({
@@ -76,14 +68,14 @@ describe("dev Pilot v1 discovery (CDS, LDS, RDS) as Istio 0.2's Pilot served it"
     });
     // SDS for an outbound cluster's service_name answers from the same registry.
     const sds = await getJson(
-      `${pilot.url}/v1/registration/${encodeURIComponent("mysqldb.default.svc.cluster.local|mysql")}`,
+      `${rest.pilot.url}/v1/registration/${encodeURIComponent("mysqldb.default.svc.cluster.local|mysql")}`,
     );
     expect(checkAgainstV1Schema("sds", sds.body)).toEqual([]);
     expect(sds.body).toEqual({ hosts: [{ ip_address: VM_IP, port: 3306 }] });
   });
 
   it("LDS: virtual on 15001 with use_original_dst, outbound http_0.0.0.0_<port> / tcp_<VIP>_<port>, the VM's inbound tcp_<ip>_3306", async () => {
-    const { status, body } = await getJson(`${pilot.url}/v1/listeners/rawvm/${NODE}`);
+    const { status, body } = await getJson(`${rest.pilot.url}/v1/listeners/rawvm/${NODE}`);
     expect(status).toBe(200);
     expect(checkAgainstV1Schema("lds", body)).toEqual([]);
     const listeners = (body as { listeners: Record<string, unknown>[] }).listeners;
@@ -127,7 +119,7 @@ describe("dev Pilot v1 discovery (CDS, LDS, RDS) as Istio 0.2's Pilot served it"
     });
     // Another node sees no inbound listener of this VM.
     const other = await getJson(
-      `${pilot.url}/v1/listeners/rawvm/sidecar~10.0.0.9~vm2.default~default.svc.cluster.local`,
+      `${rest.pilot.url}/v1/listeners/rawvm/sidecar~10.0.0.9~vm2.default~default.svc.cluster.local`,
     );
     expect((other.body as { listeners: { name: string }[] }).listeners.map((l) => l.name)).not.toContain(
       "tcp_10.0.0.5_3306",
@@ -135,7 +127,7 @@ describe("dev Pilot v1 discovery (CDS, LDS, RDS) as Istio 0.2's Pilot served it"
   });
 
   it("RDS: one virtual host per HTTP service on the port, every short form of the host and the VIP; schema-valid", async () => {
-    const port80 = await getJson(`${pilot.url}/v1/routes/80/rawvm/${NODE}`);
+    const port80 = await getJson(`${rest.pilot.url}/v1/routes/80/rawvm/${NODE}`);
     expect(checkAgainstV1Schema("rds", port80.body)).toEqual([]);
     expect(port80.body).toEqual({
       virtual_hosts: [
@@ -146,7 +138,7 @@ describe("dev Pilot v1 discovery (CDS, LDS, RDS) as Istio 0.2's Pilot served it"
         },
       ],
     });
-    const port9080 = await getJson(`${pilot.url}/v1/routes/9080/rawvm/${NODE}`);
+    const port9080 = await getJson(`${rest.pilot.url}/v1/routes/9080/rawvm/${NODE}`);
     expect(checkAgainstV1Schema("rds", port9080.body)).toEqual([]);
     // From namespace default, a service in "other" has no bare short name, and only host:port forms off port 80.
     expect((port9080.body as { virtual_hosts: { domains: string[] }[] }).virtual_hosts[0]?.domains).toEqual([
@@ -156,34 +148,38 @@ describe("dev Pilot v1 discovery (CDS, LDS, RDS) as Istio 0.2's Pilot served it"
       "web.other.svc.cluster.local:9080",
       "10.96.2.2:9080",
     ]);
-    expect((await getJson(`${pilot.url}/v1/routes/3306/rawvm/${NODE}`)).body).toEqual({ virtual_hosts: [] });
+    expect((await getJson(`${rest.pilot.url}/v1/routes/3306/rawvm/${NODE}`)).body).toEqual({ virtual_hosts: [] });
   });
 
   it("404 on a node without four parts or a wrong path shape, 503 while the registry is unavailable", async () => {
-    const bad = await getJson(`${pilot.url}/v1/listeners/rawvm/10.0.0.5`);
+    const bad = await getJson(`${rest.pilot.url}/v1/listeners/rawvm/10.0.0.5`);
     expect(bad).toEqual({ status: 404, body: "missing parts in the service node\n" });
-    expect((await getJson(`${pilot.url}/v1/routes/rawvm/${NODE}`)).status).toBe(404);
-    pilot.setFault("registry-unavailable");
-    expect((await getJson(`${pilot.url}/v1/clusters/rawvm/${NODE}`)).status).toBe(503);
+    expect((await getJson(`${rest.pilot.url}/v1/routes/rawvm/${NODE}`)).status).toBe(404);
+    rest.pilot.setFault("registry-unavailable");
+    expect((await getJson(`${rest.pilot.url}/v1/clusters/rawvm/${NODE}`)).status).toBe(503);
   });
 
   it("caches answers per URL and flushes the cache on every store change (/cache_stats counts hits and misses)", async () => {
     const url = `/v1/clusters/rawvm/${NODE}`;
-    await getJson(pilot.url + url);
-    await getJson(pilot.url + url);
-    expect((await getJson(`${pilot.url}/cache_stats`)).body).toEqual({ cache_stats: { [url]: { hit: 1, miss: 1 } } });
-    store.create("services", {
+    await getJson(rest.pilot.url + url);
+    await getJson(rest.pilot.url + url);
+    expect((await getJson(`${rest.pilot.url}/cache_stats`)).body).toEqual({
+      cache_stats: { [url]: { hit: 1, miss: 1 } },
+    });
+    rest.store.create("services", {
       metadata: { name: "new", namespace: "default" },
       spec: { clusterIP: "10.96.3.3", ports: [{ name: "tcp", port: 7000 }] },
     });
-    const after = await getJson(pilot.url + url);
+    const after = await getJson(rest.pilot.url + url);
     expect((after.body as { clusters: { name: string }[] }).clusters.map((c) => c.name)).toContain(
       "out.new.default.svc.cluster.local|tcp",
     );
-    expect((await getJson(`${pilot.url}/cache_stats`)).body).toEqual({ cache_stats: { [url]: { hit: 1, miss: 2 } } });
-    const del = await fetch(`${pilot.url}/cache_stats_delete`, { method: "POST" });
+    expect((await getJson(`${rest.pilot.url}/cache_stats`)).body).toEqual({
+      cache_stats: { [url]: { hit: 1, miss: 2 } },
+    });
+    const del = await fetch(`${rest.pilot.url}/cache_stats_delete`, { method: "POST" });
     expect(del.status).toBe(200);
-    expect((await getJson(`${pilot.url}/cache_stats`)).body).toEqual({ cache_stats: {} });
+    expect((await getJson(`${rest.pilot.url}/cache_stats`)).body).toEqual({ cache_stats: {} });
   });
 });
 

@@ -1,20 +1,15 @@
 import { beforeAll, describe, expect, it } from "vitest";
+import { openAdsStream } from "../../test/support/ads-stream.js";
+import { meshPairs } from "../../test/support/mesh-pilot.js";
 import * as grpc from "@grpc/grpc-js";
 import { AdsProbeError, probeAds } from "../xds/ads-client.js";
 import { watchAds } from "../xds/ads-watch.js";
 import { decodeNameTable, NAME_TABLE_TYPE_URL } from "../xds/nds.js";
 import type { NdsNameTable } from "../xds/nds.js";
 import { systemClock } from "../platform/clock.js";
-import type { DiscoveryRequest, DiscoveryResponse, XdsNode } from "../xds/protos.js";
+import type { XdsNode } from "../xds/protos.js";
 import type { LogFields, Logger } from "../platform/logger.js";
-import {
-  ADS_METHOD,
-  CLUSTER_TYPE_URL,
-  ENDPOINT_TYPE_URL,
-  decodeDiscoveryResponse,
-  encodeDiscoveryRequest,
-  unpackClusterLoadAssignment,
-} from "../xds/protos.js";
+import { CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, unpackClusterLoadAssignment } from "../xds/protos.js";
 import type { IssuedKeyPair, MeshCa } from "./mesh-ca.js";
 import { createMeshCa } from "./mesh-ca.js";
 import { startPilotRest } from "./pilot-rest.js";
@@ -62,9 +57,7 @@ describe("dev Pilot ADS server", () => {
   let serving: IssuedKeyPair;
   let client: IssuedKeyPair;
   beforeAll(async () => {
-    ca = await createMeshCa();
-    serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
-    client = await ca.issueKeyPair({ identity: ca.spiffeId("default", "vm") });
+    ({ ca, serving, workload: client } = await meshPairs("default", "vm"));
   });
 
   it("answers CDS over plain gRPC with one EDS cluster per service port and records the ACK", async () => {
@@ -284,35 +277,11 @@ describe("dev Pilot ADS server, EDS and NACK over the wire", () => {
   it("answers EDS for the named clusters, records a NACK, and pushes on an endpoints change", async () => {
     const store = seed();
     const xds = await startPilotXds({ store });
-    const client = new grpc.Client(xds.address, grpc.credentials.createInsecure());
-    const call = client.makeBidiStreamRequest<DiscoveryRequest, DiscoveryResponse>(
-      ADS_METHOD,
-      encodeDiscoveryRequest,
-      decodeDiscoveryResponse,
-      new grpc.Metadata(),
-      { deadline: Date.now() + 10_000 },
-    );
-    const responses: DiscoveryResponse[] = [];
-    const waiters: (() => void)[] = [];
-    call.on("data", (r: DiscoveryResponse) => {
-      responses.push(r);
-      for (const w of waiters.splice(0)) w();
-    });
-    call.on("error", () => undefined);
-    const nextResponse = async (count: number): Promise<DiscoveryResponse> => {
-      while (responses.length < count) await new Promise<void>((resolve) => waiters.push(resolve));
-      return responses[count - 1] as DiscoveryResponse;
-    };
+    const stream = openAdsStream(xds.address, undefined);
     const cluster = "outbound|80||hello.default.svc.cluster.local";
     try {
-      call.write({
-        version_info: "",
-        node,
-        resource_names: [cluster],
-        type_url: ENDPOINT_TYPE_URL,
-        response_nonce: "",
-      });
-      const first = await nextResponse(1);
+      stream.send({ node, resource_names: [cluster], type_url: ENDPOINT_TYPE_URL });
+      const first = await stream.next(1);
       expect(first.type_url).toBe(ENDPOINT_TYPE_URL);
       expect(first.resources.map(unpackClusterLoadAssignment)).toMatchObject([
         {
@@ -325,8 +294,7 @@ describe("dev Pilot ADS server, EDS and NACK over the wire", () => {
         },
       ]);
 
-      call.write({
-        version_info: "",
+      stream.send({
         resource_names: [cluster],
         type_url: ENDPOINT_TYPE_URL,
         response_nonce: first.nonce,
@@ -341,7 +309,7 @@ describe("dev Pilot ADS server, EDS and NACK over the wire", () => {
         ...ep,
         subsets: [{ addresses: [{ ip: "10.1.1.9" }], ports: [{ name: "http", port: 8081 }] }],
       });
-      const pushed = await nextResponse(2);
+      const pushed = await stream.next(2);
       expect(pushed.nonce).not.toBe(first.nonce);
       expect(
         pushed.resources.map(unpackClusterLoadAssignment)[0]?.endpoints[0]?.lb_endpoints[0]?.endpoint.address
@@ -352,8 +320,7 @@ describe("dev Pilot ADS server, EDS and NACK over the wire", () => {
         detail: "rejected for the test",
       });
     } finally {
-      call.cancel();
-      client.close();
+      stream.cancel();
       await xds.close();
     }
   });
@@ -372,9 +339,7 @@ describe("dev Pilot ADS server: istiod's authentication and identity check, and 
     }
   };
   beforeAll(async () => {
-    ca = await createMeshCa();
-    serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
-    client = await ca.issueKeyPair({ identity: ca.spiffeId("default", "vm") });
+    ({ ca, serving, workload: client } = await meshPairs("default", "vm"));
   });
 
   it("TLS without a certificate: a service-account token authenticates, nothing gives UNAUTHENTICATED", async () => {
@@ -446,22 +411,12 @@ describe("dev Pilot ADS server: istiod's authentication and identity check, and 
       logger: recordingLogger(lines),
     });
     const rest = await startPilotRest({ store, connectedProxies: () => xds.connections() });
-    const grpcClient = new grpc.Client(
-      xds.address,
-      grpc.credentials.createSsl(Buffer.from(ca.rootCertPem), Buffer.from(client.keyPem), Buffer.from(client.chainPem)),
-      {
-        "grpc.ssl_target_name_override": "istiod.istio-system.svc",
-        "grpc.default_authority": "istiod.istio-system.svc",
-      },
-    );
-    const call = grpcClient.makeBidiStreamRequest<DiscoveryRequest, DiscoveryResponse>(
-      ADS_METHOD,
-      encodeDiscoveryRequest,
-      decodeDiscoveryResponse,
-      new grpc.Metadata(),
-      { deadline: Date.now() + 10_000 },
-    );
-    call.on("error", () => undefined);
+    const stream = openAdsStream(xds.address, {
+      rootPem: ca.rootCertPem,
+      servername: "istiod.istio-system.svc",
+      certChainPem: client.chainPem,
+      keyPem: client.keyPem,
+    });
     const sent: XdsNode = {
       ...node,
       cluster: "mysql.default",
@@ -473,9 +428,8 @@ describe("dev Pilot ADS server: istiod's authentication and identity check, and 
       },
     };
     try {
-      const first = new Promise<DiscoveryResponse>((resolve) => call.once("data", resolve));
-      call.write({ version_info: "", node: sent, resource_names: [], type_url: CLUSTER_TYPE_URL, response_nonce: "" });
-      await first;
+      stream.send({ node: sent, type_url: CLUSTER_TYPE_URL });
+      await stream.next(1);
       const expected = {
         tls: true,
         authenticatedBy: "certificate",
@@ -491,14 +445,13 @@ describe("dev Pilot ADS server: istiod's authentication and identity check, and 
       expect(connectedLine).toContain(`node=${sent.id}`);
       expect(connectedLine).toContain('"ISTIO_VERSION":"1.24.2"');
 
-      call.end();
+      void stream.close();
       for (let i = 0; i < 200 && xds.connections().length > 0; i++) {
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
       expect(xds.connections()).toEqual([]);
     } finally {
-      call.cancel();
-      grpcClient.close();
+      stream.cancel();
       await rest.close();
       await xds.close();
     }

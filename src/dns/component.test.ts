@@ -1,14 +1,10 @@
-import { createSocket } from "node:dgram";
-import * as dnsPacket from "dns-packet";
-import type { Packet } from "dns-packet";
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "../../test/fakes/fake-clock.js";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { freePort } from "../../test/support/net.js";
+import { answerLines, askA } from "../../test/support/dns-query.js";
+import { REVIEWS, meshPairs, startTlsPilot, storeWithServices, vmCertFiles } from "../../test/support/mesh-pilot.js";
 import { createAgentEvents } from "../agent/events.js";
-import { createMeshCa } from "../devplane/mesh-ca.js";
-import { startPilotXds } from "../devplane/pilot-xds.js";
-import { ObjectStore } from "../devplane/store.js";
 import { systemClock } from "../platform/clock.js";
 import { NAME_TABLE_TYPE_URL } from "../xds/nds.js";
 import { MetricsRegistry } from "../agent/metrics.js";
@@ -25,26 +21,6 @@ import { parseResolvConf } from "./resolv-conf.js";
 import type { NameTable } from "./name-table.js";
 import { decodeStoredTable, encodeStoredTable } from "./table-store.js";
 import { fakePorts } from "../../test/fakes/ports.js";
-
-function ask(port: number, name: string, host = "127.0.0.1"): Promise<Packet> {
-  return new Promise((resolve, reject) => {
-    const socket = createSocket(host.includes(":") ? "udp6" : "udp4");
-    socket.on("error", reject);
-    socket.on("message", (message) => {
-      socket.close();
-      resolve(dnsPacket.decode(message));
-    });
-    socket.send(
-      dnsPacket.encode({ type: "query", id: 9, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: "A", name }] }),
-      port,
-      host,
-    );
-  });
-}
-
-function answers(packet: Packet): string[] {
-  return (packet.answers ?? []).map((a) => `${a.type} ${String((a as { data: unknown }).data)}`).sort();
-}
 
 const TABLE_PATH = "/vm/var/lib/istio/nds/name-table.json";
 const RESOLV = "/vm/etc/resolv.conf";
@@ -118,7 +94,7 @@ describe("dns component", () => {
     try {
       await component.start(controller.signal);
       // Before istiod: the table the last run persisted.
-      expect(answers(await ask(port, "old"))).toEqual(["A 10.96.0.1"]);
+      expect(answerLines(await askA(port, "old"))).toEqual(["A 10.96.0.1"]);
       expect(component.status()).toEqual({
         ready: true,
         summary: `dns 127.0.0.1:${String(port)}: 1 names (from disk, 3600s old)`,
@@ -132,13 +108,13 @@ describe("dns component", () => {
           kind: "loaded",
           stored: { receivedAt: clock.now(), table: { "new.bookinfo.svc.cluster.local": { ips: ["10.96.0.2"] } } },
         });
-      expect(answers(await ask(port, "new.bookinfo"))).toEqual(["A 10.96.0.2"]);
+      expect(answerLines(await askA(port, "new.bookinfo"))).toEqual(["A 10.96.0.2"]);
       expect(component.status().summary).toMatch(/1 names \(from istiod, 0s old\)/);
 
       // istiod goes away: the table stays.
       drop?.("gRPC UNAVAILABLE: connection refused");
       clock.advance(60_000);
-      expect(answers(await ask(port, "new"))).toEqual(["A 10.96.0.2"]);
+      expect(answerLines(await askA(port, "new"))).toEqual(["A 10.96.0.2"]);
       expect(component.status().summary).toMatch(/istiod unreachable, 60s old/);
 
       // resolv.conf changes: the search-list short-cut follows on the next poll.
@@ -146,7 +122,7 @@ describe("dns component", () => {
       await fs.writeFileAtomic(RESOLV, "nameserver 192.0.2.53\nsearch second.svc.cluster.local\n", { mode: 0o644 });
       clock.advance(5000);
       await expect
-        .poll(async () => answers(await ask(port, expanded)))
+        .poll(async () => answerLines(await askA(port, expanded)))
         .toEqual(["A 10.96.0.2", "CNAME new.bookinfo.svc.cluster.local"]);
       const counted = /istio_vm_dns_queries_total\{result="table",transport="udp"\} (\d+)/.exec(metrics.render());
       expect(Number(counted?.[1])).toBeGreaterThanOrEqual(4);
@@ -192,7 +168,7 @@ describe("dns component", () => {
       await fs.writeFileAtomic(RESOLV, "nameserver 192.0.2.53\nnameserver 2001:db8::53\n", { mode: 0o644 });
       clock.advance(5000);
       await expect.poll(() => component.status().summary).toContain(`[::1]:${String(port)}`);
-      expect(answers(await ask(port, "a", "::1"))).toEqual(["A 10.96.0.1"]);
+      expect(answerLines(await askA(port, "a", "::1"))).toEqual(["A 10.96.0.1"]);
     } finally {
       controller.abort();
       await component.stop();
@@ -216,24 +192,12 @@ describe("dns component", () => {
 
 describe("dns component with the real NDS source", () => {
   it("gets the name table from the dev pilot over mTLS with DNS_CAPTURE in the node, and answers from it", async () => {
-    const ca = await createMeshCa();
-    const serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
-    const client = await ca.issueKeyPair({ identity: ca.spiffeId("bookinfo", "vm") });
-    const store = new ObjectStore();
-    store.create("services", {
-      metadata: { name: "reviews", namespace: "bookinfo" },
-      spec: { clusterIP: "10.96.0.10", ports: [{ name: "http", port: 9080 }] },
-    });
-    const xds = await startPilotXds({
-      store,
-      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem, requireClientCert: true },
-    });
+    const mesh = await meshPairs("bookinfo", "vm");
+    const xds = await startTlsPilot(mesh, storeWithServices(REVIEWS));
     const port = await freePort();
     const fs = new MemoryFileSystem({
       [RESOLV]: "nameserver 192.0.2.53\n",
-      "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
-      "/vm/etc/certs/cert-chain.pem": client.chainPem,
-      "/vm/etc/certs/key.pem": client.keyPem,
+      ...vmCertFiles(mesh),
     });
     const env = {
       ...proxyEnv(port),
@@ -251,14 +215,14 @@ describe("dns component with the real NDS source", () => {
     const controller = new AbortController();
     try {
       await component.start(controller.signal);
-      await expect.poll(async () => answers(await ask(port, "reviews"))).toEqual(["A 10.96.0.10"]);
+      await expect.poll(async () => answerLines(await askA(port, "reviews"))).toEqual(["A 10.96.0.10"]);
       const request = xds.events.find((e) => e.kind === "request" && e.typeUrl === NAME_TABLE_TYPE_URL);
       expect(request?.metadata?.["DNS_CAPTURE"]).toBe("true");
-      expect(request?.peerIdentities).toEqual([ca.spiffeId("bookinfo", "vm")]);
+      expect(request?.peerIdentities).toEqual([mesh.ca.spiffeId("bookinfo", "vm")]);
       expect(fs.files.has(TABLE_PATH)).toBe(true);
       // istiod goes away: still answered from the table.
       await xds.close();
-      expect(answers(await ask(port, "reviews.bookinfo"))).toEqual(["A 10.96.0.10"]);
+      expect(answerLines(await askA(port, "reviews.bookinfo"))).toEqual(["A 10.96.0.10"]);
     } finally {
       controller.abort();
       await component.stop();

@@ -3,23 +3,19 @@
  * stream that carries Envoy's CDS (one connection to istiod, Envoy's node, DNS_CAPTURE set by the bootstrap's node);
  * without one, the DNS component's own stream is used.
  */
-import { createSocket } from "node:dgram";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import * as dnsPacket from "dns-packet";
-import type { Packet } from "dns-packet";
 import { describe, expect, it } from "vitest";
 import { AdsTestClient, CDS_TYPE } from "../../test/support/ads-client.js";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { fakePorts } from "../../test/fakes/ports.js";
 import { freePort } from "../../test/support/net.js";
+import { answerLines, askA } from "../../test/support/dns-query.js";
+import { REVIEWS, meshPairs, startTlsPilot, storeWithServices, vmCertFiles } from "../../test/support/mesh-pilot.js";
 import { createAgentEvents } from "../agent/events.js";
 import { MetricsRegistry } from "../agent/metrics.js";
 import { loadConfig } from "../config/load.js";
-import { createMeshCa } from "../devplane/mesh-ca.js";
-import { startPilotXds } from "../devplane/pilot-xds.js";
-import { ObjectStore } from "../devplane/store.js";
 import { systemClock } from "../platform/clock.js";
 import { nodeFileSystem } from "../platform/fs.js";
 import { createLogger } from "../platform/logger.js";
@@ -33,47 +29,15 @@ import type { NameTableSource } from "./component.js";
 import { createDnsProxyComponent } from "./component.js";
 import { upstreamNameTableSource } from "./nds-upstream.js";
 
-function ask(port: number, name: string): Promise<Packet> {
-  return new Promise((resolve, reject) => {
-    const socket = createSocket("udp4");
-    socket.on("error", reject);
-    socket.on("message", (message) => {
-      socket.close();
-      resolve(dnsPacket.decode(message));
-    });
-    socket.send(
-      dnsPacket.encode({ type: "query", id: 9, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: "A", name }] }),
-      port,
-      "127.0.0.1",
-    );
-  });
-}
-
-function answers(packet: Packet): string[] {
-  return (packet.answers ?? []).map((a) => `${a.type} ${String((a as { data: unknown }).data)}`).sort();
-}
-
 describe("NDS on the xDS proxy's upstream", () => {
   it("rides the stream that carries Envoy's CDS, with the bootstrap's node (DNS_CAPTURE), and feeds the DNS proxy", async () => {
-    const ca = await createMeshCa();
-    const serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
-    const client = await ca.issueKeyPair({ identity: ca.spiffeId("bookinfo", "vm") });
-    const store = new ObjectStore();
-    store.create("services", {
-      metadata: { name: "reviews", namespace: "bookinfo" },
-      spec: { clusterIP: "10.96.0.10", ports: [{ name: "http", port: 9080 }] },
-    });
-    const xds = await startPilotXds({
-      store,
-      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem, requireClientCert: true },
-    });
+    const mesh = await meshPairs("bookinfo", "vm");
+    const xds = await startTlsPilot(mesh, storeWithServices(REVIEWS));
     const dir = await mkdtemp(join(tmpdir(), "istio-vm-nds-upstream-"));
     const port = await freePort();
     const fs = new MemoryFileSystem({
       "/vm/etc/resolv.conf": "nameserver 192.0.2.53\n",
-      "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
-      "/vm/etc/certs/cert-chain.pem": client.chainPem,
-      "/vm/etc/certs/key.pem": client.keyPem,
+      ...vmCertFiles(mesh),
     });
     const env = {
       ISTIO_VM_ROOT: "/vm",
@@ -118,12 +82,12 @@ describe("NDS on the xDS proxy's upstream", () => {
       await component.start(controller.signal);
       envoy.request(CDS_TYPE);
       await envoy.nextOf(CDS_TYPE);
-      await expect.poll(async () => answers(await ask(port, "reviews"))).toEqual(["A 10.96.0.10"]);
+      await expect.poll(async () => answerLines(await askA(port, "reviews"))).toEqual(["A 10.96.0.10"]);
       const nds = xds.events.find((e) => e.kind === "request" && e.typeUrl === NAME_TABLE_TYPE_URL);
       const cds = xds.events.find((e) => e.kind === "request" && e.typeUrl === CDS_TYPE);
       expect(nds?.stream).toBe(cds?.stream);
       expect(nds?.metadata?.["DNS_CAPTURE"]).toBe("true");
-      expect(nds?.peerIdentities).toEqual([ca.spiffeId("bookinfo", "vm")]);
+      expect(nds?.peerIdentities).toEqual([mesh.ca.spiffeId("bookinfo", "vm")]);
       await expect.poll(() => xds.events.some((e) => e.kind === "ack" && e.typeUrl === NAME_TABLE_TYPE_URL)).toBe(true);
       expect(xds.connections()).toHaveLength(1);
     } finally {

@@ -22,37 +22,24 @@
  * types in src/envoy/bootstrap.test.ts (proto/envoy-v2/bootstrap.proto).
  */
 import { isIP } from "node:net";
-import { join } from "node:path";
-import { buildNodeBlock } from "../xds/node-block.js";
 import type { BootstrapConfig, BootstrapInput, BootstrapJson } from "./bootstrap.js";
-import { CERT_FILES, PROMETHEUS_CLUSTER, XDS_CLUSTER, discoverySan } from "./bootstrap.js";
+import {
+  CONTROL_PLANE_CIRCUIT_BREAKERS,
+  PROMETHEUS_CLUSTER,
+  XDS_CLUSTER,
+  bootstrapNode,
+  discoverySan,
+  fileTlsContext,
+  socketAddress,
+  staticCluster,
+} from "./bootstrap.js";
 
 /** pilot-agent's `--discoveryRefreshDelay` and `--connectTimeout` defaults (1 s each). */
 const REFRESH_DELAY = "1s";
 const CONNECT_TIMEOUT = "1s";
-/** The template's limits for the one control-plane connection (its circuit_breakers). */
-const LIMITS = { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 };
-
-function socketAddress(address: string, port: number): BootstrapJson {
-  return { socket_address: { address, port_value: port } };
-}
-
+/** The template's `tls_context`: the workload files, and Pilot's SAN in v2's `verify_subject_alt_name`. */
 function tlsContext(config: BootstrapConfig): BootstrapJson {
-  return {
-    common_tls_context: {
-      alpn_protocols: ["h2"],
-      tls_certificates: [
-        {
-          certificate_chain: { filename: join(config.OUTPUT_CERTS, CERT_FILES.chain) },
-          private_key: { filename: join(config.OUTPUT_CERTS, CERT_FILES.key) },
-        },
-      ],
-      validation_context: {
-        trusted_ca: { filename: join(config.OUTPUT_CERTS, CERT_FILES.root) },
-        verify_subject_alt_name: [discoverySan(config).value],
-      },
-    },
-  };
+  return { common_tls_context: fileTlsContext(config, { verify_subject_alt_name: [discoverySan(config).value] }) };
 }
 
 function xdsCluster(config: BootstrapConfig): BootstrapJson {
@@ -65,12 +52,8 @@ function xdsCluster(config: BootstrapConfig): BootstrapJson {
     lb_policy: "ROUND_ROBIN",
     ...(config.CONTROL_PLANE_AUTH_POLICY === "MUTUAL_TLS" ? { tls_context: tlsContext(config) } : {}),
     hosts: [socketAddress(host, port)],
-    circuit_breakers: {
-      thresholds: [
-        { priority: "DEFAULT", ...LIMITS },
-        { priority: "HIGH", ...LIMITS },
-      ],
-    },
+    // The template's circuit breakers: the same limits as the v3 bootstrap's.
+    circuit_breakers: CONTROL_PLANE_CIRCUIT_BREAKERS,
     upstream_connection_options: { tcp_keepalive: { keepalive_time: 300 } },
     http2_protocol_options: {},
   };
@@ -78,10 +61,7 @@ function xdsCluster(config: BootstrapConfig): BootstrapJson {
 
 function prometheusCluster(config: BootstrapConfig): BootstrapJson {
   return {
-    name: PROMETHEUS_CLUSTER,
-    type: "STATIC",
-    connect_timeout: "0.250s",
-    lb_policy: "ROUND_ROBIN",
+    ...staticCluster(PROMETHEUS_CLUSTER, "0.250s"),
     hosts: [socketAddress("127.0.0.1", config.ENVOY_ADMIN_PORT)],
   };
 }
@@ -120,9 +100,8 @@ function prometheusListener(config: BootstrapConfig): BootstrapJson {
 export function renderV2Bootstrap(input: BootstrapInput): BootstrapJson {
   const { config } = input;
   const stats = config.ENVOY_STATS_PORT !== 0;
-  const node = buildNodeBlock(input);
   return {
-    node: { id: node.id, cluster: node.cluster, metadata: node.metadata as BootstrapJson },
+    node: bootstrapNode(input),
     admin: { access_log_path: "/dev/stdout", address: socketAddress("127.0.0.1", config.ENVOY_ADMIN_PORT) },
     dynamic_resources: {
       lds_config: { ads: {} },

@@ -40,6 +40,14 @@ const V1_PROFILES = {
   "legacy-v1-plain": () => input(`${LEGACY_CLUSTER}CONTROL_PLANE_AUTH_POLICY=NONE\n`, VM),
 };
 
+/** `errors` (a validator's messages, one a line) mentions each of `wanted`: a substring, or a pattern it matches. */
+function expectMentions(errors: string, wanted: readonly (string | RegExp)[]): void {
+  for (const w of wanted) {
+    if (typeof w === "string") expect(errors).toContain(w);
+    else expect(errors).toMatch(w);
+  }
+}
+
 describe("renderBootstrap, v1", () => {
   for (const [name, make] of Object.entries(V1_PROFILES)) {
     it(`${name}: matches its golden file`, async () => {
@@ -99,14 +107,16 @@ describe("renderBootstrap, v1", () => {
       },
       node: { id: "x" },
     }).join("\n");
-    expect(errors).toContain("(top): must NOT have additional properties 'node'");
-    expect(errors).toContain("/lds/refresh_delay_ms: must be > 0");
-    expect(errors).toContain("/admin: must have required property 'access_log_path'");
-    expect(errors).toContain("/admin/address: must be string");
-    expect(errors).toMatch(/clusters\/0\/type: must be equal to one of the allowed values/);
-    expect(errors).toContain("/cluster_manager/clusters/0/hosts: must NOT have fewer than 1 items");
-    expect(errors).toContain("/cluster_manager/sds: must have required property 'refresh_delay_ms'");
-    expect(errors).toContain("/cluster_manager/cds/cluster: must have required property 'connect_timeout_ms'");
+    expectMentions(errors, [
+      "(top): must NOT have additional properties 'node'",
+      "/lds/refresh_delay_ms: must be > 0",
+      "/admin: must have required property 'access_log_path'",
+      "/admin/address: must be string",
+      /clusters\/0\/type: must be equal to one of the allowed values/,
+      "/cluster_manager/clusters/0/hosts: must NOT have fewer than 1 items",
+      "/cluster_manager/sds: must have required property 'refresh_delay_ms'",
+      "/cluster_manager/cds/cluster: must have required property 'connect_timeout_ms'",
+    ]);
   });
 });
 
@@ -200,14 +210,16 @@ describe("renderBootstrap, v2", () => {
         ],
       },
     }).errors.join("\n");
-    expect(errors).toContain("node.user_agent_name: no field 'user_agent_name'");
-    expect(errors).toContain("port_value: expected a uint32");
-    expect(errors).toContain("lds_config.resource_api_version: no field");
-    expect(errors).toContain('lb_policy: "ROUND_ROBINN" is not one of LbPolicy');
-    expect(errors).toContain("transport_socket: no field 'transport_socket'");
-    expect(errors).toContain("connect_timeout: expected a Duration");
-    expect(errors).toContain("listeners[0].bind_to_port: no field 'bind_to_port'");
-    expect(errors).toMatch(/'typed_config' and 'config' are both set/);
+    expectMentions(errors, [
+      "node.user_agent_name: no field 'user_agent_name'",
+      "port_value: expected a uint32",
+      "lds_config.resource_api_version: no field",
+      'lb_policy: "ROUND_ROBINN" is not one of LbPolicy',
+      "transport_socket: no field 'transport_socket'",
+      "connect_timeout: expected a Duration",
+      "listeners[0].bind_to_port: no field 'bind_to_port'",
+      /'typed_config' and 'config' are both set/,
+    ]);
   });
 });
 
@@ -285,13 +297,15 @@ describe("renderBootstrap", () => {
       dynamic_resources: { lds_config: { ads: {}, path: "/x" } },
     };
     const errors = checkAgainstProto(bad).errors.join("\n");
-    expect(errors).toContain("node.clusterr: no field 'clusterr'");
-    expect(errors).toContain("port_value: expected a uint32");
-    expect(errors).toContain("connect_timeout: expected a Duration");
-    expect(errors).toContain('lb_policy: "ROUND_ROBINN" is not one of LbPolicy');
-    expect(errors).toContain("trusted_ca.filenam: no field 'filenam'");
-    expect(errors).toContain("NoSuchThing is not a message type");
-    expect(errors).toMatch(/lds_config\.path.*(both set|deprecated)/);
+    expectMentions(errors, [
+      "node.clusterr: no field 'clusterr'",
+      "port_value: expected a uint32",
+      "connect_timeout: expected a Duration",
+      'lb_policy: "ROUND_ROBINN" is not one of LbPolicy',
+      "trusted_ca.filenam: no field 'filenam'",
+      "NoSuchThing is not a message type",
+      /lds_config\.path.*(both set|deprecated)/,
+    ]);
   });
 
   it("node id and service node follow sidecar~<ip>~<name>.<ns>~<ns>.svc.cluster.local, the short host name for an empty POD_NAME", async () => {

@@ -81,8 +81,14 @@ export function serviceNode(input: BootstrapInput): string {
   return nodeId(input.config, input.hostname);
 }
 
-function socketAddress(address: string, port: number): BootstrapJson {
+export function socketAddress(address: string, port: number): BootstrapJson {
   return { socket_address: { address, port_value: port } };
+}
+
+/** The bootstrap's `node` (id, cluster, metadata), the same in v2 and v3. */
+export function bootstrapNode(input: BootstrapInput): BootstrapJson {
+  const node = buildNodeBlock(input);
+  return { id: node.id, cluster: node.cluster, metadata: node.metadata };
 }
 
 function tlsTransportSocket(config: BootstrapConfig): BootstrapJson {
@@ -93,15 +99,19 @@ function tlsTransportSocket(config: BootstrapConfig): BootstrapJson {
       "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
       // istiod behind an east-west gateway is routed by SNI; legacy Pilot's certificate names a SPIFFE URI, no host.
       ...(san.type === "DNS" ? { sni: san.value } : {}),
-      common_tls_context: fileTlsContext(config, san),
+      common_tls_context: fileTlsContext(config, {
+        match_typed_subject_alt_names: [{ san_type: san.type, matcher: { exact: san.value } }],
+      }),
     },
   };
 }
 
-type San = ReturnType<typeof discoverySan>;
-
-/** Legacy: the workload files in OUTPUT_CERTS, read by Envoy when an epoch starts. */
-function fileTlsContext(config: BootstrapConfig, san: San): BootstrapJson {
+/**
+ * Legacy: the workload files in OUTPUT_CERTS, read by Envoy when an epoch starts. The same in v2 and v3 but for the
+ * field that names the control plane's SAN (`sanMatch`): v2 `verify_subject_alt_name`, v3
+ * `match_typed_subject_alt_names`.
+ */
+export function fileTlsContext(config: BootstrapConfig, sanMatch: BootstrapJson): BootstrapJson {
   return {
     alpn_protocols: ["h2"],
     tls_certificates: [
@@ -112,22 +122,25 @@ function fileTlsContext(config: BootstrapConfig, san: San): BootstrapJson {
     ],
     validation_context: {
       trusted_ca: { filename: join(config.OUTPUT_CERTS, CERT_FILES.root) },
-      match_typed_subject_alt_names: [{ san_type: san.type, matcher: { exact: san.value } }],
+      ...sanMatch,
     },
   };
 }
 
-/** The agent's SDS socket as a cluster: a Unix socket (`pipe`), HTTP/2 for gRPC. */
-function sdsCluster(config: BootstrapConfig): BootstrapJson {
+/** The head every static cluster of both ADS bootstraps starts with (v2 and v3 alike). */
+export function staticCluster(name: string, connectTimeout: string): BootstrapJson {
+  return { name, type: "STATIC", connect_timeout: connectTimeout, lb_policy: "ROUND_ROBIN" };
+}
+
+/** A Unix socket of the agent (`pipe`) as a cluster, HTTP/2 for gRPC; `limits` for the control-plane stream. */
+function pipeCluster(name: string, path: string, limits: boolean): BootstrapJson {
   return {
-    name: SDS_CLUSTER,
-    type: "STATIC",
-    connect_timeout: "1s",
-    lb_policy: "ROUND_ROBIN",
+    ...staticCluster(name, "1s"),
     load_assignment: {
-      cluster_name: SDS_CLUSTER,
-      endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path: sdsSocketPath(config) } } } }] }],
+      cluster_name: name,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path } } } }] }],
     },
+    ...(limits ? { circuit_breakers: CONTROL_PLANE_CIRCUIT_BREAKERS } : {}),
     typed_extension_protocol_options: {
       "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -137,8 +150,22 @@ function sdsCluster(config: BootstrapConfig): BootstrapJson {
   };
 }
 
-/** Limits far above what one control-plane connection needs: Envoy's defaults (1024) would only ever hurt. */
+/** The agent's SDS socket as a cluster. */
+function sdsCluster(config: BootstrapConfig): BootstrapJson {
+  return pipeCluster(SDS_CLUSTER, sdsSocketPath(config), false);
+}
+
+/**
+ * Limits far above what one control-plane connection needs: Envoy's defaults (1024) would only ever hurt. The same
+ * values as Istio 0.8's v2 template (its circuit_breakers), so v2 and v3 share them.
+ */
 const GENEROUS_LIMITS = { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 };
+export const CONTROL_PLANE_CIRCUIT_BREAKERS: BootstrapJson = {
+  thresholds: [
+    { priority: "DEFAULT", ...GENEROUS_LIMITS },
+    { priority: "HIGH", ...GENEROUS_LIMITS },
+  ],
+};
 
 /**
  * istiod: the agent's xDS proxy socket as a `pipe`, HTTP/2 for gRPC, as Istio's bootstrap has it (istio/istio
@@ -146,28 +173,7 @@ const GENEROUS_LIMITS = { max_connections: 100000, max_pending_requests: 100000,
  * the agent authenticates the stream to istiod and watches that connection itself (src/xds/proxy.ts).
  */
 function xdsProxyCluster(config: BootstrapConfig): BootstrapJson {
-  return {
-    name: XDS_CLUSTER,
-    type: "STATIC",
-    connect_timeout: "1s",
-    lb_policy: "ROUND_ROBIN",
-    load_assignment: {
-      cluster_name: XDS_CLUSTER,
-      endpoints: [{ lb_endpoints: [{ endpoint: { address: { pipe: { path: xdsProxySocketPath(config) } } } }] }],
-    },
-    circuit_breakers: {
-      thresholds: [
-        { priority: "DEFAULT", ...GENEROUS_LIMITS },
-        { priority: "HIGH", ...GENEROUS_LIMITS },
-      ],
-    },
-    typed_extension_protocol_options: {
-      "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        explicit_http_config: { http2_protocol_options: {} },
-      },
-    },
-  };
+  return pipeCluster(XDS_CLUSTER, xdsProxySocketPath(config), true);
 }
 
 function xdsCluster(config: BootstrapConfig): BootstrapJson {
@@ -184,12 +190,7 @@ function xdsCluster(config: BootstrapConfig): BootstrapJson {
       cluster_name: XDS_CLUSTER,
       endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress(host, port) } }] }],
     },
-    circuit_breakers: {
-      thresholds: [
-        { priority: "DEFAULT", ...GENEROUS_LIMITS },
-        { priority: "HIGH", ...GENEROUS_LIMITS },
-      ],
-    },
+    circuit_breakers: CONTROL_PLANE_CIRCUIT_BREAKERS,
     // A load balancer or NAT between the VM and the control plane drops idle connections silently; keepalives
     // notice it (TCP) and keep the ADS stream's HTTP/2 connection alive (PING every 30 s, dead after 10 s silence).
     upstream_connection_options: {
@@ -209,10 +210,7 @@ function xdsCluster(config: BootstrapConfig): BootstrapJson {
 
 function localCluster(name: string, port: number): BootstrapJson {
   return {
-    name,
-    type: "STATIC",
-    connect_timeout: "0.250s",
-    lb_policy: "ROUND_ROBIN",
+    ...staticCluster(name, "0.250s"),
     load_assignment: {
       cluster_name: name,
       endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress("127.0.0.1", port) } }] }],
@@ -225,16 +223,15 @@ function localCluster(name: string, port: number): BootstrapJson {
  * endpoint on STATUS_PORT, as pilot-agent's bootstrap routes it; load balancers and istiod's health checks probe it.
  */
 function statusListener(config: BootstrapConfig): BootstrapJson {
+  return routeListener("status", config.ENVOY_STATUS_PORT, "agent", "/healthz/ready", AGENT_CLUSTER);
+}
+
+/** A listener on 0.0.0.0:`port` that forwards GET `prefix` to `cluster` and nothing else. */
+function routeListener(name: string, port: number, statPrefix: string, prefix: string, cluster: string): BootstrapJson {
   return {
-    name: "status",
-    address: socketAddress("0.0.0.0", config.ENVOY_STATUS_PORT),
-    filter_chains: [
-      {
-        filters: [
-          httpConnectionManager("agent", [{ match: { prefix: "/healthz/ready" }, route: { cluster: AGENT_CLUSTER } }]),
-        ],
-      },
-    ],
+    name,
+    address: socketAddress("0.0.0.0", port),
+    filter_chains: [{ filters: [httpConnectionManager(statPrefix, [{ match: { prefix }, route: { cluster } }])] }],
   };
 }
 
@@ -258,19 +255,7 @@ function httpConnectionManager(statPrefix: string, routes: readonly BootstrapJso
 
 /** Istio's 15090 listener: GET /stats/prometheus only, forwarded to the admin (which itself stays on loopback). */
 function prometheusListener(config: BootstrapConfig): BootstrapJson {
-  return {
-    name: "prometheus",
-    address: socketAddress("0.0.0.0", config.ENVOY_STATS_PORT),
-    filter_chains: [
-      {
-        filters: [
-          httpConnectionManager("stats", [
-            { match: { prefix: "/stats/prometheus" }, route: { cluster: PROMETHEUS_CLUSTER } },
-          ]),
-        ],
-      },
-    ],
-  };
+  return routeListener("prometheus", config.ENVOY_STATS_PORT, "stats", "/stats/prometheus", PROMETHEUS_CLUSTER);
 }
 
 /**
@@ -354,9 +339,8 @@ function renderAdsBootstrap(input: BootstrapInput): BootstrapJson {
   const stats = config.ENVOY_STATS_PORT !== 0;
   const status = config.ISTIO_CONTROL_PLANE === "istiod" && config.ENVOY_STATUS_PORT !== 0;
   const ads = { ads: {}, resource_api_version: "V3" };
-  const node = buildNodeBlock(input);
   return {
-    node: { id: node.id, cluster: node.cluster, metadata: node.metadata as BootstrapJson },
+    node: bootstrapNode(input),
     admin: { address: socketAddress("127.0.0.1", config.ENVOY_ADMIN_PORT) },
     dynamic_resources: {
       lds_config: ads,

@@ -6,15 +6,14 @@ import { FakeClock } from "../../test/fakes/fake-clock.js";
 import { fakePorts } from "../../test/fakes/ports.js";
 import { MemoryFileSystem } from "../../test/fakes/memory-fs.js";
 import { freePort } from "../../test/support/net.js";
+import { meshPairs, startTlsPilot, vmCertFiles } from "../../test/support/mesh-pilot.js";
 import { createAgentEvents } from "../agent/events.js";
 import { MetricsRegistry } from "../agent/metrics.js";
 import type { LoadedConfig } from "../config/load.js";
 import { loadConfig } from "../config/load.js";
 import type { AgentDeps } from "../agent/component.js";
 import type { Clock } from "../platform/clock.js";
-import { createMeshCa } from "../devplane/mesh-ca.js";
 import { AutoRegistration } from "../devplane/pilot-autoreg.js";
-import { startPilotXds } from "../devplane/pilot-xds.js";
 import { ObjectStore } from "../devplane/store.js";
 import { loadAssignment } from "../devplane/xds-resources.js";
 import { createLogger } from "../platform/logger.js";
@@ -91,9 +90,7 @@ describe("HealthTracker", () => {
 
 describe("health component against the dev istiod (real sockets)", () => {
   it("registers the VM, reports each probe change, and istiod moves the endpoint in and out of EDS", async () => {
-    const ca = await createMeshCa();
-    const serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
-    const workload = await ca.issueKeyPair({ identity: ca.spiffeId("default", "vm") });
+    const mesh = await meshPairs("default", "vm");
     const store = new ObjectStore();
     store.create("workloadgroups", {
       metadata: { name: "vms", namespace: "default" },
@@ -105,17 +102,11 @@ describe("health component against the dev istiod (real sockets)", () => {
     });
     const istiodClock = new FakeClock();
     const autoRegistration = new AutoRegistration({ store, clock: istiodClock, gracePeriodMs: 10_000 });
-    const xds = await startPilotXds({
-      store,
-      tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem },
-      autoRegistration,
-    });
+    const xds = await startTlsPilot(mesh, store, { requireClientCert: false, autoRegistration });
     const appPort = await freePort();
     let app: Server | undefined = await listen(appPort);
     const fs = new MemoryFileSystem({
-      "/vm/etc/certs/root-cert.pem": ca.rootCertPem,
-      "/vm/etc/certs/cert-chain.pem": workload.chainPem,
-      "/vm/etc/certs/key.pem": workload.keyPem,
+      ...vmCertFiles(mesh),
     });
     const env = {
       ISTIO_VM_ROOT: "/vm",

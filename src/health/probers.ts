@@ -18,6 +18,12 @@ export interface ProberPorts {
   readonly runner: ProcessRunner;
 }
 
+/** Each probe run's bound: the probe's timeout, and the agent stopping. */
+export interface ProbeRunOptions {
+  readonly timeoutMs: number;
+  readonly signal: AbortSignal;
+}
+
 function hostPort(host: string, port: number): string {
   return `${host.includes(":") ? `[${host}]` : host}:${port}`;
 }
@@ -25,7 +31,7 @@ function hostPort(host: string, port: number): string {
 export async function runProbe(
   method: ProbeMethod,
   ports: ProberPorts,
-  options: { readonly timeoutMs: number; readonly signal: AbortSignal },
+  options: ProbeRunOptions,
 ): Promise<ProbeOutcome> {
   try {
     switch (method.kind) {
@@ -70,11 +76,7 @@ export async function runProbe(
  * (`NewWorkloadHealthChecker`: AggregateProber{EnvoyProber, app}), so a VM whose Envoy is not serving is reported
  * unhealthy too. Envoy's admin `/ready` answers 200 `LIVE` once it serves, 503 with its state before.
  */
-export async function envoyReady(
-  http: HttpClient,
-  adminPort: number,
-  options: { readonly timeoutMs: number; readonly signal: AbortSignal },
-): Promise<ProbeOutcome> {
+export async function envoyReady(http: HttpClient, adminPort: number, options: ProbeRunOptions): Promise<ProbeOutcome> {
   try {
     const response = await http.request({
       url: `http://127.0.0.1:${adminPort}/ready`,

@@ -17,6 +17,7 @@ import type { KubeClient } from "./client.js";
 import { isNotFound } from "./client.js";
 import { corePath, getIfExists } from "./profile.js";
 
+/** The modes of the credential files the admin side writes, here and as bundle members (src/provision/bundle.ts). */
 export const SECRET_MODE = 0o600;
 export const PUBLIC_MODE = 0o644;
 

@@ -12,6 +12,18 @@ function status(code: number, reason: string, message: string, details: Record<s
   return JSON.stringify({ kind: "Status", apiVersion: "v1", status: "Failure", message, reason, details, code });
 }
 
+/** The error for `method path` answered with a Status of `code` and `reason` by `server`. */
+function failed(
+  request: string,
+  code: number,
+  reason: string,
+  message: string,
+  details?: Record<string, unknown>,
+): ReturnType<typeof statusError> {
+  const [method = "", path = ""] = request.split(" ");
+  return statusError({ method, path, status: code, body: status(code, reason, message, details), server });
+}
+
 describe("parseApiPath and rbacVerb", () => {
   it("takes core, group, namespaced, cluster-scoped and subresource paths apart", () => {
     expect(parseApiPath("/api/v1/namespaces/default/services/web?dryRun=All")).toEqual({
@@ -73,22 +85,21 @@ describe("statusError", () => {
   });
 
   it("404 tells a missing object from an API the cluster does not serve", () => {
-    const missing = statusError({
-      method: "GET",
-      path: "/api/v1/namespaces/default/secrets/istio.vm",
-      status: 404,
-      body: status(404, "NotFound", 'secrets "istio.vm" not found', { name: "istio.vm", kind: "secrets" }),
-      server,
-    });
+    const missing = failed(
+      "GET /api/v1/namespaces/default/secrets/istio.vm",
+      404,
+      "NotFound",
+      'secrets "istio.vm" not found',
+      { name: "istio.vm", kind: "secrets" },
+    );
     expect(missing.message).toBe('secrets "istio.vm" not found in namespace "default"');
     expect(missing.subject).toBe('secrets "istio.vm" -n default');
-    const unserved = statusError({
-      method: "GET",
-      path: "/apis/networking.k8s.io/v1/servicecidrs/kubernetes",
-      status: 404,
-      body: status(404, "NotFound", "the server could not find the requested resource"),
-      server,
-    });
+    const unserved = failed(
+      "GET /apis/networking.k8s.io/v1/servicecidrs/kubernetes",
+      404,
+      "NotFound",
+      "the server could not find the requested resource",
+    );
     expect(unserved.message).toContain("does not serve servicecidrs.networking.k8s.io");
     expect(unserved.hint).toMatch(/does not have this API/);
   });
@@ -96,22 +107,10 @@ describe("statusError", () => {
   it("keeps the API server's own message for 422 (callers parse it) and maps 409 reasons", () => {
     const message =
       'Service "p" is invalid: spec.clusterIPs: Invalid value: []string{"0.0.0.1"}: failed to allocate IP 0.0.0.1: the provided IP (0.0.0.1) is not in the valid range. The range of valid IPs is 10.96.0.0/12';
-    const invalid = statusError({
-      method: "POST",
-      path: "/api/v1/namespaces/d/services",
-      status: 422,
-      body: status(422, "Invalid", message),
-      server,
-    });
+    const invalid = failed("POST /api/v1/namespaces/d/services", 422, "Invalid", message);
     expect(invalid.message).toBe(message);
     expect(invalid.code).toBe("KUBE_INVALID");
-    const conflict = statusError({
-      method: "PUT",
-      path: "/api/v1/namespaces/d/endpoints/e",
-      status: 409,
-      body: status(409, "Conflict", "Operation cannot be fulfilled"),
-      server,
-    });
+    const conflict = failed("PUT /api/v1/namespaces/d/endpoints/e", 409, "Conflict", "Operation cannot be fulfilled");
     expect(conflict.reason).toBe("Conflict");
     expect(conflict.hint).toMatch(/retry/);
   });

@@ -14,6 +14,7 @@ import type { EnvEntry } from "../config/env-file.js";
 import { EnvFileError, parseEnvFile, renderEnvFile } from "../config/env-file.js";
 import { VARIABLES, isMetadataName, isVariableName } from "../config/registry.js";
 import { ValueError } from "../config/types.js";
+import { PUBLIC_MODE, SECRET_MODE } from "../kube/bootstrap-certs.js";
 import type { ControlPlaneProfile } from "../kube/profile.js";
 import { AgentError, ConfigError } from "../platform/errors.js";
 import type { ConfigProblem } from "../platform/errors.js";
@@ -32,8 +33,6 @@ export const KUBEDNS_NAME = "kubedns";
 export const CREDENTIAL_NAMES = ["root-cert.pem", "cert-chain.pem", "key.pem", "istio-token"] as const;
 export type CredentialName = (typeof CREDENTIAL_NAMES)[number];
 export const SECRET_NAMES: ReadonlySet<string> = new Set(["key.pem", "istio-token"]);
-export const PUBLIC_MODE = 0o644;
-export const SECRET_MODE = 0o600;
 
 export interface DebInfo {
   /** Member name inside the bundle (the .deb's file name). */

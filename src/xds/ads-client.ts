@@ -110,31 +110,49 @@ export function createAdsClient(
   });
 }
 
-export function probeAds(options: AdsProbeOptions): Promise<AdsProbeResult> {
-  const client = createAdsClient(options.target, options.tls);
-  const metadata = new grpc.Metadata();
-  if (options.token !== undefined) metadata.set("authorization", `Bearer ${options.token}`);
-  if (options.clusterId !== undefined && options.clusterId !== "") metadata.set("clusterid", options.clusterId);
-  for (const [key, value] of Object.entries(options.headers ?? {})) metadata.set(key, value);
+/** The stream of a one-shot ADS call (v2 and v3 share the message shapes: src/xds/protos.ts). */
+export type AdsCall = grpc.ClientDuplexStream<DiscoveryRequest, DiscoveryResponse>;
 
-  return new Promise<AdsProbeResult>((resolve, reject) => {
+export interface OneShotAdsCall<T> {
+  readonly target: string;
+  readonly tls: AdsProbeTls | undefined;
+  readonly method: string;
+  readonly encode: (request: DiscoveryRequest) => Buffer;
+  readonly decode: (bytes: Buffer) => DiscoveryResponse;
+  readonly metadata: grpc.Metadata;
+  readonly timeoutMs: number;
+  readonly signal: AbortSignal | undefined;
+  /**
+   * Wires the call's `data` and `status` events and sends the first request; `settle` ends the call once (a value,
+   * or an Error). Not called when `signal` is already aborted.
+   */
+  readonly run: (call: AdsCall, settle: (outcome: { readonly value: T } | Error) => void) => void;
+}
+
+/**
+ * The scaffold of a one-shot ADS call, shared by the istiod probe and the v2 fetch: one bidi stream under one
+ * deadline; whatever settles it first (the caller's outcome, or `signal` aborting) cancels the call and closes the
+ * client, and later outcomes are ignored. Stream errors arrive as the `status` event with the gRPC code.
+ */
+export function oneShotAdsCall<T>(options: OneShotAdsCall<T>): Promise<T> {
+  const client = createAdsClient(options.target, options.tls);
+  return new Promise<T>((resolve, reject) => {
     const call = client.makeBidiStreamRequest<DiscoveryRequest, DiscoveryResponse>(
-      ADS_METHOD,
-      encodeDiscoveryRequest,
-      decodeDiscoveryResponse,
-      metadata,
+      options.method,
+      options.encode,
+      options.decode,
+      options.metadata,
       { deadline: Date.now() + options.timeoutMs },
     );
-    let result: AdsProbeResult | undefined;
     let settled = false;
-    const settle = (error: Error | undefined): void => {
+    const settle = (outcome: { readonly value: T } | Error): void => {
       if (settled) return;
       settled = true;
       options.signal?.removeEventListener("abort", onAbort);
       call.cancel();
       client.close();
-      if (error !== undefined) reject(error);
-      else if (result !== undefined) resolve(result);
+      if (outcome instanceof Error) reject(outcome);
+      else resolve(outcome.value);
     };
     const onAbort = (): void => {
       settle(new AdsProbeError(grpc.status.CANCELLED, "the check was cancelled"));
@@ -144,57 +162,74 @@ export function probeAds(options: AdsProbeOptions): Promise<AdsProbeResult> {
       onAbort();
       return;
     }
-    call.on("data", (response: DiscoveryResponse) => {
-      if (result !== undefined || response.type_url !== CLUSTER_TYPE_URL) return;
-      const clusters = response.resources
-        .filter((r) => r.type_url === CLUSTER_TYPE_URL)
-        .map((r) => unpackCluster(r).name);
-      const ack: DiscoveryRequest = {
-        version_info: response.version_info,
-        node: options.node,
-        resource_names: [],
-        type_url: CLUSTER_TYPE_URL,
-        response_nonce: response.nonce,
-      };
-      if (clusters.length === 0) {
-        settle(
-          new AdsProbeError(
-            undefined,
-            `the control plane answered CDS with no clusters (version ${response.version_info || "empty"})`,
-          ),
-        );
-        return;
-      }
-      result = {
-        clusters,
-        versionInfo: response.version_info,
-        nonce: response.nonce,
-        ...(response.control_plane === undefined ? {} : { controlPlane: response.control_plane.identifier }),
-      };
-      // ACK, then half-close: a well-behaved server ends the stream with OK, which settles the probe.
-      call.write(ack, () => {
-        call.end();
-      });
-    });
-    call.on("status", (status: grpc.StatusObject) => {
-      if (result !== undefined && (status.code === grpc.status.OK || status.code === grpc.status.CANCELLED)) {
-        settle(undefined);
-      } else if (result !== undefined && status.code === grpc.status.DEADLINE_EXCEEDED) {
-        // The clusters arrived and were ACKed; only the graceful close did not finish in time.
-        settle(undefined);
-      } else {
-        settle(new AdsProbeError(status.code, status.details || "stream closed before a CDS response"));
-      }
-    });
     call.on("error", () => {
       // Reported through "status" with the gRPC code.
     });
-    call.write({
-      version_info: "",
-      node: options.node,
-      resource_names: [],
-      type_url: CLUSTER_TYPE_URL,
-      response_nonce: "",
-    });
+    options.run(call, settle);
+  });
+}
+
+export function probeAds(options: AdsProbeOptions): Promise<AdsProbeResult> {
+  const metadata = new grpc.Metadata();
+  if (options.token !== undefined) metadata.set("authorization", `Bearer ${options.token}`);
+  if (options.clusterId !== undefined && options.clusterId !== "") metadata.set("clusterid", options.clusterId);
+  for (const [key, value] of Object.entries(options.headers ?? {})) metadata.set(key, value);
+  return oneShotAdsCall<AdsProbeResult>({
+    target: options.target,
+    tls: options.tls,
+    method: ADS_METHOD,
+    encode: encodeDiscoveryRequest,
+    decode: decodeDiscoveryResponse,
+    metadata,
+    timeoutMs: options.timeoutMs,
+    signal: options.signal,
+    run: (call, settle) => {
+      let result: AdsProbeResult | undefined;
+      call.on("data", (response: DiscoveryResponse) => {
+        if (result !== undefined || response.type_url !== CLUSTER_TYPE_URL) return;
+        const clusters = response.resources
+          .filter((r) => r.type_url === CLUSTER_TYPE_URL)
+          .map((r) => unpackCluster(r).name);
+        const ack: DiscoveryRequest = {
+          version_info: response.version_info,
+          node: options.node,
+          resource_names: [],
+          type_url: CLUSTER_TYPE_URL,
+          response_nonce: response.nonce,
+        };
+        if (clusters.length === 0) {
+          settle(
+            new AdsProbeError(
+              undefined,
+              `the control plane answered CDS with no clusters (version ${response.version_info || "empty"})`,
+            ),
+          );
+          return;
+        }
+        result = {
+          clusters,
+          versionInfo: response.version_info,
+          nonce: response.nonce,
+          ...(response.control_plane === undefined ? {} : { controlPlane: response.control_plane.identifier }),
+        };
+        // ACK, then half-close: a well-behaved server ends the stream with OK, which settles the probe.
+        call.write(ack, () => {
+          call.end();
+        });
+      });
+      call.on("status", (status: grpc.StatusObject) => {
+        // With the clusters ACKed, a deadline on the graceful close is no failure.
+        const closed = [grpc.status.OK, grpc.status.CANCELLED, grpc.status.DEADLINE_EXCEEDED].includes(status.code);
+        if (result !== undefined && closed) settle({ value: result });
+        else settle(new AdsProbeError(status.code, status.details || "stream closed before a CDS response"));
+      });
+      call.write({
+        version_info: "",
+        node: options.node,
+        resource_names: [],
+        type_url: CLUSTER_TYPE_URL,
+        response_nonce: "",
+      });
+    },
   });
 }

@@ -14,10 +14,9 @@ import { AdsTestClient, CDS_TYPE, LDS_TYPE, clusterNames, clusterSdsSecrets } fr
 import { requirements } from "../../test/support/requirements.js";
 import { connectAs } from "../../test/support/sds-client.js";
 import type { IssuedKeyPair, MeshCa } from "../devplane/mesh-ca.js";
-import { createMeshCa } from "../devplane/mesh-ca.js";
 import type { PilotXdsServer } from "../devplane/pilot-xds.js";
-import { startPilotXds } from "../devplane/pilot-xds.js";
-import { ObjectStore } from "../devplane/store.js";
+import { meshPairs, startTlsPilot, storeWithServices } from "../../test/support/mesh-pilot.js";
+import type { ObjectStore } from "../devplane/store.js";
 import { systemClock } from "../platform/clock.js";
 import { nodeFileSystem } from "../platform/fs.js";
 import { createLogger } from "../platform/logger.js";
@@ -37,9 +36,7 @@ let ca: MeshCa;
 let serving: IssuedKeyPair;
 let workload: IssuedKeyPair;
 beforeAll(async () => {
-  ca = await createMeshCa();
-  serving = await ca.issueKeyPair({ dnsNames: ["istiod.istio-system.svc"] });
-  workload = await ca.issueKeyPair({ identity: ca.spiffeId("default", "vm") });
+  ({ ca, serving, workload } = await meshPairs("default", "vm"));
 });
 
 let dir: string;
@@ -50,12 +47,12 @@ const clients: AdsTestClient[] = [];
 const logs: string[] = [];
 
 function seed(): ObjectStore {
-  const s = new ObjectStore();
-  s.create("services", {
-    metadata: { name: "hello", namespace: "default" },
-    spec: { clusterIP: "10.96.1.1", ports: [{ name: "http", port: 80 }] },
+  return storeWithServices({
+    name: "hello",
+    namespace: "default",
+    clusterIP: "10.96.1.1",
+    ports: [{ name: "http", port: 80 }],
   });
-  return s;
 }
 
 /** The dev Pilot running now (a function: tests stop and start it). */
@@ -64,12 +61,21 @@ function current(): PilotXdsServer | undefined {
 }
 
 async function startPilot(port = 0): Promise<PilotXdsServer> {
-  pilot = await startPilotXds({
-    store,
-    port,
-    tls: { certPem: serving.chainPem, keyPem: serving.keyPem, caPem: ca.rootCertPem },
-  });
+  pilot = await startTlsPilot({ ca, serving }, store, { port, requireClientCert: false });
   return pilot;
+}
+
+/** Subscribes the agent to NDS on `proxy`'s upstream stream; the decoded tables collect in the returned list. */
+function nameTables(proxy: XdsProxy): NdsNameTable[] {
+  const tables: NdsNameTable[] = [];
+  proxy.subscribe({
+    typeUrl: NAME_TABLE_TYPE_URL,
+    onResponse: (response) => {
+      tables.push(decodeNameTable(response.resources[0]?.value ?? new Uint8Array()));
+      return undefined;
+    },
+  });
+  return tables;
 }
 
 async function startProxy(overrides: Partial<XdsProxyOptions> = {}): Promise<XdsProxy> {
@@ -176,14 +182,7 @@ describe("xDS proxy: Envoy ↔ agent socket ↔ one mTLS stream ↔ istiod", () 
     const p = await startProxy();
     const e = envoy();
     await subscribe(e);
-    const tables: NdsNameTable[] = [];
-    p.subscribe({
-      typeUrl: NAME_TABLE_TYPE_URL,
-      onResponse: (response) => {
-        tables.push(decodeNameTable(response.resources[0]?.value ?? new Uint8Array()));
-        return undefined;
-      },
-    });
+    const tables = nameTables(p);
     await until("a name table", () => tables.length === 1);
     expect(Object.keys(tables[0] ?? {})).toEqual(["hello.default.svc.cluster.local"]);
     const events = pilot?.events ?? [];
@@ -196,14 +195,7 @@ describe("xDS proxy: Envoy ↔ agent socket ↔ one mTLS stream ↔ istiod", () 
   it("subscribes for the agent before Envoy connects, with the bootstrap's node", async () => {
     await startPilot();
     const p = await startProxy();
-    const tables: NdsNameTable[] = [];
-    p.subscribe({
-      typeUrl: NAME_TABLE_TYPE_URL,
-      onResponse: (response) => {
-        tables.push(decodeNameTable(response.resources[0]?.value ?? new Uint8Array()));
-        return undefined;
-      },
-    });
+    const tables = nameTables(p);
     await until("a name table", () => tables.length === 1);
     expect(pilot?.connections()[0]?.node.id).toBe(ENVOY.id);
   });
