@@ -40,7 +40,10 @@ describe("readTextIfExists", () => {
     const reading = nodeFileSystem.readTextIfExists(fifo);
     // The writer is started only after the read has returned to the event loop: a synchronous read would hang here.
     const writer = spawn("sh", ["-c", `printf 'from a pipe' > '${fifo}'`]);
+    // Listened for at once: the writer may be gone before the read's promise settles, and a `close` that was
+    // emitted before a listener exists is never seen (the test then hung until its timeout).
+    const writerClosed = new Promise((resolve) => writer.on("close", resolve));
     expect(await reading).toBe("from a pipe");
-    await new Promise((resolve) => writer.on("close", resolve));
+    await writerClosed;
   });
 });
