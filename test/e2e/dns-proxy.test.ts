@@ -241,6 +241,10 @@ describe.skipIf(missing !== undefined)("the DNS proxy on a booted Debian 12 with
     await stopChild(dev);
     await machine().check(["systemctl", "restart", UNIT], { timeoutMs: 60_000 });
     await waitStatus(/names \(from disk/);
+    // The DNS proxy starts before interception (it must listen before capture sends it queries): until capture is
+    // back, an application's query goes straight to resolv.conf's server (CI once resolved in that gap).
+    const captured = await machine().run(["istio-vm", "check", "--only", "interception", "--wait=60s"]);
+    expect(captured.code, `${captured.stdout}\n${await diagnostics()}`).toBe(0);
     expect(await resolve(MESH_NAME)).toEqual(table);
     expect(await resolve("www.upstream.test")).toEqual(["192.0.2.55"]);
   }, 120_000);
