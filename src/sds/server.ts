@@ -19,11 +19,11 @@
  * owner, so only that user (and root) can connect: whoever connects gets the private key.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { dirname } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { FileOwner, FileSystem } from "../platform/fs.js";
 import type { Logger } from "../platform/logger.js";
 import type { AnyResource, DiscoveryRequest, DiscoveryResponse, SecretResource } from "../xds/protos.js";
+import { bindPrivateSocket } from "../xds/private-socket.js";
 import { SDS_SERVICE, SECRET_TYPE_URL, packSecret, unpackSecret } from "../xds/protos.js";
 
 import { ROOT_SECRET, WORKLOAD_SECRET } from "./names.js";
@@ -116,25 +116,13 @@ export class SdsServer {
   /** Creates the socket (replacing a stale one) and serves; resolves once it listens with its final mode. */
   async listen(): Promise<void> {
     const { fs, socketPath, owner } = this.#o;
-    const dir = dirname(socketPath);
-    await fs.mkdirp(dir, 0o700);
-    await fs.chmod(dir, 0o700);
-    if (owner !== undefined) await fs.chown(dir, owner);
-    await fs.remove(socketPath);
     const server = new grpc.Server({ "grpc.max_send_message_length": 16 * 1024 * 1024 });
     server.addService(SDS_SERVICE, {
       StreamSecrets: (call: grpc.ServerDuplexStream<DiscoveryRequest, DiscoveryResponse>) => {
         this.#open(call);
       },
     });
-    await new Promise<void>((resolve, reject) => {
-      server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (error) => {
-        if (error === null) resolve();
-        else reject(error);
-      });
-    });
-    await fs.chmod(socketPath, 0o600);
-    if (owner !== undefined) await fs.chown(socketPath, owner);
+    await bindPrivateSocket(server, socketPath, fs, owner);
     this.#server = server;
     this.#o.logger.info("SDS server listening", { socket: socketPath });
   }

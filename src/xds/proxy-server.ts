@@ -4,10 +4,10 @@
  * Envoy's user when given (as the SDS socket, src/sds/server.ts): whoever connects speaks to istiod with this VM's
  * identity.
  */
-import { dirname } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { FileOwner, FileSystem } from "../platform/fs.js";
 import type { DiscoveryRequest } from "./protos.js";
+import { bindPrivateSocket } from "./private-socket.js";
 import { ADS_METHOD } from "./protos.js";
 
 export type EnvoyCall = grpc.ServerDuplexStream<Buffer, Buffer>;
@@ -29,11 +29,6 @@ export async function serveAdsSocket(
   owner: FileOwner | undefined,
   onStream: (call: EnvoyCall) => void,
 ): Promise<grpc.Server> {
-  const dir = dirname(socketPath);
-  await fs.mkdirp(dir, 0o700);
-  await fs.chmod(dir, 0o700);
-  if (owner !== undefined) await fs.chown(dir, owner);
-  await fs.remove(socketPath);
   const server = new grpc.Server({
     "grpc.max_send_message_length": -1,
     "grpc.max_receive_message_length": 64 * 1024 * 1024,
@@ -52,13 +47,6 @@ export async function serveAdsSocket(
     },
     { StreamAggregatedResources: onStream },
   );
-  await new Promise<void>((resolve, reject) => {
-    server.bindAsync(`unix:${socketPath}`, grpc.ServerCredentials.createInsecure(), (error) => {
-      if (error === null) resolve();
-      else reject(error);
-    });
-  });
-  await fs.chmod(socketPath, 0o600);
-  if (owner !== undefined) await fs.chown(socketPath, owner);
+  await bindPrivateSocket(server, socketPath, fs, owner);
   return server;
 }
