@@ -4,23 +4,10 @@
  * (its node with Struct metadata, resource names, ACKs) and decodes (Cluster resources) is what Envoy would. One
  * stream per client; responses queue until a test takes them.
  */
-import { createRequire } from "node:module";
-import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import type protobuf from "protobufjs";
+import { envoyServiceClient, loadEnvoyProtos } from "./envoy-proto.js";
 
-const require = createRequire(import.meta.url);
-const protoUtil = require("@grpc/proto-loader/build/src/util.js") as {
-  loadProtosWithOptionsSync(files: string[], options: { keepCase: boolean; includeDirs: string[] }): protobuf.Root;
-};
-
-const repo = new URL("../../", import.meta.url);
-const deps = new URL("node_modules/@grpc/grpc-js-xds/deps/", repo);
-const INCLUDE_DIRS = [
-  ...["envoy-api", "xds", "googleapis", "protoc-gen-validate"].map((d) => fileURLToPath(new URL(d, deps))),
-  fileURLToPath(new URL("node_modules/protobufjs", repo)),
-];
 const ADS_PROTO = "envoy/service/discovery/v3/ads.proto";
 const CLUSTER_PROTO = "envoy/config/cluster/v3/cluster.proto";
 const TLS_PROTO = "envoy/extensions/transport_sockets/tls/v3/tls.proto";
@@ -31,10 +18,7 @@ let root: protobuf.Root | undefined;
 let service: grpc.ServiceClientConstructor | undefined;
 
 function envoyRoot(): protobuf.Root {
-  root ??= protoUtil.loadProtosWithOptionsSync([CLUSTER_PROTO, TLS_PROTO], {
-    keepCase: true,
-    includeDirs: INCLUDE_DIRS,
-  });
+  root ??= loadEnvoyProtos([CLUSTER_PROTO, TLS_PROTO]);
   return root;
 }
 
@@ -87,19 +71,7 @@ export function clusterSdsSecrets(
 }
 
 function adsService(): grpc.ServiceClientConstructor {
-  if (service === undefined) {
-    const definition = protoLoader.loadSync(ADS_PROTO, {
-      keepCase: true,
-      includeDirs: INCLUDE_DIRS,
-      longs: String,
-      enums: String,
-      defaults: true,
-    });
-    const loaded = grpc.loadPackageDefinition(definition) as unknown as {
-      envoy: { service: { discovery: { v3: { AggregatedDiscoveryService: grpc.ServiceClientConstructor } } } };
-    };
-    service = loaded.envoy.service.discovery.v3.AggregatedDiscoveryService;
-  }
+  service ??= envoyServiceClient(ADS_PROTO, "envoy.service.discovery.v3.AggregatedDiscoveryService");
   return service;
 }
 

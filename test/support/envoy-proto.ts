@@ -7,6 +7,8 @@
  */
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 
 const require = createRequire(import.meta.url);
@@ -20,6 +22,26 @@ const INCLUDE_DIRS = [
   ...["envoy-api", "xds", "googleapis", "protoc-gen-validate"].map((d) => fileURLToPath(new URL(d, deps))),
   fileURLToPath(new URL("node_modules/protobufjs", repo)),
 ];
+
+/** Envoy's own .proto files (not the agent's descriptors), for test clients that must decode what Envoy would. */
+export function loadEnvoyProtos(files: string[]): protobuf.Root {
+  return protoUtil.loadProtosWithOptionsSync(files, { keepCase: true, includeDirs: INCLUDE_DIRS });
+}
+
+/** A gRPC client constructor for one of Envoy's services, e.g. `envoy.service.secret.v3.SecretDiscoveryService`. */
+export function envoyServiceClient(file: string, serviceName: string): grpc.ServiceClientConstructor {
+  const definition = protoLoader.loadSync(file, {
+    keepCase: true,
+    includeDirs: INCLUDE_DIRS,
+    longs: String,
+    enums: String,
+    defaults: true,
+  });
+  let found: unknown = grpc.loadPackageDefinition(definition);
+  for (const part of serviceName.split(".")) found = (found as Record<string, unknown> | undefined)?.[part];
+  if (typeof found !== "function") throw new Error(`${serviceName} is not a service in ${file}`);
+  return found as grpc.ServiceClientConstructor;
+}
 
 /** The bootstrap and every typed config our bootstraps may name in an `@type`. */
 const FILES = [

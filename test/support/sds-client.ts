@@ -4,23 +4,10 @@
  * responses queue until a test takes them.
  */
 import { spawnSync } from "node:child_process";
-import { createRequire } from "node:module";
-import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
 import type protobuf from "protobufjs";
+import { envoyServiceClient, loadEnvoyProtos } from "./envoy-proto.js";
 
-const require = createRequire(import.meta.url);
-const protoUtil = require("@grpc/proto-loader/build/src/util.js") as {
-  loadProtosWithOptionsSync(files: string[], options: { keepCase: boolean; includeDirs: string[] }): protobuf.Root;
-};
-
-const repo = new URL("../../", import.meta.url);
-const deps = new URL("node_modules/@grpc/grpc-js-xds/deps/", repo);
-const INCLUDE_DIRS = [
-  ...["envoy-api", "xds", "googleapis", "protoc-gen-validate"].map((d) => fileURLToPath(new URL(d, deps))),
-  fileURLToPath(new URL("node_modules/protobufjs", repo)),
-];
 const SDS_PROTO = "envoy/service/secret/v3/sds.proto";
 const SECRET_PROTO = "envoy/extensions/transport_sockets/tls/v3/secret.proto";
 export const SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
@@ -29,24 +16,12 @@ let root: protobuf.Root | undefined;
 let service: grpc.ServiceClientConstructor | undefined;
 
 function secretType(): protobuf.Type {
-  root ??= protoUtil.loadProtosWithOptionsSync([SECRET_PROTO], { keepCase: true, includeDirs: INCLUDE_DIRS });
+  root ??= loadEnvoyProtos([SECRET_PROTO]);
   return root.lookupType("envoy.extensions.transport_sockets.tls.v3.Secret");
 }
 
 function sdsService(): grpc.ServiceClientConstructor {
-  if (service === undefined) {
-    const definition = protoLoader.loadSync(SDS_PROTO, {
-      keepCase: true,
-      includeDirs: INCLUDE_DIRS,
-      longs: String,
-      enums: String,
-      defaults: true,
-    });
-    const loaded = grpc.loadPackageDefinition(definition) as unknown as {
-      envoy: { service: { secret: { v3: { SecretDiscoveryService: grpc.ServiceClientConstructor } } } };
-    };
-    service = loaded.envoy.service.secret.v3.SecretDiscoveryService;
-  }
+  service ??= envoyServiceClient(SDS_PROTO, "envoy.service.secret.v3.SecretDiscoveryService");
   return service;
 }
 
